@@ -1,0 +1,139 @@
+//! Throughput of the built-in Snowplow transforms against `grep -c`, on one core.
+//!
+//! `cargo bench --bench throughput` generates a ~1 GiB enriched-TSV file from the bundled fixture
+//! (cached under target/bench-data; size from WEIR_BENCH_MB), then runs, pinned to CPU 0, five
+//! times each: `grep -c` on the file, weir's atomic-field filter (file → spEnrichedFilter → file)
+//! and TSV → JSON (file → spEnrichedToJson → null). It prints medians of events/s and the peak RSS.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+const RUNS: usize = 5;
+
+fn main() {
+    // `cargo test --all-targets` runs bench binaries without `--bench`: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join("bench-data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mb: u64 = std::env::var("WEIR_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let input = dir.join(format!("enriched-{mb}mb.tsv"));
+    let events = generate(&root.join("examples/data/micro-media-session.tsv"), &input, mb << 20);
+    let weir = env!("CARGO_BIN_EXE_weir");
+    println!("input: {} ({} MiB, {events} events); {RUNS} runs each, pinned to CPU 0 (taskset -c 0)", input.display(), mb);
+
+    let filter_cfg = write_config(&dir, "filter.toml", &format!(
+        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n\
+         [[transforms]]\ntype = \"spEnrichedFilter\"\natomic_field = \"event_name\"\nregex = \"^(play|pause|ping|end|ad_break_start|ad_break_end)_event$\"\n\
+         [sink]\ntype = \"file\"\npath = \"{}\"\n",
+        input.display(), dir.join("filter-out.tsv").display()));
+    let json_cfg = write_config(&dir, "json.toml", &format!(
+        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n\
+         [[transforms]]\ntype = \"spEnrichedToJson\"\n[sink]\ntype = \"null\"\n",
+        input.display()));
+    let read_cfg = write_config(&dir, "read.toml", &format!(
+        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"null\"\n",
+        input.display()));
+
+    let grep = measure(RUNS, || {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0", "grep", "-c", "_event"]).arg(&input);
+        c
+    });
+    let report = |name: &str, m: &Measure| {
+        println!(
+            "{name:<44} median {:>7.3} s  {:>10.0} events/s  {:>5.2}x grep -c  peak RSS {:>5.1} MiB  (runs: {})",
+            m.median(),
+            events as f64 / m.median(),
+            grep.median() / m.median(),
+            m.peak_rss_kib as f64 / 1024.0,
+            m.secs.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(" ")
+        )
+    };
+    report("grep -c _event", &grep);
+    for (name, cfg) in [
+        ("weir: file -> null (read only)", &read_cfg),
+        ("weir: file -> spEnrichedFilter -> file", &filter_cfg),
+        ("weir: file -> spEnrichedToJson -> null", &json_cfg),
+    ] {
+        let m = measure(RUNS, || {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", weir, "run", "--progress=never"]).arg(cfg).env("WEIR_LOG", "warn");
+            c
+        });
+        report(name, &m);
+    }
+}
+
+struct Measure {
+    secs: Vec<f64>,
+    peak_rss_kib: u64,
+}
+
+impl Measure {
+    fn median(&self) -> f64 {
+        let mut s = self.secs.clone();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    }
+}
+
+/// Runs the command `runs` times; wall time of each, and the largest peak RSS (from wait4).
+fn measure(runs: usize, cmd: impl Fn() -> Command) -> Measure {
+    let mut secs = Vec::new();
+    let mut peak = 0;
+    for _ in 0..runs {
+        let t = Instant::now();
+        let child = cmd().stdout(Stdio::null()).spawn().expect("spawn");
+        let mut status = 0;
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+        assert!(r > 0, "wait4");
+        secs.push(t.elapsed().as_secs_f64());
+        assert!(libc::WIFEXITED(status), "benchmark command failed");
+        // grep -c exits 1 when nothing matches; weir must exit 0.
+        assert!(libc::WEXITSTATUS(status) <= 1, "benchmark command failed");
+        peak = peak.max(usage.ru_maxrss as u64);
+    }
+    Measure { secs, peak_rss_kib: peak }
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Repeats the fixture's lines until the file has at least `bytes`; returns the event count.
+fn generate(fixture: &Path, out: &Path, bytes: u64) -> u64 {
+    let lines: Vec<String> = std::io::BufReader::new(std::fs::File::open(fixture).unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if let Ok(meta) = std::fs::metadata(out) {
+        if meta.len() >= bytes {
+            let text_lines = std::io::BufReader::new(std::fs::File::open(out).unwrap()).lines().count();
+            return text_lines as u64;
+        }
+    }
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out).unwrap());
+    let (mut written, mut n) = (0u64, 0u64);
+    while written < bytes {
+        for l in &lines {
+            w.write_all(l.as_bytes()).unwrap();
+            w.write_all(b"\n").unwrap();
+            written += l.len() as u64 + 1;
+            n += 1;
+        }
+    }
+    w.flush().unwrap();
+    n
+}

@@ -1,0 +1,125 @@
+//! The `weir` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::observe::{self, LogFormat, Progress};
+use crate::pipeline::{self, PipelineConfig, RunOptions};
+
+/// weir: read events from a source, run them through transforms (built-in or WebAssembly), write
+/// them to sinks; driven by a config file.
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about, long_about = None)]
+#[command(after_help = "Config values can be overridden from the environment: WEIR__<KEY>__<KEY>=value, \
+e.g. WEIR__SINK__PATH=/tmp/out.tsv or WEIR__TRANSFORMS__0__REGEX='^play'. Log level: WEIR_LOG=debug.")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline a config file describes, until its input ends or SIGTERM / SIGINT
+    /// (then drain what was read and exit 0).
+    Run {
+        /// Pipeline config (.toml, .yaml, .yml or .json).
+        config: PathBuf,
+        /// Print a progress line every 2 s.
+        #[arg(long, value_enum, default_value_t = Progress::Auto)]
+        progress: Progress,
+    },
+    /// Check config files without running them (exit 2 on the first error).
+    Validate {
+        /// Pipeline configs.
+        #[arg(required = true)]
+        configs: Vec<PathBuf>,
+    },
+}
+
+/// Exit code for configuration errors.
+pub const EXIT_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    observe::init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate { configs } => {
+            for path in &configs {
+                match PipelineConfig::load(path) {
+                    Ok(_) => println!("{}: ok", path.display()),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run { config, progress } => {
+            let cfg = match PipelineConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("weir")
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(signals(shutdown.clone()));
+                pipeline::run(
+                    &cfg,
+                    shutdown,
+                    RunOptions {
+                        progress: progress.enabled(),
+                        ..Default::default()
+                    },
+                )
+                .await
+            });
+            // Do not wait for a blocked stdin read: everything read has been handled.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The first SIGTERM / SIGINT starts a graceful drain; a second one exits at once.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received: draining (send it again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(130);
+}

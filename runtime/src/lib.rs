@@ -1,0 +1,19 @@
+//! weir: a stream transformer for event data.
+//!
+//! A pipeline reads records from a [source](sources), runs them through a chain of
+//! [transforms](transforms) and writes them to [sinks](sinks), all described by a config file
+//! ([`pipeline::PipelineConfig`]). Records travel in batches with one end-to-end
+//! [acknowledgement](ack) each; failures become Snowplow [bad rows](badrow).
+
+pub mod ack;
+pub mod badrow;
+pub mod cli;
+pub mod config;
+pub mod observe;
+pub mod pipeline;
+pub mod record;
+pub mod registry;
+pub mod sinks;
+pub mod snowplow;
+pub mod sources;
+pub mod transforms;

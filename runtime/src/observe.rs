@@ -1,0 +1,227 @@
+//! Logs, metrics, the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`) and the progress line.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+/// Running totals, cheap to bump once per batch; read by the progress line and the summary.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub read: AtomicU64,
+    pub written: AtomicU64,
+    pub filtered: AtomicU64,
+    pub failed: AtomicU64,
+    pub acked: AtomicU64,
+}
+
+impl Stats {
+    pub fn record_read(&self, n: u64) {
+        self.read.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("weir_source_records_total").increment(n);
+    }
+    pub fn record_acked(&self, n: u64) {
+        self.acked.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("weir_records_acked_total").increment(n);
+    }
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            read: self.read.load(Ordering::Relaxed),
+            written: self.written.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Snapshot {
+    pub read: u64,
+    pub written: u64,
+    pub filtered: u64,
+    pub failed: u64,
+    pub acked: u64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir=debug`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
+                .expect("static quantiles are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. by an embedding application): then
+            // our handle renders nothing, which is harmless.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// `[http]`: the observability endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9464` (port 0 picks a free port).
+    pub address: SocketAddr,
+}
+
+/// Readiness as reported by `/readyz`: ready once the pipeline runs, not ready while draining.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release)
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`. Returns the bound address.
+pub async fn serve_http(
+    address: SocketAddr,
+    ready: Arc<Readiness>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    use axum::{http::StatusCode, routing::get, Router};
+    let handle = prometheus();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.get() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let handle = handle.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        handle.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/stats",
+            get(move || {
+                let stats = stats.clone();
+                async move { axum::Json(stats.snapshot()) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("http.address {address}: cannot listen: {e}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "serving /healthz, /readyz, /metrics");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok(bound)
+}
+
+/// When to print the progress line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Progress {
+    /// When stderr is a terminal.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Progress {
+    pub fn enabled(self) -> bool {
+        match self {
+            Progress::Auto => std::io::stderr().is_terminal(),
+            Progress::Always => true,
+            Progress::Never => false,
+        }
+    }
+}
+
+/// Prints `read … written … filtered … failed … (rate/s)` every `every` until `stop`.
+pub async fn progress_line(stats: Arc<Stats>, every: Duration, stop: CancellationToken) {
+    let start = Instant::now();
+    let mut last = stats.snapshot();
+    let mut last_t = start;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = stats.snapshot();
+        let dt = last_t.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "[{:>6.1}s] read {} ({}/s)  written {}  filtered {}  failed {}  acked {}",
+            start.elapsed().as_secs_f64(),
+            now.read,
+            human_rate((now.read - last.read) as f64 / dt),
+            now.written,
+            now.filtered,
+            now.failed,
+            now.acked,
+        );
+        last = now;
+        last_t = Instant::now();
+    }
+}
+
+fn human_rate(r: f64) -> String {
+    if r >= 1e6 {
+        format!("{:.2}M", r / 1e6)
+    } else if r >= 1e3 {
+        format!("{:.1}k", r / 1e3)
+    } else {
+        format!("{r:.0}")
+    }
+}

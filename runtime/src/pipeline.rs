@@ -1,0 +1,618 @@
+//! The pipeline: one source → an ordered chain of transforms → the main sink, plus the `filtered`
+//! and `failure` sinks, connected by bounded queues.
+//!
+//! ```text
+//! source ─▶ [queue] ─▶ transform workers (ordered) ─▶ router ─┬▶ [queue] ─▶ sink
+//!                                                             ├▶ [queue] ─▶ filtered sink
+//!                                                             └▶ [queue] ─▶ failure sink (bad rows)
+//! ```
+//!
+//! Every queue holds at most `batch.queue` batches, so a slow sink slows the source down instead of
+//! growing memory. Each batch's [`Ack`](crate::ack::Ack) is shared by the parts the router sends to
+//! the three sinks and fires once all of them have durably accepted their part.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::ack::Ack;
+use crate::badrow::BadRows;
+use crate::config::{self, unknown_key_message, ByteSize, ConfigError, Origin};
+use crate::observe::{self, HttpConfig, Readiness, Snapshot, Stats};
+use crate::record::{Batch, Record};
+use crate::sinks::{self, Sink, SinkConfig, SinkError};
+use crate::sources::{self, BatchLimits, CountingAcks, Emitter, SourceConfig, SourceContext};
+use crate::transforms::{self, Transform, TransformConfig};
+
+/// `[batch]`: how records are grouped and how many groups may wait in each queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most records in one batch.
+    pub max_records: usize,
+    /// Most bytes in one batch (e.g. `"1 MiB"`).
+    pub max_bytes: ByteSize,
+    /// A batch that is not full is sent after this long (e.g. `"200ms"`).
+    pub flush_interval: config::Duration,
+    /// Batches each queue holds before the stage feeding it waits.
+    pub queue: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_records: 1000,
+            max_bytes: ByteSize(1 << 20),
+            flush_interval: config::Duration(Duration::from_millis(200)),
+            queue: 4,
+        }
+    }
+}
+
+/// `[limits]`: sizes beyond which a record is a failure rather than an event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest record a source accepts; longer ones become `size_violation` bad rows.
+    pub max_record_bytes: ByteSize,
+    /// Longest payload kept in a bad row.
+    pub bad_row_max_payload_bytes: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_record_bytes: ByteSize(1 << 20),
+            bad_row_max_payload_bytes: ByteSize(64 << 10),
+        }
+    }
+}
+
+/// A named, validated transform of the chain.
+#[derive(Debug)]
+pub struct TransformSpec {
+    pub label: String,
+    pub origin: Origin,
+    pub config: Box<dyn TransformConfig>,
+}
+
+/// A whole validated pipeline config.
+#[derive(Debug)]
+pub struct PipelineConfig {
+    pub file: String,
+    pub source: Box<dyn SourceConfig>,
+    pub transforms: Vec<TransformSpec>,
+    pub sink: Box<dyn SinkConfig>,
+    pub filtered: Option<Box<dyn SinkConfig>>,
+    pub failure: Box<dyn SinkConfig>,
+    pub batch: BatchConfig,
+    pub limits: LimitsConfig,
+    pub http: Option<HttpConfig>,
+    /// Transform worker threads (each with its own instance of the chain); output order is kept.
+    pub workers: usize,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "source",
+    "transforms",
+    "sink",
+    "filtered",
+    "failure",
+    "batch",
+    "limits",
+    "http",
+    "workers",
+];
+
+impl PipelineConfig {
+    /// Reads, overrides from the environment and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let loaded = config::load(path, std::env::vars())?;
+        Self::from_value(&loaded.file, loaded.root)
+    }
+
+    /// Validates an already-read config tree.
+    pub fn from_value(file: &str, root: ::config::Value) -> Result<Self, ConfigError> {
+        let top = Origin::new(file, "");
+        let mut table = match root.kind {
+            ::config::ValueKind::Table(t) => t,
+            other => {
+                return Err(top.error(
+                    "",
+                    format!("expected a table at the top level, found {}", config::kind_name(&other)),
+                ))
+            }
+        };
+        let mut keys: Vec<&String> = table.keys().collect();
+        keys.sort();
+        if let Some(k) = keys.iter().find(|k| !TOP_LEVEL_KEYS.contains(&k.as_str())) {
+            return Err(top.error(k, unknown_key_message(k, TOP_LEVEL_KEYS)));
+        }
+        let mut section = |key: &str| table.remove(key);
+        let required = |v: Option<::config::Value>, key: &str, what: &str| {
+            v.ok_or_else(|| top.error(key, format!("missing required section `{key}` ({what})")))
+        };
+
+        let source = {
+            let o = top.child("source");
+            let v = required(section("source"), "source", "where records come from")?;
+            registry_parse(sources::REGISTRY, "source", v, &o)?
+        };
+        let mut transforms = Vec::new();
+        if let Some(v) = section("transforms") {
+            let items = match v.kind {
+                ::config::ValueKind::Array(a) => a,
+                other => {
+                    return Err(top.error(
+                        "transforms",
+                        format!(
+                            "expected an array of transforms ([[transforms]] in TOML), found {}",
+                            config::kind_name(&other)
+                        ),
+                    ))
+                }
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let o = top.child(&format!("transforms[{i}]"));
+                let (name, config) =
+                    crate::registry::parse(transforms::REGISTRY, "transform", item, &o)?;
+                transforms.push(TransformSpec {
+                    label: format!("transforms[{i}] ({name})"),
+                    origin: o,
+                    config,
+                });
+            }
+        }
+        let sink = {
+            let o = top.child("sink");
+            let v = required(section("sink"), "sink", "where records go")?;
+            registry_parse(sinks::REGISTRY, "sink", v, &o)?
+        };
+        let filtered = section("filtered")
+            .map(|v| registry_parse(sinks::REGISTRY, "sink", v, &top.child("filtered")))
+            .transpose()?;
+        let failure = match section("failure") {
+            Some(v) => registry_parse(sinks::REGISTRY, "sink", v, &top.child("failure"))?,
+            None => Box::new(sinks::stdout::StderrConfig {}),
+        };
+        let batch: BatchConfig = section("batch")
+            .map(|v| top.child("batch").deserialize(v))
+            .transpose()?
+            .unwrap_or_default();
+        let limits: LimitsConfig = section("limits")
+            .map(|v| top.child("limits").deserialize(v))
+            .transpose()?
+            .unwrap_or_default();
+        let http: Option<HttpConfig> = section("http")
+            .map(|v| top.child("http").deserialize(v))
+            .transpose()?;
+        let workers: usize = section("workers")
+            .map(|v| top.child("workers").deserialize(v))
+            .transpose()?
+            .unwrap_or(1);
+        for (key, ok, what) in [
+            ("batch.max_records", batch.max_records > 0, "at least 1"),
+            ("batch.max_bytes", batch.max_bytes.0 > 0, "at least 1 byte"),
+            ("batch.queue", batch.queue > 0, "at least 1"),
+            ("workers", workers > 0, "at least 1"),
+            ("limits.max_record_bytes", limits.max_record_bytes.0 > 0, "at least 1 byte"),
+        ] {
+            if !ok {
+                return Err(top.error(key, format!("expected {what}, found 0")));
+            }
+        }
+        Ok(PipelineConfig {
+            file: file.to_string(),
+            source,
+            transforms,
+            sink,
+            filtered,
+            failure,
+            batch,
+            limits,
+            http,
+            workers,
+        })
+    }
+
+    /// Builds one instance of the transform chain.
+    pub fn build_chain(&self) -> Result<Chain, ConfigError> {
+        let mut stages = Vec::with_capacity(self.transforms.len());
+        for t in &self.transforms {
+            stages.push(Stage {
+                transform: t.config.build(&t.label, &t.origin)?,
+                kept: metrics::counter!("weir_transform_records_total", "transform" => t.label.clone(), "outcome" => "kept"),
+                filtered: metrics::counter!("weir_transform_records_total", "transform" => t.label.clone(), "outcome" => "filtered"),
+                failed: metrics::counter!("weir_transform_records_total", "transform" => t.label.clone(), "outcome" => "failed"),
+                seconds: metrics::histogram!("weir_transform_batch_seconds", "transform" => t.label.clone()),
+            });
+        }
+        Ok(Chain { stages })
+    }
+}
+
+fn registry_parse<B: ?Sized>(
+    registry: &[crate::registry::Registration<B>],
+    role: &str,
+    v: ::config::Value,
+    o: &Origin,
+) -> Result<Box<B>, ConfigError> {
+    crate::registry::parse(registry, role, v, o).map(|(_, b)| b)
+}
+
+/// One instance of the transform chain, owned by one worker.
+pub struct Chain {
+    stages: Vec<Stage>,
+}
+
+struct Stage {
+    transform: Box<dyn Transform>,
+    kept: metrics::Counter,
+    filtered: metrics::Counter,
+    failed: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl Chain {
+    /// Runs every transform over the batch in order.
+    pub fn process(&mut self, batch: &mut Batch) {
+        for s in &mut self.stages {
+            if batch.records.is_empty() {
+                break;
+            }
+            let (f0, x0) = (batch.filtered.len(), batch.failed.len());
+            let t = Instant::now();
+            s.transform.process(batch);
+            s.seconds.record(t.elapsed().as_secs_f64());
+            s.kept.increment(batch.records.len() as u64);
+            s.filtered.increment((batch.filtered.len() - f0) as u64);
+            s.failed.increment((batch.failed.len() - x0) as u64);
+        }
+    }
+}
+
+/// What a finished run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub stats: Snapshot,
+    /// True if the run ended because of a shutdown signal rather than the end of the input.
+    pub interrupted: bool,
+}
+
+/// A part of a batch on its way to one sink.
+struct SinkBatch {
+    records: Vec<Record>,
+    ack: Ack,
+}
+
+/// Options of a run that do not belong in the config file.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub progress: bool,
+    /// Called with the HTTP endpoint's bound address once it listens.
+    pub on_http_bound: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
+}
+
+/// Runs the pipeline until its source ends or `shutdown` fires, then drains: every record the
+/// source read is written (or failed) before this returns.
+pub async fn run(
+    cfg: &PipelineConfig,
+    shutdown: CancellationToken,
+    opts: RunOptions,
+) -> anyhow::Result<Summary> {
+    observe::prometheus();
+    let stats = Arc::new(Stats::default());
+    let ready = Arc::new(Readiness::default());
+    let http_stop = CancellationToken::new();
+    if let Some(http) = &cfg.http {
+        let bound =
+            observe::serve_http(http.address, ready.clone(), stats.clone(), http_stop.clone())
+                .await?;
+        if let Some(cb) = &opts.on_http_bound {
+            cb(bound);
+        }
+    }
+    let _stop_http = http_stop.clone().drop_guard();
+    // Fires when a sink fails for good: stop reading, let the rest drain or drop.
+    let abort = CancellationToken::new();
+    let q = cfg.batch.queue;
+
+    // Sinks first, so nothing is read before there is somewhere to put it.
+    let (main_tx, main_task) = spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort);
+    let (filtered_tx, filtered_task) = match &cfg.filtered {
+        Some(c) => {
+            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort);
+            (Some(tx), Some(t))
+        }
+        None => (None, None),
+    };
+    let (failure_tx, failure_task) = spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort);
+
+    // Transform workers, each with its own chain; batches are dealt round-robin and collected in
+    // the same order, so output order equals input order.
+    let workers = cfg.workers;
+    let mut worker_in = Vec::with_capacity(workers);
+    let mut worker_out = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let mut chain = cfg.build_chain()?;
+        let (in_tx, mut in_rx) = mpsc::channel::<Batch>(1);
+        let (out_tx, out_rx) = mpsc::channel::<Batch>(1);
+        worker_in.push(in_tx);
+        worker_out.push(out_rx);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("weir-transform-{i}"))
+                .spawn(move || {
+                    while let Some(mut batch) = in_rx.blocking_recv() {
+                        chain.process(&mut batch);
+                        if out_tx.blocking_send(batch).is_err() {
+                            break;
+                        }
+                    }
+                })?,
+        );
+    }
+
+    let (source_tx, mut source_rx) = mpsc::channel::<Batch>(q);
+    let dispatcher = tokio::spawn(async move {
+        let mut i = 0;
+        while let Some(batch) = source_rx.recv().await {
+            metrics::histogram!("weir_batch_records", "stage" => "source").record(batch.len() as f64);
+            if worker_in[i % workers].send(batch).await.is_err() {
+                break;
+            }
+            i += 1;
+        }
+    });
+
+    let bad_rows = BadRows {
+        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
+    };
+    let router_stats = stats.clone();
+    let router = tokio::spawn(async move {
+        let stats = router_stats;
+        let mut i = 0;
+        let latency = metrics::histogram!("weir_pipeline_batch_seconds");
+        loop {
+            let Some(batch) = worker_out[i % workers].recv().await else {
+                break;
+            };
+            i += 1;
+            if let Some(t) = batch.created {
+                latency.record(t.elapsed().as_secs_f64());
+            }
+            route(batch, &main_tx, filtered_tx.as_ref(), &failure_tx, &bad_rows, &stats).await;
+        }
+    });
+
+    // The source.
+    let acks = CountingAcks::new(stats.clone());
+    let limits = BatchLimits {
+        max_records: cfg.batch.max_records,
+        max_bytes: cfg.batch.max_bytes.0 as usize,
+        flush_interval: cfg.batch.flush_interval.0,
+    };
+    let source_stop = CancellationToken::new();
+    let emitter = Emitter::new(source_tx, limits, Arc::new(acks.clone()), stats.clone());
+    let source = cfg.source.build()?;
+    let ctx = SourceContext {
+        emitter,
+        shutdown: source_stop.clone(),
+        max_record_bytes: cfg.limits.max_record_bytes.0 as usize,
+    };
+    let source_task: JoinHandle<anyhow::Result<()>> = tokio::spawn(source.run(ctx));
+    ready.set(true);
+    tracing::info!(config = %cfg.file, transforms = cfg.transforms.len(), workers, "pipeline running");
+
+    let progress_stop = CancellationToken::new();
+    if opts.progress {
+        tokio::spawn(observe::progress_line(
+            stats.clone(),
+            Duration::from_secs(2),
+            progress_stop.clone(),
+        ));
+    }
+    let _stop_progress = progress_stop.drop_guard();
+
+    // Stop the source on a signal or a sink failure; it flushes what it read and returns.
+    let interrupted = {
+        let mut source_task = source_task;
+        let result = tokio::select! {
+            r = &mut source_task => Some(r),
+            _ = shutdown.cancelled() => None,
+            _ = abort.cancelled() => None,
+        };
+        let (result, interrupted) = match result {
+            Some(r) => (r, false),
+            None => {
+                ready.set(false);
+                tracing::info!("stopping: draining records already read");
+                source_stop.cancel();
+                (source_task.await, true)
+            }
+        };
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "source failed");
+                abort.cancel();
+                drain(dispatcher, router, threads, [Some(main_task), filtered_task, Some(failure_task)]).await;
+                return Err(e.context("source failed"));
+            }
+            Err(e) => return Err(anyhow::anyhow!("source task panicked: {e}")),
+        }
+        interrupted
+    };
+    ready.set(false);
+    let sink_results =
+        drain(dispatcher, router, threads, [Some(main_task), filtered_task, Some(failure_task)]).await;
+    for r in sink_results {
+        r?;
+    }
+    let snapshot = stats.snapshot();
+    tracing::info!(
+        read = snapshot.read,
+        written = snapshot.written,
+        filtered = snapshot.filtered,
+        failed = snapshot.failed,
+        acknowledged = acks.acknowledged(),
+        "pipeline stopped"
+    );
+    Ok(Summary {
+        stats: Snapshot {
+            acked: acks.acknowledged(),
+            ..snapshot
+        },
+        interrupted,
+    })
+}
+
+/// Waits for every stage to finish, in flow order.
+async fn drain(
+    dispatcher: JoinHandle<()>,
+    router: JoinHandle<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    sinks: [Option<JoinHandle<anyhow::Result<()>>>; 3],
+) -> Vec<anyhow::Result<()>> {
+    let _ = dispatcher.await;
+    let _ = router.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await;
+    let mut out = Vec::new();
+    for s in sinks.into_iter().flatten() {
+        out.push(s.await.unwrap_or_else(|e| Err(anyhow::anyhow!("sink task panicked: {e}"))));
+    }
+    out
+}
+
+/// Sends each part of a processed batch to its sink; each part holds a share of the batch's ack.
+async fn route(
+    batch: Batch,
+    main: &mpsc::Sender<SinkBatch>,
+    filtered: Option<&mpsc::Sender<SinkBatch>>,
+    failure: &mpsc::Sender<SinkBatch>,
+    bad_rows: &BadRows,
+    stats: &Stats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Batch {
+        records,
+        filtered: dropped,
+        failed,
+        ack,
+        ..
+    } = batch;
+    if !failed.is_empty() {
+        for f in &failed {
+            tracing::debug!(component = %f.component, reason = %f.reason, "record failed");
+        }
+        stats.failed.fetch_add(failed.len() as u64, Relaxed);
+        let rows = failed.iter().map(|f| bad_rows.encode(f)).collect();
+        let _ = failure
+            .send(SinkBatch {
+                records: rows,
+                ack: ack.clone(),
+            })
+            .await;
+    }
+    if !dropped.is_empty() {
+        stats.filtered.fetch_add(dropped.len() as u64, Relaxed);
+        if let Some(tx) = filtered {
+            let _ = tx
+                .send(SinkBatch {
+                    records: dropped,
+                    ack: ack.clone(),
+                })
+                .await;
+        }
+    }
+    if !records.is_empty() {
+        let _ = main
+            .send(SinkBatch {
+                records,
+                ack: ack.clone(),
+            })
+            .await;
+    }
+    // The router's own share: the parts above hold the rest.
+    ack.delivered();
+}
+
+/// Starts a sink's task: it writes each batch, retrying retriable errors with capped exponential
+/// backoff (the queue in front of it fills meanwhile, holding the source back), acknowledges what
+/// was written, and on a fatal error stops the pipeline.
+fn spawn_sink(
+    role: &'static str,
+    mut sink: Box<dyn Sink>,
+    queue: usize,
+    stats: &Arc<Stats>,
+    abort: &CancellationToken,
+) -> (mpsc::Sender<SinkBatch>, JoinHandle<anyhow::Result<()>>) {
+    let (tx, mut rx) = mpsc::channel::<SinkBatch>(queue);
+    let stats = stats.clone();
+    let abort = abort.clone();
+    let task = tokio::spawn(async move {
+        let records_total = metrics::counter!("weir_sink_records_total", "sink" => role);
+        let retries = metrics::counter!("weir_sink_retries_total", "sink" => role);
+        let seconds = metrics::histogram!("weir_sink_write_seconds", "sink" => role);
+        let sizes = metrics::histogram!("weir_batch_records", "stage" => role);
+        while let Some(SinkBatch { records, ack }) = rx.recv().await {
+            let mut attempt: u32 = 0;
+            loop {
+                let t = Instant::now();
+                match sink.write(&records).await {
+                    Ok(()) => {
+                        seconds.record(t.elapsed().as_secs_f64());
+                        sizes.record(records.len() as f64);
+                        records_total.increment(records.len() as u64);
+                        if role == "sink" {
+                            stats
+                                .written
+                                .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        ack.delivered();
+                        break;
+                    }
+                    Err(SinkError::Retriable(e)) => {
+                        attempt += 1;
+                        retries.increment(1);
+                        let wait = backoff(attempt);
+                        tracing::warn!(sink = role, attempt, error = %format!("{e:#}"), retry_in = ?wait, "write failed, retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = abort.cancelled() => return Err(anyhow::anyhow!("{role}: gave up on a write while stopping: {e:#}")),
+                        }
+                    }
+                    Err(SinkError::Fatal(e)) => {
+                        tracing::error!(sink = role, error = %format!("{e:#}"), "write failed for good; stopping without acknowledging");
+                        abort.cancel();
+                        return Err(anyhow::anyhow!("{role}: {e:#}"));
+                    }
+                }
+            }
+        }
+        sink.close().await.map_err(|e| anyhow::anyhow!("{role}: closing: {e:#}"))
+    });
+    (tx, task)
+}
+
+/// 100 ms, 200 ms, 400 ms, … capped at 10 s, with ±25 % jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(7).saturating_sub(1)).min(10_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let jitter = (nanos % 500) as i64 - 250; // per mille of base / 2
+    let ms = (base as i64 + base as i64 * jitter / 1000).max(1) as u64;
+    Duration::from_millis(ms)
+}

@@ -1,0 +1,97 @@
+//! Records, batches and the failure records that travel beside them.
+//!
+//! A record's bytes are a [`Bytes`] slice of the buffer the source read into, so splitting lines,
+//! filtering and setting a partition key copy nothing. Records always travel in a [`Batch`]; a batch
+//! carries one [`Ack`] that covers all of its records, whichever sink each of them ends up in.
+
+use bytes::Bytes;
+
+use crate::ack::Ack;
+
+/// One event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    /// The payload, e.g. one enriched TSV line without its newline.
+    pub value: Bytes,
+    /// The partition key, if a source or transform set one (`spEnrichedSetPk`, a Kafka key).
+    pub key: Option<Bytes>,
+}
+
+impl Record {
+    pub fn new(value: impl Into<Bytes>) -> Self {
+        Record {
+            value: value.into(),
+            key: None,
+        }
+    }
+
+    /// Bytes this record occupies in a batch (value and key).
+    pub fn size(&self) -> usize {
+        self.value.len() + self.key.as_ref().map_or(0, Bytes::len)
+    }
+}
+
+/// Why a record could not be processed: decides the bad-row schema it is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The payload could not be parsed or a transform rejected it (`generic_error`).
+    Invalid,
+    /// The payload was larger than allowed (`size_violation`).
+    Oversized { actual: usize, limit: usize },
+}
+
+/// A record that failed, with the reason; it goes to the failure sink as a Snowplow bad row.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub record: Record,
+    pub kind: FailureKind,
+    /// Which component failed it (a source, or a transform's name in the chain).
+    pub component: String,
+    pub reason: String,
+}
+
+impl Failed {
+    pub fn invalid(record: Record, component: &str, reason: impl Into<String>) -> Self {
+        Failed {
+            record,
+            kind: FailureKind::Invalid,
+            component: component.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A batch of records and everything that became of them on the way through the transforms.
+///
+/// Transforms move records out of `records` into `filtered` or `failed`; the router then sends
+/// each of the three to its sink, each part holding a clone of `ack`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    pub filtered: Vec<Record>,
+    pub failed: Vec<Failed>,
+    pub ack: Ack,
+    /// When the source closed this batch (for end-to-end latency).
+    pub created: Option<std::time::Instant>,
+}
+
+impl Batch {
+    pub fn new(records: Vec<Record>, ack: Ack) -> Self {
+        Batch {
+            records,
+            filtered: Vec::new(),
+            failed: Vec::new(),
+            ack,
+            created: Some(std::time::Instant::now()),
+        }
+    }
+
+    /// Number of records in all three parts.
+    pub fn len(&self) -> usize {
+        self.records.len() + self.filtered.len() + self.failed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

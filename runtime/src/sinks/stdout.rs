@@ -1,0 +1,79 @@
+//! `stdout` and `stderr`: one line per record on the process's output streams.
+
+use std::io::Write;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{frame_lines, Sink, SinkConfig, SinkError, SinkType};
+use crate::record::Record;
+
+/// ```toml
+/// [sink]
+/// type = "stdout"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {}
+
+impl SinkType for StdoutConfig {
+    const TYPE: &'static str = "stdout";
+}
+
+impl SinkConfig for StdoutConfig {
+    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(Console {
+            stderr: false,
+            buf: Vec::new(),
+        }))
+    }
+}
+
+/// ```toml
+/// [failure]
+/// type = "stderr"     # the failure sink's default
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StderrConfig {}
+
+impl SinkType for StderrConfig {
+    const TYPE: &'static str = "stderr";
+}
+
+impl SinkConfig for StderrConfig {
+    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(Console {
+            stderr: true,
+            buf: Vec::new(),
+        }))
+    }
+}
+
+struct Console {
+    stderr: bool,
+    buf: Vec<u8>,
+}
+
+#[async_trait]
+impl Sink for Console {
+    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
+        frame_lines(records, &mut self.buf);
+        let buf = &self.buf;
+        let stderr = self.stderr;
+        tokio::task::block_in_place(|| {
+            if stderr {
+                let mut out = std::io::stderr().lock();
+                out.write_all(buf).and_then(|_| out.flush())
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(buf).and_then(|_| out.flush())
+            }
+        })
+        .map_err(|e| match e.kind() {
+            // A closed pipe will not reopen.
+            std::io::ErrorKind::BrokenPipe => SinkError::Fatal(e.into()),
+            _ => SinkError::Retriable(e.into()),
+        })
+    }
+}

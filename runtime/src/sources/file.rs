@@ -1,0 +1,111 @@
+//! `file`: one record per line of one or more files, given as paths or glob patterns, read in
+//! order; gzip files are decompressed (by extension, or always/never with `gzip`).
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tokio::io::BufReader;
+
+use super::{lines, Source, SourceConfig, SourceContext, SourceType};
+use crate::config::{ConfigError, Origin};
+
+/// ```toml
+/// [source]
+/// type = "file"
+/// paths = ["events/*.tsv.gz", "more.tsv"]
+/// gzip = true            # optional: decompress; by default, files ending in .gz are
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Paths or glob patterns; matches of each pattern are read in sorted order.
+    pub paths: Vec<String>,
+    /// Decompress gzip: `true` or `false`; when absent, by the `.gz` extension.
+    pub gzip: Option<bool>,
+}
+
+impl SourceType for FileConfig {
+    const TYPE: &'static str = "file";
+}
+
+impl FileConfig {
+    /// Every file the patterns match, in order, or an error naming a pattern that matches nothing.
+    pub fn expand(&self) -> Result<Vec<PathBuf>, String> {
+        let mut out = Vec::new();
+        for pattern in &self.paths {
+            let matches: Vec<PathBuf> = glob::glob(pattern)
+                .map_err(|e| format!("`{pattern}` is not a valid glob pattern: {e}"))?
+                .filter_map(Result::ok)
+                .filter(|p| p.is_file())
+                .collect();
+            if matches.is_empty() {
+                return Err(format!("`{pattern}` matches no file"));
+            }
+            out.extend(matches);
+        }
+        Ok(out)
+    }
+}
+
+impl SourceConfig for FileConfig {
+    fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        if self.paths.is_empty() {
+            return Err(origin.error(
+                "paths",
+                "expected at least one path or glob pattern, found an empty list",
+            ));
+        }
+        // Missing files are reported at run time, not here: `weir validate` must pass on a config
+        // whose input does not exist yet (e.g. in CI, or an image build).
+        for p in &self.paths {
+            if let Err(e) = glob::Pattern::new(p) {
+                return Err(origin.error("paths", format!("`{p}` is not a valid glob pattern: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
+        let files = self.expand().map_err(|e| anyhow::anyhow!("source.paths: {e}"))?;
+        Ok(Box::new(FileSource {
+            files,
+            gzip: self.gzip,
+        }))
+    }
+}
+
+struct FileSource {
+    files: Vec<PathBuf>,
+    gzip: Option<bool>,
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
+        for path in &self.files {
+            let name = path.display().to_string();
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open {name}: {e}"))?;
+            let gz = self
+                .gzip
+                .unwrap_or_else(|| path.extension().is_some_and(|e| e == "gz"));
+            tracing::info!(file = %name, gzip = gz, "reading");
+            let ended = if gz {
+                let mut dec =
+                    async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(file));
+                dec.multiple_members(true);
+                lines::pump(dec, &mut ctx.emitter, &ctx.shutdown, ctx.max_record_bytes, &name).await
+            } else {
+                lines::pump(file, &mut ctx.emitter, &ctx.shutdown, ctx.max_record_bytes, &name)
+                    .await
+            }
+            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+            if ended == lines::Ended::Shutdown {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

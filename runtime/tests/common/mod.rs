@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: run the real `weir` binary on a config.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub fn weir() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.env_remove("WEIR_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEIR__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The fixture files copied into the repo (tests never need ../shared).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+pub fn run(config: &Path) -> Output {
+    weir().arg("run").arg(config).output().expect("weir runs")
+}
+
+pub fn spawn(config: &Path) -> Child {
+    weir()
+        .arg("run")
+        .arg(config)
+        .arg("--progress=never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("weir starts")
+}
+
+/// A field of the "pipeline stopped" summary line, e.g. `summary(&stderr, "read")`.
+pub fn summary(stderr: &str, field: &str) -> Option<u64> {
+    let line = stderr.lines().rev().find(|l| l.contains("pipeline stopped"))?;
+    let clean = strip_ansi(line);
+    let key = format!("{field}=");
+    let at = clean.find(&key)? + key.len();
+    clean[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c2 in chars.by_ref() {
+                if c2.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Resident and peak resident memory of a process, in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let get = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+    };
+    Some((get("VmRSS:")?, get("VmHWM:")?))
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+pub fn mkfifo(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
