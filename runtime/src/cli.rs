@@ -40,6 +40,9 @@ enum Command {
         #[arg(required = true)]
         configs: Vec<PathBuf>,
     },
+    /// Develop WebAssembly transforms: try one on a file, start a new one.
+    #[command(subcommand)]
+    Transform(crate::wasm::cli::TransformCommand),
 }
 
 /// Exit code for configuration errors.
@@ -49,6 +52,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     observe::init_logging(cli.log_format);
     match cli.command {
+        Command::Transform(cmd) => crate::wasm::cli::main(cmd),
         Command::Validate { configs } => {
             for path in &configs {
                 match PipelineConfig::load(path) {

@@ -17,3 +17,4 @@ pub mod sinks;
 pub mod snowplow;
 pub mod sources;
 pub mod transforms;
+pub mod wasm;

@@ -14,6 +14,7 @@ pub mod sp_enriched_filter_context;
 pub mod sp_enriched_filter_unstruct;
 pub mod sp_enriched_set_pk;
 pub mod sp_enriched_to_json;
+pub mod wasm;
 
 /// Every transform type weir knows, by its config `type`.
 pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
@@ -22,6 +23,7 @@ pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
     transform::<sp_enriched_filter_unstruct::Config>(),
     transform::<sp_enriched_set_pk::Config>(),
     transform::<sp_enriched_to_json::Config>(),
+    transform::<wasm::Config>(),
 ];
 
 /// A transform's validated settings. `build` is called once per worker: each worker owns its own

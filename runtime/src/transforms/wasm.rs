@@ -1,0 +1,207 @@
+//! `wasm`: a user-written WebAssembly transform (see `transforms/README.md`).
+//!
+//! The `.wasm` is compiled once and cached on disk; each worker gets its own instance. `init`
+//! runs when the config is checked, so a transform that refuses its settings fails `weir
+//! validate` like any other config error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::{Transform, TransformConfig, TransformType};
+use crate::config::{self, ByteSize, ConfigError, Origin};
+use crate::record::Batch;
+use crate::wasm::guest::BuildError;
+use crate::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
+
+/// ```toml
+/// [[transforms]]
+/// type = "wasm"
+/// path = "transforms/media_filter.wasm"
+/// # The transform's own settings, passed to its `init` (values become strings).
+/// config = { vendor = "com.snowplowanalytics.snowplow.media", event_name = "^(play|pause)_event$" }
+/// # flush_interval = "10s"   # call the transform's `flush` this often (windowed output)
+/// # cache_dir = "/var/cache/weir/wasm"  # default: $WEIR_CACHE_DIR, $XDG_CACHE_HOME/weir/wasm
+///
+/// [transforms.limits]            # all optional; these are the defaults
+/// timeout = "1s"                 # per batch (one guest call)
+/// max_memory = "64 MiB"
+/// max_stack = "512 KiB"
+/// max_output_bytes = "16 MiB"    # per batch
+/// log_lines_per_second = 10      # guest log lines (bursts of 10x)
+/// max_traps_per_batch = 64       # then the rest of the batch fails and weir backs off
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The transform: a component, or a core module built with the weir transform SDK.
+    pub path: PathBuf,
+    /// The transform's own settings.
+    #[serde(default)]
+    pub config: BTreeMap<String, Setting>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// How often to call the transform's `flush`.
+    pub flush_interval: Option<config::Duration>,
+    /// Where compiled transforms are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// The transform's keyed state, shared by its workers.
+    #[serde(skip)]
+    pub state: Arc<MemoryBackend>,
+}
+
+/// A value of the `config` table: text, number or boolean (passed to the guest as text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Setting {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Bool(b) => write!(f, "{b}"),
+            Setting::Int(i) => write!(f, "{i}"),
+            Setting::Float(x) => write!(f, "{x}"),
+            Setting::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `[transforms.limits]` of a `wasm` transform.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub timeout: config::Duration,
+    pub max_memory: ByteSize,
+    pub max_stack: ByteSize,
+    pub max_output_bytes: ByteSize,
+    pub log_lines_per_second: u32,
+    pub max_traps_per_batch: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = Limits::default();
+        LimitsConfig {
+            timeout: config::Duration(d.timeout),
+            max_memory: ByteSize(d.max_memory as u64),
+            max_stack: ByteSize(d.max_stack as u64),
+            max_output_bytes: ByteSize(d.max_output_bytes as u64),
+            log_lines_per_second: d.log_lines_per_second,
+            max_traps_per_batch: d.max_traps_per_batch,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn check(&self, o: &Origin) -> Result<Limits, ConfigError> {
+        let range = |key: &str, v: u64, lo: u64, hi: u64, what: &str| {
+            if v < lo || v > hi {
+                Err(o.error(
+                    &format!("limits.{key}"),
+                    format!("expected {what}, found {v} bytes"),
+                ))
+            } else {
+                Ok(v as usize)
+            }
+        };
+        if self.timeout.0.is_zero() {
+            return Err(o.error("limits.timeout", "expected a positive duration, found 0"));
+        }
+        if self.max_traps_per_batch == 0 {
+            return Err(o.error("limits.max_traps_per_batch", "expected at least 1, found 0"));
+        }
+        Ok(Limits {
+            timeout: self.timeout.0,
+            max_memory: range(
+                "max_memory",
+                self.max_memory.0,
+                1 << 20,
+                4 << 30,
+                "1 MiB to 4 GiB",
+            )?,
+            max_stack: range(
+                "max_stack",
+                self.max_stack.0,
+                64 << 10,
+                64 << 20,
+                "64 KiB to 64 MiB",
+            )?,
+            max_output_bytes: range(
+                "max_output_bytes",
+                self.max_output_bytes.0,
+                1,
+                u32::MAX as u64,
+                "1 byte to 4 GiB",
+            )?,
+            log_lines_per_second: self.log_lines_per_second,
+            max_traps_per_batch: self.max_traps_per_batch,
+        })
+    }
+}
+
+impl TransformType for Config {
+    const TYPE: &'static str = "wasm";
+}
+
+impl Config {
+    /// The options a guest is built with.
+    pub fn options(&self, label: &str, origin: &Origin) -> Result<GuestOptions, ConfigError> {
+        Ok(GuestOptions {
+            label: label.to_string(),
+            config: self
+                .config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            limits: self.limits.check(origin)?,
+            state: self.state.clone(),
+            cache_dir: self
+                .cache_dir
+                .clone()
+                .unwrap_or_else(crate::wasm::cache::default_dir),
+        })
+    }
+}
+
+impl TransformConfig for Config {
+    fn build(&self, label: &str, origin: &Origin) -> Result<Box<dyn Transform>, ConfigError> {
+        let guest = Guest::new(&self.path, self.options(label, origin)?).map_err(|e| match e {
+            BuildError::Init(m) => {
+                origin.error("config", format!("the transform refused its config: {m}"))
+            }
+            BuildError::Load(m) => origin.error("path", m),
+        })?;
+        Ok(Box::new(WasmTransform {
+            guest,
+            flush_interval: self.flush_interval.map(|d| d.0),
+            last_flush: Instant::now(),
+        }))
+    }
+}
+
+/// A `wasm` transform in one worker.
+pub struct WasmTransform {
+    pub guest: Guest,
+    flush_interval: Option<Duration>,
+    last_flush: Instant,
+}
+
+impl Transform for WasmTransform {
+    fn process(&mut self, batch: &mut Batch) {
+        self.guest.process_batch(batch);
+        if let Some(every) = self.flush_interval {
+            if self.last_flush.elapsed() >= every {
+                self.last_flush = Instant::now();
+                batch.records.extend(self.guest.flush());
+            }
+        }
+    }
+}

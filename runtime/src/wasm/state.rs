@@ -1,0 +1,216 @@
+//! Keyed state owned by the host.
+//!
+//! A [`StateBackend`] opens one [`StateStore`] per [`StateScope`]: a transform of a pipeline and
+//! a partition of its input. Today every transform has one partition (0) shared by its workers;
+//! a partitioned source (Kafka, Kinesis) will open one scope per partition it owns, so a durable
+//! backend can hand a partition's state over with the partition.
+//!
+//! The guest never writes to a store directly: the host collects the writes of one guest call
+//! and [`StateStore::commit`]s them only if the call succeeds, so a trap (and the retries that
+//! isolate the poison record) never leaves half of a batch's writes behind. A durable backend
+//! additionally implements [`StateStore::checkpoint`]: persist what was committed, tagged with
+//! the source position it corresponds to, so that after a restart the source resumes from
+//! [`StateStore::last_checkpoint`] and state and input agree.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+/// Which state: one transform of one pipeline, one partition of its input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StateScope {
+    /// The transform's label in the pipeline, e.g. `transforms[1] (wasm)`.
+    pub transform: String,
+    /// The input partition (0 for unpartitioned sources).
+    pub partition: u32,
+}
+
+/// One write of a committed guest call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub key: Vec<u8>,
+    /// `None` deletes the key.
+    pub value: Option<Vec<u8>>,
+    /// When the value expires (ms since the Unix epoch).
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Where state lives. Implementations must be cheap to share between worker threads.
+pub trait StateBackend: Send + Sync + Debug {
+    /// The store of `scope`, created empty if new.
+    fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>>;
+}
+
+/// The state of one scope.
+pub trait StateStore: Send + Sync + Debug {
+    /// The live value of `key` at `now_ms`.
+    fn get(&self, key: &[u8], now_ms: i64) -> anyhow::Result<Option<Vec<u8>>>;
+    /// The live values of many keys, in order (one lock or one round trip).
+    fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+    /// Applies the writes of one successful guest call, atomically.
+    fn commit(&self, writes: Vec<Write>, now_ms: i64) -> anyhow::Result<()>;
+    /// Makes everything committed so far durable, tagged with the source `position` it
+    /// reflects. The in-memory backend only remembers the position.
+    fn checkpoint(&self, position: &[u8]) -> anyhow::Result<()>;
+    /// The position of the last checkpoint, where the source resumes after a restart.
+    fn last_checkpoint(&self) -> anyhow::Result<Option<Vec<u8>>>;
+}
+
+/// State in process memory: lost on restart (a durable backend comes with the partitioned
+/// sources).
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    stores: Mutex<HashMap<StateScope, Arc<MemoryStore>>>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Arc<MemoryBackend> {
+        Arc::new(MemoryBackend::default())
+    }
+}
+
+impl StateBackend for MemoryBackend {
+    fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let s = stores.entry(scope.clone()).or_default().clone();
+        Ok(s)
+    }
+}
+
+/// One scope's state in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<MemoryInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    map: HashMap<Vec<u8>, (Vec<u8>, Option<i64>)>,
+    /// Entries with an expiry; when the map doubles past the size after the last sweep,
+    /// expired entries are removed (amortised O(1) per write).
+    sweep_at: usize,
+    checkpoint: Option<Vec<u8>>,
+}
+
+impl MemoryInner {
+    fn live(&self, key: &[u8], now: i64) -> Option<Vec<u8>> {
+        match self.map.get(key) {
+            Some((v, exp)) if exp.is_none_or(|e| e > now) => Some(v.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl MemoryStore {
+    /// Number of entries held, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl StateStore for MemoryStore {
+    fn get(&self, key: &[u8], now_ms: i64) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .live(key, now_ms))
+    }
+
+    fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(keys.iter().map(|k| inner.live(k, now_ms)).collect())
+    }
+
+    fn commit(&self, writes: Vec<Write>, now_ms: i64) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for w in writes {
+            match w.value {
+                Some(v) => {
+                    inner.map.insert(w.key, (v, w.expires_at_ms));
+                }
+                None => {
+                    inner.map.remove(&w.key);
+                }
+            }
+        }
+        if inner.map.len() >= inner.sweep_at.max(1024) {
+            inner
+                .map
+                .retain(|_, (_, exp)| exp.is_none_or(|e| e > now_ms));
+            inner.sweep_at = inner.map.len() * 2;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, position: &[u8]) -> anyhow::Result<()> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint = Some(position.to_vec());
+        Ok(())
+    }
+
+    fn last_checkpoint(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint
+            .clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_separate_and_expiry_is_honoured() {
+        let b = MemoryBackend::new();
+        let scope = |p| StateScope {
+            transform: "t".into(),
+            partition: p,
+        };
+        let s0 = b.open(&scope(0)).unwrap();
+        let s1 = b.open(&scope(1)).unwrap();
+        s0.commit(
+            vec![
+                Write {
+                    key: b"a".to_vec(),
+                    value: Some(b"1".to_vec()),
+                    expires_at_ms: Some(100),
+                },
+                Write {
+                    key: b"b".to_vec(),
+                    value: Some(b"2".to_vec()),
+                    expires_at_ms: None,
+                },
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(s0.get(b"a", 99).unwrap(), Some(b"1".to_vec()));
+        assert_eq!(s0.get(b"a", 100).unwrap(), None);
+        assert_eq!(s1.get(b"b", 0).unwrap(), None);
+        assert_eq!(
+            s0.get_many(&[b"b", b"zz"], 0).unwrap(),
+            vec![Some(b"2".to_vec()), None]
+        );
+        // Same scope, same store.
+        assert_eq!(
+            b.open(&scope(0)).unwrap().get(b"b", 0).unwrap(),
+            Some(b"2".to_vec())
+        );
+        s0.checkpoint(b"offset=42").unwrap();
+        assert_eq!(s0.last_checkpoint().unwrap(), Some(b"offset=42".to_vec()));
+    }
+}

@@ -1,0 +1,194 @@
+//! The shipped transforms (media-filter, dedup) in WASM through weir's host, in pipelines with
+//! the built-in transforms, and their config errors.
+
+mod wasm_support;
+
+use std::path::Path;
+
+use bytes::Bytes;
+use wasm_support::*;
+use weir::pipeline::PipelineConfig;
+use weir::record::{Batch, Record};
+use weir::wasm::Limits;
+use weir_transform_sdk::{Config, Filter};
+
+const MEDIA_VENDOR: &str = "com.snowplowanalytics.snowplow.media";
+
+/// Indices of the fixture lines the native build of the same media-filter code keeps.
+fn native_media_filter(lines: &[Bytes], config: &[(&str, &str)]) -> Vec<usize> {
+    let mut f = media_filter::MediaFilter::new(&Config::from_pairs(config)).unwrap();
+    (0..lines.len())
+        .filter(|&i| f.keep(&weir_transform_sdk::Record::new(&lines[i])).unwrap())
+        .collect()
+}
+
+fn wasm_kept(path: &Path, config: &[(&str, &str)], lines: &[Bytes]) -> Vec<usize> {
+    let mut g = guest(path, config, Limits::default());
+    let out = g.run(lines.iter().map(|l| Record::new(l.clone())).collect(), 0);
+    assert!(out.failed.is_empty(), "{:?}", out.failed);
+    // A filter hands back the very same bytes (no copy).
+    for (r, &s) in out.records.iter().zip(&out.sources) {
+        assert_eq!(r.value.as_ptr(), lines[s].as_ptr());
+    }
+    out.sources
+}
+
+#[test]
+fn media_filter_in_wasm_keeps_exactly_what_the_native_build_keeps() {
+    let lines = fixture_lines();
+    let expected = native_media_filter(&lines, &[]);
+    assert_eq!(expected.len(), 47, "47 media events in the fixture");
+    for i in &expected {
+        assert_eq!(
+            weir::snowplow::field(&lines[*i], weir::snowplow::EVENT_VENDOR),
+            MEDIA_VENDOR.as_bytes()
+        );
+    }
+    let wasm = rust_guest("media_filter");
+    assert_eq!(
+        wasm_kept(&wasm, &[], &lines),
+        expected,
+        "declared fields only"
+    );
+    assert_eq!(
+        wasm_kept(&wasm, &[("send", "payload")], &lines),
+        expected,
+        "whole events"
+    );
+    let cfg = [("event_name", "^(play|pause)_event$")];
+    let expected = native_media_filter(&lines, &cfg);
+    assert_eq!(expected.len(), 8);
+    assert_eq!(wasm_kept(&wasm, &cfg, &lines), expected);
+}
+
+fn pipeline(dir: &Path, transforms: &str) -> Result<PipelineConfig, weir::config::ConfigError> {
+    let path = dir.join("pipeline.toml");
+    std::fs::write(
+        &path,
+        format!("[source]\ntype = \"stdin\"\n\n{transforms}\n[sink]\ntype = \"null\"\n",),
+    )
+    .unwrap();
+    PipelineConfig::load(&path)
+}
+
+fn wasm_entry(path: &Path, rest: &str) -> String {
+    format!(
+        "[[transforms]]\ntype = \"wasm\"\npath = {:?}\ncache_dir = {:?}\n{rest}\n",
+        path.display().to_string(),
+        cache_dir().display().to_string()
+    )
+}
+
+#[test]
+fn wasm_transforms_chain_with_the_built_in_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = format!(
+        "{}\n[[transforms]]\ntype = \"spEnrichedSetPk\"\natomic_field = \"event_name\"\n\n{}",
+        wasm_entry(
+            &rust_guest("media_filter"),
+            "config = { event_name = \"^(play|pause)_event$\" }"
+        ),
+        wasm_entry(&rust_guest("dedup"), "config = { window = \"10m\" }")
+    );
+    let cfg = pipeline(dir.path(), &t).unwrap_or_else(|e| panic!("{e}"));
+    let mut chain = cfg.build_chain().unwrap();
+    let lines = fixture_lines();
+    let mut twice: Vec<Record> = lines.iter().map(|l| Record::new(l.clone())).collect();
+    twice.extend(lines.iter().map(|l| Record::new(l.clone())));
+    let mut b = Batch::new(twice, Default::default());
+    chain.process(&mut b);
+    // 8 play/pause events, keyed by the built-in, each once (the repeats are duplicates).
+    assert_eq!(b.records.len(), 8);
+    for r in &b.records {
+        let name = weir::snowplow::field(&r.value, weir::snowplow::EVENT_NAME);
+        assert_eq!(r.key.as_deref(), Some(name));
+        assert!(name == b"play_event" || name == b"pause_event");
+    }
+    assert_eq!(b.filtered.len(), 2 * 73 - 8);
+    assert!(b.failed.is_empty());
+}
+
+#[test]
+fn dedup_state_is_shared_by_the_workers_of_a_transform() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pipeline(dir.path(), &wasm_entry(&rust_guest("dedup"), "")).unwrap();
+    let (mut w1, mut w2) = (cfg.build_chain().unwrap(), cfg.build_chain().unwrap());
+    let lines = fixture_lines();
+    let mut b = Batch::new(
+        lines.iter().map(|l| Record::new(l.clone())).collect(),
+        Default::default(),
+    );
+    w1.process(&mut b);
+    assert_eq!(b.records.len(), 73);
+    let mut b = Batch::new(
+        lines.iter().map(|l| Record::new(l.clone())).collect(),
+        Default::default(),
+    );
+    w2.process(&mut b);
+    assert_eq!(
+        b.records.len(),
+        0,
+        "the other worker already saw these event ids"
+    );
+    assert_eq!(b.filtered.len(), 73);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = rust_guest("media_filter");
+    let err = |rest: &str| pipeline(dir.path(), &wasm_entry(&media, rest)).unwrap_err();
+
+    let e = err("config = { event_name = \"(\" }");
+    assert_eq!(e.key, "transforms[0].config");
+    assert!(e.message.contains("invalid regex"), "{e}");
+
+    let e = err("config = { evnt_name = \"x\" }");
+    assert!(e.message.contains("unknown setting `evnt_name`"), "{e}");
+
+    let e = err("[transforms.limits]\nmax_memory = \"1 KiB\"");
+    assert_eq!(e.key, "transforms[0].limits.max_memory");
+
+    let e = err("[transforms.limits]\ntimout = \"1s\"");
+    assert!(e.message.contains("did you mean `timeout`"), "{e}");
+
+    let e = pipeline(
+        dir.path(),
+        &wasm_entry(&dir.path().join("missing.wasm"), ""),
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "transforms[0].path");
+    assert!(e.message.contains("cannot read"), "{e}");
+
+    // Numbers and booleans reach the guest as text.
+    pipeline(
+        dir.path(),
+        &wasm_entry(&rust_guest("dedup"), "config = { window = 600000 }"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn flush_emits_held_records_directly_and_on_the_pipeline_interval() {
+    let hostile = rust_guest("hostile");
+    let mut g = guest(&hostile, &[], Limits::default());
+    let mut b = batch(&["hold:x", "hold:y", "a"]);
+    g.process_batch(&mut b);
+    assert_eq!(texts(&b.records), vec!["a"]);
+    assert_eq!(b.filtered.len(), 2);
+    assert_eq!(texts(&g.flush()), vec!["x", "y"]);
+    assert!(g.flush().is_empty());
+
+    // In a pipeline, `flush_interval` appends what flush emits to the batch being processed.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pipeline(
+        dir.path(),
+        &wasm_entry(&hostile, "flush_interval = \"1ms\""),
+    )
+    .unwrap();
+    let mut chain = cfg.build_chain().unwrap();
+    let mut b = batch(&["hold:late", "now"]);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    chain.process(&mut b);
+    assert_eq!(texts(&b.records), vec!["now", "late"]);
+}

@@ -1,0 +1,284 @@
+//! A minimal, allocation-free JSON reader: finds a value inside raw JSON text without parsing
+//! the rest. Malformed input gives `None`, never a panic.
+
+use std::borrow::Cow;
+
+/// A JSON value as raw text (`{"a":1}`, `"x"`, `3.5`, ...), read lazily.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Json<'a>(pub &'a [u8]);
+
+impl<'a> Json<'a> {
+    /// The raw JSON text.
+    pub fn raw(&self) -> &'a [u8] {
+        self.0
+    }
+
+    /// The value of member `key` of an object.
+    pub fn get(&self, key: &str) -> Option<Json<'a>> {
+        self.members()
+            .find(|(k, _)| *k == key.as_bytes())
+            .map(|(_, v)| v)
+    }
+
+    /// The members of an object, keys as raw (still escaped) bytes. Empty if not an object.
+    pub fn members(&self) -> Members<'a> {
+        let b = self.0;
+        let i = skip_ws(b, 0);
+        let pos = if b.get(i) == Some(&b'{') {
+            Some(i + 1)
+        } else {
+            None
+        };
+        Members { b, pos }
+    }
+
+    /// The elements of an array. Empty if not an array.
+    pub fn elements(&self) -> Elements<'a> {
+        let b = self.0;
+        let i = skip_ws(b, 0);
+        let pos = if b.get(i) == Some(&b'[') {
+            Some(i + 1)
+        } else {
+            None
+        };
+        Elements { b, pos }
+    }
+
+    /// The text of a string value (unescaped; borrowed when it has no escapes).
+    pub fn as_str(&self) -> Option<Cow<'a, str>> {
+        let b = trim(self.0);
+        if b.len() < 2 || b[0] != b'"' || b[b.len() - 1] != b'"' {
+            return None;
+        }
+        let inner = &b[1..b.len() - 1];
+        if !inner.contains(&b'\\') {
+            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+        }
+        unescape(inner).map(Cow::Owned)
+    }
+
+    /// A number value.
+    pub fn as_f64(&self) -> Option<f64> {
+        std::str::from_utf8(trim(self.0)).ok()?.parse().ok()
+    }
+
+    /// A boolean value.
+    pub fn as_bool(&self) -> Option<bool> {
+        match trim(self.0) {
+            b"true" => Some(true),
+            b"false" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// Whether the value is `null`.
+    pub fn is_null(&self) -> bool {
+        trim(self.0) == b"null"
+    }
+}
+
+/// Iterator over an object's members.
+pub struct Members<'a> {
+    b: &'a [u8],
+    pos: Option<usize>,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a [u8], Json<'a>);
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.b;
+        let mut i = skip_ws(b, self.pos?);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+        if b.get(i) != Some(&b'"') {
+            self.pos = None;
+            return None;
+        }
+        let key_end = skip_string(b, i)?;
+        let key = &b[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            self.pos = None;
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = skip_value(b, start);
+        let Some(end) = end else {
+            self.pos = None;
+            return None;
+        };
+        self.pos = Some(end);
+        Some((key, Json(&b[start..end])))
+    }
+}
+
+/// Iterator over an array's elements.
+pub struct Elements<'a> {
+    b: &'a [u8],
+    pos: Option<usize>,
+}
+
+impl<'a> Iterator for Elements<'a> {
+    type Item = Json<'a>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let b = self.b;
+        let mut i = skip_ws(b, self.pos?);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+        if matches!(b.get(i), None | Some(b']')) {
+            self.pos = None;
+            return None;
+        }
+        let Some(end) = skip_value(b, i) else {
+            self.pos = None;
+            return None;
+        };
+        self.pos = Some(end);
+        Some(Json(&b[i..end]))
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let s = skip_ws(b, 0);
+    let mut e = b.len();
+    while e > s && b[e - 1].is_ascii_whitespace() {
+        e -= 1;
+    }
+    &b[s..e]
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// `b[i]` is `"`: the index just past the closing quote.
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        let k = j + memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        if b[k] == b'"' {
+            return Some(k + 1);
+        }
+        j = k + 2;
+    }
+}
+
+/// The index just past the value starting at `b[i]`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+fn unescape(s: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let text = std::str::from_utf8(s).ok()?;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '"' => out.push('"'),
+            '\\' => out.push('\\'),
+            '/' => out.push('/'),
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => {
+                let hex = |chars: &mut std::str::Chars| -> Option<u32> {
+                    let h: String = chars.by_ref().take(4).collect();
+                    u32::from_str_radix(&h, 16).ok()
+                };
+                let hi = hex(&mut chars)?;
+                let cp = if (0xD800..0xDC00).contains(&hi) {
+                    if chars.next()? != '\\' || chars.next()? != 'u' {
+                        return None;
+                    }
+                    let lo = hex(&mut chars)?;
+                    0x10000 + ((hi - 0xD800) << 10) + (lo.checked_sub(0xDC00)?)
+                } else {
+                    hi
+                };
+                out.push(char::from_u32(cp)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_members_without_parsing_everything() {
+        let j = Json(
+            br#" {"a": [1, {"x": "}"}], "b\"c": "d\u00e9\n", "n": -1.5e2, "t": true, "z": null} "#,
+        );
+        assert_eq!(j.get("a").unwrap().elements().count(), 2);
+        assert_eq!(j.members().nth(1).unwrap().0, br#"b\"c"#);
+        assert_eq!(j.members().nth(1).unwrap().1.as_str().unwrap(), "dé\n");
+        assert_eq!(j.get("n").unwrap().as_f64(), Some(-150.0));
+        assert_eq!(j.get("t").unwrap().as_bool(), Some(true));
+        assert!(j.get("z").unwrap().is_null());
+        assert!(j.get("missing").is_none());
+    }
+
+    #[test]
+    fn malformed_input_is_none_not_a_panic() {
+        for bad in [
+            &b"{"[..],
+            b"{\"a",
+            b"{\"a\":",
+            b"[1,",
+            b"\"abc",
+            b"{\"a\":\"\\",
+            b"",
+        ] {
+            let j = Json(bad);
+            let _ = j.get("a");
+            let _ = j.elements().count();
+            let _ = j.as_str();
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Write [weir](https://github.com/) WebAssembly transforms in Rust: one function per record.
+//!
+//! Pick the trait that fits and export it with its macro:
+//!
+//! | trait | you write | macro |
+//! |---|---|---|
+//! | [`Filter`] | `keep(record) -> Result<bool, String>` | [`export_filter!`] |
+//! | [`Map`] | `map(record, out_payload) -> Result<(), String>` | [`export_map!`] |
+//! | [`FlatMap`] | `flat_map(record, emit) -> Result<(), String>` (0..n outputs) | [`export_flat_map!`] |
+//! | [`Stateful`] | `process(record, state, emit)` with host-owned keyed state | [`export_stateful!`] |
+//!
+//! The SDK generates the batch loop: weir hands the guest a whole batch in one call as flat
+//! buffers (see `transforms/wit/weir-transform.wit`), and the SDK calls your function once per
+//! record. An `Err(message)` sends that record to weir's failure sink with the message; a panic
+//! does too (weir rebuilds the instance and isolates the record), but costs far more.
+//!
+//! Snowplow helpers ([`Record::field`], [`Record::unstruct`], [`Record::entity`]) read an enriched
+//! TSV line without parsing all of it. Declare the fields you read in `fields()` and weir sends
+//! only those fields across the boundary instead of whole lines.
+//!
+//! Unit tests run natively with plain `cargo test`, state and clock stubbed in memory: see
+//! [`testing`].
+//!
+//! ```
+//! use weir_transform_sdk::{fields, Config, Filter, Record};
+//!
+//! struct PageViews;
+//!
+//! impl Filter for PageViews {
+//!     fn new(config: &Config) -> Result<Self, String> {
+//!         config.check_keys(&[])?;
+//!         Ok(PageViews)
+//!     }
+//!     fn fields(&self) -> &[usize] {
+//!         &[fields::EVENT]
+//!     }
+//!     fn keep(&mut self, record: &Record<'_>) -> Result<bool, String> {
+//!         Ok(record.field(fields::EVENT) == Some(b"page_view"))
+//!     }
+//! }
+//! weir_transform_sdk::export_filter!(PageViews);
+//!
+//! let mut t = weir_transform_sdk::testing::filter::<PageViews>(&[]).unwrap();
+//! let line = ["x"; 131].join("\t");
+//! assert_eq!(t.process(&[line.as_bytes()]).filtered, vec![0]);
+//! ```
+
+extern crate self as weir_transform_sdk;
+
+mod batch;
+mod config;
+pub mod fields;
+mod host;
+mod json;
+pub mod snowplow;
+mod state;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
+#[doc(hidden)]
+pub mod rt;
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "weir-transform",
+        pub_export_macro: true,
+        export_macro_name: "__wit_export",
+        default_bindings_module: "weir_transform_sdk::bindings",
+        runtime_path: "weir_transform_sdk::bindings::__rt",
+    });
+    #[doc(hidden)]
+    pub use wit_bindgen::rt as __rt;
+}
+
+pub use batch::{Emit, Emitted, Record};
+pub use config::{parse_duration_ms, Config};
+pub use host::{log, now_ms, Level};
+pub use json::Json;
+pub use snowplow::SelfDescribing;
+pub use state::State;
+
+/// Keeps or drops each record.
+pub trait Filter: Sized + 'static {
+    /// Builds the transform from the `config` map of its pipeline config. An error is shown to
+    /// the user as a config error.
+    fn new(config: &Config) -> Result<Self, String>;
+    /// The Snowplow enriched fields ([`fields`]) this transform reads. If not empty, weir sends
+    /// only these fields, not whole payloads, and [`Record::value`] is not available.
+    fn fields(&self) -> &[usize] {
+        &[]
+    }
+    /// `Ok(true)` keeps the record, `Ok(false)` drops it (to the `filtered` sink), `Err` fails it.
+    fn keep(&mut self, record: &Record<'_>) -> Result<bool, String>;
+}
+
+/// Replaces each record's payload.
+pub trait Map: Sized + 'static {
+    /// See [`Filter::new`].
+    fn new(config: &Config) -> Result<Self, String>;
+    /// See [`Filter::fields`].
+    fn fields(&self) -> &[usize] {
+        &[]
+    }
+    /// Writes the new payload of `record` into `out` (empty when called).
+    fn map(&mut self, record: &Record<'_>, out: &mut Vec<u8>) -> Result<(), String>;
+}
+
+/// Turns each record into zero, one or many records.
+pub trait FlatMap: Sized + 'static {
+    /// See [`Filter::new`].
+    fn new(config: &Config) -> Result<Self, String>;
+    /// See [`Filter::fields`].
+    fn fields(&self) -> &[usize] {
+        &[]
+    }
+    /// Emits what `record` becomes through `out`; emitting nothing drops it.
+    fn flat_map(&mut self, record: &Record<'_>, out: &mut Emit<'_>) -> Result<(), String>;
+    /// Emits what the transform held back (windowed output); called when the input ends.
+    fn flush(&mut self, out: &mut Emitted) {
+        let _ = out;
+    }
+}
+
+/// Like [`FlatMap`], with keyed state owned by weir (it survives instance rebuilds and, with a
+/// durable backend, restarts).
+pub trait Stateful: Sized + 'static {
+    /// See [`Filter::new`].
+    fn new(config: &Config) -> Result<Self, String>;
+    /// See [`Filter::fields`].
+    fn fields(&self) -> &[usize] {
+        &[]
+    }
+    /// The state key `record` will read, if known up front: the SDK then fetches the keys of a
+    /// whole batch in one host call instead of one call per record.
+    fn state_key<'r>(&self, record: &Record<'r>) -> Option<&'r [u8]> {
+        let _ = record;
+        None
+    }
+    /// Handles one record. Writes to `state` are visible to the next records of the batch at
+    /// once and reach the host in one call at the end of the batch.
+    fn process(
+        &mut self,
+        record: &Record<'_>,
+        state: &mut State<'_>,
+        out: &mut Emit<'_>,
+    ) -> Result<(), String>;
+    /// Emits what the transform held back (windowed output); called when the input ends.
+    fn flush(&mut self, state: &mut State<'_>, out: &mut Emitted) {
+        let _ = (state, out);
+    }
+}
+
+/// Exports a [`Filter`] as the transform of this crate.
+#[macro_export]
+macro_rules! export_filter {
+    ($t:ty) => {
+        $crate::__export!($crate::rt::AsFilter<$t>);
+    };
+}
+
+/// Exports a [`Map`] as the transform of this crate.
+#[macro_export]
+macro_rules! export_map {
+    ($t:ty) => {
+        $crate::__export!($crate::rt::AsMap<$t>);
+    };
+}
+
+/// Exports a [`FlatMap`] as the transform of this crate.
+#[macro_export]
+macro_rules! export_flat_map {
+    ($t:ty) => {
+        $crate::__export!($crate::rt::AsFlatMap<$t>);
+    };
+}
+
+/// Exports a [`Stateful`] transform as the transform of this crate.
+#[macro_export]
+macro_rules! export_stateful {
+    ($t:ty) => {
+        $crate::__export!($crate::rt::AsStateful<$t>);
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export {
+    ($g:ty) => {
+        const _: () = {
+            struct __WeirGuest;
+            impl $crate::bindings::exports::weir::transform::transform::Guest for __WeirGuest {
+                fn init(
+                    config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+                ) -> ::std::result::Result<
+                    $crate::bindings::weir::transform::types::Settings,
+                    ::std::string::String,
+                > {
+                    $crate::rt::wasm::init::<$g>(config)
+                }
+                fn process(
+                    batch: $crate::bindings::weir::transform::types::Batch,
+                ) -> $crate::bindings::weir::transform::types::Output {
+                    $crate::rt::wasm::process::<$g>(batch)
+                }
+                fn flush() -> $crate::bindings::weir::transform::types::Emitted {
+                    $crate::rt::wasm::flush::<$g>()
+                }
+            }
+    $crate::bindings::__wit_export!(__WeirGuest with_types_in $crate::bindings);
+        };
+    };
+}
+
+/// Natively (unit tests, benchmarks) there is nothing to export: use [`testing`].
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __export {
+    ($g:ty) => {
+        const _: fn() = || {
+            fn assert_guest<G: $crate::rt::Guest>() {}
+            assert_guest::<$g>();
+        };
+    };
+}

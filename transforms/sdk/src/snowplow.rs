@@ -1,0 +1,159 @@
+//! Reading Snowplow enriched events (131-field TSV lines) without parsing all of them.
+
+use crate::fields::COUNT;
+use crate::json::Json;
+
+/// The raw bytes of field `idx` of an enriched TSV line, found without scanning the whole line:
+/// fields before 66 by walking tabs from the start, the others by walking back from the end
+/// (`event_name`, 126, is 4 tabs from the end). The same rule as weir's own
+/// `weir::snowplow::field`, so a field reads the same natively, in WASM and when weir sends only
+/// declared fields.
+///
+/// A line with fewer fields than 131 gives a meaningless (but in-bounds) result.
+///
+/// # Panics
+/// If `idx >= 131`.
+#[inline]
+pub fn field(line: &[u8], idx: usize) -> &[u8] {
+    assert!(idx < COUNT, "field index {idx} out of range");
+    if idx < 66 {
+        let mut tabs = memchr::memchr_iter(b'\t', line);
+        let start = if idx == 0 {
+            0
+        } else {
+            match tabs.nth(idx - 1) {
+                Some(p) => p + 1,
+                None => return &[],
+            }
+        };
+        let end = tabs.next().unwrap_or(line.len());
+        &line[start..end]
+    } else {
+        let after = COUNT - 1 - idx;
+        let mut tabs = memchr::memrchr_iter(b'\t', line);
+        let end = if after == 0 {
+            line.len()
+        } else {
+            match tabs.nth(after - 1) {
+                Some(p) => p,
+                None => return &[],
+            }
+        };
+        let start = tabs.next().map_or(0, |p| p + 1);
+        &line[start..end]
+    }
+}
+
+/// A self-describing JSON: `{"schema": "iglu:vendor/name/format/version", "data": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelfDescribing<'a> {
+    /// The schema URI, e.g. `iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/2-0-0`.
+    pub schema: &'a str,
+    /// The `data` value, unparsed.
+    pub data: Json<'a>,
+}
+
+impl<'a> SelfDescribing<'a> {
+    /// Reads `{"schema": …, "data": …}` (in either order).
+    pub fn parse(json: Json<'a>) -> Option<SelfDescribing<'a>> {
+        let mut schema = None;
+        let mut data = None;
+        for (k, v) in json.members() {
+            match k {
+                b"schema" => schema = Some(v),
+                b"data" => data = Some(v),
+                _ => {}
+            }
+        }
+        let raw = schema?.raw();
+        // Schema URIs never contain escapes; take the text between the quotes.
+        let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        Some(SelfDescribing {
+            schema: std::str::from_utf8(inner).ok()?,
+            data: data?,
+        })
+    }
+
+    /// Whether the schema URI starts with `prefix` (e.g. `iglu:com.acme/thing/jsonschema/1-`
+    /// matches every 1-x-x version).
+    pub fn is(&self, prefix: &str) -> bool {
+        self.schema.starts_with(prefix)
+    }
+
+    /// The parts of the Iglu URI: vendor, name, format, version.
+    pub fn parts(&self) -> Option<(&'a str, &'a str, &'a str, &'a str)> {
+        let mut it = self.schema.strip_prefix("iglu:")?.split('/');
+        let parts = (it.next()?, it.next()?, it.next()?, it.next()?);
+        it.next().is_none().then_some(parts)
+    }
+
+    /// The schema's vendor, e.g. `com.snowplowanalytics.snowplow.media`.
+    pub fn vendor(&self) -> Option<&'a str> {
+        self.parts().map(|p| p.0)
+    }
+
+    /// The schema's name, e.g. `play_event`.
+    pub fn name(&self) -> Option<&'a str> {
+        self.parts().map(|p| p.1)
+    }
+}
+
+/// The event inside an `unstruct_event` field value.
+pub fn unstruct(field: &[u8]) -> Option<SelfDescribing<'_>> {
+    if field.is_empty() {
+        return None;
+    }
+    let outer = SelfDescribing::parse(Json(field))?;
+    SelfDescribing::parse(outer.data)
+}
+
+/// The entities of a `contexts` or `derived_contexts` field value.
+pub fn entities(field: &[u8]) -> impl Iterator<Item = SelfDescribing<'_>> {
+    let data = if field.is_empty() {
+        None
+    } else {
+        SelfDescribing::parse(Json(field)).map(|c| c.data)
+    };
+    data.into_iter()
+        .flat_map(|d| d.elements())
+        .filter_map(SelfDescribing::parse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fields;
+
+    fn line() -> String {
+        let mut f: Vec<String> = (0..COUNT).map(|i| format!("f{i}")).collect();
+        f[fields::UNSTRUCT_EVENT] = r#"{"schema":"iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0","data":{"schema":"iglu:com.snowplowanalytics.snowplow.media/play_event/jsonschema/1-0-0","data":{}}}"#.into();
+        f[fields::CONTEXTS] = r#"{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":[{"schema":"iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/2-0-0","data":{"currentTime":12.5,"label":"Sample"}},{"schema":"iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0","data":{"id":"x"}}]}"#.into();
+        f.join("\t")
+    }
+
+    #[test]
+    fn fields_from_both_ends() {
+        let l = line();
+        for i in 0..COUNT {
+            if i != fields::UNSTRUCT_EVENT && i != fields::CONTEXTS {
+                assert_eq!(field(l.as_bytes(), i), format!("f{i}").as_bytes());
+            }
+        }
+        assert_eq!(field(b"a\tb", 100), b"");
+        assert_eq!(field(b"a\tb", 1), b"b");
+    }
+
+    #[test]
+    fn unstruct_and_entities() {
+        let l = line();
+        let ue = unstruct(field(l.as_bytes(), fields::UNSTRUCT_EVENT)).unwrap();
+        assert_eq!(ue.vendor(), Some("com.snowplowanalytics.snowplow.media"));
+        assert_eq!(ue.name(), Some("play_event"));
+        let c: Vec<_> = entities(field(l.as_bytes(), fields::CONTEXTS)).collect();
+        assert_eq!(c.len(), 2);
+        assert!(c[0].is("iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/2-"));
+        assert_eq!(c[0].data.get("currentTime").unwrap().as_f64(), Some(12.5));
+        assert!(unstruct(b"").is_none());
+        assert_eq!(entities(b"not json").count(), 0);
+    }
+}
