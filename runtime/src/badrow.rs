@@ -11,7 +11,8 @@ use serde_json::json;
 
 use crate::record::{Failed, FailureKind, Record};
 
-pub const GENERIC_ERROR: &str = "iglu:com.snowplowanalytics.snowplow.badrows/generic_error/jsonschema/1-0-0";
+pub const GENERIC_ERROR: &str =
+    "iglu:com.snowplowanalytics.snowplow.badrows/generic_error/jsonschema/1-0-0";
 pub const SIZE_VIOLATION: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/size_violation/jsonschema/1-0-0";
 
@@ -89,7 +90,10 @@ mod tests {
     #[test]
     fn generic_error_carries_reason_and_truncated_payload() {
         let f = Failed::invalid(Record::new(vec![b'a'; 100]), "transforms[0] (x)", "bad");
-        let row = BadRows { max_payload_bytes: 10 }.encode(&f);
+        let row = BadRows {
+            max_payload_bytes: 10,
+        }
+        .encode(&f);
         let v: serde_json::Value = serde_json::from_slice(&row.value).unwrap();
         assert_eq!(v["schema"], GENERIC_ERROR);
         assert_eq!(v["data"]["payload"], "aaaaaaaaaa");
@@ -99,8 +103,15 @@ mod tests {
 
     #[test]
     fn invalid_utf8_payload_stays_valid_json() {
-        let f = Failed::invalid(Record::new(vec![b'o', b'k', 0xff, 0xfe]), "t", "invalid UTF-8");
-        let row = BadRows { max_payload_bytes: 1000 }.encode(&f);
+        let f = Failed::invalid(
+            Record::new(vec![b'o', b'k', 0xff, 0xfe]),
+            "t",
+            "invalid UTF-8",
+        );
+        let row = BadRows {
+            max_payload_bytes: 1000,
+        }
+        .encode(&f);
         let v: serde_json::Value = serde_json::from_slice(&row.value).unwrap();
         assert_eq!(v["data"]["payload"], "ok\u{fffd}\u{fffd}");
     }
@@ -109,12 +120,21 @@ mod tests {
     fn size_violation_names_sizes() {
         let f = Failed {
             record: Record::new("xyz"),
-            kind: FailureKind::Oversized { actual: 5000, limit: 100 },
+            kind: FailureKind::Oversized {
+                actual: 5000,
+                limit: 100,
+            },
             component: "stdin".into(),
             reason: "too long".into(),
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(&BadRows { max_payload_bytes: 2 }.encode(&f).value).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &BadRows {
+                max_payload_bytes: 2,
+            }
+            .encode(&f)
+            .value,
+        )
+        .unwrap();
         assert_eq!(v["schema"], SIZE_VIOLATION);
         assert_eq!(v["data"]["failure"]["actualSizeBytes"], 5000);
         assert_eq!(v["data"]["failure"]["maximumAllowedSizeBytes"], 100);

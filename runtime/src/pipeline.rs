@@ -124,7 +124,10 @@ impl PipelineConfig {
             other => {
                 return Err(top.error(
                     "",
-                    format!("expected a table at the top level, found {}", config::kind_name(&other)),
+                    format!(
+                        "expected a table at the top level, found {}",
+                        config::kind_name(&other)
+                    ),
                 ))
             }
         };
@@ -200,7 +203,11 @@ impl PipelineConfig {
             ("batch.max_bytes", batch.max_bytes.0 > 0, "at least 1 byte"),
             ("batch.queue", batch.queue > 0, "at least 1"),
             ("workers", workers > 0, "at least 1"),
-            ("limits.max_record_bytes", limits.max_record_bytes.0 > 0, "at least 1 byte"),
+            (
+                "limits.max_record_bytes",
+                limits.max_record_bytes.0 > 0,
+                "at least 1 byte",
+            ),
         ] {
             if !ok {
                 return Err(top.error(key, format!("expected {what}, found 0")));
@@ -310,9 +317,13 @@ pub async fn run(
     let ready = Arc::new(Readiness::default());
     let http_stop = CancellationToken::new();
     if let Some(http) = &cfg.http {
-        let bound =
-            observe::serve_http(http.address, ready.clone(), stats.clone(), http_stop.clone())
-                .await?;
+        let bound = observe::serve_http(
+            http.address,
+            ready.clone(),
+            stats.clone(),
+            http_stop.clone(),
+        )
+        .await?;
         if let Some(cb) = &opts.on_http_bound {
             cb(bound);
         }
@@ -363,7 +374,8 @@ pub async fn run(
     let dispatcher = tokio::spawn(async move {
         let mut i = 0;
         while let Some(batch) = source_rx.recv().await {
-            metrics::histogram!("weir_batch_records", "stage" => "source").record(batch.len() as f64);
+            metrics::histogram!("weir_batch_records", "stage" => "source")
+                .record(batch.len() as f64);
             if worker_in[i % workers].send(batch).await.is_err() {
                 break;
             }
@@ -387,7 +399,15 @@ pub async fn run(
             if let Some(t) = batch.created {
                 latency.record(t.elapsed().as_secs_f64());
             }
-            route(batch, &main_tx, filtered_tx.as_ref(), &failure_tx, &bad_rows, &stats).await;
+            route(
+                batch,
+                &main_tx,
+                filtered_tx.as_ref(),
+                &failure_tx,
+                &bad_rows,
+                &stats,
+            )
+            .await;
         }
     });
 
@@ -442,7 +462,13 @@ pub async fn run(
             Ok(Err(e)) => {
                 tracing::error!(error = %format!("{e:#}"), "source failed");
                 abort.cancel();
-                drain(dispatcher, router, threads, [Some(main_task), filtered_task, Some(failure_task)]).await;
+                drain(
+                    dispatcher,
+                    router,
+                    threads,
+                    [Some(main_task), filtered_task, Some(failure_task)],
+                )
+                .await;
                 return Err(e.context("source failed"));
             }
             Err(e) => return Err(anyhow::anyhow!("source task panicked: {e}")),
@@ -450,8 +476,13 @@ pub async fn run(
         interrupted
     };
     ready.set(false);
-    let sink_results =
-        drain(dispatcher, router, threads, [Some(main_task), filtered_task, Some(failure_task)]).await;
+    let sink_results = drain(
+        dispatcher,
+        router,
+        threads,
+        [Some(main_task), filtered_task, Some(failure_task)],
+    )
+    .await;
     for r in sink_results {
         r?;
     }
@@ -490,7 +521,10 @@ async fn drain(
     .await;
     let mut out = Vec::new();
     for s in sinks.into_iter().flatten() {
-        out.push(s.await.unwrap_or_else(|e| Err(anyhow::anyhow!("sink task panicked: {e}"))));
+        out.push(
+            s.await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("sink task panicked: {e}"))),
+        );
     }
     out
 }
@@ -576,9 +610,10 @@ fn spawn_sink(
                         sizes.record(records.len() as f64);
                         records_total.increment(records.len() as u64);
                         if role == "sink" {
-                            stats
-                                .written
-                                .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            stats.written.fetch_add(
+                                records.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                         }
                         ack.delivered();
                         break;
@@ -601,14 +636,18 @@ fn spawn_sink(
                 }
             }
         }
-        sink.close().await.map_err(|e| anyhow::anyhow!("{role}: closing: {e:#}"))
+        sink.close()
+            .await
+            .map_err(|e| anyhow::anyhow!("{role}: closing: {e:#}"))
     });
     (tx, task)
 }
 
 /// 100 ms, 200 ms, 400 ms, … capped at 10 s, with ±25 % jitter.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(7).saturating_sub(1)).min(10_000);
+    let base = 100u64
+        .saturating_mul(1 << attempt.min(7).saturating_sub(1))
+        .min(10_000);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);

@@ -35,7 +35,10 @@ pub trait SinkType: SinkConfig + DeserializeOwned + 'static {
 }
 
 const fn sink<C: SinkType>() -> Registration<dyn SinkConfig> {
-    fn parse<C: SinkType>(v: config::Value, o: &Origin) -> Result<Box<dyn SinkConfig>, ConfigError> {
+    fn parse<C: SinkType>(
+        v: config::Value,
+        o: &Origin,
+    ) -> Result<Box<dyn SinkConfig>, ConfigError> {
         let c: C = o.deserialize(v)?;
         c.check(o)?;
         Ok(Box::new(c))

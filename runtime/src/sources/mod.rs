@@ -20,10 +20,8 @@ pub mod lines;
 pub mod stdin;
 
 /// Every source type weir knows, by its config `type`.
-pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
-    source::<stdin::StdinConfig>(),
-    source::<file::FileConfig>(),
-];
+pub static REGISTRY: &[Registration<dyn SourceConfig>] =
+    &[source::<stdin::StdinConfig>(), source::<file::FileConfig>()];
 
 /// A source's validated settings.
 pub trait SourceConfig: Debug + Send + Sync {

@@ -53,7 +53,12 @@ pub fn atomic_field(name: &str, origin: &Origin, key: &str) -> Result<usize, Con
 
 /// Compiles a regex, or a config error with the regex crate's explanation.
 pub fn compile(pattern: &str, origin: &Origin, key: &str) -> Result<Regex, ConfigError> {
-    Regex::new(pattern).map_err(|e| origin.error(key, format!("expected a valid regex, found `{pattern}`: {e}")))
+    Regex::new(pattern).map_err(|e| {
+        origin.error(
+            key,
+            format!("expected a valid regex, found `{pattern}`: {e}"),
+        )
+    })
 }
 
 impl TransformConfig for Config {

@@ -58,7 +58,9 @@ impl Transform for ToJson {
                 }
                 Err(e) => {
                     out.truncate(start);
-                    batch.failed.push(Failed::invalid(r, &self.label, e.to_string()));
+                    batch
+                        .failed
+                        .push(Failed::invalid(r, &self.label, e.to_string()));
                 }
             }
         }
