@@ -73,6 +73,9 @@ impl Default for LimitsConfig {
     }
 }
 
+/// How long the source may be quiet before the transforms get an empty batch (a tick).
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+
 /// A named, validated transform of the chain.
 #[derive(Debug)]
 pub struct TransformSpec {
@@ -266,12 +269,11 @@ struct Stage {
 }
 
 impl Chain {
-    /// Runs every transform over the batch in order.
+    /// Runs every transform over the batch in order. An empty batch (an idle tick) still visits
+    /// every transform, so that transforms with time-driven output (windows, expiry) can emit
+    /// records while no input arrives.
     pub fn process(&mut self, batch: &mut Batch) {
         for s in &mut self.stages {
-            if batch.records.is_empty() {
-                break;
-            }
             let (f0, x0) = (batch.filtered.len(), batch.failed.len());
             let t = Instant::now();
             s.transform.process(batch);
@@ -373,9 +375,18 @@ pub async fn run(
     let (source_tx, mut source_rx) = mpsc::channel::<Batch>(q);
     let dispatcher = tokio::spawn(async move {
         let mut i = 0;
-        while let Some(batch) = source_rx.recv().await {
-            metrics::histogram!("weir_batch_records", "stage" => "source")
-                .record(batch.len() as f64);
+        loop {
+            // While the source is quiet, an empty batch every IDLE_TICK lets transforms with
+            // time-driven output (expiry, windows) run; it carries no acknowledgement.
+            let batch = match tokio::time::timeout(IDLE_TICK, source_rx.recv()).await {
+                Ok(Some(batch)) => {
+                    metrics::histogram!("weir_batch_records", "stage" => "source")
+                        .record(batch.len() as f64);
+                    batch
+                }
+                Ok(None) => break,
+                Err(_) => Batch::default(),
+            };
             if worker_in[i % workers].send(batch).await.is_err() {
                 break;
             }
