@@ -202,3 +202,76 @@ concurrency = 4
     assert!(twice.is_empty(), "written more than once: {twice:?}");
     assert_eq!(scan_all(&client, "events").await.len(), n);
 }
+
+/// Bench (run with `--ignored --nocapture`): items/s into the emulator with BatchWriteItem vs one
+/// conditional PutItem per item, and requests per item, counted by the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_batching_vs_one_write_per_item() {
+    let n: usize = std::env::var("WEIR_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"viewer_id":"v{i:06}","version":"2026-11-26T09:00:00.000Z#{i}","status":"watching","video_ts":{i}}}"#
+            ) + "\n"
+        })
+        .collect();
+    let input = write(dir.path(), "in.ndjson", &lines);
+    for (name, extra) in [
+        ("BatchWriteItem (25/request)", ""),
+        ("conditional PutItem", "version_attribute = \"version\""),
+    ] {
+        let table = if extra.is_empty() {
+            "batched"
+        } else {
+            "conditional"
+        };
+        let client = dynamodb(&moto.endpoint).await;
+        weir::sinks::dynamodb::create_table(
+            &client,
+            &serde_json::from_str(&format!(
+                r#"{{"table":"{table}","partition_key":"viewer_id"}}"#
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let proxy = Proxy::start(&moto.endpoint, Faults::default());
+        let config = write(
+            dir.path(),
+            &format!("{table}.toml"),
+            &format!(
+                r#"
+[source]
+type = "file"
+paths = ["{}"]
+
+[sink]
+type = "dynamodb"
+table = "{table}"
+partition_key = "viewer_id"
+endpoint_url = "{}"
+{extra}
+"#,
+                input.display(),
+                proxy.endpoint
+            ),
+        );
+        let t = std::time::Instant::now();
+        let out = run_weir(&config);
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.status.success());
+        let requests = proxy.faults.forwarded.lock().unwrap().len();
+        assert_eq!(scan_all(&client, table).await.len(), n);
+        println!(
+            "{name:30} {n} items in {secs:.2}s = {:.0} items/s, {requests} requests = {:.3} requests/item",
+            n as f64 / secs,
+            requests as f64 / n as f64
+        );
+    }
+}
