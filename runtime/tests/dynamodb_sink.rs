@@ -133,8 +133,6 @@ async fn unprocessed_items_and_throttling_are_retried_until_every_item_lands_onc
     let moto = Moto::start();
     let client = dynamodb(&moto.endpoint).await;
     // The table exists up front, so every request through the proxy is a write.
-    let cfg_table = r#"{"table":"events","partition_key":"event_id"}"#;
-    let _ = cfg_table;
     weir::sinks::dynamodb::create_table(
         &client,
         &serde_json::from_str(r#"{"table":"events","partition_key":"event_id"}"#).unwrap(),
