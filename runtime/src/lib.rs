@@ -6,6 +6,7 @@
 //! [acknowledgement](ack) each; failures become Snowplow [bad rows](badrow).
 
 pub mod ack;
+pub mod aws;
 pub mod badrow;
 pub mod cli;
 pub mod config;

@@ -24,7 +24,7 @@ use crate::ack::Ack;
 use crate::badrow::BadRows;
 use crate::config::{self, unknown_key_message, ByteSize, ConfigError, Origin};
 use crate::observe::{self, HttpConfig, Readiness, Snapshot, Stats};
-use crate::record::{Batch, Record};
+use crate::record::{Batch, Failed, Record};
 use crate::sinks::{self, Sink, SinkConfig, SinkError};
 use crate::sources::{self, BatchLimits, CountingAcks, Emitter, SourceConfig, SourceContext};
 use crate::transforms::{self, Transform, TransformConfig};
@@ -336,15 +336,32 @@ pub async fn run(
     let q = cfg.batch.queue;
 
     // Sinks first, so nothing is read before there is somewhere to put it.
-    let (main_tx, main_task) = spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort);
+    // The failure sink first: the others send the records they reject to it.
+    let bad_rows = BadRows {
+        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
+    };
+    let (failure_tx, failure_task) =
+        spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort, None);
+    let rejects = Some((failure_tx.clone(), bad_rows.clone()));
+    let (main_tx, main_task) = spawn_sink(
+        "sink",
+        cfg.sink.build()?,
+        q,
+        &stats,
+        &abort,
+        rejects.clone(),
+    );
     let (filtered_tx, filtered_task) = match &cfg.filtered {
         Some(c) => {
-            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort);
+            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort, rejects);
             (Some(tx), Some(t))
         }
-        None => (None, None),
+        None => {
+            // The failure sink ends when its last sender is gone: keep no idle one here.
+            drop(rejects);
+            (None, None)
+        }
     };
-    let (failure_tx, failure_task) = spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort);
 
     // Transform workers, each with its own chain; batches are dealt round-robin and collected in
     // the same order, so output order equals input order.
@@ -394,9 +411,6 @@ pub async fn run(
         }
     });
 
-    let bad_rows = BadRows {
-        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
-    };
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let stats = router_stats;
@@ -596,12 +610,17 @@ async fn route(
 /// Starts a sink's task: it writes each batch, retrying retriable errors with capped exponential
 /// backoff (the queue in front of it fills meanwhile, holding the source back), acknowledges what
 /// was written, and on a fatal error stops the pipeline.
+///
+/// Records the sink rejects ([`SinkError::Rejected`]) go to `rejects` (the failure sink) as bad
+/// rows, holding a share of the batch's ack; the failure sink itself has no `rejects`, so a
+/// rejection there is fatal.
 fn spawn_sink(
     role: &'static str,
     mut sink: Box<dyn Sink>,
     queue: usize,
     stats: &Arc<Stats>,
     abort: &CancellationToken,
+    rejects: Option<(mpsc::Sender<SinkBatch>, BadRows)>,
 ) -> (mpsc::Sender<SinkBatch>, JoinHandle<anyhow::Result<()>>) {
     let (tx, mut rx) = mpsc::channel::<SinkBatch>(queue);
     let stats = stats.clone();
@@ -638,6 +657,44 @@ fn spawn_sink(
                             _ = tokio::time::sleep(wait) => {}
                             _ = abort.cancelled() => return Err(anyhow::anyhow!("{role}: gave up on a write while stopping: {e:#}")),
                         }
+                    }
+                    Err(SinkError::Rejected(bad)) if rejects.is_some() => {
+                        seconds.record(t.elapsed().as_secs_f64());
+                        sizes.record(records.len() as f64);
+                        let accepted = records.len().saturating_sub(bad.len()) as u64;
+                        records_total.increment(accepted);
+                        use std::sync::atomic::Ordering::Relaxed;
+                        if role == "sink" {
+                            stats.written.fetch_add(accepted, Relaxed);
+                        }
+                        stats.failed.fetch_add(bad.len() as u64, Relaxed);
+                        let (tx, bad_rows) = rejects.as_ref().expect("checked");
+                        let rows = bad
+                            .into_iter()
+                            .filter_map(|(i, reason)| {
+                                let record = records.get(i)?.clone();
+                                tracing::debug!(sink = role, %reason, "record rejected");
+                                Some(bad_rows.encode(&Failed::invalid(record, role, reason)))
+                            })
+                            .collect();
+                        let _ = tx
+                            .send(SinkBatch {
+                                records: rows,
+                                ack: ack.clone(),
+                            })
+                            .await;
+                        ack.delivered();
+                        break;
+                    }
+                    Err(SinkError::Rejected(bad)) => {
+                        let e = anyhow::anyhow!(
+                            "{} record(s) rejected by the failure sink, first: {}",
+                            bad.len(),
+                            bad.first().map_or("", |b| b.1.as_str())
+                        );
+                        tracing::error!(sink = role, error = %e, "write failed for good; stopping without acknowledging");
+                        abort.cancel();
+                        return Err(anyhow::anyhow!("{role}: {e:#}"));
                     }
                     Err(SinkError::Fatal(e)) => {
                         tracing::error!(sink = role, error = %format!("{e:#}"), "write failed for good; stopping without acknowledging");

@@ -9,7 +9,9 @@ use crate::config::{ConfigError, Origin};
 use crate::record::Record;
 use crate::registry::Registration;
 
+pub mod dynamodb;
 pub mod file;
+pub mod kinesis;
 pub mod null;
 pub mod stdout;
 
@@ -19,6 +21,8 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<stdout::StderrConfig>(),
     sink::<file::FileConfig>(),
     sink::<null::NullConfig>(),
+    sink::<dynamodb::DynamoDbConfig>(),
+    sink::<kinesis::KinesisConfig>(),
 ];
 
 /// A sink's validated settings.
@@ -59,6 +63,12 @@ pub enum SinkError {
     /// Will not succeed however often it is tried: the pipeline stops without acknowledging.
     #[error("{0:#}")]
     Fatal(anyhow::Error),
+    /// The records at these indices of the batch can never be written (e.g. an item over the
+    /// store's size limit, an invalid key), each with the reason; every other record of the batch
+    /// was durably accepted. The pipeline sends the rejected ones to the failure sink as bad rows
+    /// and acknowledges the batch once they are there. (From the failure sink itself: fatal.)
+    #[error("{} record(s) rejected", .0.len())]
+    Rejected(Vec<(usize, String)>),
 }
 
 /// A running sink.

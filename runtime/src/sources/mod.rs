@@ -16,12 +16,16 @@ use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
 pub mod file;
+pub mod kinesis;
 pub mod lines;
 pub mod stdin;
 
 /// Every source type weir knows, by its config `type`.
-pub static REGISTRY: &[Registration<dyn SourceConfig>] =
-    &[source::<stdin::StdinConfig>(), source::<file::FileConfig>()];
+pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
+    source::<stdin::StdinConfig>(),
+    source::<file::FileConfig>(),
+    source::<kinesis::KinesisConfig>(),
+];
 
 /// A source's validated settings.
 pub trait SourceConfig: Debug + Send + Sync {
@@ -144,6 +148,13 @@ impl Emitter {
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         self.opened
             .map(|t| tokio::time::Instant::from_std(t + self.limits.flush_interval))
+    }
+
+    /// Puts `acks` in charge of the acknowledgements of the batches sent from now on, and returns
+    /// the ones it replaces. A source that commits positions (Kinesis) wraps the pipeline's own
+    /// acks in its own, so that both hear every outcome.
+    pub fn replace_acks(&mut self, acks: Arc<dyn EmitAcks>) -> Arc<dyn EmitAcks> {
+        std::mem::replace(&mut self.acks, acks)
     }
 
     pub fn buffered(&self) -> usize {
