@@ -11,6 +11,7 @@ use crate::registry::Registration;
 
 pub mod file;
 pub mod null;
+pub mod profiles;
 pub mod stdout;
 
 /// Every sink type weir knows, by its config `type`.
@@ -19,6 +20,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<stdout::StderrConfig>(),
     sink::<file::FileConfig>(),
     sink::<null::NullConfig>(),
+    sink::<profiles::ProfilesConfig>(),
 ];
 
 /// A sink's validated settings.
