@@ -92,7 +92,7 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
     sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut sse = BufReader::new(sse);
     let mut events = Vec::new();
-    let mut next_event = |sse: &mut BufReader<TcpStream>| -> (String, String) {
+    let next_event = |sse: &mut BufReader<TcpStream>| -> (String, String) {
         let (mut name, mut data) = (String::new(), String::new());
         loop {
             let mut l = String::new();
