@@ -10,6 +10,7 @@ pub mod aws;
 pub mod badrow;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod observe;
 pub mod pipeline;
 pub mod record;

@@ -13,6 +13,7 @@ pub mod dynamodb;
 pub mod file;
 pub mod kinesis;
 pub mod null;
+pub mod profiles;
 pub mod stdout;
 
 /// Every sink type weir knows, by its config `type`.
@@ -23,6 +24,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<null::NullConfig>(),
     sink::<dynamodb::DynamoDbConfig>(),
     sink::<kinesis::KinesisConfig>(),
+    sink::<profiles::ProfilesConfig>(),
 ];
 
 /// A sink's validated settings.
