@@ -24,7 +24,7 @@ use crate::ack::Ack;
 use crate::badrow::BadRows;
 use crate::config::{self, unknown_key_message, ByteSize, ConfigError, Origin};
 use crate::observe::{self, HttpConfig, Readiness, Snapshot, Stats};
-use crate::record::{Batch, Record};
+use crate::record::{Batch, Failed, Record};
 use crate::sinks::{self, Sink, SinkConfig, SinkError};
 use crate::sources::{self, BatchLimits, CountingAcks, Emitter, SourceConfig, SourceContext};
 use crate::transforms::{self, Transform, TransformConfig};
@@ -333,16 +333,23 @@ pub async fn run(
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
 
-    // Sinks first, so nothing is read before there is somewhere to put it.
-    let (main_tx, main_task) = spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort);
+    let bad_rows = BadRows {
+        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
+    };
+    // Sinks first, so nothing is read before there is somewhere to put it. The failure sink also
+    // takes the records the other sinks reject.
+    let (failure_tx, failure_task) =
+        spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort, None);
+    let reject_to = || Some((failure_tx.clone(), bad_rows.clone()));
+    let (main_tx, main_task) =
+        spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort, reject_to());
     let (filtered_tx, filtered_task) = match &cfg.filtered {
         Some(c) => {
-            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort);
+            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort, reject_to());
             (Some(tx), Some(t))
         }
         None => (None, None),
     };
-    let (failure_tx, failure_task) = spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort);
 
     // Transform workers, each with its own chain; batches are dealt round-robin and collected in
     // the same order, so output order equals input order.
@@ -383,9 +390,6 @@ pub async fn run(
         }
     });
 
-    let bad_rows = BadRows {
-        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
-    };
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let stats = router_stats;
@@ -591,6 +595,7 @@ fn spawn_sink(
     queue: usize,
     stats: &Arc<Stats>,
     abort: &CancellationToken,
+    reject_to: Option<(mpsc::Sender<SinkBatch>, BadRows)>,
 ) -> (mpsc::Sender<SinkBatch>, JoinHandle<anyhow::Result<()>>) {
     let (tx, mut rx) = mpsc::channel::<SinkBatch>(queue);
     let stats = stats.clone();
@@ -628,7 +633,36 @@ fn spawn_sink(
                             _ = abort.cancelled() => return Err(anyhow::anyhow!("{role}: gave up on a write while stopping: {e:#}")),
                         }
                     }
-                    Err(SinkError::Fatal(e)) => {
+                    Err(SinkError::Rejected(rejected)) if reject_to.is_some() => {
+                        let (failure, bad_rows) = reject_to.as_ref().expect("checked");
+                        seconds.record(t.elapsed().as_secs_f64());
+                        let accepted = records.len().saturating_sub(rejected.len());
+                        records_total.increment(accepted as u64);
+                        let component = format!("{role} (sink)");
+                        let rows: Vec<Record> = rejected
+                            .iter()
+                            .filter_map(|(i, reason)| {
+                                tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
+                                let r = records.get(*i)?.clone();
+                                Some(bad_rows.encode(&Failed::invalid(r, &component, reason.clone())))
+                            })
+                            .collect();
+                        let ordering = std::sync::atomic::Ordering::Relaxed;
+                        stats.failed.fetch_add(rows.len() as u64, ordering);
+                        if role == "sink" {
+                            stats.written.fetch_add(accepted as u64, ordering);
+                        }
+                        // The failure sink's part holds a share of the ack; ours is delivered.
+                        let _ = failure
+                            .send(SinkBatch {
+                                records: rows,
+                                ack: ack.clone(),
+                            })
+                            .await;
+                        ack.delivered();
+                        break;
+                    }
+                    Err(e @ (SinkError::Fatal(_) | SinkError::Rejected(_))) => {
                         tracing::error!(sink = role, error = %format!("{e:#}"), "write failed for good; stopping without acknowledging");
                         abort.cancel();
                         return Err(anyhow::anyhow!("{role}: {e:#}"));

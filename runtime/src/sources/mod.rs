@@ -16,12 +16,16 @@ use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
 pub mod file;
+pub mod kafka;
 pub mod lines;
 pub mod stdin;
 
 /// Every source type weir knows, by its config `type`.
-pub static REGISTRY: &[Registration<dyn SourceConfig>] =
-    &[source::<stdin::StdinConfig>(), source::<file::FileConfig>()];
+pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
+    source::<stdin::StdinConfig>(),
+    source::<file::FileConfig>(),
+    source::<kafka::KafkaConfig>(),
+];
 
 /// A source's validated settings.
 pub trait SourceConfig: Debug + Send + Sync {
@@ -144,6 +148,13 @@ impl Emitter {
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         self.opened
             .map(|t| tokio::time::Instant::from_std(t + self.limits.flush_interval))
+    }
+
+    /// Replaces how batches get their acks and returns the previous way. A source that tracks
+    /// positions itself should still take one ack per batch from the previous way and settle it
+    /// with its own, so the pipeline's count of acknowledged records stays right.
+    pub fn replace_acks(&mut self, acks: Arc<dyn EmitAcks>) -> Arc<dyn EmitAcks> {
+        std::mem::replace(&mut self.acks, acks)
     }
 
     pub fn buffered(&self) -> usize {
