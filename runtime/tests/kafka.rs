@@ -22,8 +22,41 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 8;
 
-fn cluster() -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
-    MockCluster::new(3).expect("mock cluster")
+/// A 3-broker mock cluster, owned by a client of this process (so that its group settings can be
+/// reached through librdkafka's C API).
+struct Cluster(BaseProducer);
+
+impl Cluster {
+    fn mock(&self) -> MockCluster<'_, rdkafka::producer::DefaultProducerContext> {
+        self.0.client().mock_cluster().expect("a mock cluster")
+    }
+    fn bootstrap_servers(&self) -> String {
+        self.mock().bootstrap_servers()
+    }
+    fn create_topic(&self, t: &str, partitions: i32, rf: i32) -> rdkafka::error::KafkaResult<()> {
+        self.mock().create_topic(t, partitions, rf)
+    }
+    fn broker_down(&self, b: i32) -> rdkafka::error::KafkaResult<()> {
+        self.mock().broker_down(b)
+    }
+    fn broker_up(&self, b: i32) -> rdkafka::error::KafkaResult<()> {
+        self.mock().broker_up(b)
+    }
+}
+
+fn cluster() -> Cluster {
+    let p: BaseProducer = ClientConfig::new()
+        .set("test.mock.num.brokers", "3")
+        .create()
+        .expect("mock cluster");
+    // SAFETY: the handle is alive (owned by `p`) and has a mock cluster (test.mock.num.brokers).
+    unsafe {
+        let mc = rdkafka::bindings::rd_kafka_handle_mock_cluster(p.client().native_ptr());
+        assert!(!mc.is_null());
+        // Real brokers delay a new group's first rebalance by 3 s; restarts here should not wait.
+        rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(mc, 0);
+    }
+    Cluster(p)
 }
 
 /// A media (kept) and a page-view (filtered out) enriched event to stamp ids into.
@@ -135,6 +168,9 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
 
 /// Kafka → keep media events → partition key → Kafka.
 fn config(dir: &Path, bootstrap: &str, group: &str, extra_source: &str, extra: &str) -> std::path::PathBuf {
+    // Short sessions where instances are killed, so that the group notices at once.
+    let session_ms = if group == "g-crash" { 1000 } else { 6000 };
+    let heartbeat_ms = session_ms / 5;
     write(
         dir,
         &format!("{group}.toml"),
@@ -150,8 +186,8 @@ prefetch = "256 KiB"
 {extra_source}
 
 [source.options]
-"session.timeout.ms" = "6000"
-"heartbeat.interval.ms" = "500"
+"session.timeout.ms" = "{session_ms}"
+"heartbeat.interval.ms" = "{heartbeat_ms}"
 
 [[transforms]]
 type = "spEnrichedFilter"
@@ -293,15 +329,9 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
     mock.create_topic("in", PARTITIONS, 1).unwrap();
     mock.create_topic("out", PARTITIONS, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Static membership: a restarted instance takes its place in the group at once.
-    let cfg = config(
-        dir.path(),
-        &bs,
-        "g-crash",
-        r#"group_instance_id = "weir-crash""#,
-        "",
-    );
+    let cfg = config(dir.path(), &bs, "g-crash", "", "");
     let mut expected = HashSet::new();
+    let mut during = 0;
     let mut rng = 0x9E3779B97F4A7C15u64;
     let mut next = || {
         rng ^= rng << 13;
@@ -316,11 +346,21 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
         // per-partition retention never drops input that was not read yet).
         expected.extend(produce(&bs, "in", k * per_kill..(k + 1) * per_kill));
         let mut child = spawn(&cfg);
-        std::thread::sleep(Duration::from_millis(300 + next() % 1500));
+        // Kill while it works: at a random moment after it got its partitions.
+        let joined = Instant::now();
+        while !log_of(&cfg).contains("partitions assigned") {
+            assert!(joined.elapsed() < Duration::from_secs(30), "never joined: {}", log_of(&cfg));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(next() % 700));
         signal(child.id(), libc::SIGKILL);
         wait_exit(&mut child, Duration::from_secs(10));
+        if std::env::var_os("WEIR_KAFKA_DEBUG").is_some() {
+            eprintln!("--- run {k}\n{}", log_of(&cfg));
+        }
     }
     let crashing = start.elapsed();
+    during += output_ids(&bs, "out", Duration::from_millis(500)).len();
     run_until_complete(&cfg, &bs, &expected, Duration::from_secs(180));
     let ids = output_ids(&bs, "out", Duration::from_secs(1));
     let missing = expected.iter().filter(|i| !ids.contains_key(*i)).count();
@@ -330,11 +370,12 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
     // records: 8 batches × 200 records + 200 ms of throughput (well under 1,000 here).
     let window = 8 * 200 + 1000;
     eprintln!(
-        "crash test: {kills} kills in {crashing:?}, {} ids, {missing} missing, {dups} duplicates ({:.1} per kill, window {window})",
+        "crash test: {kills} kills in {crashing:?}, {during} ids written while crashing, {} ids, {missing} missing, {dups} duplicates ({:.1} per kill, window {window})",
         expected.len(),
         dups as f64 / kills as f64
     );
     assert_eq!(missing, 0, "records lost");
+    assert!(during > expected.len() / 2, "most records were written between kills");
     assert!(dups <= kills * window, "{dups} duplicates exceed the in-flight window");
 }
 
