@@ -71,14 +71,19 @@ impl BadRows {
         let mut meta = f.record.meta.as_deref().cloned().unwrap_or_default();
         let mut headers = vec![
             (HEADER_ERROR.to_string(), Bytes::from(f.reason.clone())),
-            (HEADER_COMPONENT.to_string(), Bytes::from(f.component.clone())),
+            (
+                HEADER_COMPONENT.to_string(),
+                Bytes::from(f.component.clone()),
+            ),
             (
                 HEADER_SCHEMA.to_string(),
-                Bytes::from_static(match f.kind {
-                    FailureKind::Invalid => GENERIC_ERROR,
-                    FailureKind::Oversized { .. } => SIZE_VIOLATION,
-                }
-                .as_bytes()),
+                Bytes::from_static(
+                    match f.kind {
+                        FailureKind::Invalid => GENERIC_ERROR,
+                        FailureKind::Oversized { .. } => SIZE_VIOLATION,
+                    }
+                    .as_bytes(),
+                ),
             ),
         ];
         headers.append(&mut meta.headers);
@@ -122,7 +127,10 @@ mod tests {
         assert_eq!(v["data"]["payload"], "aaaaaaaaaa");
         assert_eq!(v["data"]["failure"]["errors"][0], "transforms[0] (x): bad");
         assert_eq!(v["data"]["processor"]["artifact"], "weir");
-        assert_eq!(row.headers()[0], (HEADER_ERROR.to_string(), Bytes::from("bad")));
+        assert_eq!(
+            row.headers()[0],
+            (HEADER_ERROR.to_string(), Bytes::from("bad"))
+        );
     }
 
     #[test]

@@ -22,6 +22,14 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 8;
 
+/// The tests here are timing-sensitive (group rebalances, kills) and each runs a broker and weir:
+/// run them one at a time rather than all at once on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A 3-broker mock cluster, owned by a client of this process (so that its group settings can be
 /// reached through librdkafka's C API).
 struct Cluster(BaseProducer);
@@ -120,13 +128,20 @@ fn read_all(bootstrap: &str, topic: &str, idle: Duration) -> Vec<rdkafka::messag
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let mut last = Instant::now();
     // Connecting and the first fetch take a moment: wait longer for the first message.
-    while last.elapsed() < if out.is_empty() { idle.max(Duration::from_secs(2)) } else { idle } {
+    while last.elapsed()
+        < if out.is_empty() {
+            idle.max(Duration::from_secs(2))
+        } else {
+            idle
+        }
+    {
         if let Some(m) = c.poll(Duration::from_millis(100)) {
             out.push(m.unwrap().detach());
             last = Instant::now();
@@ -167,7 +182,13 @@ fn committed(bootstrap: &str, group: &str, topic: &str) -> HashMap<i32, i64> {
 }
 
 /// Kafka → keep media events → partition key → Kafka.
-fn config(dir: &Path, bootstrap: &str, group: &str, extra_source: &str, extra: &str) -> std::path::PathBuf {
+fn config(
+    dir: &Path,
+    bootstrap: &str,
+    group: &str,
+    extra_source: &str,
+    extra: &str,
+) -> std::path::PathBuf {
     // Short sessions where instances are killed, so that the group notices at once.
     let session_ms = if group == "g-crash" { 1000 } else { 6000 };
     let heartbeat_ms = session_ms / 5;
@@ -272,6 +293,7 @@ fn dup_count(ids: &HashMap<String, usize>) -> usize {
 
 #[test]
 fn sigterm_under_load_writes_everything_read_commits_it_and_restarts_without_duplicates() {
+    let _serial = serial();
     let mock = cluster();
     let bs = mock.bootstrap_servers();
     mock.create_topic("in", PARTITIONS, 1).unwrap();
@@ -288,7 +310,11 @@ fn sigterm_under_load_writes_everything_read_commits_it_and_restarts_without_dup
         if got >= 300 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress: {}", log_of(&cfg));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no progress: {}",
+            log_of(&cfg)
+        );
     }
     signal(child.id(), libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(60));
@@ -307,7 +333,10 @@ fn sigterm_under_load_writes_everything_read_commits_it_and_restarts_without_dup
         .collect();
     let written: HashSet<String> = ids.keys().cloned().collect();
     assert!(written.len() < expected.len(), "stopped mid-stream");
-    assert_eq!(written, read, "written = media events below the committed offsets");
+    assert_eq!(
+        written, read,
+        "written = media events below the committed offsets"
+    );
 
     // Restart: the rest arrives, nothing twice.
     run_until_complete(&cfg, &bs, &expected, Duration::from_secs(120));
@@ -320,6 +349,7 @@ fn sigterm_under_load_writes_everything_read_commits_it_and_restarts_without_dup
 /// `WEIR_KAFKA_KILLS=1000 cargo test --release --test kafka crash -- --nocapture`.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_window() {
+    let _serial = serial();
     let kills: usize = std::env::var("WEIR_KAFKA_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -349,7 +379,11 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
         // Kill while it works: at a random moment after it got its partitions.
         let joined = Instant::now();
         while !log_of(&cfg).contains("partitions assigned") {
-            assert!(joined.elapsed() < Duration::from_secs(30), "never joined: {}", log_of(&cfg));
+            assert!(
+                joined.elapsed() < Duration::from_secs(30),
+                "never joined: {}",
+                log_of(&cfg)
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(next() % 700));
@@ -375,12 +409,19 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
         dups as f64 / kills as f64
     );
     assert_eq!(missing, 0, "records lost");
-    assert!(during > expected.len() / 2, "most records were written between kills");
-    assert!(dups <= kills * window, "{dups} duplicates exceed the in-flight window");
+    assert!(
+        during > expected.len() / 2,
+        "most records were written between kills"
+    );
+    assert!(
+        dups <= kills * window,
+        "{dups} duplicates exceed the in-flight window"
+    );
 }
 
 #[test]
 fn poison_record_goes_to_the_dead_letter_topic_with_the_error_in_headers() {
+    let _serial = serial();
     let mock = cluster();
     let bs = mock.bootstrap_servers();
     for t in ["in", "out", "dlq"] {
@@ -455,7 +496,11 @@ max_records = 30
         }
     };
     signal(child.id(), libc::SIGTERM);
-    assert!(wait_exit(&mut child, Duration::from_secs(60)).success(), "{}", log_of(&cfg));
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(60)).success(),
+        "{}",
+        log_of(&cfg)
+    );
     let out_ids: HashSet<String> = out
         .iter()
         .map(|m| {
@@ -463,22 +508,38 @@ max_records = 30
             v["event_id"].as_str().unwrap().to_string()
         })
         .collect();
-    assert_eq!(out_ids, good, "every good record of the partition, before and after the poison");
+    assert_eq!(
+        out_ids, good,
+        "every good record of the partition, before and after the poison"
+    );
     let dlq = read_all(&bs, "dlq", Duration::from_secs(1));
     assert_eq!(dlq.len(), 2, "the poison and the oversized record");
     let header = |m: &rdkafka::message::OwnedMessage, k: &str| {
-        m.headers()
-            .and_then(|h| h.iter().find(|h| h.key == k).map(|h| String::from_utf8_lossy(h.value.unwrap()).to_string()))
+        m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == k)
+                .map(|h| String::from_utf8_lossy(h.value.unwrap()).to_string())
+        })
     };
     let mut errors: Vec<(String, String)> = dlq
         .iter()
-        .map(|m| (header(m, "weir.component").unwrap(), header(m, "weir.error").unwrap()))
+        .map(|m| {
+            (
+                header(m, "weir.component").unwrap(),
+                header(m, "weir.error").unwrap(),
+            )
+        })
         .collect();
     errors.sort();
     eprintln!("{errors:?}");
-    assert!(errors.iter().any(|(c, _)| c.contains("spEnrichedToJson")), "{errors:?}");
     assert!(
-        errors.iter().any(|(c, e)| c.contains("sink") && e.contains("too large")),
+        errors.iter().any(|(c, _)| c.contains("spEnrichedToJson")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(c, e)| c.contains("sink") && e.contains("too large")),
         "{errors:?}"
     );
     for m in &dlq {
@@ -486,11 +547,16 @@ max_records = 30
         assert!(v["schema"].as_str().unwrap().contains("badrows"));
     }
     let offsets = committed(&bs, "g-dlq", "in");
-    assert_eq!(offsets.get(&0), Some(&200), "the partition committed past the poison");
+    assert_eq!(
+        offsets.get(&0),
+        Some(&200),
+        "the partition committed past the poison"
+    );
 }
 
 #[test]
 fn broker_unreachable_for_30s_backs_off_holds_memory_and_loses_nothing() {
+    let _serial = serial();
     let mock = cluster();
     let bs = mock.bootstrap_servers();
     mock.create_topic("in", PARTITIONS, 1).unwrap();
@@ -502,7 +568,11 @@ fn broker_unreachable_for_30s_backs_off_holds_memory_and_loses_nothing() {
     let pid = child.id();
     let start = Instant::now();
     while output_ids(&bs, "out", Duration::from_millis(200)).len() < 200 {
-        assert!(start.elapsed() < Duration::from_secs(60), "no progress: {}", log_of(&cfg));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no progress: {}",
+            log_of(&cfg)
+        );
     }
     for b in 1..=3 {
         mock.broker_down(b).unwrap();
@@ -512,21 +582,39 @@ fn broker_unreachable_for_30s_backs_off_holds_memory_and_loses_nothing() {
     let mut peak = rss0;
     while down.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(500));
-        assert!(child.try_wait().unwrap().is_none(), "weir exited while the broker was down");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "weir exited while the broker was down"
+        );
         peak = peak.max(rss_kib(pid).unwrap().0);
     }
     for b in 1..=3 {
         mock.broker_up(b).unwrap();
     }
     eprintln!("broker down 30 s: RSS {rss0} KiB at the outage, peak {peak} KiB");
-    assert!(peak < rss0 + 64 * 1024, "memory grew by {} KiB", peak - rss0);
+    assert!(
+        peak < rss0 + 64 * 1024,
+        "memory grew by {} KiB",
+        peak - rss0
+    );
     let start = Instant::now();
     loop {
         let ids = output_ids(&bs, "out", Duration::from_millis(500));
         if expected.iter().all(|i| ids.contains_key(i)) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "not all ids after recovery");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{} of {} ids after recovery: {}",
+            expected.iter().filter(|i| ids.contains_key(*i)).count(),
+            expected.len(),
+            log_of(&cfg)
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     signal(pid, libc::SIGTERM);
     let status = wait_exit(&mut child, Duration::from_secs(60));
@@ -535,6 +623,7 @@ fn broker_unreachable_for_30s_backs_off_holds_memory_and_loses_nothing() {
 
 #[test]
 fn two_instances_share_the_group_and_the_survivor_takes_over_a_killed_ones_partitions() {
+    let _serial = serial();
     let mock = cluster();
     let bs = mock.bootstrap_servers();
     mock.create_topic("in", PARTITIONS, 1).unwrap();
@@ -570,5 +659,92 @@ fn two_instances_share_the_group_and_the_survivor_takes_over_a_killed_ones_parti
     assert!(
         err.matches("partitions assigned").count() >= 2,
         "the survivor got partitions twice (at the start and after the kill): {err}"
+    );
+}
+
+/// Bench: Kafka → media filter → partition key → Kafka, with acknowledgements and commits on
+/// (`commit = "acknowledged"`) vs off (`commit = "on-read"`), medians of 5 runs each, and peak RSS.
+/// Build the binary in release for meaningful numbers:
+/// `cargo build --release && WEIR_BIN=$CARGO_TARGET_DIR/release/weir cargo test --release --test kafka bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_acks_on_vs_off() {
+    let _serial = serial();
+    let bin = std::env::var("WEIR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_weir").to_string());
+    let n = 40_000usize;
+    let parts = 32; // ~1 MiB per partition: under the mock broker's retention
+    let mut results: HashMap<&str, Vec<(f64, u64)>> = HashMap::new();
+    for round in 0..5 {
+        for mode in ["acknowledged", "on-read"] {
+            let mock = cluster();
+            let bs = mock.bootstrap_servers();
+            mock.create_topic("in", parts, 1).unwrap();
+            mock.create_topic("out", parts, 1).unwrap();
+            let kept = produce(&bs, "in", 0..n).len() as i64;
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = config(
+                dir.path(),
+                &bs,
+                "g-bench",
+                &format!("commit = \"{mode}\""),
+                "",
+            );
+            let text = std::fs::read_to_string(&cfg).unwrap().replace(
+                "max_records = 200\nqueue = 2",
+                "max_records = 1000\nqueue = 4",
+            );
+            std::fs::write(&cfg, text).unwrap();
+            let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
+            let mut child = std::process::Command::new(&bin)
+                .args(["run", cfg.to_str().unwrap(), "--progress=never"])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let start = Instant::now();
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bs)
+                .create()
+                .unwrap();
+            let mut peak = 0;
+            loop {
+                let written: i64 = (0..parts)
+                    .map(|p| {
+                        c.fetch_watermarks("out", p, Duration::from_secs(5))
+                            .map_or(0, |w| w.1)
+                    })
+                    .sum();
+                if let Some((_, hwm)) = rss_kib(child.id()) {
+                    peak = hwm;
+                }
+                if written >= kept {
+                    break;
+                }
+                assert!(start.elapsed() < Duration::from_secs(300), "bench stalled");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            signal(child.id(), libc::SIGTERM);
+            wait_exit(&mut child, Duration::from_secs(60));
+            eprintln!(
+                "round {round} {mode}: {:.0} events/s read, peak RSS {} KiB",
+                n as f64 / secs,
+                peak
+            );
+            results
+                .entry(mode)
+                .or_default()
+                .push((n as f64 / secs, peak));
+        }
+    }
+    let median = |v: &mut Vec<(f64, u64)>| {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v[v.len() / 2]
+    };
+    let on = median(results.get_mut("acknowledged").unwrap());
+    let off = median(results.get_mut("on-read").unwrap());
+    eprintln!(
+        "bench: acks on {:.0} events/s (peak RSS {} KiB), off {:.0} events/s (peak RSS {} KiB), ratio {:.2}",
+        on.0, on.1, off.0, off.1, on.0 / off.0
     );
 }

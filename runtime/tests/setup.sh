@@ -10,3 +10,6 @@ if have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
+
+# The Kafka tests run librdkafka's mock cluster in-process (rdkafka builds librdkafka from source
+# with gcc, make and perl, all present on the base image): nothing to install.

@@ -178,8 +178,7 @@ fn classify(e: &KafkaError) -> Class {
     use RDKafkaErrorCode::*;
     match e.rdkafka_error_code() {
         Some(
-            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord
-            | BadMessage,
+            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | BadMessage,
         ) => Class::Reject,
         _ => Class::Retry,
     }
@@ -286,7 +285,11 @@ impl Sink for KafkaSink {
         }
         if let Some(e) = retry_error {
             if let Some((code, reason)) = self.producer.client().fatal_error() {
-                tracing::error!(?code, reason, "kafka sink: fatal producer error; rebuilding the producer");
+                tracing::error!(
+                    ?code,
+                    reason,
+                    "kafka sink: fatal producer error; rebuilding the producer"
+                );
                 self.producer = self.cfg.producer().map_err(SinkError::Retriable)?;
             }
             let left = state.done.iter().filter(|d| !**d).count();
@@ -312,7 +315,10 @@ impl Sink for KafkaSink {
 }
 
 fn delivery(
-    r: Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    r: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
 ) -> Result<(), KafkaError> {
     match r {
         Ok(Ok(_)) => Ok(()),

@@ -133,13 +133,19 @@ impl SourceType for KafkaConfig {
 impl SourceConfig for KafkaConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.bootstrap_servers.trim().is_empty() {
-            return Err(origin.error("bootstrap_servers", "expected host:port[,host:port…], found an empty string"));
+            return Err(origin.error(
+                "bootstrap_servers",
+                "expected host:port[,host:port…], found an empty string",
+            ));
         }
         if self.topics.is_empty() || self.topics.iter().any(|t| t.is_empty()) {
             return Err(origin.error("topics", "expected at least one non-empty topic name"));
         }
         if self.group_id.is_empty() {
-            return Err(origin.error("group_id", "expected a consumer group id, found an empty string"));
+            return Err(origin.error(
+                "group_id",
+                "expected a consumer group id, found an empty string",
+            ));
         }
         self.client_config()
             .create_native_config()
@@ -363,7 +369,10 @@ impl ConsumerContext for Context {
             .map(|e| (Arc::from(e.topic()), e.partition()))
             .collect();
         if consumer.assignment_lost() {
-            tracing::warn!(partitions = tps.len(), "assignment lost: not committing (another member owns these now)");
+            tracing::warn!(
+                partitions = tps.len(),
+                "assignment lost: not committing (another member owns these now)"
+            );
             shared.forget(&tps);
             return;
         }
@@ -551,7 +560,10 @@ impl Source for KafkaSource {
                     .commit(&tpl, CommitMode::Sync)
                     .map_err(|e| anyhow::anyhow!("kafka source: final commit failed: {e}"))?;
             }
-            tracing::info!(partitions = tpl.count(), "kafka source: offsets committed at shutdown");
+            tracing::info!(
+                partitions = tpl.count(),
+                "kafka source: offsets committed at shutdown"
+            );
         } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "kafka source: final auto-commit");
         }
@@ -599,14 +611,21 @@ mod tests {
         shared.lock().staged = vec![(tp(0), 20)];
         let b = acks.ack_for(1);
         b.delivered();
-        assert_eq!(shared.committable(None, false).count(), 0, "A still pending");
+        assert_eq!(
+            shared.committable(None, false).count(),
+            0,
+            "A still pending"
+        );
         a.delivered();
         let tpl = shared.committable(None, false);
         assert_eq!(
             tpl.find_partition("t", 0).unwrap().offset(),
             Offset::Offset(20)
         );
-        assert_eq!(tpl.find_partition("t", 1).unwrap().offset(), Offset::Offset(5));
+        assert_eq!(
+            tpl.find_partition("t", 1).unwrap().offset(),
+            Offset::Offset(5)
+        );
         assert_eq!(shared.committable(None, false).count(), 0, "nothing new");
         // A failed batch blocks its partition.
         shared.lock().staged = vec![(tp(1), 9)];
