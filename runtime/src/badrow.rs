@@ -16,6 +16,11 @@ pub const GENERIC_ERROR: &str =
 pub const SIZE_VIOLATION: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/size_violation/jsonschema/1-0-0";
 
+/// Header names set on every bad row (written as message headers by sinks that have them).
+pub const HEADER_ERROR: &str = "weir.error";
+pub const HEADER_COMPONENT: &str = "weir.component";
+pub const HEADER_SCHEMA: &str = "weir.schema";
+
 /// Encodes failures as bad rows.
 #[derive(Debug, Clone)]
 pub struct BadRows {
@@ -61,9 +66,32 @@ impl BadRows {
                 }
             }),
         };
+        // The error also travels as headers, so a Kafka dead-letter topic can be triaged without
+        // parsing the bad row; the original headers (and origin) are kept after them.
+        let mut meta = f.record.meta.as_deref().cloned().unwrap_or_default();
+        let mut headers = vec![
+            (HEADER_ERROR.to_string(), Bytes::from(f.reason.clone())),
+            (
+                HEADER_COMPONENT.to_string(),
+                Bytes::from(f.component.clone()),
+            ),
+            (
+                HEADER_SCHEMA.to_string(),
+                Bytes::from_static(
+                    match f.kind {
+                        FailureKind::Invalid => GENERIC_ERROR,
+                        FailureKind::Oversized { .. } => SIZE_VIOLATION,
+                    }
+                    .as_bytes(),
+                ),
+            ),
+        ];
+        headers.append(&mut meta.headers);
+        meta.headers = headers;
         Record {
             value: Bytes::from(serde_json::to_vec(&doc).expect("a json! value serialises")),
             key: f.record.key.clone(),
+            meta: Some(Box::new(meta)),
         }
     }
 }
@@ -99,6 +127,10 @@ mod tests {
         assert_eq!(v["data"]["payload"], "aaaaaaaaaa");
         assert_eq!(v["data"]["failure"]["errors"][0], "transforms[0] (x): bad");
         assert_eq!(v["data"]["processor"]["artifact"], "weir");
+        assert_eq!(
+            row.headers()[0],
+            (HEADER_ERROR.to_string(), Bytes::from("bad"))
+        );
     }
 
     #[test]

@@ -335,32 +335,22 @@ pub async fn run(
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
 
-    // Sinks first, so nothing is read before there is somewhere to put it.
-    // The failure sink first: the others send the records they reject to it.
     let bad_rows = BadRows {
         max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
     };
+    // Sinks first, so nothing is read before there is somewhere to put it. The failure sink also
+    // takes the records the other sinks reject.
     let (failure_tx, failure_task) =
         spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort, None);
-    let rejects = Some((failure_tx.clone(), bad_rows.clone()));
-    let (main_tx, main_task) = spawn_sink(
-        "sink",
-        cfg.sink.build()?,
-        q,
-        &stats,
-        &abort,
-        rejects.clone(),
-    );
+    let reject_to = || Some((failure_tx.clone(), bad_rows.clone()));
+    let (main_tx, main_task) =
+        spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort, reject_to());
     let (filtered_tx, filtered_task) = match &cfg.filtered {
         Some(c) => {
-            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort, rejects);
+            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort, reject_to());
             (Some(tx), Some(t))
         }
-        None => {
-            // The failure sink ends when its last sender is gone: keep no idle one here.
-            drop(rejects);
-            (None, None)
-        }
+        None => (None, None),
     };
 
     // Transform workers, each with its own chain; batches are dealt round-robin and collected in
@@ -620,7 +610,7 @@ fn spawn_sink(
     queue: usize,
     stats: &Arc<Stats>,
     abort: &CancellationToken,
-    rejects: Option<(mpsc::Sender<SinkBatch>, BadRows)>,
+    reject_to: Option<(mpsc::Sender<SinkBatch>, BadRows)>,
 ) -> (mpsc::Sender<SinkBatch>, JoinHandle<anyhow::Result<()>>) {
     let (tx, mut rx) = mpsc::channel::<SinkBatch>(queue);
     let stats = stats.clone();
@@ -658,26 +648,27 @@ fn spawn_sink(
                             _ = abort.cancelled() => return Err(anyhow::anyhow!("{role}: gave up on a write while stopping: {e:#}")),
                         }
                     }
-                    Err(SinkError::Rejected(bad)) if rejects.is_some() => {
+                    Err(SinkError::Rejected(rejected)) if reject_to.is_some() => {
+                        let (failure, bad_rows) = reject_to.as_ref().expect("checked");
                         seconds.record(t.elapsed().as_secs_f64());
-                        sizes.record(records.len() as f64);
-                        let accepted = records.len().saturating_sub(bad.len()) as u64;
-                        records_total.increment(accepted);
-                        use std::sync::atomic::Ordering::Relaxed;
-                        if role == "sink" {
-                            stats.written.fetch_add(accepted, Relaxed);
-                        }
-                        stats.failed.fetch_add(bad.len() as u64, Relaxed);
-                        let (tx, bad_rows) = rejects.as_ref().expect("checked");
-                        let rows = bad
-                            .into_iter()
+                        let accepted = records.len().saturating_sub(rejected.len());
+                        records_total.increment(accepted as u64);
+                        let component = format!("{role} (sink)");
+                        let rows: Vec<Record> = rejected
+                            .iter()
                             .filter_map(|(i, reason)| {
-                                let record = records.get(i)?.clone();
-                                tracing::debug!(sink = role, %reason, "record rejected");
-                                Some(bad_rows.encode(&Failed::invalid(record, role, reason)))
+                                tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
+                                let r = records.get(*i)?.clone();
+                                Some(bad_rows.encode(&Failed::invalid(r, &component, reason.clone())))
                             })
                             .collect();
-                        let _ = tx
+                        let ordering = std::sync::atomic::Ordering::Relaxed;
+                        stats.failed.fetch_add(rows.len() as u64, ordering);
+                        if role == "sink" {
+                            stats.written.fetch_add(accepted as u64, ordering);
+                        }
+                        // The failure sink's part holds a share of the ack; ours is delivered.
+                        let _ = failure
                             .send(SinkBatch {
                                 records: rows,
                                 ack: ack.clone(),
@@ -686,17 +677,7 @@ fn spawn_sink(
                         ack.delivered();
                         break;
                     }
-                    Err(SinkError::Rejected(bad)) => {
-                        let e = anyhow::anyhow!(
-                            "{} record(s) rejected by the failure sink, first: {}",
-                            bad.len(),
-                            bad.first().map_or("", |b| b.1.as_str())
-                        );
-                        tracing::error!(sink = role, error = %e, "write failed for good; stopping without acknowledging");
-                        abort.cancel();
-                        return Err(anyhow::anyhow!("{role}: {e:#}"));
-                    }
-                    Err(SinkError::Fatal(e)) => {
+                    Err(e @ (SinkError::Fatal(_) | SinkError::Rejected(_))) => {
                         tracing::error!(sink = role, error = %format!("{e:#}"), "write failed for good; stopping without acknowledging");
                         abort.cancel();
                         return Err(anyhow::anyhow!("{role}: {e:#}"));

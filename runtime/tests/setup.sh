@@ -22,3 +22,5 @@ if ! "$EMU_DIR/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ 
   python3 -m venv "$EMU_DIR/venv"
   "$EMU_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+# The Kafka tests run librdkafka's mock cluster in-process (rdkafka builds librdkafka from source
+# with gcc, make and perl, all present on the base image): nothing to install.

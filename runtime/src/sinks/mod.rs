@@ -11,6 +11,7 @@ use crate::registry::Registration;
 
 pub mod dynamodb;
 pub mod file;
+pub mod kafka;
 pub mod kinesis;
 pub mod null;
 pub mod profiles;
@@ -25,6 +26,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<dynamodb::DynamoDbConfig>(),
     sink::<kinesis::KinesisConfig>(),
     sink::<profiles::ProfilesConfig>(),
+    sink::<kafka::KafkaConfig>(),
 ];
 
 /// A sink's validated settings.
@@ -65,11 +67,11 @@ pub enum SinkError {
     /// Will not succeed however often it is tried: the pipeline stops without acknowledging.
     #[error("{0:#}")]
     Fatal(anyhow::Error),
-    /// The records at these indices of the batch can never be written (e.g. an item over the
-    /// store's size limit, an invalid key), each with the reason; every other record of the batch
-    /// was durably accepted. The pipeline sends the rejected ones to the failure sink as bad rows
-    /// and acknowledges the batch once they are there. (From the failure sink itself: fatal.)
-    #[error("{} record(s) rejected", .0.len())]
+    /// Every record of the batch was durably accepted except these (index into the batch, reason),
+    /// which never will be (too large for the target, refused by it for good). The pipeline sends
+    /// them to the failure sink as bad rows and acknowledges the batch once those are written.
+    /// Returned by the failure sink itself, it stops the pipeline like `Fatal`.
+    #[error("{} record(s) rejected, first: {}", .0.len(), .0.first().map_or("", |r| r.1.as_str()))]
     Rejected(Vec<(usize, String)>),
 }
 
@@ -78,7 +80,8 @@ pub enum SinkError {
 pub trait Sink: Send {
     /// Writes a batch. Returning `Ok` means the records are durably accepted: the pipeline then
     /// acknowledges them to the source. On error nothing of the batch counts as written (a sink
-    /// must make a retried batch safe to write again).
+    /// must make a retried batch safe to write again; it may remember what it already wrote of the
+    /// very same slice and skip it), except [`SinkError::Rejected`], which accepts all but some.
     async fn write(&mut self, records: &[Record]) -> Result<(), SinkError>;
 
     /// Called once at shutdown, after the last write.

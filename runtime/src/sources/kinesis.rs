@@ -856,6 +856,7 @@ impl Reader {
                             key: Some(bytes::Bytes::copy_from_slice(
                                 r.partition_key().unwrap_or_default().as_bytes(),
                             )),
+                            meta: None,
                         },
                         r.sequence_number().to_string(),
                     )

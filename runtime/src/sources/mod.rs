@@ -16,6 +16,7 @@ use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
 pub mod file;
+pub mod kafka;
 pub mod kinesis;
 pub mod lines;
 pub mod stdin;
@@ -25,6 +26,7 @@ pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
     source::<stdin::StdinConfig>(),
     source::<file::FileConfig>(),
     source::<kinesis::KinesisConfig>(),
+    source::<kafka::KafkaConfig>(),
 ];
 
 /// A source's validated settings.

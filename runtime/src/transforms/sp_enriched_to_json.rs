@@ -54,7 +54,7 @@ impl Transform for ToJson {
             match snowplow::to_json(&r.value, &mut out, &mut self.json) {
                 Ok(()) => {
                     self.ends.push(out.len());
-                    kept.push(r.key);
+                    kept.push((r.key, r.meta));
                 }
                 Err(e) => {
                     out.truncate(start);
@@ -66,10 +66,11 @@ impl Transform for ToJson {
         }
         let buf = Bytes::from(out);
         let mut start = 0;
-        for (key, &end) in kept.into_iter().zip(&self.ends) {
+        for ((key, meta), &end) in kept.into_iter().zip(&self.ends) {
             batch.records.push(Record {
                 value: buf.slice(start..end),
                 key,
+                meta,
             });
             start = end;
         }
@@ -89,6 +90,7 @@ mod tests {
         let good = Record {
             value: fields.join("\t").into(),
             key: Some("k".into()),
+            meta: None,
         };
         fields[7] = "twelve";
         let bad = Record::new(fields.join("\t"));
