@@ -3,7 +3,9 @@
 //! `cargo bench --bench throughput` generates a ~1 GiB enriched-TSV file from the bundled fixture
 //! (cached under target/bench-data; size from WEIR_BENCH_MB), then runs, pinned to CPU 0, five
 //! times each: `grep -c` on the file, weir's atomic-field filter (file → spEnrichedFilter → file)
-//! and TSV → JSON (file → spEnrichedToJson → null). It prints medians of events/s and the peak RSS.
+//! and TSV → JSON (file → spEnrichedToJson → null). It prints medians of events/s by wall-clock
+//! time and by CPU time (user + system, from wait4: steadier on a shared machine), the ratio to
+//! `grep -c`, and the peak RSS.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -17,30 +19,54 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let dir = target.join("bench-data");
     std::fs::create_dir_all(&dir).unwrap();
-    let mb: u64 = std::env::var("WEIR_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mb: u64 = std::env::var("WEIR_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     let input = dir.join(format!("enriched-{mb}mb.tsv"));
-    let events = generate(&root.join("examples/data/micro-media-session.tsv"), &input, mb << 20);
+    let events = generate(
+        &root.join("examples/data/micro-media-session.tsv"),
+        &input,
+        mb << 20,
+    );
     let weir = env!("CARGO_BIN_EXE_weir");
-    println!("input: {} ({} MiB, {events} events); {RUNS} runs each, pinned to CPU 0 (taskset -c 0)", input.display(), mb);
+    println!(
+        "input: {} ({} MiB, {events} events); {RUNS} runs each, pinned to CPU 0 (taskset -c 0)",
+        input.display(),
+        mb
+    );
 
     let filter_cfg = write_config(&dir, "filter.toml", &format!(
         "[source]\ntype = \"file\"\npaths = [\"{}\"]\n\
          [[transforms]]\ntype = \"spEnrichedFilter\"\natomic_field = \"event_name\"\nregex = \"^(play|pause|ping|end|ad_break_start|ad_break_end)_event$\"\n\
          [sink]\ntype = \"file\"\npath = \"{}\"\n",
         input.display(), dir.join("filter-out.tsv").display()));
-    let json_cfg = write_config(&dir, "json.toml", &format!(
-        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n\
+    let json_cfg = write_config(
+        &dir,
+        "json.toml",
+        &format!(
+            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n\
          [[transforms]]\ntype = \"spEnrichedToJson\"\n[sink]\ntype = \"null\"\n",
-        input.display()));
-    let read_cfg = write_config(&dir, "read.toml", &format!(
-        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"null\"\n",
-        input.display()));
+            input.display()
+        ),
+    );
+    let read_cfg = write_config(
+        &dir,
+        "read.toml",
+        &format!(
+            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"null\"\n",
+            input.display()
+        ),
+    );
 
     let grep = measure(RUNS, || {
         let mut c = Command::new("taskset");
@@ -49,10 +75,13 @@ fn main() {
     });
     let report = |name: &str, m: &Measure| {
         println!(
-            "{name:<44} median {:>7.3} s  {:>10.0} events/s  {:>5.2}x grep -c  peak RSS {:>5.1} MiB  (runs: {})",
+            "{name:<40} wall {:>6.3} s {:>9.0} ev/s {:>5.2}x grep | cpu {:>6.3} s {:>9.0} ev/s {:>5.2}x grep | peak RSS {:>5.1} MiB | runs {}",
             m.median(),
             events as f64 / m.median(),
             grep.median() / m.median(),
+            m.median_cpu(),
+            events as f64 / m.median_cpu(),
+            grep.median_cpu() / m.median_cpu(),
             m.peak_rss_kib as f64 / 1024.0,
             m.secs.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(" ")
         )
@@ -65,7 +94,9 @@ fn main() {
     ] {
         let m = measure(RUNS, || {
             let mut c = Command::new("taskset");
-            c.args(["-c", "0", weir, "run", "--progress=never"]).arg(cfg).env("WEIR_LOG", "warn");
+            c.args(["-c", "0", weir, "run", "--progress=never"])
+                .arg(cfg)
+                .env("WEIR_LOG", "warn");
             c
         });
         report(name, &m);
@@ -73,36 +104,59 @@ fn main() {
 }
 
 struct Measure {
+    /// Wall-clock seconds of each run.
     secs: Vec<f64>,
+    /// CPU seconds (user + system) of each run: on a shared machine, the steadier per-core figure.
+    cpu: Vec<f64>,
     peak_rss_kib: u64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
 }
 
 impl Measure {
     fn median(&self) -> f64 {
-        let mut s = self.secs.clone();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
+        median(&self.secs)
+    }
+    fn median_cpu(&self) -> f64 {
+        median(&self.cpu)
     }
 }
 
 /// Runs the command `runs` times; wall time of each, and the largest peak RSS (from wait4).
+// Children are reaped with wait4 (for their resource usage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn measure(runs: usize, cmd: impl Fn() -> Command) -> Measure {
     let mut secs = Vec::new();
+    let mut cpu = Vec::new();
     let mut peak = 0;
     for _ in 0..runs {
         let t = Instant::now();
-        let child = cmd().stdout(Stdio::null()).spawn().expect("spawn");
+        // stdout is a pipe, not /dev/null: GNU grep stops at the first match when its output is
+        // /dev/null, which would make it look impossibly fast.
+        let mut child = cmd().stdout(Stdio::piped()).spawn().expect("spawn");
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
         let mut status = 0;
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
         let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
         assert!(r > 0, "wait4");
         secs.push(t.elapsed().as_secs_f64());
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        cpu.push(tv(usage.ru_utime) + tv(usage.ru_stime));
         assert!(libc::WIFEXITED(status), "benchmark command failed");
         // grep -c exits 1 when nothing matches; weir must exit 0.
         assert!(libc::WEXITSTATUS(status) <= 1, "benchmark command failed");
         peak = peak.max(usage.ru_maxrss as u64);
     }
-    Measure { secs, peak_rss_kib: peak }
+    Measure {
+        secs,
+        cpu,
+        peak_rss_kib: peak,
+    }
 }
 
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -120,7 +174,9 @@ fn generate(fixture: &Path, out: &Path, bytes: u64) -> u64 {
         .collect();
     if let Ok(meta) = std::fs::metadata(out) {
         if meta.len() >= bytes {
-            let text_lines = std::io::BufReader::new(std::fs::File::open(out).unwrap()).lines().count();
+            let text_lines = std::io::BufReader::new(std::fs::File::open(out).unwrap())
+                .lines()
+                .count();
             return text_lines as u64;
         }
     }

@@ -11,9 +11,15 @@ use serde_json::json;
 
 use crate::record::{Failed, FailureKind, Record};
 
-pub const GENERIC_ERROR: &str = "iglu:com.snowplowanalytics.snowplow.badrows/generic_error/jsonschema/1-0-0";
+pub const GENERIC_ERROR: &str =
+    "iglu:com.snowplowanalytics.snowplow.badrows/generic_error/jsonschema/1-0-0";
 pub const SIZE_VIOLATION: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/size_violation/jsonschema/1-0-0";
+
+/// Header names set on every bad row (written as message headers by sinks that have them).
+pub const HEADER_ERROR: &str = "weir.error";
+pub const HEADER_COMPONENT: &str = "weir.component";
+pub const HEADER_SCHEMA: &str = "weir.schema";
 
 /// Encodes failures as bad rows.
 #[derive(Debug, Clone)]
@@ -60,9 +66,32 @@ impl BadRows {
                 }
             }),
         };
+        // The error also travels as headers, so a Kafka dead-letter topic can be triaged without
+        // parsing the bad row; the original headers (and origin) are kept after them.
+        let mut meta = f.record.meta.as_deref().cloned().unwrap_or_default();
+        let mut headers = vec![
+            (HEADER_ERROR.to_string(), Bytes::from(f.reason.clone())),
+            (
+                HEADER_COMPONENT.to_string(),
+                Bytes::from(f.component.clone()),
+            ),
+            (
+                HEADER_SCHEMA.to_string(),
+                Bytes::from_static(
+                    match f.kind {
+                        FailureKind::Invalid => GENERIC_ERROR,
+                        FailureKind::Oversized { .. } => SIZE_VIOLATION,
+                    }
+                    .as_bytes(),
+                ),
+            ),
+        ];
+        headers.append(&mut meta.headers);
+        meta.headers = headers;
         Record {
             value: Bytes::from(serde_json::to_vec(&doc).expect("a json! value serialises")),
             key: f.record.key.clone(),
+            meta: Some(Box::new(meta)),
         }
     }
 }
@@ -89,18 +118,32 @@ mod tests {
     #[test]
     fn generic_error_carries_reason_and_truncated_payload() {
         let f = Failed::invalid(Record::new(vec![b'a'; 100]), "transforms[0] (x)", "bad");
-        let row = BadRows { max_payload_bytes: 10 }.encode(&f);
+        let row = BadRows {
+            max_payload_bytes: 10,
+        }
+        .encode(&f);
         let v: serde_json::Value = serde_json::from_slice(&row.value).unwrap();
         assert_eq!(v["schema"], GENERIC_ERROR);
         assert_eq!(v["data"]["payload"], "aaaaaaaaaa");
         assert_eq!(v["data"]["failure"]["errors"][0], "transforms[0] (x): bad");
         assert_eq!(v["data"]["processor"]["artifact"], "weir");
+        assert_eq!(
+            row.headers()[0],
+            (HEADER_ERROR.to_string(), Bytes::from("bad"))
+        );
     }
 
     #[test]
     fn invalid_utf8_payload_stays_valid_json() {
-        let f = Failed::invalid(Record::new(vec![b'o', b'k', 0xff, 0xfe]), "t", "invalid UTF-8");
-        let row = BadRows { max_payload_bytes: 1000 }.encode(&f);
+        let f = Failed::invalid(
+            Record::new(vec![b'o', b'k', 0xff, 0xfe]),
+            "t",
+            "invalid UTF-8",
+        );
+        let row = BadRows {
+            max_payload_bytes: 1000,
+        }
+        .encode(&f);
         let v: serde_json::Value = serde_json::from_slice(&row.value).unwrap();
         assert_eq!(v["data"]["payload"], "ok\u{fffd}\u{fffd}");
     }
@@ -109,12 +152,21 @@ mod tests {
     fn size_violation_names_sizes() {
         let f = Failed {
             record: Record::new("xyz"),
-            kind: FailureKind::Oversized { actual: 5000, limit: 100 },
+            kind: FailureKind::Oversized {
+                actual: 5000,
+                limit: 100,
+            },
             component: "stdin".into(),
             reason: "too long".into(),
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(&BadRows { max_payload_bytes: 2 }.encode(&f).value).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(
+            &BadRows {
+                max_payload_bytes: 2,
+            }
+            .encode(&f)
+            .value,
+        )
+        .unwrap();
         assert_eq!(v["schema"], SIZE_VIOLATION);
         assert_eq!(v["data"]["failure"]["actualSizeBytes"], 5000);
         assert_eq!(v["data"]["failure"]["maximumAllowedSizeBytes"], 100);

@@ -13,8 +13,10 @@ use crate::pipeline::{self, PipelineConfig, RunOptions};
 /// them to sinks; driven by a config file.
 #[derive(Debug, Parser)]
 #[command(name = "weir", version, about, long_about = None)]
-#[command(after_help = "Config values can be overridden from the environment: WEIR__<KEY>__<KEY>=value, \
-e.g. WEIR__SINK__PATH=/tmp/out.tsv or WEIR__TRANSFORMS__0__REGEX='^play'. Log level: WEIR_LOG=debug.")]
+#[command(
+    after_help = "Config values can be overridden from the environment: WEIR__<KEY>__<KEY>=value, \
+e.g. WEIR__SINK__PATH=/tmp/out.tsv or WEIR__TRANSFORMS__0__REGEX='^play'. Log level: WEIR_LOG=debug."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -237,7 +237,9 @@ pub fn load(
             .set_override(key.clone(), value)
             .map_err(|e| err(format!("environment variable {name} (key `{key}`): {e}")))?;
     }
-    let cfg = builder.build().map_err(|e| err(strip_origin(&e.to_string())))?;
+    let cfg = builder
+        .build()
+        .map_err(|e| err(strip_origin(&e.to_string())))?;
     let root: config::Value = cfg
         .try_deserialize()
         .map_err(|e| err(strip_origin(&e.to_string())))?;
@@ -385,10 +387,7 @@ mod tests {
             env_key_to_path("TRANSFORMS__0__REGEX"),
             "transforms[0].regex"
         );
-        assert_eq!(
-            env_key_to_path("BATCH__MAX_RECORDS"),
-            "batch.max_records"
-        );
+        assert_eq!(env_key_to_path("BATCH__MAX_RECORDS"), "batch.max_records");
     }
 
     #[test]

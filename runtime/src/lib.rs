@@ -6,9 +6,11 @@
 //! [acknowledgement](ack) each; failures become Snowplow [bad rows](badrow).
 
 pub mod ack;
+pub mod aws;
 pub mod badrow;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod observe;
 pub mod pipeline;
 pub mod record;

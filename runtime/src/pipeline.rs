@@ -24,7 +24,7 @@ use crate::ack::Ack;
 use crate::badrow::BadRows;
 use crate::config::{self, unknown_key_message, ByteSize, ConfigError, Origin};
 use crate::observe::{self, HttpConfig, Readiness, Snapshot, Stats};
-use crate::record::{Batch, Record};
+use crate::record::{Batch, Failed, Record};
 use crate::sinks::{self, Sink, SinkConfig, SinkError};
 use crate::sources::{self, BatchLimits, CountingAcks, Emitter, SourceConfig, SourceContext};
 use crate::transforms::{self, Transform, TransformConfig};
@@ -72,6 +72,9 @@ impl Default for LimitsConfig {
         }
     }
 }
+
+/// How long the source may be quiet before the transforms get an empty batch (a tick).
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// A named, validated transform of the chain.
 #[derive(Debug)]
@@ -124,7 +127,10 @@ impl PipelineConfig {
             other => {
                 return Err(top.error(
                     "",
-                    format!("expected a table at the top level, found {}", config::kind_name(&other)),
+                    format!(
+                        "expected a table at the top level, found {}",
+                        config::kind_name(&other)
+                    ),
                 ))
             }
         };
@@ -200,7 +206,11 @@ impl PipelineConfig {
             ("batch.max_bytes", batch.max_bytes.0 > 0, "at least 1 byte"),
             ("batch.queue", batch.queue > 0, "at least 1"),
             ("workers", workers > 0, "at least 1"),
-            ("limits.max_record_bytes", limits.max_record_bytes.0 > 0, "at least 1 byte"),
+            (
+                "limits.max_record_bytes",
+                limits.max_record_bytes.0 > 0,
+                "at least 1 byte",
+            ),
         ] {
             if !ok {
                 return Err(top.error(key, format!("expected {what}, found 0")));
@@ -259,12 +269,11 @@ struct Stage {
 }
 
 impl Chain {
-    /// Runs every transform over the batch in order.
+    /// Runs every transform over the batch in order. An empty batch (an idle tick) still visits
+    /// every transform, so that transforms with time-driven output (windows, expiry) can emit
+    /// records while no input arrives.
     pub fn process(&mut self, batch: &mut Batch) {
         for s in &mut self.stages {
-            if batch.records.is_empty() {
-                break;
-            }
             let (f0, x0) = (batch.filtered.len(), batch.failed.len());
             let t = Instant::now();
             s.transform.process(batch);
@@ -310,9 +319,13 @@ pub async fn run(
     let ready = Arc::new(Readiness::default());
     let http_stop = CancellationToken::new();
     if let Some(http) = &cfg.http {
-        let bound =
-            observe::serve_http(http.address, ready.clone(), stats.clone(), http_stop.clone())
-                .await?;
+        let bound = observe::serve_http(
+            http.address,
+            ready.clone(),
+            stats.clone(),
+            http_stop.clone(),
+        )
+        .await?;
         if let Some(cb) = &opts.on_http_bound {
             cb(bound);
         }
@@ -322,16 +335,23 @@ pub async fn run(
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
 
-    // Sinks first, so nothing is read before there is somewhere to put it.
-    let (main_tx, main_task) = spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort);
+    let bad_rows = BadRows {
+        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
+    };
+    // Sinks first, so nothing is read before there is somewhere to put it. The failure sink also
+    // takes the records the other sinks reject.
+    let (failure_tx, failure_task) =
+        spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort, None);
+    let reject_to = || Some((failure_tx.clone(), bad_rows.clone()));
+    let (main_tx, main_task) =
+        spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort, reject_to());
     let (filtered_tx, filtered_task) = match &cfg.filtered {
         Some(c) => {
-            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort);
+            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort, reject_to());
             (Some(tx), Some(t))
         }
         None => (None, None),
     };
-    let (failure_tx, failure_task) = spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort);
 
     // Transform workers, each with its own chain; batches are dealt round-robin and collected in
     // the same order, so output order equals input order.
@@ -362,8 +382,18 @@ pub async fn run(
     let (source_tx, mut source_rx) = mpsc::channel::<Batch>(q);
     let dispatcher = tokio::spawn(async move {
         let mut i = 0;
-        while let Some(batch) = source_rx.recv().await {
-            metrics::histogram!("weir_batch_records", "stage" => "source").record(batch.len() as f64);
+        loop {
+            // While the source is quiet, an empty batch every IDLE_TICK lets transforms with
+            // time-driven output (expiry, windows) run; it carries no acknowledgement.
+            let batch = match tokio::time::timeout(IDLE_TICK, source_rx.recv()).await {
+                Ok(Some(batch)) => {
+                    metrics::histogram!("weir_batch_records", "stage" => "source")
+                        .record(batch.len() as f64);
+                    batch
+                }
+                Ok(None) => break,
+                Err(_) => Batch::default(),
+            };
             if worker_in[i % workers].send(batch).await.is_err() {
                 break;
             }
@@ -371,9 +401,6 @@ pub async fn run(
         }
     });
 
-    let bad_rows = BadRows {
-        max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
-    };
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let stats = router_stats;
@@ -387,7 +414,15 @@ pub async fn run(
             if let Some(t) = batch.created {
                 latency.record(t.elapsed().as_secs_f64());
             }
-            route(batch, &main_tx, filtered_tx.as_ref(), &failure_tx, &bad_rows, &stats).await;
+            route(
+                batch,
+                &main_tx,
+                filtered_tx.as_ref(),
+                &failure_tx,
+                &bad_rows,
+                &stats,
+            )
+            .await;
         }
     });
 
@@ -442,7 +477,13 @@ pub async fn run(
             Ok(Err(e)) => {
                 tracing::error!(error = %format!("{e:#}"), "source failed");
                 abort.cancel();
-                drain(dispatcher, router, threads, [Some(main_task), filtered_task, Some(failure_task)]).await;
+                drain(
+                    dispatcher,
+                    router,
+                    threads,
+                    [Some(main_task), filtered_task, Some(failure_task)],
+                )
+                .await;
                 return Err(e.context("source failed"));
             }
             Err(e) => return Err(anyhow::anyhow!("source task panicked: {e}")),
@@ -450,8 +491,13 @@ pub async fn run(
         interrupted
     };
     ready.set(false);
-    let sink_results =
-        drain(dispatcher, router, threads, [Some(main_task), filtered_task, Some(failure_task)]).await;
+    let sink_results = drain(
+        dispatcher,
+        router,
+        threads,
+        [Some(main_task), filtered_task, Some(failure_task)],
+    )
+    .await;
     for r in sink_results {
         r?;
     }
@@ -490,7 +536,10 @@ async fn drain(
     .await;
     let mut out = Vec::new();
     for s in sinks.into_iter().flatten() {
-        out.push(s.await.unwrap_or_else(|e| Err(anyhow::anyhow!("sink task panicked: {e}"))));
+        out.push(
+            s.await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("sink task panicked: {e}"))),
+        );
     }
     out
 }
@@ -551,12 +600,17 @@ async fn route(
 /// Starts a sink's task: it writes each batch, retrying retriable errors with capped exponential
 /// backoff (the queue in front of it fills meanwhile, holding the source back), acknowledges what
 /// was written, and on a fatal error stops the pipeline.
+///
+/// Records the sink rejects ([`SinkError::Rejected`]) go to `rejects` (the failure sink) as bad
+/// rows, holding a share of the batch's ack; the failure sink itself has no `rejects`, so a
+/// rejection there is fatal.
 fn spawn_sink(
     role: &'static str,
     mut sink: Box<dyn Sink>,
     queue: usize,
     stats: &Arc<Stats>,
     abort: &CancellationToken,
+    reject_to: Option<(mpsc::Sender<SinkBatch>, BadRows)>,
 ) -> (mpsc::Sender<SinkBatch>, JoinHandle<anyhow::Result<()>>) {
     let (tx, mut rx) = mpsc::channel::<SinkBatch>(queue);
     let stats = stats.clone();
@@ -576,9 +630,10 @@ fn spawn_sink(
                         sizes.record(records.len() as f64);
                         records_total.increment(records.len() as u64);
                         if role == "sink" {
-                            stats
-                                .written
-                                .fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                            stats.written.fetch_add(
+                                records.len() as u64,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
                         }
                         ack.delivered();
                         break;
@@ -593,7 +648,36 @@ fn spawn_sink(
                             _ = abort.cancelled() => return Err(anyhow::anyhow!("{role}: gave up on a write while stopping: {e:#}")),
                         }
                     }
-                    Err(SinkError::Fatal(e)) => {
+                    Err(SinkError::Rejected(rejected)) if reject_to.is_some() => {
+                        let (failure, bad_rows) = reject_to.as_ref().expect("checked");
+                        seconds.record(t.elapsed().as_secs_f64());
+                        let accepted = records.len().saturating_sub(rejected.len());
+                        records_total.increment(accepted as u64);
+                        let component = format!("{role} (sink)");
+                        let rows: Vec<Record> = rejected
+                            .iter()
+                            .filter_map(|(i, reason)| {
+                                tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
+                                let r = records.get(*i)?.clone();
+                                Some(bad_rows.encode(&Failed::invalid(r, &component, reason.clone())))
+                            })
+                            .collect();
+                        let ordering = std::sync::atomic::Ordering::Relaxed;
+                        stats.failed.fetch_add(rows.len() as u64, ordering);
+                        if role == "sink" {
+                            stats.written.fetch_add(accepted as u64, ordering);
+                        }
+                        // The failure sink's part holds a share of the ack; ours is delivered.
+                        let _ = failure
+                            .send(SinkBatch {
+                                records: rows,
+                                ack: ack.clone(),
+                            })
+                            .await;
+                        ack.delivered();
+                        break;
+                    }
+                    Err(e @ (SinkError::Fatal(_) | SinkError::Rejected(_))) => {
                         tracing::error!(sink = role, error = %format!("{e:#}"), "write failed for good; stopping without acknowledging");
                         abort.cancel();
                         return Err(anyhow::anyhow!("{role}: {e:#}"));
@@ -601,14 +685,18 @@ fn spawn_sink(
                 }
             }
         }
-        sink.close().await.map_err(|e| anyhow::anyhow!("{role}: closing: {e:#}"))
+        sink.close()
+            .await
+            .map_err(|e| anyhow::anyhow!("{role}: closing: {e:#}"))
     });
     (tx, task)
 }
 
 /// 100 ms, 200 ms, 400 ms, … capped at 10 s, with ±25 % jitter.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 100u64.saturating_mul(1 << attempt.min(7).saturating_sub(1)).min(10_000);
+    let base = 100u64
+        .saturating_mul(1 << attempt.min(7).saturating_sub(1))
+        .min(10_000);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);

@@ -15,6 +15,23 @@ pub struct Record {
     pub value: Bytes,
     /// The partition key, if a source or transform set one (`spEnrichedSetPk`, a Kafka key).
     pub key: Option<Bytes>,
+    /// Where the record came from and its headers, for sources that have them (Kafka). Boxed and
+    /// optional so that records of sources without metadata stay three words and allocate nothing.
+    pub meta: Option<Box<Meta>>,
+}
+
+/// A record's origin and headers: set by the Kafka source, by the router on failure records (the
+/// error as headers), and written as message headers by the Kafka sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Topic, partition and offset the record was read from.
+    pub topic: Option<std::sync::Arc<str>>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch, as the producer or broker stamped it.
+    pub timestamp: Option<i64>,
+    /// Message headers, in order (a name may repeat).
+    pub headers: Vec<(String, Bytes)>,
 }
 
 impl Record {
@@ -22,12 +39,22 @@ impl Record {
         Record {
             value: value.into(),
             key: None,
+            meta: None,
         }
     }
 
-    /// Bytes this record occupies in a batch (value and key).
+    /// Bytes this record occupies in a batch (value, key and headers).
     pub fn size(&self) -> usize {
-        self.value.len() + self.key.as_ref().map_or(0, Bytes::len)
+        self.value.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.meta.as_ref().map_or(0, |m| {
+                m.headers.iter().map(|(k, v)| k.len() + v.len()).sum()
+            })
+    }
+
+    /// This record's headers (none for sources without metadata).
+    pub fn headers(&self) -> &[(String, Bytes)] {
+        self.meta.as_deref().map_or(&[], |m| &m.headers)
     }
 }
 

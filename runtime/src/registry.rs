@@ -34,7 +34,10 @@ pub fn parse<B: ?Sized>(
             other => {
                 return Err(origin.error(
                     "type",
-                    format!("expected a string naming the {role} type, found {}", kind_name(&other)),
+                    format!(
+                        "expected a string naming the {role} type, found {}",
+                        kind_name(&other)
+                    ),
                 ))
             }
         },
@@ -53,5 +56,8 @@ pub fn parse<B: ?Sized>(
 }
 
 fn quoted<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    names.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -9,7 +9,10 @@ use common::*;
 
 fn good_lines() -> Vec<Vec<u8>> {
     let text = std::fs::read(repo_root().join("examples/data/micro-media-session.tsv")).unwrap();
-    text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| l.to_vec()).collect()
+    text.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| l.to_vec())
+        .collect()
 }
 
 fn set_field(line: &[u8], idx: usize, value: &[u8]) -> Vec<u8> {
@@ -88,7 +91,12 @@ fn each_bad_record_is_one_bad_row_and_good_events_all_come_out() {
     let out_text = std::fs::read_to_string(&out).unwrap();
     let out_ids: Vec<String> = out_text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(out_ids, good_ids, "all good events, in order, once");
 
@@ -100,17 +108,29 @@ fn each_bad_record_is_one_bad_row_and_good_events_all_come_out() {
         .collect();
     assert_eq!(rows.len(), bad.len(), "{rows:#?}");
     for (_, expect) in &bad {
-        let hits: Vec<_> = rows.iter().filter(|r| r.to_string().contains(expect)).collect();
+        let hits: Vec<_> = rows
+            .iter()
+            .filter(|r| r.to_string().contains(expect))
+            .collect();
         assert_eq!(hits.len(), 1, "one bad row saying {expect:?} in {rows:#?}");
     }
     for r in &rows {
         let schema = r["schema"].as_str().unwrap();
-        assert!(schema.starts_with("iglu:com.snowplowanalytics.snowplow.badrows/"), "{schema}");
+        assert!(
+            schema.starts_with("iglu:com.snowplowanalytics.snowplow.badrows/"),
+            "{schema}"
+        );
         assert_eq!(r["data"]["processor"]["artifact"], "weir");
         let payload = r["data"]["payload"].as_str().unwrap();
-        assert!(!payload.is_empty() && payload.len() <= 16 * 1024, "payload truncated to the limit");
+        assert!(
+            !payload.is_empty() && payload.len() <= 16 * 1024,
+            "payload truncated to the limit"
+        );
     }
-    let size = rows.iter().find(|r| r["schema"].as_str().unwrap().contains("size_violation")).unwrap();
+    let size = rows
+        .iter()
+        .find(|r| r["schema"].as_str().unwrap().contains("size_violation"))
+        .unwrap();
     assert_eq!(size["data"]["failure"]["actualSizeBytes"], 10 << 20);
     assert_eq!(summary(&stderr, "failed"), Some(bad.len() as u64));
     assert_eq!(summary(&stderr, "acknowledged"), summary(&stderr, "read"));

@@ -6,8 +6,14 @@ mod common;
 use common::*;
 
 fn validate(path: &std::path::Path) -> (bool, String) {
-    let out = weir().arg("validate").arg(path).current_dir(repo_root()).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let out = weir()
+        .arg("validate")
+        .arg(path)
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -25,12 +31,17 @@ fn every_example_config_validates() {
             checked += 1;
         }
     }
-    assert!(checked >= 4, "expected the example configs, found {checked}");
+    assert!(
+        checked >= 4,
+        "expected the example configs, found {checked}"
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -48,7 +59,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// Pipeline configs have a `source` section (other YAML/JSON under deploy/ are not weir configs).
 fn is_pipeline(p: &std::path::Path) -> bool {
     let text = std::fs::read_to_string(p).unwrap_or_default();
-    text.contains("[source]") || text.contains("\"source\"") || text.lines().any(|l| l.starts_with("source:"))
+    text.contains("[source]")
+        || text.contains("\"source\"")
+        || text.lines().any(|l| l.starts_with("source:"))
 }
 
 #[test]
@@ -76,17 +89,27 @@ fn wrong_type_says_expected_and_found() {
     );
     let (ok, text) = validate(&cfg);
     assert!(!ok);
-    assert!(text.contains("bad.yaml: key `batch.max_records`: expected"), "{text}");
+    assert!(
+        text.contains("bad.yaml: key `batch.max_records`: expected"),
+        "{text}"
+    );
     assert!(text.contains("\"lots\""), "{text}");
 }
 
 #[test]
 fn unknown_component_type_and_field_name_get_suggestions() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write(dir.path(), "a.json", r#"{"source":{"type":"stdin"},"sink":{"type":"fille","path":"x"}}"#);
+    let cfg = write(
+        dir.path(),
+        "a.json",
+        r#"{"source":{"type":"stdin"},"sink":{"type":"fille","path":"x"}}"#,
+    );
     let (ok, text) = validate(&cfg);
     assert!(!ok);
-    assert!(text.contains("key `sink.type`") && text.contains("did you mean `file`?"), "{text}");
+    assert!(
+        text.contains("key `sink.type`") && text.contains("did you mean `file`?"),
+        "{text}"
+    );
 
     let cfg = write(
         dir.path(),
@@ -95,9 +118,16 @@ fn unknown_component_type_and_field_name_get_suggestions() {
     );
     let (ok, text) = validate(&cfg);
     assert!(!ok);
-    assert!(text.contains("transforms[0].atomic_field") && text.contains("did you mean `event_name`?"), "{text}");
+    assert!(
+        text.contains("transforms[0].atomic_field") && text.contains("did you mean `event_name`?"),
+        "{text}"
+    );
 
-    let cfg = write(dir.path(), "c.toml", "[source]\ntype = \"stdin\"\n[sink]\ntype = \"stdout\"\n[bacth]\nqueue = 1\n");
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        "[source]\ntype = \"stdin\"\n[sink]\ntype = \"stdout\"\n[bacth]\nqueue = 1\n",
+    );
     let (ok, text) = validate(&cfg);
     assert!(!ok);
     assert!(text.contains("did you mean `batch`?"), "{text}");
@@ -113,7 +143,10 @@ fn bad_regex_is_a_config_error_at_its_key() {
     );
     let (ok, text) = validate(&cfg);
     assert!(!ok);
-    assert!(text.contains("key `transforms[0].regex`: expected a valid regex"), "{text}");
+    assert!(
+        text.contains("key `transforms[0].regex`: expected a valid regex"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -124,7 +157,10 @@ fn environment_overrides_any_key_including_array_elements() {
     let cfg = write(
         dir.path(),
         "e.toml",
-        &format!("[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"stdout\"\n", input.display()),
+        &format!(
+            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"stdout\"\n",
+            input.display()
+        ),
     );
     // sink.type and sink.path from the environment: the file gets the records, stdout nothing.
     let o = weir()

@@ -49,7 +49,7 @@ queue = 2
             fifo.display()
         ),
     );
-    let mut child = spawn(&cfg);
+    let child = spawn(&cfg);
     let pid = child.id();
     let mut reader = BufReader::with_capacity(1 << 16, std::fs::File::open(&fifo).unwrap());
 
@@ -80,6 +80,7 @@ queue = 2
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!("peak RSS while the sink was stalled: {peak_during_stall} KiB");
     count += take(&mut reader, usize::MAX, &mut seen);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -138,7 +139,12 @@ flush_interval = "10s"
     std::thread::sleep(Duration::from_millis(700));
     signal(pid, libc::SIGTERM);
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = child.wait().unwrap();
     drop(stdin);
     assert!(status.success(), "exit status {status:?}: {stderr}");
@@ -167,7 +173,7 @@ fn sigterm_during_a_large_file_drains_and_exits_zero() {
             fifo.display()
         ),
     );
-    let mut child = spawn(&cfg);
+    let child = spawn(&cfg);
     let pid = child.id();
     // Read slowly so the run is mid-file when the signal arrives.
     let mut reader = BufReader::new(std::fs::File::open(&fifo).unwrap());
@@ -194,7 +200,10 @@ fn sigterm_during_a_large_file_drains_and_exits_zero() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let read = summary(&stderr, "read").unwrap();
-    assert!(read < 200_000, "the signal should have stopped the source early");
+    assert!(
+        read < 200_000,
+        "the signal should have stopped the source early"
+    );
     assert_eq!(lines, read, "every record read reached the sink");
     assert_eq!(summary(&stderr, "acknowledged"), Some(read));
 }

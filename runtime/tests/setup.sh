@@ -10,3 +10,17 @@ if have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
+
+# AWS emulator for the DynamoDB / Kinesis tests: moto's server (one port, every service; the only
+# emulator here with Kinesis UpdateShardCount). Installed into a virtualenv beside the build
+# output, where the tests look for it (`<target dir>/aws-emulators/venv/bin/moto_server`).
+MOTO_VERSION=5.2.5
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+EMU_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/aws-emulators"
+if ! "$EMU_DIR/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  mkdir -p "$EMU_DIR"
+  python3 -m venv "$EMU_DIR/venv"
+  "$EMU_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+# The Kafka tests run librdkafka's mock cluster in-process (rdkafka builds librdkafka from source
+# with gcc, make and perl, all present on the base image): nothing to install.

@@ -1,13 +1,12 @@
 //! `file`: appends one line per record to a file.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{frame_lines, Sink, SinkConfig, SinkError, SinkType};
+use super::{write_lines, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ConfigError, Origin};
 use crate::record::Record;
 
@@ -55,7 +54,6 @@ impl SinkConfig for FileConfig {
         Ok(Box::new(FileSink {
             file,
             fsync: self.fsync,
-            buf: Vec::new(),
         }))
     }
 }
@@ -63,16 +61,14 @@ impl SinkConfig for FileConfig {
 struct FileSink {
     file: File,
     fsync: bool,
-    buf: Vec<u8>,
 }
 
 #[async_trait]
 impl Sink for FileSink {
     async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        frame_lines(records, &mut self.buf);
-        let (file, buf, fsync) = (&mut self.file, &self.buf, self.fsync);
+        let (file, fsync) = (&mut self.file, self.fsync);
         tokio::task::block_in_place(|| {
-            file.write_all(buf)?;
+            write_lines(file, records)?;
             if fsync {
                 sync(file)?;
             }

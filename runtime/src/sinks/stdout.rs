@@ -5,7 +5,7 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{frame_lines, Sink, SinkConfig, SinkError, SinkType};
+use super::{write_lines, Sink, SinkConfig, SinkError, SinkType};
 use crate::record::Record;
 
 /// ```toml
@@ -22,10 +22,7 @@ impl SinkType for StdoutConfig {
 
 impl SinkConfig for StdoutConfig {
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
-        Ok(Box::new(Console {
-            stderr: false,
-            buf: Vec::new(),
-        }))
+        Ok(Box::new(Console { stderr: false }))
     }
 }
 
@@ -43,31 +40,25 @@ impl SinkType for StderrConfig {
 
 impl SinkConfig for StderrConfig {
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
-        Ok(Box::new(Console {
-            stderr: true,
-            buf: Vec::new(),
-        }))
+        Ok(Box::new(Console { stderr: true }))
     }
 }
 
 struct Console {
     stderr: bool,
-    buf: Vec<u8>,
 }
 
 #[async_trait]
 impl Sink for Console {
     async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        frame_lines(records, &mut self.buf);
-        let buf = &self.buf;
         let stderr = self.stderr;
         tokio::task::block_in_place(|| {
             if stderr {
                 let mut out = std::io::stderr().lock();
-                out.write_all(buf).and_then(|_| out.flush())
+                write_lines(&mut out, records).and_then(|_| out.flush())
             } else {
                 let mut out = std::io::stdout().lock();
-                out.write_all(buf).and_then(|_| out.flush())
+                write_lines(&mut out, records).and_then(|_| out.flush())
             }
         })
         .map_err(|e| match e.kind() {

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tokio::io::BufReader;
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 use super::{lines, Source, SourceConfig, SourceContext, SourceType};
 use crate::config::{ConfigError, Origin};
@@ -60,14 +64,18 @@ impl SourceConfig for FileConfig {
         // whose input does not exist yet (e.g. in CI, or an image build).
         for p in &self.paths {
             if let Err(e) = glob::Pattern::new(p) {
-                return Err(origin.error("paths", format!("`{p}` is not a valid glob pattern: {e}")));
+                return Err(
+                    origin.error("paths", format!("`{p}` is not a valid glob pattern: {e}"))
+                );
             }
         }
         Ok(())
     }
 
     fn build(&self) -> anyhow::Result<Box<dyn Source>> {
-        let files = self.expand().map_err(|e| anyhow::anyhow!("source.paths: {e}"))?;
+        let files = self
+            .expand()
+            .map_err(|e| anyhow::anyhow!("source.paths: {e}"))?;
         Ok(Box::new(FileSource {
             files,
             gzip: self.gzip,
@@ -85,8 +93,8 @@ impl Source for FileSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
         for path in &self.files {
             let name = path.display().to_string();
-            let file = tokio::fs::File::open(path)
-                .await
+            let file = std::fs::File::open(path)
+                .map(BlockingFile)
                 .map_err(|e| anyhow::anyhow!("cannot open {name}: {e}"))?;
             let gz = self
                 .gzip
@@ -96,10 +104,23 @@ impl Source for FileSource {
                 let mut dec =
                     async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(file));
                 dec.multiple_members(true);
-                lines::pump(dec, &mut ctx.emitter, &ctx.shutdown, ctx.max_record_bytes, &name).await
+                lines::pump(
+                    dec,
+                    &mut ctx.emitter,
+                    &ctx.shutdown,
+                    ctx.max_record_bytes,
+                    &name,
+                )
+                .await
             } else {
-                lines::pump(file, &mut ctx.emitter, &ctx.shutdown, ctx.max_record_bytes, &name)
-                    .await
+                lines::pump(
+                    file,
+                    &mut ctx.emitter,
+                    &ctx.shutdown,
+                    ctx.max_record_bytes,
+                    &name,
+                )
+                .await
             }
             .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
             if ended == lines::Ended::Shutdown {
@@ -107,5 +128,23 @@ impl Source for FileSource {
             }
         }
         Ok(())
+    }
+}
+
+/// A local file read in place: a read of a regular file returns without waiting on anything but
+/// the disk, so it runs on the current worker (inside `block_in_place`) instead of being shipped
+/// to tokio's blocking pool and copied twice, as `tokio::fs::File` does.
+struct BlockingFile(std::fs::File);
+
+impl AsyncRead for BlockingFile {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let file = &mut self.0;
+        let n = tokio::task::block_in_place(|| file.read(buf.initialize_unfilled()))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }

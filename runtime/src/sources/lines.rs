@@ -70,10 +70,7 @@ pub async fn pump<R: AsyncRead + Unpin>(
             return Ok(Ended::Eof);
         }
         let mut scanned = buf.len() - n;
-        loop {
-            let Some(pos) = memchr::memchr(b'\n', &buf[scanned..]) else {
-                break;
-            };
+        while let Some(pos) = memchr::memchr(b'\n', &buf[scanned..]) {
             let end = scanned + pos;
             if let Some(o) = oversized.take() {
                 let total = o.total + end;
@@ -145,7 +142,9 @@ async fn emit_oversized(
             limit,
         },
         component: source.to_string(),
-        reason: format!("record of {total} bytes exceeds the limit of {limit} bytes (limits.max_record_bytes)"),
+        reason: format!(
+            "record of {total} bytes exceeds the limit of {limit} bytes (limits.max_record_bytes)"
+        ),
     };
     if emitter.push_failed(failed) {
         emitter.flush().await?;
@@ -169,7 +168,12 @@ mod tests {
             max_bytes: 1 << 20,
             flush_interval: std::time::Duration::from_secs(10),
         };
-        let mut em = Emitter::new(tx, limits, Arc::new(CountingAcks::new(stats.clone())), stats);
+        let mut em = Emitter::new(
+            tx,
+            limits,
+            Arc::new(CountingAcks::new(stats.clone())),
+            stats,
+        );
         let token = CancellationToken::new();
         // A reader that yields tiny pieces exercises lines split across reads.
         let reader = tokio_test_reader(input);
@@ -203,7 +207,16 @@ mod tests {
     #[tokio::test]
     async fn splits_lines_across_reads_and_keeps_a_final_unterminated_line() {
         let (good, bad) = split(b"a\nbb\r\n\nccc\ndddd", 100).await;
-        assert_eq!(good, vec![b"a".to_vec(), b"bb".to_vec(), b"".to_vec(), b"ccc".to_vec(), b"dddd".to_vec()]);
+        assert_eq!(
+            good,
+            vec![
+                b"a".to_vec(),
+                b"bb".to_vec(),
+                b"".to_vec(),
+                b"ccc".to_vec(),
+                b"dddd".to_vec()
+            ]
+        );
         assert!(bad.is_empty());
     }
 

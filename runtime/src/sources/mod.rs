@@ -16,6 +16,8 @@ use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
 pub mod file;
+pub mod kafka;
+pub mod kinesis;
 pub mod lines;
 pub mod stdin;
 
@@ -23,6 +25,8 @@ pub mod stdin;
 pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
     source::<stdin::StdinConfig>(),
     source::<file::FileConfig>(),
+    source::<kinesis::KinesisConfig>(),
+    source::<kafka::KafkaConfig>(),
 ];
 
 /// A source's validated settings.
@@ -146,6 +150,13 @@ impl Emitter {
     pub fn deadline(&self) -> Option<tokio::time::Instant> {
         self.opened
             .map(|t| tokio::time::Instant::from_std(t + self.limits.flush_interval))
+    }
+
+    /// Puts `acks` in charge of the acknowledgements of the batches sent from now on, and returns
+    /// the ones it replaces. A source that commits positions (Kinesis) wraps the pipeline's own
+    /// acks in its own, so that both hear every outcome.
+    pub fn replace_acks(&mut self, acks: Arc<dyn EmitAcks>) -> Arc<dyn EmitAcks> {
+        std::mem::replace(&mut self.acks, acks)
     }
 
     pub fn buffered(&self) -> usize {

@@ -72,14 +72,18 @@ struct UnstructFilter {
 
 impl Transform for UnstructFilter {
     fn process(&mut self, batch: &mut Batch) {
-        let (event, version, path, regex, action) =
-            (&self.event, &self.version, &self.path, &self.regex, self.action);
+        let (event, version, path, regex, action) = (
+            &self.event,
+            &self.version,
+            &self.path,
+            &self.regex,
+            self.action,
+        );
         partition(batch, &mut self.scratch, &self.label, |r| {
             snowplow::validate(&r.value).map_err(|e| e.to_string())?;
-            let matched = snowplow::unstruct_value(&r.value, event, version, path, |v| {
-                regex.is_match(v)
-            })
-            .map_err(|e| e.to_string())?;
+            let matched =
+                snowplow::unstruct_value(&r.value, event, version, path, |v| regex.is_match(v))
+                    .map_err(|e| e.to_string())?;
             Ok(action.keeps(matched))
         });
     }

@@ -53,3 +53,28 @@ impl Transform for SetPk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Ack;
+
+    #[test]
+    fn key_is_the_field_and_bad_lines_fail() {
+        let mut fields = vec![""; snowplow::FIELD_COUNT];
+        fields[15] = "viewer-1";
+        let good = Record::new(fields.join("\t"));
+        let origin = Origin::new("t.toml", "transforms[0]");
+        let mut t = Config {
+            atomic_field: "domain_userid".into(),
+        }
+        .build("t", &origin)
+        .unwrap();
+        let mut batch = Batch::new(vec![good.clone(), Record::new("x\ty")], Ack::none());
+        t.process(&mut batch);
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.records[0].key.as_deref(), Some(&b"viewer-1"[..]));
+        assert_eq!(batch.records[0].value, good.value, "value untouched");
+        assert_eq!(batch.failed.len(), 1);
+    }
+}

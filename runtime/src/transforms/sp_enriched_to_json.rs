@@ -54,22 +54,60 @@ impl Transform for ToJson {
             match snowplow::to_json(&r.value, &mut out, &mut self.json) {
                 Ok(()) => {
                     self.ends.push(out.len());
-                    kept.push(r.key);
+                    kept.push((r.key, r.meta));
                 }
                 Err(e) => {
                     out.truncate(start);
-                    batch.failed.push(Failed::invalid(r, &self.label, e.to_string()));
+                    batch
+                        .failed
+                        .push(Failed::invalid(r, &self.label, e.to_string()));
                 }
             }
         }
         let buf = Bytes::from(out);
         let mut start = 0;
-        for (key, &end) in kept.into_iter().zip(&self.ends) {
+        for ((key, meta), &end) in kept.into_iter().zip(&self.ends) {
             batch.records.push(Record {
                 value: buf.slice(start..end),
                 key,
+                meta,
             });
             start = end;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Ack;
+
+    #[test]
+    fn converts_each_record_keeps_keys_and_fails_bad_ones() {
+        let mut fields = vec![""; snowplow::FIELD_COUNT];
+        fields[6] = "e1";
+        fields[7] = "12";
+        let good = Record {
+            value: fields.join("\t").into(),
+            key: Some("k".into()),
+            meta: None,
+        };
+        fields[7] = "twelve";
+        let bad = Record::new(fields.join("\t"));
+        let mut t = Config {}.build("json", &Origin::new("t", "")).unwrap();
+        let mut batch = Batch::new(vec![good.clone(), bad, good], Ack::none());
+        t.process(&mut batch);
+        assert_eq!(batch.records.len(), 2);
+        for r in &batch.records {
+            let v: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            assert_eq!(v, serde_json::json!({"event_id": "e1", "txn_id": 12}));
+            assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
+        }
+        assert_eq!(batch.failed.len(), 1);
+        assert!(
+            batch.failed[0].reason.contains("txn_id"),
+            "{}",
+            batch.failed[0].reason
+        );
     }
 }

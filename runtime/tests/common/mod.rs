@@ -16,12 +16,17 @@ pub fn weir() -> Command {
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The fixture files copied into the repo (tests never need ../shared).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -48,7 +53,10 @@ pub fn spawn(config: &Path) -> Child {
 
 /// A field of the "pipeline stopped" summary line, e.g. `summary(&stderr, "read")`.
 pub fn summary(stderr: &str, field: &str) -> Option<u64> {
-    let line = stderr.lines().rev().find(|l| l.contains("pipeline stopped"))?;
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("pipeline stopped"))?;
     let clean = strip_ansi(line);
     let key = format!("{field}=");
     let at = clean.find(&key)? + key.len();

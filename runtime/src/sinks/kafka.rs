@@ -1,0 +1,328 @@
+//! `kafka`: an idempotent producer writing each record to a topic, keyed by its partition key,
+//! with its headers.
+//!
+//! A batch is written by handing every record to librdkafka first (its queue stays full, it
+//! batches and compresses per partition) and only then awaiting the delivery reports; the batch is
+//! acknowledged once every report is in. Reports are classified:
+//! * too large / invalid for the broker → the record goes to the failure sink (the rest of the
+//!   batch counts as written);
+//! * anything else (timeouts, unreachable brokers, leader changes, authorisation being fixed) →
+//!   the pipeline retries the batch with backoff. Only the records whose delivery failed are sent
+//!   again. librdkafka itself retries until `delivery_timeout`, and the idempotent producer makes
+//!   its own retries duplicate-free; a record re-sent after a timeout report may still appear twice
+//!   if the broker had in fact stored the first copy (at-least-once);
+//! * a fatal producer error (idempotence state lost) → the producer is rebuilt and the failed
+//!   records are retried.
+//!
+//! As the failure sink (a dead-letter topic), each bad row carries the error in the headers
+//! `weir.error`, `weir.component` and `weir.schema`, followed by the original record's headers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use serde::Deserialize;
+
+use super::{Sink, SinkConfig, SinkError, SinkType};
+use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
+use crate::record::Record;
+
+/// ```toml
+/// [sink]
+/// type = "kafka"
+/// bootstrap_servers = "broker1:9092"
+/// topic = "media-events"
+/// compression = "lz4"          # none, gzip, snappy, lz4
+/// idempotence = true
+/// linger = "5ms"
+/// delivery_timeout = "5m"      # librdkafka retries a message this long before reporting failure
+/// max_message_bytes = "1 MiB"  # larger records go to the failure sink
+///
+/// [sink.options]               # any librdkafka producer setting, applied last
+/// "security.protocol" = "SSL"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub topic: String,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default = "yes")]
+    pub idempotence: bool,
+    #[serde(default = "default_linger")]
+    pub linger: CfgDuration,
+    #[serde(default = "default_delivery_timeout")]
+    pub delivery_timeout: CfgDuration,
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: ByteSize,
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_linger() -> CfgDuration {
+    CfgDuration(Duration::from_millis(5))
+}
+fn default_delivery_timeout() -> CfgDuration {
+    CfgDuration(Duration::from_secs(300))
+}
+fn default_max_message_bytes() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    #[default]
+    Lz4,
+}
+
+impl SinkType for KafkaConfig {
+    const TYPE: &'static str = "kafka";
+}
+
+impl SinkConfig for KafkaConfig {
+    fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(origin.error(
+                "bootstrap_servers",
+                "expected host:port[,host:port…], found an empty string",
+            ));
+        }
+        if self.topic.is_empty() {
+            return Err(origin.error("topic", "expected a topic name, found an empty string"));
+        }
+        self.client_config()
+            .create_native_config()
+            .map(drop)
+            .map_err(|e| origin.error("options", format!("librdkafka rejected the settings: {e}")))
+    }
+
+    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(KafkaSink {
+            producer: self.producer()?,
+            cfg: self.clone(),
+            retry: None,
+        }))
+    }
+}
+
+impl KafkaConfig {
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set(
+                "compression.codec",
+                match self.compression {
+                    Compression::None => "none",
+                    Compression::Gzip => "gzip",
+                    Compression::Snappy => "snappy",
+                    Compression::Lz4 => "lz4",
+                },
+            )
+            .set("linger.ms", self.linger.0.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.0.as_millis().max(1).to_string(),
+            )
+            .set("message.max.bytes", self.max_message_bytes.0.to_string())
+            .set_log_level(RDKafkaLogLevel::Warning);
+        if !self.idempotence {
+            c.set("acks", "all");
+        }
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn producer(&self) -> anyhow::Result<FutureProducer<Context>> {
+        self.client_config()
+            .create_with_context(Context)
+            .map_err(|e| anyhow::anyhow!("kafka sink: cannot create the producer: {e}"))
+    }
+}
+
+struct Context;
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::sources::kafka::log_kafka(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+}
+
+/// What became of one record's send.
+enum Class {
+    /// The broker will never take it: to the failure sink.
+    Reject,
+    /// Try again later.
+    Retry,
+}
+
+fn classify(e: &KafkaError) -> Class {
+    use RDKafkaErrorCode::*;
+    match e.rdkafka_error_code() {
+        Some(
+            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | BadMessage,
+        ) => Class::Reject,
+        _ => Class::Retry,
+    }
+}
+
+/// What is left to do of a batch whose write failed with a retriable error.
+struct Retry {
+    /// Identity of the batch (the pipeline retries the very same slice).
+    ptr: usize,
+    len: usize,
+    done: Vec<bool>,
+    rejected: Vec<(usize, String)>,
+}
+
+struct KafkaSink {
+    producer: FutureProducer<Context>,
+    cfg: KafkaConfig,
+    retry: Option<Retry>,
+}
+
+impl KafkaSink {
+    fn record<'a>(&'a self, r: &'a Record) -> FutureRecord<'a, [u8], [u8]> {
+        let mut fr = FutureRecord::to(&self.cfg.topic).payload(&r.value[..]);
+        if let Some(k) = &r.key {
+            fr = fr.key(&k[..]);
+        }
+        let hs = r.headers();
+        if !hs.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(hs.len());
+            for (k, v) in hs {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(&v[..]),
+                });
+            }
+            fr = fr.headers(headers);
+        }
+        fr
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
+        let (ptr, len) = (records.as_ptr() as usize, records.len());
+        let mut state = match self.retry.take() {
+            Some(r) if r.ptr == ptr && r.len == len => r,
+            _ => Retry {
+                ptr,
+                len,
+                done: vec![false; len],
+                rejected: Vec::new(),
+            },
+        };
+        let mut retry_error: Option<KafkaError> = None;
+        let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(len);
+        let settle = |state: &mut Retry,
+                      retry_error: &mut Option<KafkaError>,
+                      i: usize,
+                      outcome: Result<(), KafkaError>| match outcome {
+            Ok(()) => state.done[i] = true,
+            Err(e) => match classify(&e) {
+                Class::Reject => {
+                    state.done[i] = true;
+                    state.rejected.push((i, format!("kafka sink: {e}")));
+                }
+                Class::Retry => {
+                    retry_error.get_or_insert(e);
+                }
+            },
+        };
+        // Hand everything to librdkafka first; await reports only when its queue is full.
+        for (i, r) in records.iter().enumerate() {
+            if state.done[i] {
+                continue;
+            }
+            let mut fr = self.record(r);
+            loop {
+                match self.producer.send_result(fr) {
+                    Ok(f) => {
+                        pending.push_back((i, f));
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        fr = back;
+                        match pending.pop_front() {
+                            Some((j, f)) => {
+                                let outcome = delivery(f.await);
+                                settle(&mut state, &mut retry_error, j, outcome);
+                            }
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err((e, _)) => {
+                        settle(&mut state, &mut retry_error, i, Err(e));
+                        break;
+                    }
+                }
+            }
+        }
+        for (i, f) in pending {
+            let outcome = delivery(f.await);
+            settle(&mut state, &mut retry_error, i, outcome);
+        }
+        if let Some(e) = retry_error {
+            if let Some((code, reason)) = self.producer.client().fatal_error() {
+                tracing::error!(
+                    ?code,
+                    reason,
+                    "kafka sink: fatal producer error; rebuilding the producer"
+                );
+                self.producer = self.cfg.producer().map_err(SinkError::Retriable)?;
+            }
+            let left = state.done.iter().filter(|d| !**d).count();
+            self.retry = Some(state);
+            return Err(SinkError::Retriable(anyhow::anyhow!(
+                "kafka sink: {left} of {len} record(s) not delivered: {e}"
+            )));
+        }
+        if state.rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(state.rejected))
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
+            .await
+            .map_err(|e| SinkError::Retriable(e.into()))?
+            .map_err(|e| SinkError::Retriable(anyhow::anyhow!("kafka sink: flush: {e}")))
+    }
+}
+
+fn delivery(
+    r: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Result<(), KafkaError> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(e),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}

@@ -1,0 +1,275 @@
+//! The `dynamodb` sink against a real emulator (moto), through the real weir binary.
+
+mod aws;
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
+
+use aws::*;
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::*;
+
+fn run_weir(config: &std::path::Path) -> std::process::Output {
+    let mut c = weir();
+    c.arg("run").arg(config).arg("--progress=never");
+    for (k, v) in AWS_ENV {
+        c.env(k, v);
+    }
+    c.output().expect("weir runs")
+}
+
+/// A deterministic shuffle (no rand dependency).
+fn shuffle<T>(v: &mut [T], mut seed: u64) {
+    for i in (1..v.len()).rev() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        v.swap(i, (seed >> 33) as usize % (i + 1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_out_of_order_and_twice_end_as_the_newest_version_once_per_viewer() {
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    // 40 viewers × 15 versions each, shuffled, every record twice; plus records that can never
+    // be items (no key, over 400 KB) and one viewer whose newest update removes it.
+    let mut lines = Vec::new();
+    for v in 0..40 {
+        for i in 0..15 {
+            lines.push(format!(
+                r#"{{"viewer_id":"viewer-{v}","version":"2026-11-26T09:00:{i:02}.000Z#e{i}","status":"s{i}","video_ts":{i}.5}}"#
+            ));
+        }
+    }
+    lines.push(
+        r#"{"viewer_id":"viewer-gone","version":"2026-11-26T09:00:01.000Z#a","status":"watching"}"#
+            .into(),
+    );
+    lines.push(
+        r#"{"viewer_id":"viewer-gone","version":"2026-11-26T09:00:02.000Z#b","removed":true}"#
+            .into(),
+    );
+    let doubled: Vec<String> = lines.iter().chain(lines.iter()).cloned().collect();
+    let mut all = doubled;
+    shuffle(&mut all, 7);
+    all.push(r#"{"status":"no key"}"#.into());
+    all.push(format!(
+        r#"{{"viewer_id":"viewer-huge","version":"1","blob":"{}"}}"#,
+        "x".repeat(420_000)
+    ));
+    let input = write(dir.path(), "profiles.ndjson", &(all.join("\n") + "\n"));
+    let bad = dir.path().join("bad.ndjson");
+    let config = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[source]
+type = "file"
+paths = ["{}"]
+
+[sink]
+type = "dynamodb"
+table = "viewer_profiles"
+partition_key = "viewer_id"
+version_attribute = "version"
+removal_field = "removed"
+ttl_attribute = "expires_at"
+ttl = "1d"
+create_table = true
+endpoint_url = "{}"
+
+[failure]
+type = "file"
+path = "{}"
+
+[batch]
+max_records = 50
+"#,
+            input.display(),
+            moto.endpoint,
+            bad.display()
+        ),
+    );
+    let out = run_weir(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "weir failed:\n{stderr}");
+
+    let client = dynamodb(&moto.endpoint).await;
+    let items = scan_all(&client, "viewer_profiles").await;
+    let by_viewer: HashMap<String, _> = items
+        .iter()
+        .map(|i| (i["viewer_id"].as_s().unwrap().clone(), i.clone()))
+        .collect();
+    assert_eq!(items.len(), 40, "one item per viewer, the removed one gone");
+    assert_eq!(by_viewer.len(), 40);
+    for v in 0..40 {
+        let item = &by_viewer[&format!("viewer-{v}")];
+        assert_eq!(
+            item["version"].as_s().unwrap(),
+            "2026-11-26T09:00:14.000Z#e14",
+            "viewer-{v} holds the newest version"
+        );
+        assert_eq!(item["status"], AttributeValue::S("s14".into()));
+        assert_eq!(item["video_ts"], AttributeValue::N("14.5".into()));
+        let expires: u64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(expires > now + 86_000 && expires <= now + 86_400 + 5);
+    }
+    assert!(!by_viewer.contains_key("viewer-gone"));
+    let bad_rows = std::fs::read_to_string(&bad).unwrap();
+    assert_eq!(bad_rows.lines().count(), 2, "{bad_rows}");
+    assert!(bad_rows.contains("missing key field `viewer_id`"));
+    assert!(bad_rows.contains("over DynamoDB's limit"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprocessed_items_and_throttling_are_retried_until_every_item_lands_once() {
+    let moto = Moto::start();
+    let client = dynamodb(&moto.endpoint).await;
+    // The table exists up front, so every request through the proxy is a write.
+    weir::sinks::dynamodb::create_table(
+        &client,
+        &serde_json::from_str(r#"{"table":"events","partition_key":"event_id"}"#).unwrap(),
+    )
+    .await
+    .unwrap();
+    let proxy = Proxy::start(
+        &moto.endpoint,
+        Faults {
+            throttle: 3.into(),
+            unprocessed: 400.into(),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1000;
+    let lines: String = (0..n)
+        .map(|i| format!(r#"{{"event_id":"e{i:05}","n":{i}}}"#) + "\n")
+        .collect();
+    let input = write(dir.path(), "events.ndjson", &lines);
+    let config = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[source]
+type = "file"
+paths = ["{}"]
+
+[sink]
+type = "dynamodb"
+table = "events"
+partition_key = "event_id"
+endpoint_url = "{}"
+concurrency = 4
+"#,
+            input.display(),
+            proxy.endpoint,
+        ),
+    );
+    let out = run_weir(&config);
+    assert!(
+        out.status.success(),
+        "weir failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = &proxy.faults;
+    assert_eq!(f.injected_throttles.load(SeqCst), 3);
+    assert_eq!(f.injected_unprocessed.load(SeqCst), 400);
+    // Every item reached the emulator in exactly one forwarded request.
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for req in f.requests(".BatchWriteItem") {
+        let items = req["RequestItems"]["events"].as_array().unwrap();
+        assert!(items.len() <= 25, "at most 25 items per BatchWriteItem");
+        for it in items {
+            let id = it["PutRequest"]["Item"]["event_id"]["S"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            *sent.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(sent.len(), n, "every item was written");
+    let twice: Vec<_> = sent.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    assert_eq!(scan_all(&client, "events").await.len(), n);
+}
+
+/// Bench (run with `--ignored --nocapture`): items/s into the emulator with BatchWriteItem vs one
+/// conditional PutItem per item, and requests per item, counted by the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_batching_vs_one_write_per_item() {
+    let n: usize = std::env::var("WEIR_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"viewer_id":"v{i:06}","version":"2026-11-26T09:00:00.000Z#{i}","status":"watching","video_ts":{i}}}"#
+            ) + "\n"
+        })
+        .collect();
+    let input = write(dir.path(), "in.ndjson", &lines);
+    for (name, extra) in [
+        ("BatchWriteItem (25/request)", ""),
+        ("conditional PutItem", "version_attribute = \"version\""),
+    ] {
+        let table = if extra.is_empty() {
+            "batched"
+        } else {
+            "conditional"
+        };
+        let client = dynamodb(&moto.endpoint).await;
+        weir::sinks::dynamodb::create_table(
+            &client,
+            &serde_json::from_str(&format!(
+                r#"{{"table":"{table}","partition_key":"viewer_id"}}"#
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        let proxy = Proxy::start(&moto.endpoint, Faults::default());
+        let config = write(
+            dir.path(),
+            &format!("{table}.toml"),
+            &format!(
+                r#"
+[source]
+type = "file"
+paths = ["{}"]
+
+[sink]
+type = "dynamodb"
+table = "{table}"
+partition_key = "viewer_id"
+endpoint_url = "{}"
+{extra}
+"#,
+                input.display(),
+                proxy.endpoint
+            ),
+        );
+        let t = std::time::Instant::now();
+        let out = run_weir(&config);
+        let secs = t.elapsed().as_secs_f64();
+        assert!(out.status.success());
+        let requests = proxy.faults.forwarded.lock().unwrap().len();
+        assert_eq!(scan_all(&client, table).await.len(), n);
+        println!(
+            "{name:30} {n} items in {secs:.2}s = {:.0} items/s, {requests} requests = {:.3} requests/item",
+            n as f64 / secs,
+            requests as f64 / n as f64
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The HTTP endpoint (/healthz, /readyz, /metrics), JSON logs and the progress line, on the real
+//! binary.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn health_readiness_and_prometheus_metrics_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        "[source]\ntype = \"stdin\"\n\
+         [[transforms]]\ntype = \"spEnrichedFilter\"\natomic_field = \"event_name\"\nregex = \"^play_event$\"\n\
+         [sink]\ntype = \"null\"\n[failure]\ntype = \"null\"\n\
+         [batch]\nflush_interval = \"20ms\"\n[http]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let mut child = weir()
+        .args(["--log-format", "json", "run", "--progress=never"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // JSON logs: the line announcing the endpoint carries its bound address.
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weir exited early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
+        if let Some(a) = v["fields"]["address"].as_str() {
+            addr = Some(a.to_string());
+        }
+    }
+    let addr = addr.unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let fixture =
+        std::fs::read_to_string(repo_root().join("examples/data/micro-media-session.tsv")).unwrap();
+    stdin.write_all(fixture.as_bytes()).unwrap();
+    stdin.write_all(b"a bad line\n").unwrap();
+    stdin.flush().unwrap();
+
+    assert_eq!(get(&addr, "/healthz").0, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let (status, body) = get(&addr, "/metrics");
+        assert_eq!(status, 200);
+        if body.contains("weir_source_records_total 74")
+            && body.contains("weir_records_acked_total 74")
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed 74 records:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(get(&addr, "/readyz").0, 200, "running and not draining");
+    let plays = fixture
+        .lines()
+        .filter(|l| l.contains("\tplay_event\t"))
+        .count();
+    for expected in [
+        format!("weir_transform_records_total{{transform=\"transforms[0] (spEnrichedFilter)\",outcome=\"kept\"}} {plays}"),
+        "weir_transform_records_total{transform=\"transforms[0] (spEnrichedFilter)\",outcome=\"failed\"} 1".to_string(),
+        format!("weir_sink_records_total{{sink=\"sink\"}} {plays}"),
+        "weir_sink_records_total{sink=\"failure\"} 1".to_string(),
+        "weir_sink_write_seconds{sink=\"sink\",quantile=\"0.99\"}".to_string(),
+        "weir_batch_records{stage=\"source\",quantile=\"0.5\"}".to_string(),
+    ] {
+        assert!(metrics.contains(&expected), "missing {expected} in\n{metrics}");
+    }
+    let (_, stats) = get(&addr, "/stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["read"], 74);
+    assert_eq!(stats["failed"], 1);
+    drop(stdin); // end of input: weir finishes and exits 0
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn progress_line_reports_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        "[source]\ntype = \"stdin\"\n[sink]\ntype = \"null\"\n",
+    );
+    let mut child = weir()
+        .args(["run", "--progress=always"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..500 {
+        writeln!(stdin, "line {i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(2600));
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    let progress = stderr
+        .lines()
+        .find(|l| l.contains("] read "))
+        .unwrap_or_else(|| panic!("no progress line in {stderr}"));
+    assert!(
+        progress.contains("read 500") && progress.contains("acked 500"),
+        "{progress}"
+    );
+}

@@ -1,0 +1,184 @@
+//! Unit tests on real enriched media events (Snowplow Micro output of a media session, copied
+//! from the shared fixtures) and on events derived from them.
+
+use super::*;
+use weir_transform_sdk::testing;
+
+const SESSION: &str = include_str!("../tests/micro-media-session.tsv");
+
+fn lines() -> Vec<Vec<u8>> {
+    SESSION.lines().map(|l| l.as_bytes().to_vec()).collect()
+}
+
+fn field(line: &[u8], idx: usize) -> String {
+    String::from_utf8(line.split(|b| *b == b'\t').nth(idx).unwrap().to_vec()).unwrap()
+}
+
+fn set(line: &[u8], idx: usize, value: &str) -> Vec<u8> {
+    let text = String::from_utf8(line.to_vec()).unwrap();
+    let mut f: Vec<&str> = text.split('\t').collect();
+    f[idx] = value;
+    f.join("\t").into_bytes()
+}
+
+type Harness = testing::Harness<weir_transform_sdk::rt::AsStateful<ViewerState>>;
+
+fn harness() -> Harness {
+    testing::set_now_ms(1_731_764_000_000);
+    testing::stateful::<ViewerState>(&[("ttl", "5m")]).unwrap()
+}
+
+fn run(h: &mut Harness, events: &[Vec<u8>]) -> Vec<Value> {
+    let refs: Vec<&[u8]> = events.iter().map(|e| e.as_slice()).collect();
+    let out = h.process(&refs);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    out.outputs.iter().map(|o| serde_json::from_slice(&o.value).unwrap()).collect()
+}
+
+/// The profile the state holds now for `viewer`.
+fn profile(h: &Harness, viewer: &str) -> Value {
+    let stored: Stored = serde_json::from_slice(h.state.value(viewer.as_bytes()).unwrap()).unwrap();
+    stored.profile
+}
+
+const VIEWER: &str = "143f9cb9-3db9-4e99-8d67-c8aea075d190";
+
+#[test]
+fn a_real_session_gives_a_profile_of_what_happened() {
+    let mut h = harness();
+    let out = run(&mut h, &lines());
+    let media: Vec<_> = lines().into_iter().filter(|l| field(l, fields::EVENT_VENDOR) == "com.snowplowanalytics.snowplow.media").collect();
+    assert!(!out.is_empty() && out.len() <= media.len(), "one profile per changing media event");
+    let p = profile(&h, VIEWER);
+    assert_eq!(p["viewer_id"], VIEWER);
+    assert_eq!(p["events"], media.len());
+    // The session's last media event is a pause: the viewer is paused, three ad breaks seen.
+    let last = media.iter().max_by_key(|l| field(l, fields::DVCE_CREATED_TSTAMP)).unwrap();
+    assert_eq!(p["last_event"], field(last, fields::EVENT_NAME));
+    assert_eq!(p["status"], "paused");
+    assert!(p["media"]["duration"].as_f64().unwrap() > 0.0);
+    assert_eq!(p["session"]["ad_breaks"], 3.0);
+    assert!(p["session"]["ads_skipped"].as_f64().unwrap() >= 1.0);
+    assert!(p["session"]["ads_clicked"].as_f64().unwrap() >= 1.0);
+    assert_eq!(out.last().unwrap(), &p, "the last emitted profile is the state");
+}
+
+#[test]
+fn shuffled_duplicated_and_replayed_events_give_the_same_profile() {
+    let mut h = harness();
+    run(&mut h, &lines());
+    let expected = profile(&h, VIEWER);
+
+    // A deterministic shuffle, with every event twice, in batches of 7.
+    let mut events: Vec<Vec<u8>> = lines().into_iter().chain(lines()).collect();
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for i in (1..events.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        events.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    let mut h2 = harness();
+    for chunk in events.chunks(7) {
+        run(&mut h2, chunk);
+    }
+    assert_eq!(profile(&h2, VIEWER), expected);
+
+    // Replaying everything again changes nothing and emits nothing.
+    let out = run(&mut h2, &lines());
+    assert!(out.is_empty(), "a redelivered event emits nothing: {out:?}");
+    assert_eq!(profile(&h2, VIEWER), expected);
+}
+
+#[test]
+fn status_follows_the_player_through_ads_to_the_end_and_a_second_video_starts_over() {
+    let mut h = harness();
+    let all = lines();
+    // The first event of that name outside an ad break (in this session the content pauses as
+    // each ad break starts, and that pause carries the ad break entity: it counts as "in ad").
+    #[allow(unused)]
+    let by_name = |name: &str| {
+        all.iter()
+            .find(|l| {
+                field(l, fields::EVENT_NAME) == name
+                    && (name.starts_with("ad_") || !field(l, fields::CONTEXTS).contains("/ad_break/"))
+            })
+            .unwrap()
+            .clone()
+    };
+    // Event by event, in the order the tracker sent them: the status after each, collapsed.
+    let mut statuses: Vec<String> = Vec::new();
+    for l in &all {
+        run(&mut h, std::slice::from_ref(l));
+        if let Some(st) = h.state.value(VIEWER.as_bytes()).map(|_| profile(&h, VIEWER)["status"].clone()) {
+            let st = st.as_str().unwrap_or("").to_string();
+            if !st.is_empty() && statuses.last() != Some(&st) {
+                statuses.push(st);
+            }
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            "watching", "in_ad", "paused", "watching", "in_ad", "paused", "watching", "in_ad",
+            "paused", "watching", "paused"
+        ],
+        "play; three ad breaks, after each the content waits paused until play; a final pause"
+    );
+
+    // An end event (later than everything), then a new video in a new media session.
+    let end = set(&set(&by_name("ping_event"), fields::EVENT_NAME, "end_event"), fields::EVENT_ID, "end-1");
+    let end = set(&end, fields::DVCE_CREATED_TSTAMP, "2024-11-16 14:00:00.000");
+    run(&mut h, &[end]);
+    assert_eq!(profile(&h, VIEWER)["status"], "ended");
+    let next = set(&by_name("play_event"), fields::EVENT_ID, "play-2");
+    let next = set(&next, fields::DVCE_CREATED_TSTAMP, "2024-11-16 14:05:00.000");
+    let out = run(&mut h, &[next]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(profile(&h, VIEWER)["status"], "watching", "a replay after an end is tracked");
+}
+
+#[test]
+fn an_older_event_never_regresses_the_current_fields() {
+    let mut h = harness();
+    let all = lines();
+    let pause = all.iter().rev().find(|l| field(l, fields::EVENT_NAME) == "pause_event").unwrap().clone();
+    let early_play = all.iter().find(|l| field(l, fields::EVENT_NAME) == "play_event").unwrap().clone();
+    run(&mut h, &[pause]);
+    assert_eq!(profile(&h, VIEWER)["status"], "paused");
+    run(&mut h, &[early_play]);
+    let p = profile(&h, VIEWER);
+    assert_eq!(p["status"], "paused", "the late, older play does not resume the viewer");
+    assert_eq!(p["events"], 2, "but it is counted");
+}
+
+#[test]
+fn silent_viewers_expire_with_a_removal_record() {
+    let mut h = harness();
+    let play = lines().into_iter().find(|l| field(l, fields::EVENT_NAME) == "play_event").unwrap();
+    let other = set(&set(&play, fields::DOMAIN_USERID, "viewer-2"), fields::EVENT_ID, "x-2");
+    run(&mut h, &[play]);
+    testing::advance_ms(4 * 60_000);
+    run(&mut h, &[other]);
+    assert!(h.flush().is_empty(), "nobody silent for 5 minutes yet");
+    testing::advance_ms(2 * 60_000); // the first viewer: 6 min silent; the second: 2 min
+    let removed = h.flush();
+    assert_eq!(removed.len(), 1);
+    let (value, key) = removed.get(0).unwrap();
+    let doc: Value = serde_json::from_slice(value).unwrap();
+    assert_eq!(doc, json!({"viewer_id": VIEWER, "removed": true}));
+    assert_eq!(key, Some(VIEWER.as_bytes()));
+    assert!(h.state.value(VIEWER.as_bytes()).is_none());
+    assert!(h.state.value(b"viewer-2").is_some());
+}
+
+#[test]
+fn events_without_a_viewer_fail_and_settings_are_checked() {
+    let mut h = harness();
+    let play = lines().into_iter().find(|l| field(l, fields::EVENT_NAME) == "play_event").unwrap();
+    let anon = set(&set(&play, fields::DOMAIN_USERID, ""), fields::NETWORK_USERID, "");
+    let out = h.process(&[&anon]);
+    assert_eq!(out.errors.len(), 1);
+    assert!(testing::stateful::<ViewerState>(&[("ttl", "soon")]).is_err());
+    assert!(testing::stateful::<ViewerState>(&[("tll", "5m")]).is_err());
+}
