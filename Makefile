@@ -14,8 +14,12 @@ demo:
 # is installed by runtime/tests/setup.sh, idempotently.
 test: setup-test
 	$(CARGO) test --workspace
+	$(CARGO) test --manifest-path transforms/Cargo.toml --workspace
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path transforms/Cargo.toml --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --target wasm32-unknown-unknown -- -D warnings
 
 setup-test:
 	bash runtime/tests/setup.sh

@@ -11,6 +11,9 @@ if have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
 
+# WebAssembly transforms: the wasm32 target, and clang + wasi-libc + wit-bindgen for the C example.
+bash "$(cd "$(dirname "$0")/../.." && pwd)/transforms/setup.sh"
+
 # AWS emulator for the DynamoDB / Kinesis tests: moto's server (one port, every service; the only
 # emulator here with Kinesis UpdateShardCount). Installed into a virtualenv beside the build
 # output, where the tests look for it (`<target dir>/aws-emulators/venv/bin/moto_server`).

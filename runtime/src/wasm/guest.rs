@@ -421,6 +421,7 @@ impl Guest {
                         Some(Record {
                             value: values.slice_ref(v),
                             key,
+                            meta: None,
                         })
                     })
                     .collect()
@@ -804,6 +805,8 @@ fn assemble(inputs: &mut [Record], mut col: Collected) -> Outcome {
                 (v, k) => Record {
                     value: v.unwrap_or_else(|| inputs[s].value.clone()),
                     key: k.or_else(|| inputs[s].key.clone()),
+                    // Outputs keep their input's origin (topic, partition, offset, headers).
+                    meta: inputs[s].meta.clone(),
                 },
             };
             if last {

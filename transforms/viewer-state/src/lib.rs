@@ -96,7 +96,8 @@ impl Stateful for ViewerState {
         if event.field(fields::EVENT_VENDOR) != Some(MEDIA_VENDOR) {
             return Ok(()); // not a media event: filtered
         }
-        let viewer = viewer_id(event).ok_or("no user_id, domain_userid or network_userid to identify the viewer")?;
+        let viewer = viewer_id(event)
+            .ok_or("no user_id, domain_userid or network_userid to identify the viewer")?;
         let viewer_str = std::str::from_utf8(viewer).map_err(|_| "viewer id is not UTF-8")?;
         let event_id = event.field(fields::EVENT_ID).ok_or("no event_id")?;
         let mut seen_key = b"\0e/".to_vec();
@@ -110,10 +111,14 @@ impl Stateful for ViewerState {
             .or_else(|| event.field_str(fields::COLLECTOR_TSTAMP))
             .and_then(parse_ms)
             .ok_or("no parsable dvce_created_tstamp or collector_tstamp")?;
-        let collector = event.field_str(fields::COLLECTOR_TSTAMP).map(iso).unwrap_or_default();
+        let collector = event
+            .field_str(fields::COLLECTOR_TSTAMP)
+            .map(iso)
+            .unwrap_or_default();
 
         let mut stored: Stored = match state.get(viewer) {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| format!("corrupt state for {viewer_str}: {e}"))?,
+            Some(bytes) => serde_json::from_slice(bytes)
+                .map_err(|e| format!("corrupt state for {viewer_str}: {e}"))?,
             None => {
                 let mut index = read_index(state).unwrap_or_default();
                 index.insert(viewer_str.to_string());
@@ -132,10 +137,16 @@ impl Stateful for ViewerState {
         // Always: count the event, widen first/last seen.
         let events = p.get("events").and_then(Value::as_u64).unwrap_or(0) + 1;
         p.insert("events".into(), json!(events));
-        if p.get("first_seen").and_then(Value::as_str).is_none_or(|f| collector.as_str() < f) {
+        if p.get("first_seen")
+            .and_then(Value::as_str)
+            .is_none_or(|f| collector.as_str() < f)
+        {
             p.insert("first_seen".into(), json!(collector));
         }
-        if p.get("last_seen").and_then(Value::as_str).is_none_or(|l| collector.as_str() > l) {
+        if p.get("last_seen")
+            .and_then(Value::as_str)
+            .is_none_or(|l| collector.as_str() > l)
+        {
             p.insert("last_seen".into(), json!(collector));
         }
         // Only the newest event sets the current fields.
@@ -143,7 +154,10 @@ impl Stateful for ViewerState {
             stored.newest_ms = ts;
             apply_current(p, event, name);
         }
-        p.insert("version".into(), json!(format!("{:013}-{:09}", stored.newest_ms.max(0), events)));
+        p.insert(
+            "version".into(),
+            json!(format!("{:013}-{:09}", stored.newest_ms.max(0), events)),
+        );
 
         state.put_with_ttl(&seen_key, b"", self.dedup_ms);
         let changed = strip_volatile(&before) != strip_volatile(&stored.profile);
@@ -159,7 +173,9 @@ impl Stateful for ViewerState {
     /// Removes viewers silent for longer than `ttl`, emitting a removal record for each.
     fn flush(&mut self, state: &mut State<'_>, out: &mut Emitted) {
         let now = now_ms();
-        let Some(mut index) = read_index(state) else { return };
+        let Some(mut index) = read_index(state) else {
+            return;
+        };
         let mut expired = Vec::new();
         for id in &index {
             let active = state
@@ -196,7 +212,9 @@ fn viewer_id<'r>(event: &Record<'r>) -> Option<&'r [u8]> {
 type Index = std::collections::BTreeSet<String>;
 
 fn read_index(state: &mut State<'_>) -> Option<Index> {
-    state.get(INDEX).and_then(|b| serde_json::from_slice(b).ok())
+    state
+        .get(INDEX)
+        .and_then(|b| serde_json::from_slice(b).ok())
 }
 
 fn write_index(state: &mut State<'_>, index: &Index) {
@@ -220,16 +238,20 @@ fn apply_current(p: &mut serde_json::Map<String, Value>, event: &Record<'_>, nam
     let session = event.entity(SESSION);
     let ad = event.entity(AD);
     let ad_break = event.entity(AD_BREAK);
-    let f = |j: &Option<Json<'_>>, k: &str| j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_f64());
-    let b = |j: &Option<Json<'_>>, k: &str| j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_bool());
+    let f =
+        |j: &Option<Json<'_>>, k: &str| j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_f64());
+    let b =
+        |j: &Option<Json<'_>>, k: &str| j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_bool());
     let s = |j: &Option<Json<'_>>, k: &str| {
-        j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_str()).map(|c| c.into_owned())
+        j.as_ref()
+            .and_then(|j| j.get(k))
+            .and_then(|v| v.as_str())
+            .map(|c| c.into_owned())
     };
 
     let ended = name == "end_event" || b(&player, "ended") == Some(true);
-    let in_ad = !ended
-        && name != "ad_break_end_event"
-        && (ad_break.is_some() || name.starts_with("ad_"));
+    let in_ad =
+        !ended && name != "ad_break_end_event" && (ad_break.is_some() || name.starts_with("ad_"));
     let status = if ended {
         "ended"
     } else if in_ad {

@@ -32,7 +32,10 @@ fn run(h: &mut Harness, events: &[Vec<u8>]) -> Vec<Value> {
     let refs: Vec<&[u8]> = events.iter().map(|e| e.as_slice()).collect();
     let out = h.process(&refs);
     assert!(out.errors.is_empty(), "{:?}", out.errors);
-    out.outputs.iter().map(|o| serde_json::from_slice(&o.value).unwrap()).collect()
+    out.outputs
+        .iter()
+        .map(|o| serde_json::from_slice(&o.value).unwrap())
+        .collect()
 }
 
 /// The profile the state holds now for `viewer`.
@@ -47,20 +50,33 @@ const VIEWER: &str = "143f9cb9-3db9-4e99-8d67-c8aea075d190";
 fn a_real_session_gives_a_profile_of_what_happened() {
     let mut h = harness();
     let out = run(&mut h, &lines());
-    let media: Vec<_> = lines().into_iter().filter(|l| field(l, fields::EVENT_VENDOR) == "com.snowplowanalytics.snowplow.media").collect();
-    assert!(!out.is_empty() && out.len() <= media.len(), "one profile per changing media event");
+    let media: Vec<_> = lines()
+        .into_iter()
+        .filter(|l| field(l, fields::EVENT_VENDOR) == "com.snowplowanalytics.snowplow.media")
+        .collect();
+    assert!(
+        !out.is_empty() && out.len() <= media.len(),
+        "one profile per changing media event"
+    );
     let p = profile(&h, VIEWER);
     assert_eq!(p["viewer_id"], VIEWER);
     assert_eq!(p["events"], media.len());
     // The session's last media event is a pause: the viewer is paused, three ad breaks seen.
-    let last = media.iter().max_by_key(|l| field(l, fields::DVCE_CREATED_TSTAMP)).unwrap();
+    let last = media
+        .iter()
+        .max_by_key(|l| field(l, fields::DVCE_CREATED_TSTAMP))
+        .unwrap();
     assert_eq!(p["last_event"], field(last, fields::EVENT_NAME));
     assert_eq!(p["status"], "paused");
     assert!(p["media"]["duration"].as_f64().unwrap() > 0.0);
     assert_eq!(p["session"]["ad_breaks"], 3.0);
     assert!(p["session"]["ads_skipped"].as_f64().unwrap() >= 1.0);
     assert!(p["session"]["ads_clicked"].as_f64().unwrap() >= 1.0);
-    assert_eq!(out.last().unwrap(), &p, "the last emitted profile is the state");
+    assert_eq!(
+        out.last().unwrap(),
+        &p,
+        "the last emitted profile is the state"
+    );
 }
 
 #[test]
@@ -101,7 +117,8 @@ fn status_follows_the_player_through_ads_to_the_end_and_a_second_video_starts_ov
         all.iter()
             .find(|l| {
                 field(l, fields::EVENT_NAME) == name
-                    && (name.starts_with("ad_") || !field(l, fields::CONTEXTS).contains("/ad_break/"))
+                    && (name.starts_with("ad_")
+                        || !field(l, fields::CONTEXTS).contains("/ad_break/"))
             })
             .unwrap()
             .clone()
@@ -110,7 +127,11 @@ fn status_follows_the_player_through_ads_to_the_end_and_a_second_video_starts_ov
     let mut statuses: Vec<String> = Vec::new();
     for l in &all {
         run(&mut h, std::slice::from_ref(l));
-        if let Some(st) = h.state.value(VIEWER.as_bytes()).map(|_| profile(&h, VIEWER)["status"].clone()) {
+        if let Some(st) = h
+            .state
+            .value(VIEWER.as_bytes())
+            .map(|_| profile(&h, VIEWER)["status"].clone())
+        {
             let st = st.as_str().unwrap_or("").to_string();
             if !st.is_empty() && statuses.last() != Some(&st) {
                 statuses.push(st);
@@ -127,36 +148,67 @@ fn status_follows_the_player_through_ads_to_the_end_and_a_second_video_starts_ov
     );
 
     // An end event (later than everything), then a new video in a new media session.
-    let end = set(&set(&by_name("ping_event"), fields::EVENT_NAME, "end_event"), fields::EVENT_ID, "end-1");
+    let end = set(
+        &set(&by_name("ping_event"), fields::EVENT_NAME, "end_event"),
+        fields::EVENT_ID,
+        "end-1",
+    );
     let end = set(&end, fields::DVCE_CREATED_TSTAMP, "2024-11-16 14:00:00.000");
     run(&mut h, &[end]);
     assert_eq!(profile(&h, VIEWER)["status"], "ended");
     let next = set(&by_name("play_event"), fields::EVENT_ID, "play-2");
-    let next = set(&next, fields::DVCE_CREATED_TSTAMP, "2024-11-16 14:05:00.000");
+    let next = set(
+        &next,
+        fields::DVCE_CREATED_TSTAMP,
+        "2024-11-16 14:05:00.000",
+    );
     let out = run(&mut h, &[next]);
     assert_eq!(out.len(), 1);
-    assert_eq!(profile(&h, VIEWER)["status"], "watching", "a replay after an end is tracked");
+    assert_eq!(
+        profile(&h, VIEWER)["status"],
+        "watching",
+        "a replay after an end is tracked"
+    );
 }
 
 #[test]
 fn an_older_event_never_regresses_the_current_fields() {
     let mut h = harness();
     let all = lines();
-    let pause = all.iter().rev().find(|l| field(l, fields::EVENT_NAME) == "pause_event").unwrap().clone();
-    let early_play = all.iter().find(|l| field(l, fields::EVENT_NAME) == "play_event").unwrap().clone();
+    let pause = all
+        .iter()
+        .rev()
+        .find(|l| field(l, fields::EVENT_NAME) == "pause_event")
+        .unwrap()
+        .clone();
+    let early_play = all
+        .iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "play_event")
+        .unwrap()
+        .clone();
     run(&mut h, &[pause]);
     assert_eq!(profile(&h, VIEWER)["status"], "paused");
     run(&mut h, &[early_play]);
     let p = profile(&h, VIEWER);
-    assert_eq!(p["status"], "paused", "the late, older play does not resume the viewer");
+    assert_eq!(
+        p["status"], "paused",
+        "the late, older play does not resume the viewer"
+    );
     assert_eq!(p["events"], 2, "but it is counted");
 }
 
 #[test]
 fn silent_viewers_expire_with_a_removal_record() {
     let mut h = harness();
-    let play = lines().into_iter().find(|l| field(l, fields::EVENT_NAME) == "play_event").unwrap();
-    let other = set(&set(&play, fields::DOMAIN_USERID, "viewer-2"), fields::EVENT_ID, "x-2");
+    let play = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "play_event")
+        .unwrap();
+    let other = set(
+        &set(&play, fields::DOMAIN_USERID, "viewer-2"),
+        fields::EVENT_ID,
+        "x-2",
+    );
     run(&mut h, &[play]);
     testing::advance_ms(4 * 60_000);
     run(&mut h, &[other]);
@@ -175,8 +227,15 @@ fn silent_viewers_expire_with_a_removal_record() {
 #[test]
 fn events_without_a_viewer_fail_and_settings_are_checked() {
     let mut h = harness();
-    let play = lines().into_iter().find(|l| field(l, fields::EVENT_NAME) == "play_event").unwrap();
-    let anon = set(&set(&play, fields::DOMAIN_USERID, ""), fields::NETWORK_USERID, "");
+    let play = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "play_event")
+        .unwrap();
+    let anon = set(
+        &set(&play, fields::DOMAIN_USERID, ""),
+        fields::NETWORK_USERID,
+        "",
+    );
     let out = h.process(&[&anon]);
     assert_eq!(out.errors.len(), 1);
     assert!(testing::stateful::<ViewerState>(&[("ttl", "soon")]).is_err());
