@@ -5,9 +5,22 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench setup-test
+.PHONY: demo demo-build sample test lint bench setup-test
 
-demo:
+# The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
+# Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
+demo: demo-build
+	$(CARGO) run --release --bin weir -- run examples/live-viewer/pipeline.toml
+
+# The WASM transforms and the tracker bundle the demo needs.
+demo-build:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	cd transforms && $(CARGO) build --release --target wasm32-unknown-unknown --target-dir target \
+		-p media-filter -p viewer-state
+	cd examples/live-viewer/demo && npm ci --legacy-peer-deps --no-audit --no-fund && npm run build
+
+# The bundled sample events through the Snowplow built-ins, to stdout.
+sample:
 	$(CARGO) run --release --bin weir -- run examples/media-events.toml
 
 # Everything the test suite needs that is not a crate (rustup targets, emulators, browsers, ...)
