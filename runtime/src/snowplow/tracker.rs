@@ -67,7 +67,7 @@ impl Default for Options {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertError {
     /// The payload field or tracker parameter at fault (`path`, `body`, `e`, `ue_px`, …).
-    pub field: String,
+    pub field: &'static str,
     /// What was expected (and where: "event 2 of 3: …").
     pub message: String,
     /// The payload held more events than [`Options::max_events`].
@@ -82,9 +82,9 @@ impl fmt::Display for ConvertError {
 
 impl std::error::Error for ConvertError {}
 
-fn fail(field: impl Into<String>, message: impl Into<String>) -> ConvertError {
+fn fail(field: &'static str, message: impl Into<String>) -> ConvertError {
     ConvertError {
-        field: field.into(),
+        field,
         message: message.into(),
         too_many_events: false,
     }
@@ -661,7 +661,7 @@ fn anonymize_ip<'a>(ip: &'a str, o: &Options) -> Cow<'a, str> {
     Cow::Borrowed(ip)
 }
 
-fn int(name: &str, v: &str) -> Result<i32, ConvertError> {
+fn int(name: &'static str, v: &str) -> Result<i32, ConvertError> {
     let bad = || {
         fail(
             name,
@@ -680,7 +680,7 @@ fn int(name: &str, v: &str) -> Result<i32, ConvertError> {
     }
 }
 
-fn double<'a>(name: &str, v: &'a str) -> Result<Cow<'a, str>, ConvertError> {
+fn double<'a>(name: &'static str, v: &'a str) -> Result<Cow<'a, str>, ConvertError> {
     let f: f64 = v
         .parse()
         .ok()
@@ -698,7 +698,7 @@ fn double<'a>(name: &str, v: &'a str) -> Result<Cow<'a, str>, ConvertError> {
     })
 }
 
-fn dims(name: &str, v: &str) -> Result<(u32, u32), ConvertError> {
+fn dims(name: &'static str, v: &str) -> Result<(u32, u32), ConvertError> {
     let bad = || {
         fail(
             name,
@@ -715,7 +715,7 @@ fn dims(name: &str, v: &str) -> Result<(u32, u32), ConvertError> {
     Ok((n(w).ok_or_else(bad)?, n(h).ok_or_else(bad)?))
 }
 
-fn uuid(name: &str, v: &str) -> Result<String, ConvertError> {
+fn uuid(name: &'static str, v: &str) -> Result<String, ConvertError> {
     uuid::Uuid::try_parse(v)
         .ok()
         .filter(|_| v.len() == 36)
@@ -724,7 +724,7 @@ fn uuid(name: &str, v: &str) -> Result<String, ConvertError> {
 }
 
 /// A tracker timestamp: milliseconds since the epoch, within years 0–9999.
-fn tstamp_ms(name: &str, v: &str) -> Result<i64, ConvertError> {
+fn tstamp_ms(name: &'static str, v: &str) -> Result<i64, ConvertError> {
     let t: i64 = v.parse().map_err(|_| {
         fail(
             name,
@@ -881,7 +881,7 @@ fn cross_domain<'a>(query: &'a str, fields: &mut [Cow<'a, str>]) -> Result<(), C
 
 /// URL-safe or standard base64, padding optional (Enrich decodes with commons-codec's URL-safe
 /// decoder, which takes both alphabets). A `+` that became a space in a query string is restored.
-fn base64_text(name: &str, v: &str) -> Result<String, ConvertError> {
+fn base64_text(name: &'static str, v: &str) -> Result<String, ConvertError> {
     use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode};
     const ENGINE: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::URL_SAFE,
@@ -943,11 +943,11 @@ struct SdjWrapper<'a> {
     data: Sdj<'a>,
 }
 
-fn json_problem(name: &str, e: serde_json::Error) -> ConvertError {
+fn json_problem(name: &'static str, e: serde_json::Error) -> ConvertError {
     fail(name, format!("invalid JSON: {e}"))
 }
 
-fn check_entity(name: &str, what: &str, e: &Sdj<'_>) -> Result<(), ConvertError> {
+fn check_entity(name: &'static str, what: &str, e: &Sdj<'_>) -> Result<(), ConvertError> {
     if iglu_parts(&e.schema).is_none() {
         return Err(fail(
             name,
@@ -967,7 +967,7 @@ fn check_entity(name: &str, what: &str, e: &Sdj<'_>) -> Result<(), ConvertError>
 }
 
 /// Validates a `co`/`cx` contexts document and returns it minified.
-fn contexts(name: &str, json: &str) -> Result<String, ConvertError> {
+fn contexts(name: &'static str, json: &str) -> Result<String, ConvertError> {
     let doc: SdjList<'_> = serde_json::from_str(json).map_err(|e| json_problem(name, e))?;
     if !doc.schema.starts_with(CONTEXTS_SCHEMA) {
         return Err(fail(
@@ -985,7 +985,7 @@ fn contexts(name: &str, json: &str) -> Result<String, ConvertError> {
 }
 
 /// Validates a `ue_pr`/`ue_px` document; returns it minified with the event's schema parts.
-fn unstruct(name: &str, json: &str) -> Result<(String, [String; 4]), ConvertError> {
+fn unstruct(name: &'static str, json: &str) -> Result<(String, [String; 4]), ConvertError> {
     let doc: SdjWrapper<'_> = serde_json::from_str(json).map_err(|e| json_problem(name, e))?;
     if !doc.schema.starts_with(UNSTRUCT_SCHEMA) {
         return Err(fail(
@@ -1133,7 +1133,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
                 }
                 if n > self.max_events {
                     *self.problem = Some(ConvertError {
-                        field: "body".into(),
+                        field: "body",
                         message: format!(
                             "{n} events in one request; at most {} are accepted",
                             self.max_events
@@ -1179,11 +1179,14 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
             match map.next_value_seed(ValueSeed)? {
                 Ok(v) => params.push((key, v)),
                 Err(found) => {
+                    // Name a known parameter; an unknown one is reported on the body.
+                    let field = param_slot(&key).map_or("body", |i| PARAMS[i].0);
                     *self.problem = Some(fail(
-                        key.to_string(),
+                        field,
                         format!(
-                            "event {}: expected a string value, found {found}",
-                            self.index + 1
+                            "event {}: parameter {:?}: expected a string value, found {found}",
+                            self.index + 1,
+                            key
                         ),
                     ));
                     return Err(de::Error::custom("a parameter is not a string"));

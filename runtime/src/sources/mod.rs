@@ -16,6 +16,7 @@ use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
 pub mod file;
+pub mod frames;
 pub mod lines;
 pub mod stdin;
 
