@@ -15,14 +15,18 @@ use crate::observe::Stats;
 use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
+pub mod collector;
 pub mod file;
 pub mod frames;
 pub mod lines;
 pub mod stdin;
 
 /// Every source type weir knows, by its config `type`.
-pub static REGISTRY: &[Registration<dyn SourceConfig>] =
-    &[source::<stdin::StdinConfig>(), source::<file::FileConfig>()];
+pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
+    source::<stdin::StdinConfig>(),
+    source::<file::FileConfig>(),
+    source::<collector::CollectorConfig>(),
+];
 
 /// A source's validated settings.
 pub trait SourceConfig: Debug + Send + Sync {
@@ -66,6 +70,8 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// Longest record accepted; longer ones go to the failure sink as size violations.
     pub max_record_bytes: usize,
+    /// Told the address a listening source (e.g. `collector`) is bound to.
+    pub on_listen: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
 }
 
 /// Batch limits, from the `[batch]` config section.
