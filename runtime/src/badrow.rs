@@ -193,7 +193,10 @@ mod tests {
         assert_eq!(data["failure"]["message"]["payloadField"], "e");
         // maxLength 256, and no other keys (additionalProperties is false).
         assert_eq!(
-            data["failure"]["message"]["expectation"].as_str().unwrap().len(),
+            data["failure"]["message"]["expectation"]
+                .as_str()
+                .unwrap()
+                .len(),
             256
         );
         let keys = |v: &serde_json::Value| {
@@ -203,8 +206,14 @@ mod tests {
         };
         assert_eq!(keys(data), ["failure", "payload", "processor"]);
         assert_eq!(keys(&data["failure"]), ["loader", "message", "timestamp"]);
-        assert_eq!(keys(&data["failure"]["message"]), ["expectation", "payloadField"]);
+        assert_eq!(
+            keys(&data["failure"]["message"]),
+            ["expectation", "payloadField"]
+        );
         let v = encode("", "unreadable".into());
-        assert_eq!(v["data"]["failure"]["message"], json!({"error": "unreadable"}));
+        assert_eq!(
+            v["data"]["failure"]["message"],
+            json!({"error": "unreadable"})
+        );
     }
 }

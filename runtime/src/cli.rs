@@ -42,6 +42,8 @@ enum Command {
         #[arg(required = true)]
         configs: Vec<PathBuf>,
     },
+    /// Simulate viewers watching videos (Snowplow media events) against a collector endpoint.
+    Loadgen(crate::loadgen::Args),
 }
 
 /// Exit code for configuration errors.
@@ -51,6 +53,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     observe::init_logging(cli.log_format);
     match cli.command {
+        Command::Loadgen(args) => crate::loadgen::main(args),
         Command::Validate { configs } => {
             for path in &configs {
                 match PipelineConfig::load(path) {

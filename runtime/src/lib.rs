@@ -9,6 +9,7 @@ pub mod ack;
 pub mod badrow;
 pub mod cli;
 pub mod config;
+pub mod loadgen;
 pub mod observe;
 pub mod pipeline;
 pub mod record;

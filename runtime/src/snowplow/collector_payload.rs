@@ -276,10 +276,7 @@ pub fn decode(bytes: &[u8]) -> Result<CollectorPayload<'_>, DecodeError> {
     if r.pos != bytes.len() {
         return Err(err(
             "payload",
-            format!(
-                "{} bytes after the end of the struct",
-                bytes.len() - r.pos
-            ),
+            format!("{} bytes after the end of the struct", bytes.len() - r.pos),
         ));
     }
     if !has_schema {

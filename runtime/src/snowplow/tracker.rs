@@ -618,7 +618,10 @@ fn write_line(fields: &[Cow<'_, str>], out: &mut Vec<u8>) {
 }
 
 fn first_ip(v: &str) -> &str {
-    v.split(',').map(str::trim).find(|s| !s.is_empty()).unwrap_or("")
+    v.split(',')
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or("")
 }
 
 /// Replaces trailing IPv4 octets / IPv6 segments with `x` (Enrich's anon_ip enrichment).
@@ -685,7 +688,12 @@ fn double<'a>(name: &'static str, v: &'a str) -> Result<Cow<'a, str>, ConvertErr
         .parse()
         .ok()
         .filter(|f: &f64| f.is_finite())
-        .ok_or_else(|| fail(name, format!("expected a number, found {}", Excerpt::new(v))))?;
+        .ok_or_else(|| {
+            fail(
+                name,
+                format!("expected a number, found {}", Excerpt::new(v)),
+            )
+        })?;
     let plain = v
         .bytes()
         .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
@@ -728,7 +736,10 @@ fn tstamp_ms(name: &'static str, v: &str) -> Result<i64, ConvertError> {
     let t: i64 = v.parse().map_err(|_| {
         fail(
             name,
-            format!("expected milliseconds since the epoch, found {}", Excerpt::new(v)),
+            format!(
+                "expected milliseconds since the epoch, found {}",
+                Excerpt::new(v)
+            ),
         )
     })?;
     if !(MIN_MS..=MAX_MS).contains(&t) {
@@ -902,12 +913,14 @@ fn base64_text(name: &'static str, v: &str) -> Result<String, ConvertError> {
     } else {
         Cow::Borrowed(v)
     };
-    let bytes = ENGINE.decode(normalized.trim_end_matches('=')).map_err(|e| {
-        fail(
-            name,
-            format!("expected URL-safe base64, found {} ({e})", Excerpt::new(v)),
-        )
-    })?;
+    let bytes = ENGINE
+        .decode(normalized.trim_end_matches('='))
+        .map_err(|e| {
+            fail(
+                name,
+                format!("expected URL-safe base64, found {} ({e})", Excerpt::new(v)),
+            )
+        })?;
     String::from_utf8(bytes).map_err(|e| {
         fail(
             name,
@@ -1047,7 +1060,10 @@ fn parse_payload_data(body: &str, max_events: usize) -> Result<Vec<Vec<Param<'_>
     }
     let (schema, events) = parsed.map_err(|e| json_problem("body", e))?;
     let Some(schema) = schema else {
-        return Err(fail("body", format!("missing \"schema\"; expected {PAYLOAD_DATA}*")));
+        return Err(fail(
+            "body",
+            format!("missing \"schema\"; expected {PAYLOAD_DATA}*"),
+        ));
     };
     if !schema.starts_with(PAYLOAD_DATA) {
         return Err(fail(

@@ -197,7 +197,11 @@ impl SourceConfig for CollectorConfig {
             }
         }
         for (key, ok, what) in [
-            ("max_body_bytes", self.max_body_bytes.0 > 0, "at least 1 byte"),
+            (
+                "max_body_bytes",
+                self.max_body_bytes.0 > 0,
+                "at least 1 byte",
+            ),
             ("queue", self.queue > 0, "at least 1"),
             (
                 "max_inflight_bytes",
@@ -211,11 +215,17 @@ impl SourceConfig for CollectorConfig {
             ),
         ] {
             if !ok {
-                return Err(origin.error(key, format!("expected {what}, found {}", match key {
-                    "queue" => self.queue.to_string(),
-                    "max_body_bytes" => self.max_body_bytes.0.to_string(),
-                    _ => format!("{} bytes", self.max_inflight_bytes.0),
-                })));
+                return Err(origin.error(
+                    key,
+                    format!(
+                        "expected {what}, found {}",
+                        match key {
+                            "queue" => self.queue.to_string(),
+                            "max_body_bytes" => self.max_body_bytes.0.to_string(),
+                            _ => format!("{} bytes", self.max_inflight_bytes.0),
+                        }
+                    ),
+                ));
             }
         }
         if self.cookie.name.is_empty()
@@ -227,7 +237,10 @@ impl SourceConfig for CollectorConfig {
         {
             return Err(origin.error(
                 "cookie.name",
-                format!("expected a cookie name (letters, digits, -_.), found `{}`", self.cookie.name),
+                format!(
+                    "expected a cookie name (letters, digits, -_.), found `{}`",
+                    self.cookie.name
+                ),
             ));
         }
         Ok(())
@@ -266,9 +279,9 @@ pub const COLLECTOR_NAME: &str = concat!("weir-collector-", env!("CARGO_PKG_VERS
 
 /// The 1×1 transparent GIF the Snowplow collector answers `GET /i` with.
 const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0xf0, 0x00, 0x00, 0xff, 0xff,
-    0xff, 0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00,
-    0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0xf0, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
 ];
 
 const ANONYMOUS_NUID: &str = "00000000-0000-0000-0000-000000000000";
@@ -543,7 +556,10 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
             }
             Err(_) => {
                 count("timeout");
-                return text(StatusCode::REQUEST_TIMEOUT, "request body not received in time");
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time",
+                );
             }
         }
     };
@@ -564,8 +580,16 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
                 e.valid_up_to()
             );
             let p = request.payload(None);
-            return reject(&shared, &request, p, "body", reason, StatusCode::BAD_REQUEST, cors)
-                .await;
+            return reject(
+                &shared,
+                &request,
+                p,
+                "body",
+                reason,
+                StatusCode::BAD_REQUEST,
+                cors,
+            )
+            .await;
         }
     };
     let payload = request.payload(Some(body_text).filter(|b| !b.is_empty()));
@@ -577,7 +601,16 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
         } else {
             StatusCode::BAD_REQUEST
         };
-        return reject(&shared, &request, payload, e.field, e.to_string(), status, cors).await;
+        return reject(
+            &shared,
+            &request,
+            payload,
+            e.field,
+            e.to_string(),
+            status,
+            cors,
+        )
+        .await;
     }
     let buf = Bytes::from(out);
     let mut start = 0;
@@ -652,7 +685,8 @@ impl<'a> RequestInfo<'a> {
             hostname: self
                 .header(header::HOST)
                 .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).into()),
-            network_user_id: Some(self.nuid.as_str().into()).filter(|n: &std::borrow::Cow<'_, str>| !n.is_empty()),
+            network_user_id: Some(self.nuid.as_str().into())
+                .filter(|n: &std::borrow::Cow<'_, str>| !n.is_empty()),
         }
     }
 
@@ -929,7 +963,10 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("_sp_id.1=abc; sp=d8aae409-b64d; other=1"),
         );
-        req.insert(header::ORIGIN, HeaderValue::from_static("https://www.acme.com:8443"));
+        req.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://www.acme.com:8443"),
+        );
         assert_eq!(cookie_value(&req, "sp").as_deref(), Some("d8aae409-b64d"));
         let mut c = CookieConfig {
             domains: vec!["other.org".into(), "acme.com".into()],
@@ -938,13 +975,19 @@ mod tests {
         let v = set_cookie(&c, &req, "n1").unwrap();
         let v = v.to_str().unwrap();
         assert!(v.starts_with("sp=n1; Expires="), "{v}");
-        assert!(v.ends_with("; Path=/; Domain=acme.com; SameSite=None; Secure; HttpOnly"), "{v}");
+        assert!(
+            v.ends_with("; Path=/; Domain=acme.com; SameSite=None; Secure; HttpOnly"),
+            "{v}"
+        );
         c.domains = vec!["cme.com".into()];
         c.fallback_domain = Some("fallback.net".into());
         c.same_site = SameSite::Lax;
         c.secure = false;
         let v = set_cookie(&c, &req, "n1").unwrap();
-        assert!(v.to_str().unwrap().ends_with("; Domain=fallback.net; SameSite=Lax; HttpOnly"));
+        assert!(v
+            .to_str()
+            .unwrap()
+            .ends_with("; Domain=fallback.net; SameSite=Lax; HttpOnly"));
         c.enabled = false;
         assert!(set_cookie(&c, &req, "n1").is_none());
     }
@@ -953,7 +996,10 @@ mod tests {
     fn client_address_from_forwarded_for() {
         let mut h = HeaderMap::new();
         assert_eq!(forwarded_for(&h), None);
-        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.4, 10.0.0.1"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.4, 10.0.0.1"),
+        );
         assert_eq!(forwarded_for(&h), Some("198.51.100.4".parse().unwrap()));
     }
 

@@ -25,7 +25,13 @@ fn payload<'a>(path: &'a str, qs: Option<&'a str>, body: Option<&'a str>) -> Col
 
 fn lines(p: &CollectorPayload<'_>) -> Result<Vec<String>, ConvertError> {
     let (mut out, mut ends) = (Vec::new(), Vec::new());
-    convert(p, &Options::default(), 1_795_677_554_000, &mut out, &mut ends)?;
+    convert(
+        p,
+        &Options::default(),
+        1_795_677_554_000,
+        &mut out,
+        &mut ends,
+    )?;
     let mut start = 0;
     Ok(ends
         .iter()
@@ -141,9 +147,18 @@ fn field_indexes_match_the_field_table() {
         let (_, _, idx) = PARAMS[param_slot(param).unwrap()];
         assert_eq!(FIELDS[idx].name, field, "{param}");
     }
-    assert_eq!(FIELDS[field_index("dvce_screenwidth").unwrap() + 1].name, "dvce_screenheight");
-    assert_eq!(FIELDS[field_index("doc_width").unwrap() + 1].name, "doc_height");
-    assert_eq!(FIELDS[field_index("br_viewwidth").unwrap() + 1].name, "br_viewheight");
+    assert_eq!(
+        FIELDS[field_index("dvce_screenwidth").unwrap() + 1].name,
+        "dvce_screenheight"
+    );
+    assert_eq!(
+        FIELDS[field_index("doc_width").unwrap() + 1].name,
+        "doc_height"
+    );
+    assert_eq!(
+        FIELDS[field_index("br_viewwidth").unwrap() + 1].name,
+        "br_viewheight"
+    );
     assert_eq!(FIELDS[PAGE_URLSCHEME + 5].name, "page_urlfragment");
     assert_eq!(FIELDS[REFR_URLSCHEME + 5].name, "refr_urlfragment");
     for (i, p) in PARAMS.iter().enumerate() {
@@ -202,7 +217,10 @@ fn a_posted_media_event_becomes_an_enriched_line() {
         ("domain_userid", "c577e3ce-0d07-4f74-9815-756ae93f6b44"),
         ("domain_sessionidx", "1"),
         ("network_userid", "d8aae409-b64d-40c0-99d7-5324fcb27735"),
-        ("page_url", "https://example.com/watch?v=1&_sp=abc.1795677550000#t=3"),
+        (
+            "page_url",
+            "https://example.com/watch?v=1&_sp=abc.1795677550000#t=3",
+        ),
         ("page_urlscheme", "https"),
         ("page_urlhost", "example.com"),
         ("page_urlport", "443"),
@@ -215,7 +233,10 @@ fn a_posted_media_event_becomes_an_enriched_line() {
         ("refr_urlpath", "/"),
         ("refr_domain_userid", "abc"),
         ("refr_device_tstamp", "2026-11-26 07:19:10.000"),
-        ("useragent", "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0.0.0"),
+        (
+            "useragent",
+            "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/156.0.0.0",
+        ),
         ("br_lang", "en-US"),
         ("br_cookies", "1"),
         ("br_colordepth", "24"),
@@ -243,7 +264,10 @@ fn a_posted_media_event_becomes_an_enriched_line() {
         j["contexts_com_snowplowanalytics_snowplow_media_player_2"][0]["label"],
         "Tab\there"
     );
-    assert_eq!(j["unstruct_event_com_snowplowanalytics_snowplow_media_play_event_1"], json!({}));
+    assert_eq!(
+        j["unstruct_event_com_snowplowanalytics_snowplow_media_play_event_1"],
+        json!({})
+    );
     assert_eq!(j["page_urlport"], 443);
     assert_eq!(j["br_cookies"], true);
 }
@@ -265,13 +289,24 @@ fn get_with_base64_parameters_and_no_padding() {
     // Standard-alphabet base64 with padding is read too.
     let std_b64 = base64::engine::general_purpose::STANDARD.encode(PLAY);
     let qs = format!("e=ue&ue_px={}", std_b64.replace('+', "%2B"));
-    assert_eq!(get(&lines(&payload("/i", Some(&qs), None)).unwrap()[0], "unstruct_event"), PLAY);
+    assert_eq!(
+        get(
+            &lines(&payload("/i", Some(&qs), None)).unwrap()[0],
+            "unstruct_event"
+        ),
+        PLAY
+    );
 }
 
 #[test]
 fn query_string_parameters_override_posted_ones_in_every_event() {
     let events = json!([{"e": "pv", "aid": "body"}, {"e": "pp", "aid": "body", "pp_miy": "12.0"}]);
-    let out = lines(&payload(TP2, Some("aid=qs&tna=from-qs"), Some(&body(events)))).unwrap();
+    let out = lines(&payload(
+        TP2,
+        Some("aid=qs&tna=from-qs"),
+        Some(&body(events)),
+    ))
+    .unwrap();
     assert_eq!(out.len(), 2);
     for l in &out {
         assert_eq!(get(l, "app_id"), "qs");
@@ -314,8 +349,9 @@ fn strings_are_made_tsv_safe() {
     assert_eq!(get(&out[0], "user_id"), "xy");
     as_json(&out[0]);
     // Pretty-printed contexts lose their whitespace (and so their newlines).
-    let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(CONTEXTS_DOC).unwrap())
-        .unwrap();
+    let pretty =
+        serde_json::to_string_pretty(&serde_json::from_str::<Value>(CONTEXTS_DOC).unwrap())
+            .unwrap();
     let events = json!([{"e": "pv", "co": pretty}]);
     let out = lines(&payload(TP2, None, Some(&body(events)))).unwrap();
     assert!(!get(&out[0], "contexts").contains('\n'));
@@ -336,8 +372,14 @@ fn ip_parameters_and_anonymization() {
         max_events: 10,
     };
     convert(&p, &o, 0, &mut out, &mut ends).unwrap();
-    assert_eq!(get(std::str::from_utf8(&out).unwrap(), "user_ipaddress"), "198.51.x.x");
-    assert_eq!(anonymize_ip("2001:db8::8a2e:370:7334", &o), "2001:db8:0:0:0:x:x:x");
+    assert_eq!(
+        get(std::str::from_utf8(&out).unwrap(), "user_ipaddress"),
+        "198.51.x.x"
+    );
+    assert_eq!(
+        anonymize_ip("2001:db8::8a2e:370:7334", &o),
+        "2001:db8:0:0:0:x:x:x"
+    );
     assert_eq!(anonymize_ip("unknown", &o), "unknown");
 }
 
@@ -359,32 +401,66 @@ fn malformed_payloads_are_refused_with_the_parameter_at_fault() {
     let e = refused(json!([{"aid": "x"}]));
     assert_eq!(e.field, "e");
     let e = refused(json!([{"e": "pv"}, {"e": "zz"}]));
-    assert_eq!((e.field, e.message.starts_with("event 2 of 2")), ("e", true));
-    assert_eq!(refused(json!([{"e": "ue", "ue_px": "!!not base64!!"}])).field, "ue_px");
-    assert_eq!(refused(json!([{"e": "ue", "ue_pr": "{not json"}])).field, "ue_pr");
+    assert_eq!(
+        (e.field, e.message.starts_with("event 2 of 2")),
+        ("e", true)
+    );
+    assert_eq!(
+        refused(json!([{"e": "ue", "ue_px": "!!not base64!!"}])).field,
+        "ue_px"
+    );
+    assert_eq!(
+        refused(json!([{"e": "ue", "ue_pr": "{not json"}])).field,
+        "ue_pr"
+    );
     assert_eq!(refused(json!([{"e": "ue"}])).field, "ue_px");
     let wrong = PLAY.replace("unstruct_event/jsonschema", "something_else/jsonschema");
-    assert!(refused(json!([{"e": "ue", "ue_pr": wrong}])).message.contains("expected schema"));
-    let not_iglu = PLAY.replace("iglu:com.snowplowanalytics.snowplow.media/play_event", "play");
-    assert!(refused(json!([{"e": "ue", "ue_pr": not_iglu}])).message.contains("not an Iglu URI"));
+    assert!(refused(json!([{"e": "ue", "ue_pr": wrong}]))
+        .message
+        .contains("expected schema"));
+    let not_iglu = PLAY.replace(
+        "iglu:com.snowplowanalytics.snowplow.media/play_event",
+        "play",
+    );
+    assert!(refused(json!([{"e": "ue", "ue_pr": not_iglu}]))
+        .message
+        .contains("not an Iglu URI"));
     let ctx = CONTEXTS_DOC.replace("/contexts/", "/other/");
     assert_eq!(refused(json!([{"e": "pv", "co": ctx}])).field, "co");
-    assert_eq!(refused(json!([{"e": "pv", "eid": "not-a-uuid"}])).field, "eid");
-    assert_eq!(refused(json!([{"e": "pv", "dtm": "yesterday"}])).field, "dtm");
-    assert_eq!(refused(json!([{"e": "pv", "res": "800by600"}])).field, "res");
+    assert_eq!(
+        refused(json!([{"e": "pv", "eid": "not-a-uuid"}])).field,
+        "eid"
+    );
+    assert_eq!(
+        refused(json!([{"e": "pv", "dtm": "yesterday"}])).field,
+        "dtm"
+    );
+    assert_eq!(
+        refused(json!([{"e": "pv", "res": "800by600"}])).field,
+        "res"
+    );
     assert_eq!(refused(json!([{"e": "pv", "p": "toaster"}])).field, "p");
-    assert_eq!(refused(json!([{"e": "pv", "cookie": "yes"}])).field, "cookie");
+    assert_eq!(
+        refused(json!([{"e": "pv", "cookie": "yes"}])).field,
+        "cookie"
+    );
     assert_eq!(refused(json!([{"e": "pv", "vid": 3}])).field, "vid");
     assert_eq!(refused(json!([])).message, "empty list of events");
     // Not payload_data, not JSON, no body at all.
     let other = json!({"schema": "iglu:com.acme/x/jsonschema/1-0-0", "data": [{"e": "pv"}]});
     let e = error(&payload(TP2, None, Some(&other.to_string())));
     assert!(e.message.contains("payload_data"), "{e}");
-    assert_eq!(error(&payload(TP2, None, Some("{\"schema\":"))).field, "body");
+    assert_eq!(
+        error(&payload(TP2, None, Some("{\"schema\":"))).field,
+        "body"
+    );
     assert_eq!(error(&payload(TP2, None, Some("[1,2]"))).field, "body");
     assert_eq!(error(&payload(TP2, None, None)).field, "querystring");
     assert_eq!(error(&payload("/i", Some(""), None)).field, "querystring");
-    assert_eq!(error(&payload("/com.acme/v1", Some("e=pv"), None)).field, "path");
+    assert_eq!(
+        error(&payload("/com.acme/v1", Some("e=pv"), None)).field,
+        "path"
+    );
 }
 
 #[test]
@@ -406,7 +482,10 @@ fn too_many_events_are_refused_as_such() {
 #[test]
 fn url_parts() {
     let p = UrlParts::parse("http://user:pw@[::1]:8080/a/b?x=1").unwrap();
-    assert_eq!((p.host, p.port, p.path, p.query), ("[::1]", Some("8080"), "/a/b", Some("x=1")));
+    assert_eq!(
+        (p.host, p.port, p.path, p.query),
+        ("[::1]", Some("8080"), "/a/b", Some("x=1"))
+    );
     let p = UrlParts::parse("https://example.com").unwrap();
     assert_eq!((p.host, p.port, p.path), ("example.com", None, ""));
     assert!(UrlParts::parse("not a url").is_none());
