@@ -142,12 +142,27 @@ impl Default for CookieConfig {
     }
 }
 
-/// The cookie's `SameSite` attribute.
+/// The cookie's `SameSite` attribute (`None`, `Lax` or `Strict`, in any case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum SameSite {
     None,
     Lax,
     Strict,
+}
+
+impl TryFrom<String> for SameSite {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(SameSite::None),
+            "lax" => Ok(SameSite::Lax),
+            "strict" => Ok(SameSite::Strict),
+            _ => Err(format!(
+                "expected one of `None`, `Lax`, `Strict`, found `{s}`"
+            )),
+        }
+    }
 }
 
 fn default_address() -> SocketAddr {
@@ -524,6 +539,16 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
     };
     if let Some(n) = declared.filter(|&n| n > max) {
         return too_large(&shared, &request, n, Bytes::new(), cors).await;
+    }
+    // While the queue to the pipeline is full, refuse before reading and parsing the body.
+    if shared.tx.capacity() == 0 {
+        count("busy");
+        let mut r = busy(StatusCode::SERVICE_UNAVAILABLE, cors);
+        if !pixel {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return r;
     }
     let need = if pixel { 0 } else { declared.unwrap_or(max) };
     let _permit = if need > 0 {
