@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test lint bench setup-test
+.PHONY: demo test lint bench bench-collector setup-test
 
 demo:
 	$(CARGO) run --release --bin weir -- run examples/media-events.toml
@@ -22,3 +22,7 @@ setup-test:
 
 bench:
 	$(CARGO) bench --bench throughput
+
+# The collector endpoint under `weir loadgen`, into the null sink (requests/s, events/s, RSS).
+bench-collector:
+	bash runtime/benches/collector.sh

@@ -1019,27 +1019,34 @@ fn unstruct(name: &'static str, json: &str) -> Result<(String, [String; 4]), Con
 /// Removes the whitespace between JSON tokens of a valid JSON text (strings are copied as they
 /// are: they cannot hold raw control characters), so the field has no tab or newline.
 fn minify(json: &str) -> String {
-    let mut out = String::with_capacity(json.len());
+    let b = json.as_bytes();
+    // Trackers mostly send compact JSON: then there is nothing to remove.
+    if !b.iter().any(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+        return json.to_string();
+    }
+    // Whitespace, quotes and backslashes are ASCII, so bytes can be walked one by one: every
+    // multi-byte character is copied whole.
+    let mut out = Vec::with_capacity(b.len());
     let mut in_string = false;
     let mut escaped = false;
-    for c in json.chars() {
+    for &c in b {
         if in_string {
             out.push(c);
             if escaped {
                 escaped = false;
-            } else if c == '\\' {
+            } else if c == b'\\' {
                 escaped = true;
-            } else if c == '"' {
+            } else if c == b'"' {
                 in_string = false;
             }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            if c == '"' {
+        } else if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            if c == b'"' {
                 in_string = true;
             }
             out.push(c);
         }
     }
-    out
+    String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid")
 }
 
 // ---------------------------------------------------------------------------------------------
