@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-build sample test lint bench setup-test
+.PHONY: demo demo-build sample test lint bench bench-collector setup-test
 
 # The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
 # Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
@@ -39,3 +39,7 @@ setup-test:
 
 bench:
 	$(CARGO) bench --bench throughput
+
+# The collector endpoint under `weir loadgen`, into the null sink (requests/s, events/s, RSS).
+bench-collector:
+	bash runtime/benches/collector.sh

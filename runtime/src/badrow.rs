@@ -1,8 +1,10 @@
 //! Snowplow bad rows: how failed records are written to the failure sink.
 //!
 //! Each failure becomes one self-describing JSON document, `generic_error` for records that could
-//! not be processed and `size_violation` for records over the size limit, with the processor, the
-//! failure (timestamp and messages) and the original payload, truncated to fit.
+//! not be processed, `size_violation` for records over the size limit and
+//! `collector_payload_format_violation` for collector requests that are not tracker-protocol
+//! payloads, with the processor, the failure (timestamp and messages) and the original payload,
+//! truncated to fit.
 
 use std::time::SystemTime;
 
@@ -15,6 +17,8 @@ pub const GENERIC_ERROR: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/generic_error/jsonschema/1-0-0";
 pub const SIZE_VIOLATION: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/size_violation/jsonschema/1-0-0";
+pub const COLLECTOR_PAYLOAD_FORMAT_VIOLATION: &str =
+    "iglu:com.snowplowanalytics.snowplow.badrows/collector_payload_format_violation/jsonschema/1-0-0";
 
 /// Header names set on every bad row (written as message headers by sinks that have them).
 pub const HEADER_ERROR: &str = "weir.error";
@@ -65,6 +69,26 @@ impl BadRows {
                     "payload": payload,
                 }
             }),
+            // The schema's `loader` is one of a fixed list; weir reads every collector payload
+            // (an HTTP request included) as the Thrift CollectorPayload it encodes in `payload`.
+            FailureKind::CollectorPayloadFormat { field } => {
+                let message = if field.is_empty() {
+                    json!({"error": cut_chars(&f.reason, 512)})
+                } else {
+                    json!({
+                        "payloadField": cut_chars(field, 64),
+                        "expectation": cut_chars(&f.reason, 256),
+                    })
+                };
+                json!({
+                    "schema": COLLECTOR_PAYLOAD_FORMAT_VIOLATION,
+                    "data": {
+                        "processor": processor,
+                        "failure": {"timestamp": timestamp, "loader": "thrift", "message": message},
+                        "payload": payload,
+                    }
+                })
+            }
         };
         // The error also travels as headers, so a Kafka dead-letter topic can be triaged without
         // parsing the bad row; the original headers (and origin) are kept after them.
@@ -81,6 +105,9 @@ impl BadRows {
                     match f.kind {
                         FailureKind::Invalid => GENERIC_ERROR,
                         FailureKind::Oversized { .. } => SIZE_VIOLATION,
+                        FailureKind::CollectorPayloadFormat { .. } => {
+                            COLLECTOR_PAYLOAD_FORMAT_VIOLATION
+                        }
                     }
                     .as_bytes(),
                 ),
@@ -94,6 +121,11 @@ impl BadRows {
             meta: Some(Box::new(meta)),
         }
     }
+}
+
+/// At most `max` characters of `s` (the schema's `maxLength`).
+fn cut_chars(s: &str, max: usize) -> &str {
+    s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
 /// The payload as text (invalid UTF-8 replaced), cut at a character boundary to `max` bytes.
@@ -171,5 +203,52 @@ mod tests {
         assert_eq!(v["data"]["failure"]["actualSizeBytes"], 5000);
         assert_eq!(v["data"]["failure"]["maximumAllowedSizeBytes"], 100);
         assert_eq!(v["data"]["payload"], "xy");
+    }
+
+    #[test]
+    fn collector_payload_format_violation_follows_its_schema() {
+        let encode = |field: &'static str, reason: String| {
+            let f = Failed {
+                record: Record::new("CwB6aQAAAA=="),
+                kind: FailureKind::CollectorPayloadFormat { field },
+                component: "source (collector)".into(),
+                reason,
+            };
+            let row = BadRows {
+                max_payload_bytes: 1000,
+            }
+            .encode(&f);
+            serde_json::from_slice::<serde_json::Value>(&row.value).unwrap()
+        };
+        let v = encode("e", "x".repeat(300));
+        assert_eq!(v["schema"], COLLECTOR_PAYLOAD_FORMAT_VIOLATION);
+        let data = &v["data"];
+        assert_eq!(data["payload"], "CwB6aQAAAA==");
+        assert_eq!(data["failure"]["loader"], "thrift");
+        assert_eq!(data["failure"]["message"]["payloadField"], "e");
+        // maxLength 256, and no other keys (additionalProperties is false).
+        assert_eq!(
+            data["failure"]["message"]["expectation"]
+                .as_str()
+                .unwrap()
+                .len(),
+            256
+        );
+        let keys = |v: &serde_json::Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(data), ["failure", "payload", "processor"]);
+        assert_eq!(keys(&data["failure"]), ["loader", "message", "timestamp"]);
+        assert_eq!(
+            keys(&data["failure"]["message"]),
+            ["expectation", "payloadField"]
+        );
+        let v = encode("", "unreadable".into());
+        assert_eq!(
+            v["data"]["failure"]["message"],
+            json!({"error": "unreadable"})
+        );
     }
 }

@@ -45,6 +45,8 @@ enum Command {
     /// Develop WebAssembly transforms: try one on a file, start a new one.
     #[command(subcommand)]
     Transform(crate::wasm::cli::TransformCommand),
+    /// Simulate viewers watching videos (Snowplow media events) against a collector endpoint.
+    Loadgen(crate::loadgen::Args),
 }
 
 /// Exit code for configuration errors.
@@ -55,6 +57,7 @@ pub fn main() -> ExitCode {
     observe::init_logging(cli.log_format);
     match cli.command {
         Command::Transform(cmd) => crate::wasm::cli::main(cmd),
+        Command::Loadgen(args) => crate::loadgen::main(args),
         Command::Validate { configs } => {
             for path in &configs {
                 match PipelineConfig::load(path) {

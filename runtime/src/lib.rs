@@ -11,6 +11,7 @@ pub mod badrow;
 pub mod cli;
 pub mod config;
 pub mod dashboard;
+pub mod loadgen;
 pub mod observe;
 pub mod pipeline;
 pub mod record;

@@ -305,6 +305,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Called with the HTTP endpoint's bound address once it listens.
     pub on_http_bound: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
+    /// Called with a listening source's bound address (the `collector` source) once it listens.
+    pub on_source_bound: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
 }
 
 /// Runs the pipeline until its source ends or `shutdown` fires, then drains: every record the
@@ -440,6 +442,7 @@ pub async fn run(
         emitter,
         shutdown: source_stop.clone(),
         max_record_bytes: cfg.limits.max_record_bytes.0 as usize,
+        on_listen: opts.on_source_bound.clone(),
     };
     let source_task: JoinHandle<anyhow::Result<()>> = tokio::spawn(source.run(ctx));
     ready.set(true);

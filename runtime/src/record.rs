@@ -65,6 +65,12 @@ pub enum FailureKind {
     Invalid,
     /// The payload was larger than allowed (`size_violation`).
     Oversized { actual: usize, limit: usize },
+    /// A collector payload (an HTTP request to the `collector` source, or a Thrift
+    /// `CollectorPayload` record) that is not a valid tracker-protocol payload
+    /// (`collector_payload_format_violation`). `field` names the payload field or tracker
+    /// parameter at fault (empty when none applies); the record holds the payload as base64 of
+    /// its Thrift encoding, as Snowplow's bad rows do.
+    CollectorPayloadFormat { field: &'static str },
 }
 
 /// A record that failed, with the reason; it goes to the failure sink as a Snowplow bad row.

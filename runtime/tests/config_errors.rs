@@ -27,7 +27,14 @@ fn build_example_transforms() {
     }
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
         .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
-        .args(["--target-dir", "target", "-p", "media-filter", "-p", "viewer-state"])
+        .args([
+            "--target-dir",
+            "target",
+            "-p",
+            "media-filter",
+            "-p",
+            "viewer-state",
+        ])
         // From transforms/, so that its .cargo/config.toml (wasm SIMD) applies.
         .current_dir(root.join("transforms"))
         .env_remove("CARGO_TARGET_DIR")

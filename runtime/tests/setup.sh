@@ -27,3 +27,14 @@ if ! "$EMU_DIR/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ 
 fi
 # The Kafka tests run librdkafka's mock cluster in-process (rdkafka builds librdkafka from source
 # with gcc, make and perl, all present on the base image): nothing to install.
+# The collector tests run real Snowplow software: the Python tracker (GET/POST, base64, batches)
+# and a real Thrift library (thriftpy2) to encode raw CollectorPayload records.
+if have python3; then
+  python3 - <<'PY' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check snowplow-tracker==1.1.0 thriftpy2==0.7.1
+import importlib.metadata as m
+assert m.version("snowplow-tracker") == "1.1.0" and m.version("thriftpy2") == "0.7.1"
+PY
+else
+  echo "setup.sh: python3 is needed by the collector tests" >&2
+  exit 1
+fi

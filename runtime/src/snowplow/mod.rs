@@ -12,12 +12,18 @@
 //!   Snowbridge's `spEnrichedFilterContext` and `spEnrichedFilterUnstructEvent`;
 //!   [`atomic_value_text`] gives the text its atomic `spEnrichedFilter` compares for typed
 //!   fields (booleans as `true`/`false`, timestamps as Go prints them, …).
+//! * [`tracker::convert`] turns a collector request (tracker protocol GET or POST, as a
+//!   [`collector_payload::CollectorPayload`]) into enriched lines, as Enrich does before its
+//!   configurable enrichments; [`collector_payload`] reads and writes the Thrift form a Snowplow
+//!   collector writes to its raw stream.
 
+pub mod collector_payload;
 mod fields;
 mod filter;
 mod json;
 mod path;
 mod sdj;
+pub mod tracker;
 
 use std::fmt;
 

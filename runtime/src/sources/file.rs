@@ -1,5 +1,7 @@
 //! `file`: one record per line of one or more files, given as paths or glob patterns, read in
-//! order; gzip files are decompressed (by extension, or always/never with `gzip`).
+//! order; gzip files are decompressed (by extension, or always/never with `gzip`). With
+//! `framing = "length_prefixed"` each record is a 4-byte big-endian length and that many bytes
+//! instead (binary records such as raw Snowplow collector payloads).
 
 use std::path::PathBuf;
 
@@ -11,7 +13,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
-use super::{lines, Source, SourceConfig, SourceContext, SourceType};
+use super::{frames, lines, Source, SourceConfig, SourceContext, SourceType};
 use crate::config::{ConfigError, Origin};
 
 /// ```toml
@@ -19,6 +21,7 @@ use crate::config::{ConfigError, Origin};
 /// type = "file"
 /// paths = ["events/*.tsv.gz", "more.tsv"]
 /// gzip = true            # optional: decompress; by default, files ending in .gz are
+/// framing = "lines"      # optional: or "length_prefixed" (u32 big-endian length + bytes)
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +30,20 @@ pub struct FileConfig {
     pub paths: Vec<String>,
     /// Decompress gzip: `true` or `false`; when absent, by the `.gz` extension.
     pub gzip: Option<bool>,
+    /// How records are delimited.
+    #[serde(default)]
+    pub framing: Framing,
+}
+
+/// How the `file` source splits its input into records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// One record per line (`\n`, an optional `\r` before it is dropped).
+    #[default]
+    Lines,
+    /// A 4-byte big-endian length, then that many bytes (Thrift's framed transport).
+    LengthPrefixed,
 }
 
 impl SourceType for FileConfig {
@@ -79,6 +96,7 @@ impl SourceConfig for FileConfig {
         Ok(Box::new(FileSource {
             files,
             gzip: self.gzip,
+            framing: self.framing,
         }))
     }
 }
@@ -86,6 +104,7 @@ impl SourceConfig for FileConfig {
 struct FileSource {
     files: Vec<PathBuf>,
     gzip: Option<bool>,
+    framing: Framing,
 }
 
 #[async_trait]
@@ -100,27 +119,18 @@ impl Source for FileSource {
                 .gzip
                 .unwrap_or_else(|| path.extension().is_some_and(|e| e == "gz"));
             tracing::info!(file = %name, gzip = gz, "reading");
-            let ended = if gz {
+            let reader: Box<dyn AsyncRead + Unpin + Send> = if gz {
                 let mut dec =
                     async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(file));
                 dec.multiple_members(true);
-                lines::pump(
-                    dec,
-                    &mut ctx.emitter,
-                    &ctx.shutdown,
-                    ctx.max_record_bytes,
-                    &name,
-                )
-                .await
+                Box::new(dec)
             } else {
-                lines::pump(
-                    file,
-                    &mut ctx.emitter,
-                    &ctx.shutdown,
-                    ctx.max_record_bytes,
-                    &name,
-                )
-                .await
+                Box::new(file)
+            };
+            let (em, stop, max) = (&mut ctx.emitter, &ctx.shutdown, ctx.max_record_bytes);
+            let ended = match self.framing {
+                Framing::Lines => lines::pump(reader, em, stop, max, &name).await,
+                Framing::LengthPrefixed => frames::pump(reader, em, stop, max, &name).await,
             }
             .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
             if ended == lines::Ended::Shutdown {

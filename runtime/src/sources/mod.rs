@@ -15,7 +15,9 @@ use crate::observe::Stats;
 use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
+pub mod collector;
 pub mod file;
+pub mod frames;
 pub mod kafka;
 pub mod kinesis;
 pub mod lines;
@@ -27,6 +29,7 @@ pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
     source::<file::FileConfig>(),
     source::<kinesis::KinesisConfig>(),
     source::<kafka::KafkaConfig>(),
+    source::<collector::CollectorConfig>(),
 ];
 
 /// A source's validated settings.
@@ -71,6 +74,8 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// Longest record accepted; longer ones go to the failure sink as size violations.
     pub max_record_bytes: usize,
+    /// Told the address a listening source (e.g. `collector`) is bound to.
+    pub on_listen: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
 }
 
 /// Batch limits, from the `[batch]` config section.

@@ -9,6 +9,7 @@ use crate::config::{ConfigError, Origin};
 use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
+pub mod sp_collector_payload;
 pub mod sp_enriched_filter;
 pub mod sp_enriched_filter_context;
 pub mod sp_enriched_filter_unstruct;
@@ -18,6 +19,7 @@ pub mod wasm;
 
 /// Every transform type weir knows, by its config `type`.
 pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
+    transform::<sp_collector_payload::Config>(),
     transform::<sp_enriched_filter::Config>(),
     transform::<sp_enriched_filter_context::Config>(),
     transform::<sp_enriched_filter_unstruct::Config>(),

@@ -1,0 +1,1036 @@
+//! `collector`: an HTTP endpoint that speaks the Snowplow tracker protocol, as the Snowplow
+//! collector does, and emits each event as an enriched TSV line (what Snowplow Enrich would
+//! write), so collector traffic and Enrich output look the same downstream.
+//!
+//! * `POST /com.snowplowanalytics.snowplow/tp2` (batched `payload_data`) answers `ok`;
+//!   `GET /i` (and `/ice.png`, `GET /…/tp2`) answers a 1×1 GIF; custom paths map onto these
+//!   (`paths`). CORS preflights are answered with the request's Origin and credentials allowed;
+//!   every tracker response carries the same CORS headers.
+//! * The network user id comes from the `nuid` query parameter, else the `sp` cookie, else a new
+//!   UUID, and is set back as the cookie (name, domain, expiry, flags configurable; `enabled =
+//!   false` turns it off). `SP-Anonymous` requests get no cookie, no IP and an all-zero id.
+//! * `/health` answers `ok`, `/sink-health` answers 503 while the request queue is full,
+//!   `/robots.txt` disallows crawlers.
+//!
+//! **Hand-off.** Handlers convert their request in parallel, then queue it (a bounded channel) to
+//! one batching task that owns the pipeline's [`Emitter`]. That task takes every request waiting,
+//! flushes them as one batch into the pipeline's bounded queue, and only then lets their handlers
+//! answer: a 200 means the events are in the pipeline. It flushes as soon as nothing more is
+//! waiting, so batches grow with load and latency stays low when idle.
+//!
+//! **Limits.** A body over `max_body_bytes` is refused with 413 (a `size_violation` bad row);
+//! more than `max_events_per_request` events with 413; bodies in flight are held to
+//! `max_inflight_bytes` and queued requests to `queue`, beyond which requests get 503 (trackers
+//! retry) instead of growing memory; one client (by IP) may have `max_inflight_per_client`
+//! requests in flight, beyond which it gets 429, so a flood from one client leaves room for the
+//! others. A request that is not a valid tracker-protocol payload gets 400 and a
+//! `collector_payload_format_violation` bad row holding the request as a base64 Thrift
+//! `CollectorPayload`; none of its events are emitted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{Emitter, Source, SourceConfig, SourceContext, SourceType};
+use crate::config::{self, ByteSize, ConfigError, Origin};
+use crate::record::{Failed, FailureKind, Record};
+use crate::snowplow::collector_payload::{CollectorPayload, SCHEMA};
+use crate::snowplow::tracker::{self, TP1_PATHS, TP2_PATH};
+use crate::transforms::sp_collector_payload::{enrich_options, now_ms};
+
+/// ```toml
+/// [source]
+/// type = "collector"
+/// address = "0.0.0.0:9090"
+/// paths = { "/com.acme/track" = "/com.snowplowanalytics.snowplow/tp2" }
+/// max_body_bytes = "1 MiB"
+/// max_events_per_request = 1000
+/// max_inflight_bytes = "64 MiB"
+/// max_inflight_per_client = 64
+/// queue = 1024
+/// read_timeout = "10s"
+/// cors_max_age = "1h"
+/// anon_ip_octets = 0
+/// anon_ipv6_segments = 0
+///
+/// [source.cookie]
+/// enabled = true
+/// name = "sp"
+/// expiration = "365days"
+/// domains = ["example.com"]
+/// fallback_domain = "example.com"
+/// secure = true
+/// http_only = true
+/// same_site = "None"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[serde(default = "default_address")]
+    pub address: SocketAddr,
+    /// Custom paths and the standard path each stands for (like the Snowplow collector's
+    /// `paths`), e.g. `"/com.acme/track" = "/com.snowplowanalytics.snowplow/tp2"`.
+    #[serde(default)]
+    pub paths: BTreeMap<String, String>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: ByteSize,
+    #[serde(default = "default_max_events")]
+    pub max_events_per_request: usize,
+    #[serde(default = "default_inflight_bytes")]
+    pub max_inflight_bytes: ByteSize,
+    /// Requests one client IP may have in flight (0: no limit).
+    #[serde(default = "default_per_client")]
+    pub max_inflight_per_client: usize,
+    /// Requests waiting to be handed to the pipeline before new ones get 503.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Longest time to receive a request body.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: config::Duration,
+    /// How long browsers may cache a CORS preflight answer.
+    #[serde(default = "default_cors_max_age")]
+    pub cors_max_age: config::Duration,
+    #[serde(default)]
+    pub anon_ip_octets: u8,
+    #[serde(default)]
+    pub anon_ipv6_segments: u8,
+    #[serde(default)]
+    pub cookie: CookieConfig,
+}
+
+/// `[source.cookie]`: the network user id cookie (Snowplow's third-party `sp` cookie).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CookieConfig {
+    pub enabled: bool,
+    pub name: String,
+    pub expiration: config::Duration,
+    /// Cookie domains: the first that the request's Origin host equals or ends with `.domain`.
+    pub domains: Vec<String>,
+    /// The domain when none of `domains` matches (none: a host-only cookie).
+    pub fallback_domain: Option<String>,
+    pub secure: bool,
+    pub http_only: bool,
+    pub same_site: SameSite,
+}
+
+impl Default for CookieConfig {
+    fn default() -> Self {
+        CookieConfig {
+            enabled: true,
+            name: "sp".into(),
+            expiration: config::Duration(Duration::from_secs(365 * 24 * 3600)),
+            domains: Vec::new(),
+            fallback_domain: None,
+            secure: true,
+            http_only: true,
+            same_site: SameSite::None,
+        }
+    }
+}
+
+/// The cookie's `SameSite` attribute (`None`, `Lax` or `Strict`, in any case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SameSite {
+    None,
+    Lax,
+    Strict,
+}
+
+impl TryFrom<String> for SameSite {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Ok(SameSite::None),
+            "lax" => Ok(SameSite::Lax),
+            "strict" => Ok(SameSite::Strict),
+            _ => Err(format!(
+                "expected one of `None`, `Lax`, `Strict`, found `{s}`"
+            )),
+        }
+    }
+}
+
+fn default_address() -> SocketAddr {
+    "127.0.0.1:9090".parse().expect("a valid address")
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(1 << 20)
+}
+fn default_max_events() -> usize {
+    1000
+}
+fn default_inflight_bytes() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_per_client() -> usize {
+    64
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_read_timeout() -> config::Duration {
+    config::Duration(Duration::from_secs(10))
+}
+fn default_cors_max_age() -> config::Duration {
+    config::Duration(Duration::from_secs(3600))
+}
+
+impl SourceType for CollectorConfig {
+    const TYPE: &'static str = "collector";
+}
+
+impl SourceConfig for CollectorConfig {
+    fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        self.options(origin)?;
+        for (from, to) in &self.paths {
+            if !from.starts_with('/') {
+                return Err(origin.error(
+                    "paths",
+                    format!("expected a path starting with `/`, found `{from}`"),
+                ));
+            }
+            if to != TP2_PATH && !TP1_PATHS.contains(&to.as_str()) {
+                return Err(origin.error(
+                    &format!("paths.{from}"),
+                    format!("expected `{TP2_PATH}` or `/i`, found `{to}`"),
+                ));
+            }
+        }
+        for (key, ok, what) in [
+            (
+                "max_body_bytes",
+                self.max_body_bytes.0 > 0,
+                "at least 1 byte",
+            ),
+            ("queue", self.queue > 0, "at least 1"),
+            (
+                "max_inflight_bytes",
+                self.max_inflight_bytes.0 >= self.max_body_bytes.0,
+                "at least max_body_bytes",
+            ),
+            (
+                "max_inflight_bytes",
+                self.max_inflight_bytes.0 <= u32::MAX as u64,
+                "at most 4 GiB",
+            ),
+        ] {
+            if !ok {
+                return Err(origin.error(
+                    key,
+                    format!(
+                        "expected {what}, found {}",
+                        match key {
+                            "queue" => self.queue.to_string(),
+                            "max_body_bytes" => self.max_body_bytes.0.to_string(),
+                            _ => format!("{} bytes", self.max_inflight_bytes.0),
+                        }
+                    ),
+                ));
+            }
+        }
+        if self.cookie.name.is_empty()
+            || !self
+                .cookie
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(origin.error(
+                "cookie.name",
+                format!(
+                    "expected a cookie name (letters, digits, -_.), found `{}`",
+                    self.cookie.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
+        let options = self
+            .options(&Origin::new("", "source"))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Box::new(Collector {
+            config: self.clone(),
+            options,
+        }))
+    }
+}
+
+impl CollectorConfig {
+    fn options(&self, origin: &Origin) -> Result<tracker::Options, ConfigError> {
+        enrich_options(
+            origin,
+            self.anon_ip_octets,
+            self.anon_ipv6_segments,
+            self.max_events_per_request,
+        )
+        .map_err(|mut e| {
+            if e.key.ends_with("max_events") {
+                e.key = origin.child("max_events_per_request").key;
+            }
+            e
+        })
+    }
+}
+
+/// `v_collector` of the events this source collects.
+pub const COLLECTOR_NAME: &str = concat!("weir-collector-", env!("CARGO_PKG_VERSION"));
+
+/// The 1×1 transparent GIF the Snowplow collector answers `GET /i` with.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0xf0, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x00, 0x00, 0x00, 0x21, 0xf9, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+const ANONYMOUS_NUID: &str = "00000000-0000-0000-0000-000000000000";
+
+struct Collector {
+    config: CollectorConfig,
+    options: tracker::Options,
+}
+
+/// One request's outcome on its way to the pipeline.
+struct Job {
+    records: Vec<Record>,
+    failed: Option<Failed>,
+    done: oneshot::Sender<()>,
+}
+
+struct Shared {
+    config: CollectorConfig,
+    options: tracker::Options,
+    tx: mpsc::Sender<Job>,
+    /// Bytes of request bodies that may be held at once.
+    budget: Arc<Semaphore>,
+    /// Requests in flight per client IP.
+    clients: Mutex<HashMap<IpAddr, usize>>,
+}
+
+#[async_trait]
+impl Source for Collector {
+    async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.config.address)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("source.address {}: cannot listen: {e}", self.config.address)
+            })?;
+        let bound = listener.local_addr()?;
+        tracing::info!(address = %bound, "collector listening");
+        if let Some(cb) = &ctx.on_listen {
+            cb(bound);
+        }
+        let (tx, mut rx) = mpsc::channel::<Job>(self.config.queue);
+        let shared = Arc::new(Shared {
+            budget: Arc::new(Semaphore::new(self.config.max_inflight_bytes.0 as usize)),
+            config: self.config.clone(),
+            options: self.options,
+            tx,
+            clients: Mutex::new(HashMap::new()),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        drop(shared);
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let stop = ctx.shutdown.clone();
+        let mut server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+        });
+
+        // Hand requests to the pipeline until the server has stopped (on shutdown it finishes
+        // the requests it has; a client slower than the grace period is cut off).
+        let grace = async {
+            ctx.shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tokio::pin!(grace);
+        let emitter = &mut ctx.emitter;
+        loop {
+            let job = tokio::select! {
+                biased;
+                job = rx.recv() => job,
+                _ = &mut server => break,
+                _ = &mut grace => break,
+            };
+            let Some(job) = job else { break };
+            hand_off(job, &mut rx, emitter).await?;
+        }
+        server.abort();
+        // Take what is still queued; later requests find the queue closed and get 503.
+        rx.close();
+        while let Some(job) = rx.recv().await {
+            hand_off(job, &mut rx, emitter).await?;
+        }
+        emitter.flush().await?;
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}
+
+/// Puts `first` and every request already waiting into the open batch, flushing whenever it is
+/// full and once at the end; each request is answered after the flush that holds its last event.
+async fn hand_off(
+    first: Job,
+    rx: &mut mpsc::Receiver<Job>,
+    emitter: &mut Emitter,
+) -> anyhow::Result<()> {
+    let mut flushed_with_next: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut next = Some(first);
+    while let Some(job) = next.take().or_else(|| rx.try_recv().ok()) {
+        for r in job.records {
+            if emitter.push(r) {
+                emitter.flush().await?;
+                answer(&mut flushed_with_next);
+            }
+        }
+        if let Some(f) = job.failed {
+            if emitter.push_failed(f) {
+                emitter.flush().await?;
+                answer(&mut flushed_with_next);
+            }
+        }
+        flushed_with_next.push(job.done);
+    }
+    emitter.flush().await?;
+    answer(&mut flushed_with_next);
+    Ok(())
+}
+
+fn answer(waiting: &mut Vec<oneshot::Sender<()>>) {
+    for done in waiting.drain(..) {
+        let _ = done.send(());
+    }
+}
+
+/// Counts a request against its client until dropped.
+struct ClientSlot<'a> {
+    shared: &'a Shared,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut clients = self.shared.clients.lock().expect("clients lock");
+        if let Some(n) = clients.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("weir_collector_requests_total", "outcome" => outcome).increment(1);
+}
+
+/// The one handler: routes by method and path, since the tracker paths are configurable.
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let method = req.method().clone();
+    let raw_path = req.uri().path().to_string();
+    let path = shared
+        .config
+        .paths
+        .get(&raw_path)
+        .map_or(raw_path.as_str(), String::as_str);
+    let tracker_path = path == TP2_PATH || TP1_PATHS.contains(&path);
+    match (&method, path) {
+        (&Method::OPTIONS, _) => return preflight(&shared, req.headers()),
+        (&Method::GET, "/health") => return text(StatusCode::OK, "ok"),
+        (&Method::GET, "/sink-health") => {
+            return if shared.tx.capacity() == 0 {
+                text(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            } else {
+                text(StatusCode::OK, "ok")
+            }
+        }
+        (&Method::GET, "/robots.txt") => {
+            return text(StatusCode::OK, "User-agent: *\nDisallow: /\n")
+        }
+        (&Method::GET | &Method::HEAD, p) if tracker_path => {
+            let _ = p;
+        }
+        (&Method::POST, TP2_PATH) => {}
+        (_, _) if tracker_path => {
+            count("method_not_allowed");
+            return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        _ => {
+            count("not_found");
+            return text(StatusCode::NOT_FOUND, "not found");
+        }
+    }
+    let path = path.to_string();
+    track(shared, peer, req, path).await
+}
+
+/// Handles one tracker request (GET pixel or POST batch).
+async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String) -> Response {
+    let pixel = req.method() != Method::POST;
+    let (parts, body) = req.into_parts();
+    let headers = &parts.headers;
+    let anonymous = headers.contains_key("sp-anonymous");
+    let client_ip = forwarded_for(headers).unwrap_or(peer.ip());
+    let cors = cors_headers(headers);
+
+    // One client may hold only so many requests in flight.
+    let _slot = {
+        let limit = shared.config.max_inflight_per_client;
+        let mut clients = shared.clients.lock().expect("clients lock");
+        let n = clients.entry(client_ip).or_insert(0);
+        if limit > 0 && *n >= limit {
+            drop(clients);
+            count("throttled");
+            return busy(StatusCode::TOO_MANY_REQUESTS, cors);
+        }
+        *n += 1;
+        ClientSlot {
+            shared: &shared,
+            ip: client_ip,
+        }
+    };
+
+    // Receive the body within the size limit and the memory budget.
+    let max = shared.config.max_body_bytes.0 as usize;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let ip_text = if anonymous {
+        String::new()
+    } else {
+        client_ip.to_string()
+    };
+    let mut request = RequestInfo {
+        parts: &parts,
+        path: &path,
+        ip: &ip_text,
+        anonymous,
+        nuid: String::new(),
+    };
+    if let Some(n) = declared.filter(|&n| n > max) {
+        return too_large(&shared, &request, n, Bytes::new(), cors).await;
+    }
+    // While the queue to the pipeline is full, refuse before reading and parsing the body.
+    if shared.tx.capacity() == 0 {
+        count("busy");
+        let mut r = busy(StatusCode::SERVICE_UNAVAILABLE, cors);
+        if !pixel {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return r;
+    }
+    let need = if pixel { 0 } else { declared.unwrap_or(max) };
+    let _permit = if need > 0 {
+        match shared.budget.clone().try_acquire_many_owned(need as u32) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                count("busy");
+                return busy(StatusCode::SERVICE_UNAVAILABLE, cors);
+            }
+        }
+    } else {
+        None
+    };
+    let body = if pixel {
+        Bytes::new()
+    } else {
+        match tokio::time::timeout(
+            shared.config.read_timeout.0,
+            read_body(body, max, declared.unwrap_or(0)),
+        )
+        .await
+        {
+            Ok(Ok(Ok(b))) => b,
+            Ok(Ok(Err((head, total)))) => {
+                return too_large(&shared, &request, total, head, cors).await
+            }
+            Ok(Err(_)) => {
+                count("aborted");
+                return text(StatusCode::BAD_REQUEST, "could not read the request body");
+            }
+            Err(_) => {
+                count("timeout");
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time",
+                );
+            }
+        }
+    };
+
+    // The network user id: `nuid` parameter, else the cookie, else a new one.
+    request.nuid = if anonymous {
+        ANONYMOUS_NUID.to_string()
+    } else {
+        query_param(parts.uri.query(), "nuid")
+            .or_else(|| cookie_value(headers, &shared.config.cookie.name))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+    };
+    let body_text = match std::str::from_utf8(&body) {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!(
+                "the body is not UTF-8 (invalid at byte {})",
+                e.valid_up_to()
+            );
+            let p = request.payload(None);
+            return reject(
+                &shared,
+                &request,
+                p,
+                "body",
+                reason,
+                StatusCode::BAD_REQUEST,
+                cors,
+            )
+            .await;
+        }
+    };
+    let payload = request.payload(Some(body_text).filter(|b| !b.is_empty()));
+    let (mut out, mut ends) = (Vec::with_capacity(body_text.len() * 2 + 1024), Vec::new());
+    let etl_ms = now_ms();
+    if let Err(e) = tracker::convert(&payload, &shared.options, etl_ms, &mut out, &mut ends) {
+        let status = if e.too_many_events {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return reject(
+            &shared,
+            &request,
+            payload,
+            e.field,
+            e.to_string(),
+            status,
+            cors,
+        )
+        .await;
+    }
+    let buf = Bytes::from(out);
+    let mut start = 0;
+    let records = ends
+        .iter()
+        .map(|&end| {
+            let r = Record::new(buf.slice(start..end));
+            start = end;
+            r
+        })
+        .collect();
+    if let Err(status) = submit(&shared, records, None).await {
+        return busy(status, cors);
+    }
+    count("ok");
+    let mut resp = if pixel {
+        let mut r = Response::new(Body::from(Bytes::from_static(PIXEL)));
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+        );
+        r
+    } else {
+        let mut r = Response::new(Body::from("ok"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=UTF-8"),
+        );
+        r
+    };
+    let h = resp.headers_mut();
+    h.extend(cors);
+    if !anonymous {
+        if let Some(c) = set_cookie(&shared.config.cookie, headers, &request.nuid) {
+            h.insert(header::SET_COOKIE, c);
+        }
+    }
+    resp
+}
+
+/// What a request contributes to its `CollectorPayload`.
+struct RequestInfo<'a> {
+    parts: &'a axum::http::request::Parts,
+    path: &'a str,
+    ip: &'a str,
+    anonymous: bool,
+    nuid: String,
+}
+
+impl<'a> RequestInfo<'a> {
+    fn header(&self, name: header::HeaderName) -> Option<&'a str> {
+        self.parts.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The request as the Snowplow collector records it (headers only for bad rows).
+    fn payload<'s>(&'s self, body: Option<&'s str>) -> CollectorPayload<'s> {
+        CollectorPayload {
+            schema: SCHEMA.into(),
+            ip_address: self.ip.into(),
+            timestamp: now_ms(),
+            encoding: "UTF-8".into(),
+            collector: COLLECTOR_NAME.into(),
+            user_agent: self.header(header::USER_AGENT).map(Into::into),
+            referer_uri: self.header(header::REFERER).map(Into::into),
+            path: Some(self.path.into()),
+            querystring: self.parts.uri.query().map(Into::into),
+            body: body.map(Into::into),
+            headers: Vec::new(),
+            content_type: self.header(header::CONTENT_TYPE).map(Into::into),
+            hostname: self
+                .header(header::HOST)
+                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).into()),
+            network_user_id: Some(self.nuid.as_str().into())
+                .filter(|n: &std::borrow::Cow<'_, str>| !n.is_empty()),
+        }
+    }
+
+    /// `Name: value` lines for a bad row's payload (without forwarding headers and cookies for
+    /// anonymous requests, as the Snowplow collector does).
+    fn header_lines(&self) -> Vec<std::borrow::Cow<'a, str>> {
+        self.parts
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                !(self.anonymous
+                    && matches!(name.as_str(), "x-forwarded-for" | "x-real-ip" | "cookie"))
+            })
+            .map(|(name, v)| format!("{}: {}", name, String::from_utf8_lossy(v.as_bytes())).into())
+            .collect()
+    }
+}
+
+/// Reads a body up to `max` bytes: `Err((first bytes, bytes seen))` when it is longer.
+async fn read_body(
+    mut body: Body,
+    max: usize,
+    hint: usize,
+) -> Result<Result<Bytes, (Bytes, usize)>, axum::Error> {
+    let mut buf = BytesMut::with_capacity(hint.min(max));
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > max {
+            let total = buf.len() + data.len();
+            buf.truncate(64 << 10);
+            return Ok(Err((buf.freeze(), total)));
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Ok(buf.freeze()))
+}
+
+/// Queues a request's records (or its bad row) and waits until they are in the pipeline.
+async fn submit(
+    shared: &Shared,
+    records: Vec<Record>,
+    failed: Option<Failed>,
+) -> Result<(), StatusCode> {
+    let (done, answered) = oneshot::channel();
+    let job = Job {
+        records,
+        failed,
+        done,
+    };
+    if shared.tx.try_send(job).is_err() {
+        count("busy");
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    answered.await.map_err(|_| {
+        count("stopping");
+        StatusCode::SERVICE_UNAVAILABLE
+    })
+}
+
+/// 400 (or 413): the request becomes a collector payload format violation bad row.
+async fn reject(
+    shared: &Shared,
+    request: &RequestInfo<'_>,
+    mut payload: CollectorPayload<'_>,
+    field: &'static str,
+    reason: String,
+    status: StatusCode,
+    cors: HeaderMap,
+) -> Response {
+    payload.headers = request.header_lines();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(payload.to_bytes());
+    let failed = Failed {
+        record: Record::new(encoded),
+        kind: FailureKind::CollectorPayloadFormat { field },
+        component: "source (collector)".into(),
+        reason: reason.clone(),
+    };
+    if let Err(status) = submit(shared, Vec::new(), Some(failed)).await {
+        return busy(status, cors);
+    }
+    count("bad");
+    let mut r = text(status, &reason);
+    r.headers_mut().extend(cors);
+    r
+}
+
+/// 413: the body is over the limit; a size violation bad row keeps its first bytes.
+async fn too_large(
+    shared: &Shared,
+    request: &RequestInfo<'_>,
+    total: usize,
+    head: Bytes,
+    cors: HeaderMap,
+) -> Response {
+    let limit = shared.config.max_body_bytes.0 as usize;
+    let failed = Failed {
+        record: Record::new(head),
+        kind: FailureKind::Oversized {
+            actual: total,
+            limit,
+        },
+        component: "source (collector)".into(),
+        reason: format!(
+            "{} {} from {}: body of {total} bytes exceeds the limit of {limit} bytes (max_body_bytes)",
+            request.parts.method, request.path, request.ip
+        ),
+    };
+    if let Err(status) = submit(shared, Vec::new(), Some(failed)).await {
+        return busy(status, cors);
+    }
+    count("too_large");
+    let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    r.headers_mut().extend(cors);
+    // The rest of the body is not read: close the connection rather than drain it.
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response {
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    r
+}
+
+/// 503 or 429 with `Retry-After`, so trackers try again.
+fn busy(status: StatusCode, cors: HeaderMap) -> Response {
+    let mut r = text(status, "busy, retry later");
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r.headers_mut().extend(cors);
+    r
+}
+
+/// `Access-Control-Allow-Origin` (the request's Origin, else `*`) and `-Allow-Credentials`.
+fn cors_headers(req: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let origin = req
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| HeaderValue::from_str(v).ok())
+        .unwrap_or(HeaderValue::from_static("*"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    h
+}
+
+fn preflight(shared: &Shared, req: &HeaderMap) -> Response {
+    let mut r = Response::new(Body::empty());
+    let h = r.headers_mut();
+    h.extend(cors_headers(req));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("Content-Type, SP-Anonymous"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, GET, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(shared.config.cors_max_age.0.as_secs()),
+    );
+    r
+}
+
+/// The first address of `X-Forwarded-For`, the client as the Snowplow collector records it.
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let v = headers.get("x-forwarded-for")?.to_str().ok()?;
+    let first = v.split(',').next()?.trim();
+    first
+        .parse()
+        .ok()
+        .or_else(|| first.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, v)| k == name && !v.is_empty())
+        .map(|(_, v)| v.into_owned())
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.trim_matches('"').to_string())
+}
+
+/// The `Set-Cookie` header for the network user id, as the Snowplow collector builds it.
+fn set_cookie(c: &CookieConfig, req: &HeaderMap, nuid: &str) -> Option<HeaderValue> {
+    if !c.enabled {
+        return None;
+    }
+    let expires = std::time::SystemTime::now() + c.expiration.0;
+    let mut v = format!("{}={nuid}; Expires={}; Path=/", c.name, http_date(expires));
+    let origin_host = req
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| o.split("://").nth(1))
+        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host));
+    let domain = c
+        .domains
+        .iter()
+        .find(|d| origin_host.is_some_and(|h| h == d.as_str() || h.ends_with(&format!(".{d}"))))
+        .or(c.fallback_domain.as_ref());
+    if let Some(d) = domain {
+        v.push_str(&format!("; Domain={d}"));
+    }
+    v.push_str(match c.same_site {
+        SameSite::None => "; SameSite=None",
+        SameSite::Lax => "; SameSite=Lax",
+        SameSite::Strict => "; SameSite=Strict",
+    });
+    if c.secure {
+        v.push_str("; Secure");
+    }
+    if c.http_only {
+        v.push_str("; HttpOnly");
+    }
+    HeaderValue::from_str(&v).ok()
+}
+
+/// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let days = secs.div_euclid(86_400);
+    let (y, m, d) = tracker::civil_from_days(days);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+        WEEKDAYS[days.rem_euclid(7) as usize],
+        MONTHS[m as usize - 1],
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+
+    #[test]
+    fn cookies_are_read_and_written_like_the_snowplow_collector() {
+        let mut req = HeaderMap::new();
+        req.insert(
+            header::COOKIE,
+            HeaderValue::from_static("_sp_id.1=abc; sp=d8aae409-b64d; other=1"),
+        );
+        req.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://www.acme.com:8443"),
+        );
+        assert_eq!(cookie_value(&req, "sp").as_deref(), Some("d8aae409-b64d"));
+        let mut c = CookieConfig {
+            domains: vec!["other.org".into(), "acme.com".into()],
+            ..CookieConfig::default()
+        };
+        let v = set_cookie(&c, &req, "n1").unwrap();
+        let v = v.to_str().unwrap();
+        assert!(v.starts_with("sp=n1; Expires="), "{v}");
+        assert!(
+            v.ends_with("; Path=/; Domain=acme.com; SameSite=None; Secure; HttpOnly"),
+            "{v}"
+        );
+        c.domains = vec!["cme.com".into()];
+        c.fallback_domain = Some("fallback.net".into());
+        c.same_site = SameSite::Lax;
+        c.secure = false;
+        let v = set_cookie(&c, &req, "n1").unwrap();
+        assert!(v
+            .to_str()
+            .unwrap()
+            .ends_with("; Domain=fallback.net; SameSite=Lax; HttpOnly"));
+        c.enabled = false;
+        assert!(set_cookie(&c, &req, "n1").is_none());
+    }
+
+    #[test]
+    fn client_address_from_forwarded_for() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forwarded_for(&h), None);
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.4, 10.0.0.1"),
+        );
+        assert_eq!(forwarded_for(&h), Some("198.51.100.4".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_pixel_is_a_gif() {
+        assert!(PIXEL.starts_with(b"GIF89a"));
+        assert_eq!(PIXEL.len(), 43);
+    }
+}
