@@ -38,3 +38,14 @@ else
   echo "setup.sh: python3 is needed by the collector tests" >&2
   exit 1
 fi
+
+# The live viewer browser test: Debian's Chromium, and the demo page's npm packages (the real
+# Snowplow browser tracker + media plugin, esbuild, playwright-core) with its tracker bundle.
+if ! have chromium; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+DEMO="$(cd "$(dirname "$0")/../.." && pwd)/examples/live-viewer/demo"
+if [ ! -d "$DEMO/node_modules/playwright-core" ] || [ ! -f "$DEMO/dist/tracker.js" ]; then
+  (cd "$DEMO" && npm ci --legacy-peer-deps --no-audit --no-fund --loglevel=error && npm run build --silent)
+fi
