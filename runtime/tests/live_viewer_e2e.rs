@@ -18,16 +18,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn a_browser_viewer_goes_watching_paused_in_ad_watching_ended_on_the_dashboard() {
-    let root = repo_root();
-    let demo = root.join("examples/live-viewer/demo");
-    assert!(
-        demo.join("node_modules/playwright-core").is_dir()
-            && demo.join("dist/tracker.js").is_file(),
-        "run runtime/tests/setup.sh first (npm packages and the tracker bundle)"
-    );
-    // The WASM transforms, built as `make demo` builds them.
+/// Builds the demo's WASM transforms as `make demo` does.
+fn build_transforms(root: &std::path::Path) {
     let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
         .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
         .args([
@@ -43,35 +35,145 @@ fn a_browser_viewer_goes_watching_paused_in_ad_watching_ended_on_the_dashboard()
         .status()
         .unwrap();
     assert!(status.success());
+}
 
-    let dir = tempfile::tempdir().unwrap();
+/// Starts the demo pipeline on free ports; returns weir and the collector and dashboard ports.
+fn start_demo(root: &std::path::Path, store: &std::path::Path) -> (std::process::Child, u16, u16) {
+    build_transforms(root);
     let (collector, dashboard) = (free_port(), free_port());
-    let mut weir = weir()
+    let weir = weir()
         .args([
             "run",
             "--progress=never",
             "examples/live-viewer/pipeline.toml",
         ])
-        .current_dir(&root)
+        .current_dir(root)
         .env("WEIR__SOURCE__ADDRESS", format!("127.0.0.1:{collector}"))
         .env(
             "WEIR__SINK__DASHBOARD__ADDRESS",
             format!("127.0.0.1:{dashboard}"),
         )
-        .env("WEIR__SINK__PATH", dir.path().join("profiles.redb"))
+        .env("WEIR__SINK__PATH", store)
         .env("WEIR__HTTP__ADDRESS", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for port in [dashboard, collector] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "weir did not start");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    (weir, collector, dashboard)
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    target: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// The recorded JS tracker session (a 30 s test pattern with two ad breaks, one ad skipped,
+/// played to the end) replayed at the demo's collector gives the profile of what happened.
+#[test]
+fn replaying_the_recorded_tracker_session_gives_the_profile_of_that_session() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut weir, collector, dashboard) = start_demo(&root, &dir.path().join("profiles.redb"));
+    let rows = std::fs::read_to_string(fixture("collector/js-tracker-post.jsonl")).unwrap();
+    for line in rows.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if r["method"] != "POST" {
+            continue;
+        }
+        let headers: Vec<(String, String)> = r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h[0].as_str().unwrap().to_string(),
+                    h[1].as_str().unwrap().to_string(),
+                )
+            })
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "host" | "content-length" | "connection" | "accept-encoding"
+                )
+            })
+            .collect();
+        let (status, _) = http(
+            collector,
+            "POST",
+            r["path"].as_str().unwrap(),
+            &headers,
+            r["body"].as_str().unwrap(),
+        );
+        assert_eq!(status, 200);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let profile = loop {
+        let (_, body) = http(dashboard, "GET", "/api/viewers", &[], "");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let viewers = v["viewers"].as_array().unwrap().clone();
+        if let Some(p) = viewers.iter().find(|p| p["status"] == "ended") {
+            assert_eq!(viewers.len(), 1, "one viewer: {viewers:?}");
+            break p.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ended viewer: {viewers:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = weir.kill();
+    let _ = weir.wait();
+    assert_eq!(profile["media"]["title"], "Fixture test pattern (30 s)");
+    assert_eq!(profile["session"]["ads"].as_f64(), Some(2.0), "{profile}");
+    assert_eq!(
+        profile["session"]["ads_skipped"].as_f64(),
+        Some(1.0),
+        "{profile}"
+    );
+    assert_eq!(profile["last_event"], "end_event");
+}
+
+#[test]
+fn a_browser_viewer_goes_watching_paused_in_ad_watching_ended_on_the_dashboard() {
+    let root = repo_root();
+    let demo = root.join("examples/live-viewer/demo");
+    assert!(
+        demo.join("node_modules/playwright-core").is_dir()
+            && demo.join("dist/tracker.js").is_file(),
+        "run runtime/tests/setup.sh first (npm packages and the tracker bundle)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut weir, collector, dashboard) = start_demo(&root, &dir.path().join("profiles.redb"));
     let shot = root.join("target/live-viewer-e2e.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
-    // Wait for the dashboard to listen.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", dashboard)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "weir did not start");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     let out = std::process::Command::new("node")
         .arg("e2e.mjs")
         .arg(format!("http://127.0.0.1:{dashboard}"))
