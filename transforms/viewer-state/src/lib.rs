@@ -30,9 +30,10 @@ const PLAYER: &str = "iglu:com.snowplowanalytics.snowplow/media_player/jsonschem
 const SESSION: &str = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/";
 const AD: &str = "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/";
 const AD_BREAK: &str = "iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/";
-/// State key of the set of known viewers, read by `flush` to find expired ones. It is written
-/// only when a viewer appears or expires, not on every event.
-const INDEX: &[u8] = b"\0viewers";
+/// The set of known viewers, read by `flush` to find expired ones, is kept in this many state
+/// entries (by a hash of the viewer id), each written only when one of its viewers appears or
+/// expires: a new viewer rewrites one small bucket, not a list of every viewer.
+const INDEX_BUCKETS: u32 = 64;
 const READS: [usize; 13] = [
     fields::APP_ID,
     fields::COLLECTOR_TSTAMP,
@@ -120,9 +121,10 @@ impl Stateful for ViewerState {
             Some(bytes) => serde_json::from_slice(bytes)
                 .map_err(|e| format!("corrupt state for {viewer_str}: {e}"))?,
             None => {
-                let mut index = read_index(state).unwrap_or_default();
+                let bucket = bucket_of(viewer_str);
+                let mut index = read_index(state, bucket).unwrap_or_default();
                 index.insert(viewer_str.to_string());
-                write_index(state, &index);
+                write_index(state, bucket, &index);
                 Stored {
                     profile: json!({ "viewer_id": viewer_str, "events": 0 }),
                     newest_ms: i64::MIN,
@@ -173,30 +175,32 @@ impl Stateful for ViewerState {
     /// Removes viewers silent for longer than `ttl`, emitting a removal record for each.
     fn flush(&mut self, state: &mut State<'_>, out: &mut Emitted) {
         let now = now_ms();
-        let Some(mut index) = read_index(state) else {
-            return;
-        };
-        let mut expired = Vec::new();
-        for id in &index {
-            let active = state
-                .get(id.as_bytes())
-                .and_then(|b| serde_json::from_slice::<Stored>(b).ok())
-                .map(|s| s.active_ms);
-            // Gone from state (its own TTL ran out) or silent too long.
-            if active.is_none_or(|a| now - a > self.ttl_ms as i64) {
-                expired.push(id.clone());
+        for bucket in 0..INDEX_BUCKETS {
+            let Some(mut index) = read_index(state, bucket) else {
+                continue;
+            };
+            let mut expired = Vec::new();
+            for id in &index {
+                let active = state
+                    .get(id.as_bytes())
+                    .and_then(|b| serde_json::from_slice::<Stored>(b).ok())
+                    .map(|s| s.active_ms);
+                // Gone from state (its own TTL ran out) or silent too long.
+                if active.is_none_or(|a| now - a > self.ttl_ms as i64) {
+                    expired.push(id.clone());
+                }
             }
+            if expired.is_empty() {
+                continue;
+            }
+            for id in &expired {
+                index.remove(id);
+                state.delete(id.as_bytes());
+                let doc = json!({ "viewer_id": id, "removed": true });
+                out.emit_with_key(doc.to_string().as_bytes(), id.as_bytes());
+            }
+            write_index(state, bucket, &index);
         }
-        if expired.is_empty() {
-            return;
-        }
-        for id in &expired {
-            index.remove(id);
-            state.delete(id.as_bytes());
-            let doc = json!({ "viewer_id": id, "removed": true });
-            out.emit_with_key(doc.to_string().as_bytes(), id.as_bytes());
-        }
-        write_index(state, &index);
     }
 }
 
@@ -211,14 +215,29 @@ fn viewer_id<'r>(event: &Record<'r>) -> Option<&'r [u8]> {
 
 type Index = std::collections::BTreeSet<String>;
 
-fn read_index(state: &mut State<'_>) -> Option<Index> {
+fn bucket_of(viewer: &str) -> u32 {
+    // FNV-1a: stable across builds and platforms.
+    let h = viewer.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    });
+    h % INDEX_BUCKETS
+}
+
+fn index_key(bucket: u32) -> Vec<u8> {
+    format!("\0viewers/{bucket:02x}").into_bytes()
+}
+
+fn read_index(state: &mut State<'_>, bucket: u32) -> Option<Index> {
     state
-        .get(INDEX)
+        .get(&index_key(bucket))
         .and_then(|b| serde_json::from_slice(b).ok())
 }
 
-fn write_index(state: &mut State<'_>, index: &Index) {
-    state.put(INDEX, &serde_json::to_vec(index).unwrap_or_default());
+fn write_index(state: &mut State<'_>, bucket: u32, index: &Index) {
+    state.put(
+        &index_key(bucket),
+        &serde_json::to_vec(index).unwrap_or_default(),
+    );
 }
 
 /// The profile without the fields every event changes, to decide whether it "changed".
