@@ -17,34 +17,9 @@ fn validate(path: &std::path::Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// Example configs name WASM transforms built into `transforms/target` (as `make demo` builds
-/// them): build them the same way if they are missing, so that validation really loads them.
-fn build_example_transforms() {
-    let root = repo_root();
-    let wasm = root.join("transforms/target/wasm32-unknown-unknown/release");
-    if wasm.join("media_filter.wasm").is_file() && wasm.join("viewer_state.wasm").is_file() {
-        return;
-    }
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
-        .args([
-            "--target-dir",
-            "target",
-            "-p",
-            "media-filter",
-            "-p",
-            "viewer-state",
-        ])
-        // From transforms/, so that its .cargo/config.toml (wasm SIMD) applies.
-        .current_dir(root.join("transforms"))
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the example transforms failed");
-}
-
 #[test]
 fn every_example_config_validates() {
+    // Example configs name WASM transforms: build them, so that validation really loads them.
     build_example_transforms();
     let mut checked = 0;
     for dir in ["examples", "deploy"] {

@@ -18,28 +18,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Builds the demo's WASM transforms as `make demo` does.
-fn build_transforms(root: &std::path::Path) {
-    let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
-        .args([
-            "--target-dir",
-            "target",
-            "-p",
-            "media-filter",
-            "-p",
-            "viewer-state",
-        ])
-        .current_dir(root.join("transforms"))
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Starts the demo pipeline on free ports; returns weir and the collector and dashboard ports.
 fn start_demo(root: &std::path::Path, store: &std::path::Path) -> (std::process::Child, u16, u16) {
-    build_transforms(root);
+    build_example_transforms();
     let (collector, dashboard) = (free_port(), free_port());
     let weir = weir()
         .args([

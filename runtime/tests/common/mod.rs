@@ -110,3 +110,24 @@ pub fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
+
+/// Builds the WASM transforms the example configs name, as `make demo` does (into
+/// transforms/target, from transforms/ so that its .cargo/config.toml applies).
+pub fn build_example_transforms() {
+    let root = repo_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
+        .args([
+            "--target-dir",
+            "target",
+            "-p",
+            "media-filter",
+            "-p",
+            "viewer-state",
+        ])
+        .current_dir(root.join("transforms"))
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the example transforms failed");
+}
