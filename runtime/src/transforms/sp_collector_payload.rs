@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{Transform, TransformConfig, TransformType};
 use crate::config::{ConfigError, Origin};
-use crate::record::{Batch, Failed, FailureKind, Record};
+use crate::record::{Batch, Failed, FailureKind, Meta, Record};
 use crate::snowplow::{collector_payload, tracker};
 
 /// ```toml
@@ -161,13 +161,15 @@ impl Transform for ToEnriched {
         let mut out = Vec::with_capacity(input * 2);
         std::mem::swap(&mut batch.records, &mut self.scratch);
         self.ends.clear();
-        // (key, index of the first end offset) of each converted record.
-        let mut groups: Vec<(Option<Bytes>, usize)> = Vec::with_capacity(self.scratch.len());
+        // (key, source metadata, index of the first end offset) of each converted record: the
+        // events of one payload keep the key and the Kafka/Kinesis position it was read from.
+        let mut groups: Vec<(Option<Bytes>, Option<Box<Meta>>, usize)> =
+            Vec::with_capacity(self.scratch.len());
         let records = std::mem::take(&mut self.scratch);
         for r in &records {
             let first = self.ends.len();
             match self.convert(&r.value, etl_ms, &mut out) {
-                Ok(()) => groups.push((r.key.clone(), first)),
+                Ok(()) => groups.push((r.key.clone(), r.meta.clone(), first)),
                 Err((field, reason)) => {
                     let payload = if looks_like_base64(&r.value) {
                         r.value.clone()
@@ -191,13 +193,13 @@ impl Transform for ToEnriched {
         self.scratch.clear();
         let buf = Bytes::from(out);
         let mut start = 0;
-        for (gi, (key, first)) in groups.iter().enumerate() {
-            let last = groups.get(gi + 1).map_or(self.ends.len(), |g| g.1);
+        for (gi, (key, meta, first)) in groups.iter().enumerate() {
+            let last = groups.get(gi + 1).map_or(self.ends.len(), |g| g.2);
             for &end in &self.ends[*first..last] {
                 batch.records.push(Record {
                     value: buf.slice(start..end),
                     key: key.clone(),
-                    meta: None,
+                    meta: meta.clone(),
                 });
                 start = end;
             }
@@ -248,6 +250,41 @@ mod tests {
         let mut batch = Batch::new(records, Ack::none());
         t.process(&mut batch);
         batch
+    }
+
+    #[test]
+    fn events_keep_the_source_position_of_their_payload() {
+        let meta = |offset| {
+            Some(Box::new(Meta {
+                topic: Some("raw".into()),
+                partition: 3,
+                offset,
+                timestamp: Some(1_795_677_553_600),
+                headers: vec![("h".into(), Bytes::from_static(b"v"))],
+            }))
+        };
+        let records = vec![
+            Record {
+                value: payload(&body(2)).into(),
+                key: None,
+                meta: meta(41),
+            },
+            Record {
+                value: payload(&body(1)).into(),
+                key: None,
+                meta: meta(42),
+            },
+        ];
+        let batch = run(records, 1);
+        let offsets: Vec<i64> = batch
+            .records
+            .iter()
+            .map(|r| r.meta.as_ref().expect("meta kept").offset)
+            .collect();
+        assert_eq!(offsets, [41, 41, 42]);
+        let m = batch.records[2].meta.as_ref().unwrap();
+        assert_eq!((m.topic.as_deref(), m.partition), (Some("raw"), 3));
+        assert_eq!(m.headers, [("h".to_string(), Bytes::from_static(b"v"))]);
     }
 
     #[test]
