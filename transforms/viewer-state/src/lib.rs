@@ -162,7 +162,7 @@ impl Stateful for ViewerState {
         );
 
         state.put_with_ttl(&seen_key, b"", self.dedup_ms);
-        let changed = strip_volatile(&before) != strip_volatile(&stored.profile);
+        let changed = !same_but_volatile(&before, &stored.profile);
         let bytes = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
         state.put_with_ttl(viewer, &bytes, self.ttl_ms.saturating_mul(2));
         if changed {
@@ -240,15 +240,17 @@ fn write_index(state: &mut State<'_>, bucket: u32, index: &Index) {
     );
 }
 
-/// The profile without the fields every event changes, to decide whether it "changed".
-fn strip_volatile(p: &Value) -> Value {
-    let mut p = p.clone();
-    if let Some(o) = p.as_object_mut() {
-        for k in ["events", "version", "last_seen"] {
-            o.remove(k);
-        }
-    }
-    p
+/// Keys every event changes: a profile that differs only in these did not "change".
+const VOLATILE: [&str; 3] = ["events", "version", "last_seen"];
+
+/// Whether two profiles are equal apart from [`VOLATILE`] keys (compared in place, no copies).
+fn same_but_volatile(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let stable = |(k, _): &(&String, &Value)| !VOLATILE.contains(&k.as_str());
+    a.iter().filter(stable).count() == b.iter().filter(stable).count()
+        && a.iter().filter(stable).all(|(k, v)| b.get(k) == Some(v))
 }
 
 /// The fields that follow the newest event: status, media, ad, session, page.

@@ -241,3 +241,15 @@ fn events_without_a_viewer_fail_and_settings_are_checked() {
     assert!(testing::stateful::<ViewerState>(&[("ttl", "soon")]).is_err());
     assert!(testing::stateful::<ViewerState>(&[("tll", "5m")]).is_err());
 }
+
+#[test]
+fn a_change_is_one_outside_the_volatile_keys() {
+    let a = json!({"viewer_id": "v", "status": "playing", "events": 1, "version": "1", "last_seen": "t1"});
+    let same = json!({"viewer_id": "v", "status": "playing", "events": 2, "version": "2", "last_seen": "t2"});
+    let moved = json!({"viewer_id": "v", "status": "paused", "events": 2, "version": "2", "last_seen": "t2"});
+    let grown = json!({"viewer_id": "v", "status": "playing", "events": 2, "ad": {"id": "x"}});
+    assert!(same_but_volatile(&a, &same));
+    assert!(!same_but_volatile(&a, &moved));
+    assert!(!same_but_volatile(&a, &grown), "a new key is a change");
+    assert!(!same_but_volatile(&grown, &a), "a removed key is a change");
+}
