@@ -90,7 +90,7 @@ pub struct DynamoDbConfig {
     pub create_table: bool,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    #[serde(default = "default_attempts")]
+    #[serde(default = "aws::default_max_attempts")]
     pub max_attempts: u32,
 }
 
@@ -99,9 +99,6 @@ fn default_tombstone() -> String {
 }
 fn default_concurrency() -> usize {
     16
-}
-fn default_attempts() -> u32 {
-    10
 }
 
 impl SinkType for DynamoDbConfig {
@@ -133,13 +130,7 @@ impl SinkConfig for DynamoDbConfig {
                 "`ttl_attribute` and `ttl` go together: set both or neither",
             ));
         }
-        if self.concurrency == 0 {
-            return Err(origin.error("concurrency", "expected at least 1, found 0"));
-        }
-        if self.max_attempts == 0 {
-            return Err(origin.error("max_attempts", "expected at least 1, found 0"));
-        }
-        Ok(())
+        aws::check_requests(origin, self.concurrency, self.max_attempts)
     }
 
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
