@@ -236,10 +236,13 @@ mod tests {
 
     use super::*;
 
+    /// A scripted outcome of one write.
+    type Outcome = fn() -> Result<(), SinkError>;
+
     /// A child that answers each write with the next scripted outcome (then `Ok`) and counts
     /// the writes it saw.
     struct Fake {
-        script: VecDeque<fn() -> Result<(), SinkError>>,
+        script: VecDeque<Outcome>,
         writes: Arc<Mutex<usize>>,
     }
 
@@ -251,9 +254,7 @@ mod tests {
         }
     }
 
-    fn fanout(
-        scripts: Vec<Vec<fn() -> Result<(), SinkError>>>,
-    ) -> (FanoutSink, Vec<Arc<Mutex<usize>>>) {
+    fn fanout(scripts: Vec<Vec<Outcome>>) -> (FanoutSink, Vec<Arc<Mutex<usize>>>) {
         let mut counts = Vec::new();
         let children = scripts
             .into_iter()
@@ -406,7 +407,7 @@ mod tests {
                 "expected an array of sinks ([[sink.sinks]] in TOML), found a string",
             ),
             (format!("{head}sink = []\n"), "sink.sink", "did you mean `sinks`?"),
-            (format!("{head}"), "sink", "missing required key `sinks`"),
+            (head.to_string(), "sink", "missing required key `sinks`"),
         ];
         for (toml, key, message) in cases {
             let e = load(&toml).unwrap_err();
