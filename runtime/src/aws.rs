@@ -8,6 +8,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::config::{ConfigError, Origin};
+
 /// Region, credentials and endpoint from the standard AWS chain (environment, profile files, web
 /// identity, container and instance metadata), with `region` and `endpoint_url` from the config
 /// taking precedence when set (`endpoint_url` for LocalStack and emulators).
@@ -20,6 +22,26 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> Sdk
         loader = loader.endpoint_url(url);
     }
     loader.load().await
+}
+
+/// Default `max_attempts` of the AWS sinks: tries per request before the batch is retried whole.
+pub fn default_max_attempts() -> u32 {
+    10
+}
+
+/// Checks the request settings every AWS sink has (`concurrency`, `max_attempts`).
+pub fn check_requests(
+    origin: &Origin,
+    concurrency: usize,
+    max_attempts: u32,
+) -> Result<(), ConfigError> {
+    if concurrency == 0 {
+        return Err(origin.error("concurrency", "expected at least 1, found 0"));
+    }
+    if max_attempts == 0 {
+        return Err(origin.error("max_attempts", "expected at least 1, found 0"));
+    }
+    Ok(())
 }
 
 /// What an SDK error means for the caller.

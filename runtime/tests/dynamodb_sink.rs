@@ -9,6 +9,9 @@ use std::sync::atomic::Ordering::SeqCst;
 use aws::*;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
+use weir::record::Record;
+use weir::sinks::dynamodb::{is_tombstone, DynamoDbConfig, DynamoDbSink};
+use weir::sinks::Sink;
 
 fn run_weir(config: &std::path::Path) -> std::process::Output {
     let mut c = weir();
@@ -98,13 +101,23 @@ max_records = 50
     assert!(out.status.success(), "weir failed:\n{stderr}");
 
     let client = dynamodb(&moto.endpoint).await;
-    let items = scan_all(&client, "viewer_profiles").await;
+    let (items, tombstones): (Vec<_>, Vec<_>) = scan_all(&client, "viewer_profiles")
+        .await
+        .into_iter()
+        .partition(|i| !is_tombstone(i, "deleted"));
     let by_viewer: HashMap<String, _> = items
         .iter()
         .map(|i| (i["viewer_id"].as_s().unwrap().clone(), i.clone()))
         .collect();
     assert_eq!(items.len(), 40, "one item per viewer, the removed one gone");
     assert_eq!(by_viewer.len(), 40);
+    // The removed viewer is a tombstone at the removal's version, without its attributes.
+    assert_eq!(tombstones.len(), 1, "{tombstones:?}");
+    let t = &tombstones[0];
+    assert_eq!(t["viewer_id"].as_s().unwrap(), "viewer-gone");
+    assert_eq!(t["version"].as_s().unwrap(), "2026-11-26T09:00:02.000Z#b");
+    assert!(!t.contains_key("status"), "{t:?}");
+    assert!(t.contains_key("expires_at"), "tombstones expire: {t:?}");
     for v in 0..40 {
         let item = &by_viewer[&format!("viewer-{v}")];
         assert_eq!(
@@ -199,6 +212,110 @@ concurrency = 4
     let twice: Vec<_> = sent.iter().filter(|(_, c)| **c > 1).collect();
     assert!(twice.is_empty(), "written more than once: {twice:?}");
     assert_eq!(scan_all(&client, "events").await.len(), n);
+}
+
+/// Writes `lines` as one batch.
+async fn write_batch(sink: &mut DynamoDbSink, lines: &[&str]) {
+    let records: Vec<Record> = lines.iter().map(|l| Record::new(l.to_string())).collect();
+    sink.write(&records).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_item_is_not_recreated_by_an_older_update_but_is_by_a_newer_one() {
+    let moto = Moto::start();
+    let client = dynamodb(&moto.endpoint).await;
+    let cfg: DynamoDbConfig = serde_json::from_str(
+        r#"{"table":"profiles","partition_key":"viewer_id","version_attribute":"version",
+            "removal_field":"removed","ttl_attribute":"expires_at","ttl":"1h"}"#,
+    )
+    .unwrap();
+    weir::sinks::dynamodb::create_table(&client, &cfg)
+        .await
+        .unwrap();
+    let mut sink = DynamoDbSink::with_client(cfg, client.clone());
+    let get = |id: &str| {
+        let client = client.clone();
+        let id = id.to_string();
+        async move {
+            client
+                .get_item()
+                .table_name("profiles")
+                .key("viewer_id", AttributeValue::S(id))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap()
+        }
+    };
+    write_batch(
+        &mut sink,
+        &[
+            r#"{"viewer_id":"a","version":"0003","status":"watching"}"#,
+            r#"{"viewer_id":"b","version":"0003","status":"paused"}"#,
+            r#"{"viewer_id":"c","version":"0003","status":"ended"}"#,
+        ],
+    )
+    .await;
+    // `a` and `b` removed at a version; `c` by viewer-state's versionless expiry record, which
+    // tombstones the stored version.
+    write_batch(
+        &mut sink,
+        &[
+            r#"{"viewer_id":"a","version":"0004","removed":true}"#,
+            r#"{"viewer_id":"b","version":"0004","removed":true}"#,
+            r#"{"viewer_id":"c","removed":true}"#,
+        ],
+    )
+    .await;
+    let c = get("c").await;
+    assert!(is_tombstone(&c, "deleted"), "{c:?}");
+    assert_eq!(c["version"].as_s().unwrap(), "0003");
+    // Late, older updates (and a replay of `c`'s last one) arrive after the removals.
+    write_batch(
+        &mut sink,
+        &[
+            r#"{"viewer_id":"a","version":"0002","status":"late"}"#,
+            r#"{"viewer_id":"b","version":"0003","status":"replayed"}"#,
+            r#"{"viewer_id":"c","version":"0003","status":"ended"}"#,
+        ],
+    )
+    .await;
+    for id in ["a", "b", "c"] {
+        let item = get(id).await;
+        assert!(
+            is_tombstone(&item, "deleted"),
+            "{id} stays removed: {item:?}"
+        );
+        assert!(!item.contains_key("status"), "{item:?}");
+    }
+    // A newer update re-creates the viewer.
+    write_batch(
+        &mut sink,
+        &[r#"{"viewer_id":"a","version":"0005","status":"back"}"#],
+    )
+    .await;
+    let a = get("a").await;
+    assert!(!is_tombstone(&a, "deleted"), "{a:?}");
+    assert_eq!(a["status"].as_s().unwrap(), "back");
+    // Removing an item that was never written leaves a tombstone only with a version.
+    write_batch(
+        &mut sink,
+        &[
+            r#"{"viewer_id":"d","removed":true}"#,
+            r#"{"viewer_id":"e","version":"0001","removed":true}"#,
+        ],
+    )
+    .await;
+    write_batch(
+        &mut sink,
+        &[r#"{"viewer_id":"e","version":"0001","status":"replayed"}"#],
+    )
+    .await;
+    let all = scan_all(&client, "profiles").await;
+    assert!(!all.iter().any(|i| i["viewer_id"].as_s().unwrap() == "d"));
+    assert!(is_tombstone(&get("e").await, "deleted"));
 }
 
 /// Bench (run with `--ignored --nocapture`): items/s into the emulator with BatchWriteItem vs one

@@ -17,7 +17,17 @@
 //! - Throttling and transient errors are retried; records that can never be written (not a JSON
 //!   object, no key, an item over 400 KB, a request DynamoDB rejects as invalid) are rejected to
 //!   the failure sink as bad rows.
-//! - `removal_field`: a record whose field of that name is `true` deletes its item.
+//! - `removal_field`: a record whose field of that name is `true` removes its item. With
+//!   `version_attribute`, a removal leaves a tombstone instead of deleting outright: the item is
+//!   replaced by its key, its version, `tombstone_attribute` (default `deleted`) = true and the
+//!   TTL attribute, conditioned on the version like every write. A late, older update then finds
+//!   a stored version at least as new and is discarded: it cannot re-create the removed item,
+//!   while a newer update replaces the tombstone. A removal record carrying a version tombstones
+//!   at that version; one without (e.g. viewer-state's expiry, `{"viewer_id": …, "removed":
+//!   true}`) tombstones whatever version is stored, read first and written only if unchanged.
+//!   Readers of the table skip items whose `tombstone_attribute` is true (see [`is_tombstone`]);
+//!   DynamoDB's TTL removes tombstones with the rest. Without `version_attribute` a removal
+//!   deletes the item.
 //! - `ttl_attribute` + `ttl`: each written item gets that attribute set to now + `ttl` (epoch
 //!   seconds), for DynamoDB's time-to-live expiry.
 
@@ -51,7 +61,8 @@ pub const MAX_BATCH_ITEMS: usize = 25;
 /// # sort_key = "media_id"              # optional second key field
 /// # attributes = ["status", "video_ts"] # optional: only these fields (default: every field)
 /// version_attribute = "version"         # optional: conditional upserts, newest version wins
-/// removal_field = "removed"             # optional: `"removed": true` deletes the item
+/// removal_field = "removed"             # optional: `"removed": true` removes the item
+/// tombstone_attribute = "deleted"       # marks removed items (with `version_attribute`)
 /// ttl_attribute = "expires_at"          # optional, with `ttl`
 /// ttl = "30d"
 /// # region = "eu-west-1"               # default: the standard AWS chain
@@ -69,6 +80,8 @@ pub struct DynamoDbConfig {
     pub attributes: Option<Vec<String>>,
     pub version_attribute: Option<String>,
     pub removal_field: Option<String>,
+    #[serde(default = "default_tombstone")]
+    pub tombstone_attribute: String,
     pub ttl_attribute: Option<String>,
     pub ttl: Option<config::Duration>,
     pub region: Option<String>,
@@ -77,15 +90,15 @@ pub struct DynamoDbConfig {
     pub create_table: bool,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    #[serde(default = "default_attempts")]
+    #[serde(default = "aws::default_max_attempts")]
     pub max_attempts: u32,
 }
 
+fn default_tombstone() -> String {
+    "deleted".to_string()
+}
 fn default_concurrency() -> usize {
     16
-}
-fn default_attempts() -> u32 {
-    10
 }
 
 impl SinkType for DynamoDbConfig {
@@ -100,6 +113,7 @@ impl SinkConfig for DynamoDbConfig {
             ("sort_key", self.sort_key.as_ref()),
             ("version_attribute", self.version_attribute.as_ref()),
             ("removal_field", self.removal_field.as_ref()),
+            ("tombstone_attribute", Some(&self.tombstone_attribute)),
             ("ttl_attribute", self.ttl_attribute.as_ref()),
         ] {
             if value.is_some_and(|v| v.is_empty()) {
@@ -116,13 +130,7 @@ impl SinkConfig for DynamoDbConfig {
                 "`ttl_attribute` and `ttl` go together: set both or neither",
             ));
         }
-        if self.concurrency == 0 {
-            return Err(origin.error("concurrency", "expected at least 1, found 0"));
-        }
-        if self.max_attempts == 0 {
-            return Err(origin.error("max_attempts", "expected at least 1, found 0"));
-        }
-        Ok(())
+        aws::check_requests(origin, self.concurrency, self.max_attempts)
     }
 
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
@@ -150,7 +158,11 @@ struct Op {
 #[derive(Debug, Clone)]
 enum OpKind {
     Put(HashMap<String, AttributeValue>),
-    Delete,
+    /// Remove the item (leaving a tombstone, expiring at the given epoch second, when writes
+    /// are versioned).
+    Delete {
+        expires: Option<u64>,
+    },
 }
 
 impl DynamoDbSink {
@@ -207,6 +219,10 @@ impl DynamoDbSink {
         if pk.len() > 2048 || sk.as_ref().is_some_and(|s| s.len() > 1024) {
             return Err("key too long (partition key ≤ 2048 bytes, sort key ≤ 1024)".into());
         }
+        let removed = cfg
+            .removal_field
+            .as_ref()
+            .is_some_and(|f| obj.get(f) == Some(&serde_json::Value::Bool(true)));
         let version = match &cfg.version_attribute {
             Some(v) => match obj.get(v) {
                 Some(val @ (serde_json::Value::String(_) | serde_json::Value::Number(_))) => {
@@ -217,16 +233,14 @@ impl DynamoDbSink {
                         "version field `{v}` must be a string or a number, found {other}"
                     ))
                 }
+                // A removal without a version removes whatever version is stored.
+                None if removed => None,
                 None => return Err(format!("missing version field `{v}`")),
             },
             None => None,
         };
-        let removed = cfg
-            .removal_field
-            .as_ref()
-            .is_some_and(|f| obj.get(f) == Some(&serde_json::Value::Bool(true)));
         let kind = if removed {
-            OpKind::Delete
+            OpKind::Delete { expires }
         } else {
             if let Some(f) = &cfg.removal_field {
                 obj.remove(f);
@@ -291,9 +305,16 @@ impl Sink for DynamoDbSink {
         let mut latest: HashMap<(String, Option<String>), Op> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
             match self.op(i, r, expires) {
-                Ok(op) => match latest.get(&op.key) {
+                Ok(mut op) => match latest.get(&op.key) {
                     Some(prev) if newer(&prev.version, &op.version) => {}
-                    _ => {
+                    Some(prev) => {
+                        // A removal without a version removes the update it follows.
+                        if op.version.is_none() && matches!(op.kind, OpKind::Delete { .. }) {
+                            op.version = prev.version.clone();
+                        }
+                        latest.insert(op.key.clone(), op);
+                    }
+                    None => {
                         latest.insert(op.key.clone(), op);
                     }
                 },
@@ -388,25 +409,21 @@ impl DynamoDbSink {
                         Err(e) => (aws::classify(&e), aws::describe(&e)),
                     }
                 }
-                OpKind::Delete => {
-                    let mut req = client
-                        .delete_item()
-                        .table_name(&cfg.table)
-                        .set_key(Some(self.key_item(&op)));
-                    if let (true, Some(v), Some(name)) =
-                        (conditional, &op.version, &cfg.version_attribute)
-                    {
-                        req = req
-                            .condition_expression(
-                                "attribute_not_exists(#pk) OR #version <= :version",
-                            )
-                            .expression_attribute_names("#pk", &cfg.partition_key)
-                            .expression_attribute_names("#version", name)
-                            .expression_attribute_values(":version", v.clone());
-                    }
-                    match req.send().await {
-                        Ok(_) => return Ok(None),
-                        Err(e) => (aws::classify(&e), aws::describe(&e)),
+                OpKind::Delete { expires } => {
+                    let done = match (conditional, &cfg.version_attribute) {
+                        (true, Some(name)) => self.tombstone(client, &op, name, *expires).await,
+                        _ => client
+                            .delete_item()
+                            .table_name(&cfg.table)
+                            .set_key(Some(self.key_item(&op)))
+                            .send()
+                            .await
+                            .map(drop)
+                            .map_err(|e| (aws::classify(&e), aws::describe(&e))),
+                    };
+                    match done {
+                        Ok(()) => return Ok(None),
+                        Err(e) => e,
                     }
                 }
             };
@@ -428,6 +445,84 @@ impl DynamoDbSink {
                     tokio::time::sleep(aws::backoff(attempt)).await;
                 }
             }
+        }
+    }
+
+    /// Replaces the item by a tombstone: its key, a version, the tombstone attribute and the TTL.
+    /// With the removal's own version, conditioned like a put (`<=`: a tombstone of the same
+    /// version is rewritten harmlessly); without one, at the stored version, written only if that
+    /// is still the stored version (a concurrent change makes this a transient error: re-read).
+    async fn tombstone(
+        &self,
+        client: &Client,
+        op: &Op,
+        version_name: &str,
+        expires: Option<u64>,
+    ) -> Result<(), (ErrorClass, String)> {
+        let cfg = &self.cfg;
+        let (version, condition) = match &op.version {
+            Some(v) => (
+                v.clone(),
+                "attribute_not_exists(#pk) OR #version <= :version",
+            ),
+            None => {
+                let stored = client
+                    .get_item()
+                    .table_name(&cfg.table)
+                    .set_key(Some(self.key_item(op)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| (aws::classify(&e), aws::describe(&e)))?
+                    .item;
+                let Some(stored) = stored else {
+                    return Ok(()); // nothing to remove
+                };
+                if is_tombstone(&stored, &cfg.tombstone_attribute) {
+                    return Ok(());
+                }
+                let Some(v) = stored.get(version_name) else {
+                    // Written without a version: nothing can be older than the removal.
+                    return client
+                        .delete_item()
+                        .table_name(&cfg.table)
+                        .set_key(Some(self.key_item(op)))
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|e| (aws::classify(&e), aws::describe(&e)));
+                };
+                (v.clone(), "#version = :version")
+            }
+        };
+        let mut item = self.key_item(op);
+        item.insert(version_name.to_string(), version.clone());
+        item.insert(cfg.tombstone_attribute.clone(), AttributeValue::Bool(true));
+        if let (Some(name), Some(at)) = (&cfg.ttl_attribute, expires) {
+            item.insert(name.clone(), AttributeValue::N(at.to_string()));
+        }
+        let mut req = client
+            .put_item()
+            .table_name(&cfg.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .expression_attribute_names("#version", version_name)
+            .expression_attribute_values(":version", version);
+        if op.version.is_some() {
+            req = req.expression_attribute_names("#pk", &cfg.partition_key);
+        }
+        match req.send().await {
+            Ok(_) => {
+                metrics::counter!("weir_dynamodb_tombstones_total").increment(1);
+                Ok(())
+            }
+            Err(e) => match aws::classify(&e) {
+                ErrorClass::ConditionFailed if op.version.is_none() => Err((
+                    ErrorClass::Transient,
+                    "the item changed while being removed".to_string(),
+                )),
+                class => Err((class, aws::describe(&e))),
+            },
         }
     }
 
@@ -467,7 +562,7 @@ impl DynamoDbSink {
                             .expect("item is set"),
                     )
                     .build(),
-                OpKind::Delete => WriteRequest::builder()
+                OpKind::Delete { .. } => WriteRequest::builder()
                     .delete_request(
                         DeleteRequest::builder()
                             .set_key(Some(self.key_item(op)))
@@ -541,6 +636,15 @@ impl DynamoDbSink {
             tokio::time::sleep(aws::backoff(attempt)).await;
         }
     }
+}
+
+/// True if a stored item is a removal's tombstone (its `tombstone_attribute` is true): readers of
+/// the table skip these.
+pub fn is_tombstone(item: &HashMap<String, AttributeValue>, tombstone_attribute: &str) -> bool {
+    matches!(
+        item.get(tombstone_attribute),
+        Some(AttributeValue::Bool(true))
+    )
 }
 
 fn to_attr(v: &serde_json::Value) -> AttributeValue {
@@ -657,6 +761,7 @@ mod tests {
             attributes: None,
             version_attribute: Some("version".into()),
             removal_field: Some("removed".into()),
+            tombstone_attribute: "deleted".into(),
             ttl_attribute: Some("expires_at".into()),
             ttl: Some(config::Duration(Duration::from_secs(60))),
             region: None,
@@ -695,7 +800,18 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert!(matches!(del.kind, OpKind::Delete));
+        assert!(matches!(del.kind, OpKind::Delete { .. }));
+        let expiry = sink
+            .op(
+                2,
+                &Record::new(r#"{"viewer_id":"v1","removed":true}"#),
+                None,
+            )
+            .unwrap();
+        assert!(
+            matches!(expiry.kind, OpKind::Delete { .. }) && expiry.version.is_none(),
+            "a removal needs no version"
+        );
         for bad in [
             "not json",
             "[1]",

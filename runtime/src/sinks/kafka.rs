@@ -14,6 +14,12 @@
 //! * a fatal producer error (idempotence state lost) → the producer is rebuilt and the failed
 //!   records are retried.
 //!
+//! With `removal_field`, a record whose JSON field of that name is `true` (what viewer-state emits
+//! for an expired viewer: `{"viewer_id": …, "removed": true}`) is written as a tombstone: the
+//! record's key (viewer-state keys its output by viewer) with a null value, so that a compacted
+//! topic forgets that key. A removal without a key has nothing to tombstone and goes to the
+//! failure sink.
+//!
 //! As the failure sink (a dead-letter topic), each bad row carries the error in the headers
 //! `weir.error`, `weir.component` and `weir.schema`, followed by the original record's headers.
 
@@ -42,6 +48,7 @@ use crate::record::Record;
 /// linger = "5ms"
 /// delivery_timeout = "5m"      # librdkafka retries a message this long before reporting failure
 /// max_message_bytes = "1 MiB"  # larger records go to the failure sink
+/// removal_field = "removed"    # optional: `"removed": true` → a tombstone (key, null value)
 ///
 /// [sink.options]               # any librdkafka producer setting, applied last
 /// "security.protocol" = "SSL"
@@ -61,6 +68,7 @@ pub struct KafkaConfig {
     pub delivery_timeout: CfgDuration,
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: ByteSize,
+    pub removal_field: Option<String>,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -102,6 +110,12 @@ impl SinkConfig for KafkaConfig {
         }
         if self.topic.is_empty() {
             return Err(origin.error("topic", "expected a topic name, found an empty string"));
+        }
+        if self.removal_field.as_ref().is_some_and(|f| f.is_empty()) {
+            return Err(origin.error(
+                "removal_field",
+                "expected a JSON field name, found an empty string",
+            ));
         }
         self.client_config()
             .create_native_config()
@@ -200,8 +214,24 @@ struct KafkaSink {
 }
 
 impl KafkaSink {
+    /// True if `r` is a removal (its `removal_field` is `true`): it is written as a tombstone.
+    fn is_removal(&self, r: &Record) -> bool {
+        let Some(field) = &self.cfg.removal_field else {
+            return false;
+        };
+        // Most records are not removals: look for the field's name before parsing.
+        if memchr::memmem::find(&r.value, field.as_bytes()).is_none() {
+            return false;
+        }
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&r.value)
+            .is_ok_and(|o| o.get(field) == Some(&serde_json::Value::Bool(true)))
+    }
+
     fn record<'a>(&'a self, r: &'a Record) -> FutureRecord<'a, [u8], [u8]> {
-        let mut fr = FutureRecord::to(&self.cfg.topic).payload(&r.value[..]);
+        let mut fr = FutureRecord::to(&self.cfg.topic);
+        if !self.is_removal(r) {
+            fr = fr.payload(&r.value[..]);
+        }
         if let Some(k) = &r.key {
             fr = fr.key(&k[..]);
         }
@@ -253,6 +283,15 @@ impl Sink for KafkaSink {
         // Hand everything to librdkafka first; await reports only when its queue is full.
         for (i, r) in records.iter().enumerate() {
             if state.done[i] {
+                continue;
+            }
+            if r.key.is_none() && self.is_removal(r) {
+                state.done[i] = true;
+                state.rejected.push((
+                    i,
+                    "kafka sink: a removal record without a key: there is no key to tombstone"
+                        .to_string(),
+                ));
                 continue;
             }
             let mut fr = self.record(r);

@@ -45,15 +45,12 @@ pub struct KinesisConfig {
     pub endpoint_url: Option<String>,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    #[serde(default = "default_attempts")]
+    #[serde(default = "aws::default_max_attempts")]
     pub max_attempts: u32,
 }
 
 fn default_concurrency() -> usize {
     4
-}
-fn default_attempts() -> u32 {
-    10
 }
 
 impl SinkType for KinesisConfig {
@@ -76,13 +73,7 @@ impl SinkConfig for KinesisConfig {
                 ));
             }
         }
-        if self.concurrency == 0 {
-            return Err(origin.error("concurrency", "expected at least 1, found 0"));
-        }
-        if self.max_attempts == 0 {
-            return Err(origin.error("max_attempts", "expected at least 1, found 0"));
-        }
-        Ok(())
+        aws::check_requests(origin, self.concurrency, self.max_attempts)
     }
 
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {

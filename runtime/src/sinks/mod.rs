@@ -10,6 +10,7 @@ use crate::record::Record;
 use crate::registry::Registration;
 
 pub mod dynamodb;
+pub mod fanout;
 pub mod file;
 pub mod kafka;
 pub mod kinesis;
@@ -27,6 +28,10 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<kinesis::KinesisConfig>(),
     sink::<profiles::ProfilesConfig>(),
     sink::<kafka::KafkaConfig>(),
+    Registration {
+        name: fanout::TYPE,
+        parse: fanout::parse,
+    },
 ];
 
 /// A sink's validated settings.

@@ -1,0 +1,418 @@
+//! `fanout`: every record to several sinks (e.g. viewer profiles to DynamoDB and to Kafka).
+//!
+//! Each child is any registered sink, configured exactly as it would be as the main sink (same
+//! strict checks; errors name the key path, e.g. `sink.sinks[1].topic`). For each batch:
+//!
+//! - every child gets every record; the children write concurrently;
+//! - the batch is acknowledged only once every child has accepted it;
+//! - a child's retriable error retries that child only: the children that already accepted the
+//!   batch are not sent it again (the pipeline retries the same slice; the fan-out remembers
+//!   which children are done with it);
+//! - records a child rejects go to the failure sink, the reason naming the child (the other
+//!   children keep them);
+//! - a fatal error of any child stops the pipeline.
+
+use std::collections::BTreeMap;
+
+use super::{Sink, SinkConfig, SinkError};
+use crate::config::{kind_name, take_key, unknown_key_message, ConfigError, Origin};
+use crate::record::Record;
+use async_trait::async_trait;
+
+/// The config `type`.
+pub const TYPE: &str = "fanout";
+
+/// ```toml
+/// [sink]
+/// type = "fanout"
+///
+/// [[sink.sinks]]
+/// type = "dynamodb"
+/// table = "viewer_profiles"
+/// partition_key = "viewer_id"
+///
+/// [[sink.sinks]]
+/// type = "kafka"
+/// bootstrap_servers = "broker:9092"
+/// topic = "viewer-profiles"
+/// ```
+#[derive(Debug)]
+pub struct FanoutConfig {
+    /// Each child with its label (`sinks[i] (type)`), in config order.
+    pub sinks: Vec<(String, Box<dyn SinkConfig>)>,
+}
+
+/// Parses `type = "fanout"` settings: each child through the sink registry, at its own key path.
+pub fn parse(
+    mut value: config::Value,
+    origin: &Origin,
+) -> Result<Box<dyn SinkConfig>, ConfigError> {
+    let sinks = take_key(&mut value, "sinks", origin)?;
+    if let config::ValueKind::Table(rest) = &value.kind {
+        let mut keys: Vec<&String> = rest.keys().collect();
+        keys.sort();
+        if let Some(k) = keys.first() {
+            return Err(origin.error(k, unknown_key_message(k, &["sinks"])));
+        }
+    }
+    let items = match sinks.map(|v| v.kind) {
+        None => return Err(origin.error("", "missing required key `sinks`")),
+        Some(config::ValueKind::Array(items)) if !items.is_empty() => items,
+        Some(config::ValueKind::Array(_)) => {
+            return Err(origin.error(
+                "sinks",
+                "expected at least one sink ([[sink.sinks]] in TOML), found an empty array",
+            ))
+        }
+        Some(other) => {
+            return Err(origin.error(
+                "sinks",
+                format!(
+                    "expected an array of sinks ([[sink.sinks]] in TOML), found {}",
+                    kind_name(&other)
+                ),
+            ))
+        }
+    };
+    let mut sinks = Vec::with_capacity(items.len());
+    for (i, v) in items.into_iter().enumerate() {
+        let key = format!("sinks[{i}]");
+        let (name, cfg) = crate::registry::parse(super::REGISTRY, "sink", v, &origin.child(&key))?;
+        sinks.push((format!("{key} ({name})"), cfg));
+    }
+    Ok(Box::new(FanoutConfig { sinks }))
+}
+
+impl SinkConfig for FanoutConfig {
+    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+        let mut children = Vec::with_capacity(self.sinks.len());
+        for (label, cfg) in &self.sinks {
+            let sink = cfg
+                .build()
+                .map_err(|e| e.context(format!("fanout {label}")))?;
+            children.push(Child::new(label.clone(), sink));
+        }
+        Ok(Box::new(FanoutSink::new(children)))
+    }
+}
+
+/// One child sink of a fan-out.
+pub struct Child {
+    label: String,
+    sink: Box<dyn Sink>,
+    retries: metrics::Counter,
+}
+
+impl Child {
+    pub fn new(label: String, sink: Box<dyn Sink>) -> Child {
+        Child {
+            retries: metrics::counter!("weir_fanout_retries_total", "child" => label.clone()),
+            label,
+            sink,
+        }
+    }
+}
+
+/// Which children are done with the batch being retried, and what they rejected of it.
+struct Progress {
+    /// Identity of the batch (the pipeline retries the very same slice).
+    ptr: usize,
+    len: usize,
+    /// Per child: `Some(rejected)` once it accepted the batch.
+    done: Vec<Option<Vec<(usize, String)>>>,
+}
+
+pub struct FanoutSink {
+    children: Vec<Child>,
+    progress: Option<Progress>,
+}
+
+impl FanoutSink {
+    pub fn new(children: Vec<Child>) -> FanoutSink {
+        FanoutSink {
+            children,
+            progress: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for FanoutSink {
+    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
+        let (ptr, len) = (records.as_ptr() as usize, records.len());
+        let mut progress = match self.progress.take() {
+            Some(p) if p.ptr == ptr && p.len == len => p,
+            _ => Progress {
+                ptr,
+                len,
+                done: vec![None; self.children.len()],
+            },
+        };
+        let writes = self
+            .children
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| progress.done[*i].is_none())
+            .map(|(i, c)| async move { (i, c.sink.write(records).await) });
+        let results = futures::future::join_all(writes).await;
+
+        let mut fatal = Vec::new();
+        let mut retriable = Vec::new();
+        for (i, result) in results {
+            let label = &self.children[i].label;
+            match result {
+                Ok(()) => progress.done[i] = Some(Vec::new()),
+                Err(SinkError::Rejected(rejected)) => progress.done[i] = Some(rejected),
+                Err(SinkError::Retriable(e)) => {
+                    self.children[i].retries.increment(1);
+                    retriable.push(format!("{label}: {e:#}"));
+                }
+                Err(SinkError::Fatal(e)) => fatal.push(format!("{label}: {e:#}")),
+            }
+        }
+        if !fatal.is_empty() {
+            return Err(SinkError::Fatal(anyhow::anyhow!(
+                "fanout: {}",
+                fatal.join("; ")
+            )));
+        }
+        if !retriable.is_empty() {
+            let waiting = retriable.len();
+            self.progress = Some(progress);
+            return Err(SinkError::Retriable(anyhow::anyhow!(
+                "fanout: {waiting} of {} sink(s) still to write the batch: {}",
+                self.children.len(),
+                retriable.join("; ")
+            )));
+        }
+        // Every child accepted the batch; what some rejected goes to the failure sink, each
+        // record once, with every child's reason.
+        let mut reasons: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (child, rejected) in self.children.iter().zip(progress.done) {
+            for (i, reason) in rejected.into_iter().flatten() {
+                reasons
+                    .entry(i)
+                    .or_default()
+                    .push(format!("fanout {} rejected it: {reason}", child.label));
+            }
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(
+                reasons
+                    .into_iter()
+                    .map(|(i, r)| (i, r.join("; ")))
+                    .collect(),
+            ))
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), SinkError> {
+        let closes = self
+            .children
+            .iter_mut()
+            .map(|c| async move { (c.label.as_str(), c.sink.close().await) });
+        let errors: Vec<String> = futures::future::join_all(closes)
+            .await
+            .into_iter()
+            .filter_map(|(label, r)| r.err().map(|e| format!("{label}: {e:#}")))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Fatal(anyhow::anyhow!(
+                "fanout: {}",
+                errors.join("; ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A scripted outcome of one write.
+    type Outcome = fn() -> Result<(), SinkError>;
+
+    /// A child that answers each write with the next scripted outcome (then `Ok`) and counts
+    /// the writes it saw.
+    struct Fake {
+        script: VecDeque<Outcome>,
+        writes: Arc<Mutex<usize>>,
+    }
+
+    #[async_trait]
+    impl Sink for Fake {
+        async fn write(&mut self, _records: &[Record]) -> Result<(), SinkError> {
+            *self.writes.lock().unwrap() += 1;
+            self.script.pop_front().map_or(Ok(()), |f| f())
+        }
+    }
+
+    fn fanout(scripts: Vec<Vec<Outcome>>) -> (FanoutSink, Vec<Arc<Mutex<usize>>>) {
+        let mut counts = Vec::new();
+        let children = scripts
+            .into_iter()
+            .enumerate()
+            .map(|(i, script)| {
+                let writes = Arc::new(Mutex::new(0));
+                counts.push(writes.clone());
+                Child::new(
+                    format!("sinks[{i}] (fake)"),
+                    Box::new(Fake {
+                        script: script.into(),
+                        writes,
+                    }),
+                )
+            })
+            .collect();
+        (FanoutSink::new(children), counts)
+    }
+
+    fn batch() -> Vec<Record> {
+        (0..3).map(|i| Record::new(format!("r{i}"))).collect()
+    }
+
+    fn count(c: &Arc<Mutex<usize>>) -> usize {
+        *c.lock().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_retriable_error_retries_only_the_failing_child() {
+        let (mut sink, writes) = fanout(vec![
+            vec![],
+            vec![
+                || Err(SinkError::Retriable(anyhow::anyhow!("throttled"))),
+                || Err(SinkError::Retriable(anyhow::anyhow!("throttled again"))),
+            ],
+            vec![],
+        ]);
+        let records = batch();
+        let e = sink.write(&records).await.unwrap_err();
+        assert!(matches!(e, SinkError::Retriable(_)), "{e}");
+        assert!(e.to_string().contains("sinks[1] (fake): throttled"), "{e}");
+        assert!(sink.write(&records).await.is_err());
+        sink.write(&records).await.unwrap();
+        let seen: Vec<usize> = writes.iter().map(count).collect();
+        assert_eq!(
+            seen,
+            vec![1, 3, 1],
+            "only the failing child is written again"
+        );
+
+        // The next batch goes to every child again.
+        let next = batch();
+        sink.write(&next).await.unwrap();
+        let seen: Vec<usize> = writes.iter().map(count).collect();
+        assert_eq!(seen, vec![2, 4, 2]);
+    }
+
+    #[tokio::test]
+    async fn rejected_records_name_the_children_that_rejected_them() {
+        let (mut sink, writes) = fanout(vec![
+            vec![|| Err(SinkError::Rejected(vec![(1, "too large".into())]))],
+            vec![],
+            vec![
+                || Err(SinkError::Retriable(anyhow::anyhow!("timeout"))),
+                || {
+                    Err(SinkError::Rejected(vec![
+                        (1, "no key".into()),
+                        (2, "bad".into()),
+                    ]))
+                },
+            ],
+        ]);
+        let records = batch();
+        assert!(matches!(
+            sink.write(&records).await,
+            Err(SinkError::Retriable(_))
+        ));
+        // The retry reaches only the third child; the first child's rejections are kept.
+        let Err(SinkError::Rejected(rejected)) = sink.write(&records).await else {
+            panic!("expected rejections")
+        };
+        assert_eq!(
+            rejected,
+            vec![
+                (
+                    1,
+                    "fanout sinks[0] (fake) rejected it: too large; \
+                     fanout sinks[2] (fake) rejected it: no key"
+                        .to_string()
+                ),
+                (2, "fanout sinks[2] (fake) rejected it: bad".to_string()),
+            ]
+        );
+        let seen: Vec<usize> = writes.iter().map(count).collect();
+        assert_eq!(seen, vec![1, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_of_any_child_is_fatal() {
+        let (mut sink, _) = fanout(vec![
+            vec![|| Err(SinkError::Retriable(anyhow::anyhow!("later")))],
+            vec![|| Err(SinkError::Fatal(anyhow::anyhow!("no such table")))],
+        ]);
+        let e = sink.write(&batch()).await.unwrap_err();
+        assert!(matches!(e, SinkError::Fatal(_)), "{e}");
+        assert!(
+            e.to_string().contains("sinks[1] (fake): no such table"),
+            "{e}"
+        );
+    }
+
+    fn load(toml: &str) -> Result<crate::pipeline::PipelineConfig, ConfigError> {
+        let root: config::Value = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        crate::pipeline::PipelineConfig::from_value("p.toml", root)
+    }
+
+    #[test]
+    fn children_are_validated_at_their_own_key_paths() {
+        let head = "[source]\ntype = \"stdin\"\n[sink]\ntype = \"fanout\"\n";
+        let ok = format!(
+            "{head}[[sink.sinks]]\ntype = \"stdout\"\n[[sink.sinks]]\ntype = \"fanout\"\n\
+             [[sink.sinks.sinks]]\ntype = \"null\"\n"
+        );
+        load(&ok).unwrap();
+        let cases = [
+            (
+                format!("{head}[[sink.sinks]]\ntype = \"stdout\"\n[[sink.sinks]]\ntype = \"file\"\npaht = \"x\"\n"),
+                "sink.sinks[1].paht",
+                "did you mean `path`?",
+            ),
+            (
+                format!("{head}[[sink.sinks]]\ntype = \"dynamo\"\n"),
+                "sink.sinks[0].type",
+                "did you mean `dynamodb`?",
+            ),
+            (
+                format!("{head}[[sink.sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"b:9092\"\ntopic = \"\"\n"),
+                "sink.sinks[0].topic",
+                "expected a topic name",
+            ),
+            (format!("{head}sinks = []\n"), "sink.sinks", "at least one sink"),
+            (
+                format!("{head}sinks = \"stdout\"\n"),
+                "sink.sinks",
+                "expected an array of sinks ([[sink.sinks]] in TOML), found a string",
+            ),
+            (format!("{head}sink = []\n"), "sink.sink", "did you mean `sinks`?"),
+            (head.to_string(), "sink", "missing required key `sinks`"),
+        ];
+        for (toml, key, message) in cases {
+            let e = load(&toml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+    }
+}
