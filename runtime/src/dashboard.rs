@@ -1,5 +1,6 @@
-//! The live dashboard: an HTTP server that shows the rows of a [`profiles`](crate::sinks::profiles)
-//! store and pushes every change to the browser.
+//! The live dashboard: an HTTP server that shows the rows of a profile store — the embedded
+//! [`profiles`](crate::sinks::profiles) store or a [`dynamodb`](crate::sinks::dynamodb) table — and
+//! pushes every change its sink writes to the browser.
 //!
 //! * `GET /` — the dashboard page (made for a wall screen).
 //! * `GET /api/viewers` — a JSON snapshot: `{"viewers": [profile, …]}`.
@@ -21,11 +22,16 @@ use axum::Router;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-use crate::sinks::profiles::Store;
-
 const PAGE: &str = include_str!("../../examples/live-viewer/dashboard.html");
 
-/// `[sink.dashboard]` of the profiles sink.
+/// Where a dashboard reads its full snapshot (on connect, and for a client that fell behind).
+#[async_trait::async_trait]
+pub trait Snapshot: Send + Sync {
+    /// Every live row, as JSON objects.
+    async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>>;
+}
+
+/// `[sink.dashboard]` of the profiles and dynamodb sinks.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DashboardConfig {
@@ -45,13 +51,13 @@ pub enum Update {
 /// Fans store changes out to every connected dashboard.
 #[derive(Clone)]
 pub struct Hub {
-    store: Store,
+    store: Arc<dyn Snapshot>,
     tx: broadcast::Sender<Update>,
     key_field: Arc<str>,
 }
 
 impl Hub {
-    pub fn new(store: Store, key_field: String) -> Hub {
+    pub fn new(store: Arc<dyn Snapshot>, key_field: String) -> Hub {
         let (tx, _) = broadcast::channel(4096);
         Hub {
             store,
@@ -73,8 +79,8 @@ impl Hub {
         self.tx.subscribe()
     }
 
-    fn snapshot_json(&self) -> String {
-        let rows = self.store.snapshot().unwrap_or_else(|e| {
+    async fn snapshot_json(&self) -> String {
+        let rows = self.store.rows().await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "dashboard: cannot read the profile store");
             Vec::new()
         });
@@ -97,7 +103,12 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
                 let hub = hub.clone();
                 move || {
                     let hub = hub.clone();
-                    async move { ([("content-type", "application/json")], hub.snapshot_json()) }
+                    async move {
+                        (
+                            [("content-type", "application/json")],
+                            hub.snapshot_json().await,
+                        )
+                    }
                 }
             }),
         )
@@ -131,19 +142,26 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
 fn stream(hub: Hub) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     // Subscribe before reading the snapshot, so no change falls between the two.
     let rx = hub.subscribe();
-    let first = Event::default().event("snapshot").data(hub.snapshot_json());
+    let first = {
+        let hub = hub.clone();
+        async move {
+            Ok(Event::default()
+                .event("snapshot")
+                .data(hub.snapshot_json().await))
+        }
+    };
     let updates = futures::stream::unfold((rx, hub), |(mut rx, hub)| async move {
         let event = match rx.recv().await {
             Ok(Update::Profile(p)) => Event::default().event("profile").data(&*p),
             Ok(Update::Removed(k)) => Event::default().event("removed").data(&*k),
             // Fell behind: start again from a full snapshot rather than queue without bound.
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                Event::default().event("snapshot").data(hub.snapshot_json())
-            }
+            Err(broadcast::error::RecvError::Lagged(_)) => Event::default()
+                .event("snapshot")
+                .data(hub.snapshot_json().await),
             Err(broadcast::error::RecvError::Closed) => return None,
         };
         Some((Ok(event), (rx, hub)))
     });
-    let all = futures::StreamExt::chain(futures::stream::once(async move { Ok(first) }), updates);
+    let all = futures::StreamExt::chain(futures::stream::once(first), updates);
     Sse::new(all).keep_alive(KeepAlive::default())
 }

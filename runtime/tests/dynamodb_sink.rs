@@ -390,3 +390,146 @@ endpoint_url = "{}"
         );
     }
 }
+
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200")
+        .then(|| text.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+/// The dashboard on a DynamoDB table: its snapshot is the table (tombstones left out), and the
+/// writes the sink applies are pushed to a connected browser; a stale write is not.
+#[test]
+fn the_dashboard_reads_its_snapshot_from_the_table_and_gets_applied_writes_pushed() {
+    use std::io::{BufRead, Write};
+    let moto = Moto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = write(
+        dir.path(),
+        "d.toml",
+        &format!(
+            r#"
+[source]
+type = "stdin"
+
+[sink]
+type = "dynamodb"
+table = "viewer_profiles"
+partition_key = "viewer_id"
+version_attribute = "version"
+removal_field = "removed"
+create_table = true
+endpoint_url = "{}"
+
+[sink.dashboard]
+address = "{addr}"
+
+[batch]
+flush_interval = "10ms"
+"#,
+            moto.endpoint
+        ),
+    );
+    let mut c = weir();
+    c.args(["run", "--progress=never"])
+        .arg(&config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in AWS_ENV {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let viewers = |want: usize| -> Vec<serde_json::Value> {
+        loop {
+            if let Some(body) = http_get(&addr, "/api/viewers") {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let mut rows = v["viewers"].as_array().unwrap().clone();
+                if rows.len() == want {
+                    rows.sort_by_key(|r| r["viewer_id"].as_str().unwrap().to_string());
+                    return rows;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dashboard never showed {want} viewers"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    assert!(viewers(0).is_empty(), "an empty table, an empty snapshot");
+
+    let mut sse = std::net::TcpStream::connect(&addr).unwrap();
+    write!(sse, "GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    sse.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut sse = std::io::BufReader::new(sse);
+    let mut next_event = || -> (String, serde_json::Value) {
+        let (mut name, mut data) = (String::new(), String::new());
+        loop {
+            let mut l = String::new();
+            sse.read_line(&mut l).unwrap();
+            let l = l.trim_end();
+            if let Some(n) = l.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(d) = l.strip_prefix("data: ") {
+                data = d.to_string();
+            } else if l.is_empty() && !name.is_empty() {
+                return (name, serde_json::from_str(&data).unwrap());
+            }
+        }
+    };
+    assert_eq!(next_event().0, "snapshot");
+
+    for line in [
+        r#"{"viewer_id":"a","version":"2","status":"paused","video_ts":12.5}"#,
+        r#"{"viewer_id":"b","version":"1","status":"playing"}"#,
+        r#"{"viewer_id":"c","version":"1","status":"playing"}"#,
+    ] {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    let mut pushed = Vec::new();
+    while pushed.len() < 3 {
+        let (name, doc) = next_event();
+        assert_eq!(name, "profile", "{doc}");
+        pushed.push(doc["viewer_id"].as_str().unwrap().to_string());
+    }
+    pushed.sort();
+    assert_eq!(pushed, ["a", "b", "c"]);
+    // Stale (older than stored) and a removal: only the removal is pushed.
+    writeln!(
+        stdin,
+        r#"{{"viewer_id":"a","version":"1","status":"playing"}}"#
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    writeln!(stdin, r#"{{"viewer_id":"c","removed":true}}"#).unwrap();
+    let (name, doc) = next_event();
+    assert_eq!(
+        (name.as_str(), doc["key"].as_str()),
+        ("removed", Some("c")),
+        "{doc}"
+    );
+
+    let rows = viewers(2);
+    assert_eq!(rows[0]["viewer_id"], "a");
+    assert_eq!(rows[0]["status"], "paused", "the stale write did not land");
+    assert_eq!(rows[0]["video_ts"], 12.5, "numbers come back as numbers");
+    assert_eq!(rows[1]["viewer_id"], "b");
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success());
+}

@@ -30,6 +30,9 @@
 //!   deletes the item.
 //! - `ttl_attribute` + `ttl`: each written item gets that attribute set to now + `ttl` (epoch
 //!   seconds), for DynamoDB's time-to-live expiry.
+//! - `[sink.dashboard]`: the live dashboard (as on the `profiles` sink) with this table as its
+//!   store: a browser's snapshot is a Scan of the table (tombstones skipped), and every item this
+//!   sink writes or removes — only those its version condition let through — is pushed.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +49,7 @@ use serde::Deserialize;
 use super::{Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass};
 use crate::config::{self, ConfigError, Origin};
+use crate::dashboard::{self, DashboardConfig, Hub};
 use crate::record::Record;
 
 /// DynamoDB's item size limit.
@@ -70,6 +74,8 @@ pub const MAX_BATCH_ITEMS: usize = 25;
 /// create_table = false                  # true: create the table if missing (local development)
 /// concurrency = 16                      # requests in flight
 /// max_attempts = 10                     # per item, before the batch is retried as a whole
+/// [sink.dashboard]                      # optional: the live dashboard, read from this table
+/// address = "0.0.0.0:8080"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +98,7 @@ pub struct DynamoDbConfig {
     pub concurrency: usize,
     #[serde(default = "aws::default_max_attempts")]
     pub max_attempts: u32,
+    pub dashboard: Option<DashboardConfig>,
 }
 
 fn default_tombstone() -> String {
@@ -134,9 +141,22 @@ impl SinkConfig for DynamoDbConfig {
     }
 
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+        let hub = match &self.dashboard {
+            Some(d) => {
+                let table = TableSnapshot {
+                    cfg: self.clone(),
+                    client: tokio::sync::OnceCell::new(),
+                };
+                let hub = Hub::new(std::sync::Arc::new(table), self.partition_key.clone());
+                dashboard::spawn(d.clone(), hub.clone())?;
+                Some(hub)
+            }
+            None => None,
+        };
         Ok(Box::new(DynamoDbSink {
             cfg: self.clone(),
             client: None,
+            hub,
         }))
     }
 }
@@ -144,6 +164,44 @@ impl SinkConfig for DynamoDbConfig {
 pub struct DynamoDbSink {
     cfg: DynamoDbConfig,
     client: Option<Client>,
+    /// The dashboard to tell about every applied write.
+    hub: Option<Hub>,
+}
+
+/// The dashboard's view of the table: a paginated Scan, tombstones skipped.
+struct TableSnapshot {
+    cfg: DynamoDbConfig,
+    client: tokio::sync::OnceCell<Client>,
+}
+
+#[async_trait]
+impl dashboard::Snapshot for TableSnapshot {
+    async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let client = self
+            .client
+            .get_or_init(|| async {
+                let sdk =
+                    aws::sdk_config(self.cfg.region.as_deref(), self.cfg.endpoint_url.as_deref())
+                        .await;
+                Client::new(&sdk)
+            })
+            .await;
+        let mut pages = client
+            .scan()
+            .table_name(&self.cfg.table)
+            .into_paginator()
+            .items()
+            .send();
+        let mut rows = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item
+                .map_err(|e| anyhow::anyhow!("scan {}: {}", self.cfg.table, aws::describe(&e)))?;
+            if !is_tombstone(&item, &self.cfg.tombstone_attribute) {
+                rows.push(item_to_json(&item));
+            }
+        }
+        Ok(rows)
+    }
 }
 
 /// What one record asks for.
@@ -171,6 +229,7 @@ impl DynamoDbSink {
         DynamoDbSink {
             cfg,
             client: Some(client),
+            hub: None,
         }
     }
 
@@ -276,6 +335,15 @@ impl DynamoDbSink {
             version,
             kind,
         })
+    }
+
+    /// Tells the dashboard (if any) that `op` was applied.
+    fn applied(&self, op: &Op) {
+        let Some(hub) = &self.hub else { return };
+        match &op.kind {
+            OpKind::Put(item) => hub.upserted(&op.key.0, item_to_json(item)),
+            OpKind::Delete { .. } => hub.removed(&op.key.0),
+        }
     }
 
     fn key_item(&self, op: &Op) -> HashMap<String, AttributeValue> {
@@ -405,7 +473,10 @@ impl DynamoDbSink {
                             .expression_attribute_values(":version", v.clone());
                     }
                     match req.send().await {
-                        Ok(_) => return Ok(None),
+                        Ok(_) => {
+                            self.applied(&op);
+                            return Ok(None);
+                        }
                         Err(e) => (aws::classify(&e), aws::describe(&e)),
                     }
                 }
@@ -422,7 +493,10 @@ impl DynamoDbSink {
                             .map_err(|e| (aws::classify(&e), aws::describe(&e))),
                     };
                     match done {
-                        Ok(()) => return Ok(None),
+                        Ok(()) => {
+                            self.applied(&op);
+                            return Ok(None);
+                        }
                         Err(e) => e,
                     }
                 }
@@ -588,6 +662,7 @@ impl DynamoDbSink {
                         .and_then(|mut m| m.remove(&cfg.table))
                         .unwrap_or_default();
                     if pending.is_empty() {
+                        chunk.iter().for_each(|op| self.applied(op));
                         return Ok(Vec::new());
                     }
                     metrics::counter!("weir_dynamodb_unprocessed_total")
@@ -645,6 +720,31 @@ pub fn is_tombstone(item: &HashMap<String, AttributeValue>, tombstone_attribute:
         item.get(tombstone_attribute),
         Some(AttributeValue::Bool(true))
     )
+}
+
+/// An item as a JSON object: the inverse of how records become items (numbers stay numbers
+/// where JSON can hold them; binary and sets, which weir never writes, become strings/arrays).
+pub fn item_to_json(item: &HashMap<String, AttributeValue>) -> serde_json::Value {
+    fn value(v: &AttributeValue) -> serde_json::Value {
+        use serde_json::Value;
+        match v {
+            AttributeValue::S(s) => Value::String(s.clone()),
+            AttributeValue::N(n) => serde_json::from_str::<serde_json::Number>(n)
+                .map_or_else(|_| Value::String(n.clone()), Value::Number),
+            AttributeValue::Bool(b) => Value::Bool(*b),
+            AttributeValue::Null(_) => Value::Null,
+            AttributeValue::L(l) => Value::Array(l.iter().map(value).collect()),
+            AttributeValue::M(m) => item_to_json(m),
+            AttributeValue::Ss(s) => s.iter().map(|s| Value::String(s.clone())).collect(),
+            AttributeValue::Ns(n) => n
+                .iter()
+                .map(|n| value(&AttributeValue::N(n.clone())))
+                .collect(),
+            AttributeValue::B(b) => Value::String(String::from_utf8_lossy(b.as_ref()).into_owned()),
+            _ => Value::Null,
+        }
+    }
+    serde_json::Value::Object(item.iter().map(|(k, v)| (k.clone(), value(v))).collect())
 }
 
 fn to_attr(v: &serde_json::Value) -> AttributeValue {

@@ -78,7 +78,7 @@ impl SinkConfig for ProfilesConfig {
 
     fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
         let store = Store::open(&self.path)?;
-        let hub = Hub::new(store.clone(), self.key_field.clone());
+        let hub = Hub::new(Arc::new(store.clone()), self.key_field.clone());
         if let Some(d) = &self.dashboard {
             dashboard::spawn(d.clone(), hub.clone())?;
         }
@@ -132,6 +132,13 @@ impl Store {
 
     pub fn is_empty(&self) -> anyhow::Result<bool> {
         Ok(self.len()? == 0)
+    }
+}
+
+#[async_trait]
+impl dashboard::Snapshot for Store {
+    async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.snapshot()
     }
 }
 
@@ -292,7 +299,7 @@ mod tests {
     fn sink(dir: &std::path::Path, tombstone_ttl_ms: u64) -> ProfileSink {
         let store = Store::open(&dir.join("p.redb")).unwrap();
         ProfileSink {
-            hub: Hub::new(store.clone(), "viewer_id".into()),
+            hub: Hub::new(Arc::new(store.clone()), "viewer_id".into()),
             store,
             key_field: "viewer_id".into(),
             version_field: Some("version".into()),
