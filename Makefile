@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-build sample test lint bench bench-collector setup-test
+.PHONY: demo demo-build sample dist test lint bench bench-collector setup-test
 
 # The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
 # Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
@@ -23,6 +23,11 @@ demo-build:
 sample:
 	$(CARGO) run --release --bin weir -- run examples/media-events.toml
 
+# Release artifacts into dist/: weir (release, --locked), the shipped WASM transforms, the demo
+# page and the configs, laid out as the image's /opt/weir. The Dockerfile's build stage runs this.
+dist:
+	bash deploy/dist.sh dist
+
 # Everything the test suite needs that is not a crate (rustup targets, emulators, browsers, ...)
 # is installed by runtime/tests/setup.sh, idempotently.
 test: setup-test
@@ -33,6 +38,7 @@ test: setup-test
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --target wasm32-unknown-unknown -- -D warnings
+	bash deploy/check.sh
 
 setup-test:
 	bash runtime/tests/setup.sh
