@@ -662,4 +662,41 @@ mod tests {
         assert_eq!(entries.len().unwrap(), 1, "the expired entry was swept");
         assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
     }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |source: &str, state: &str| {
+            let p = dir.path().join("p.toml");
+            std::fs::write(
+                &p,
+                format!("{source}\n[sink]\ntype = \"null\"\n\n[state]\n{state}\n"),
+            )
+            .unwrap();
+            crate::pipeline::PipelineConfig::load(&p)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let stdin = "[source]\ntype = \"stdin\"\n";
+        let e = load(stdin, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
+        assert!(
+            e.contains("state.backend") && e.contains("checkpoints state"),
+            "{e}"
+        );
+        let kafka = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
+        assert_eq!(
+            load(kafka, "backend = \"disk\"\npath = \"/tmp/x.redb\""),
+            ""
+        );
+        let e = load(kafka, "backend = \"disk\"");
+        assert!(e.contains("state.path") && e.contains("missing"), "{e}");
+        let e = load(kafka, "backend = \"dsk\"");
+        assert!(e.contains("state.backend"), "{e}");
+        let e = load(kafka, "path = \"/tmp/x.redb\"");
+        assert!(e.contains("state.path"), "{e}");
+        let on_read = format!("{kafka}commit = \"on-read\"\n");
+        let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
+        assert!(e.contains("state.backend"), "{e}");
+    }
 }
