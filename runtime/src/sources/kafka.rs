@@ -969,4 +969,64 @@ mod tests {
         assert_eq!(shared.committable(None, false).count(), 0);
         assert_eq!(shared.in_flight(None), 0);
     }
+
+    #[test]
+    fn buffers_hold_one_partition_each_and_drop_records_of_a_lost_assignment() {
+        let shared = Some(Arc::new(Shared {
+            tracker: Mutex::default(),
+            counting: Arc::new(NoAcks),
+            generation: AtomicU64::new(0),
+            state: None,
+        }));
+        let s = shared.as_ref().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition("t", p);
+        }
+        s.assign(&tpl);
+        let mut bufs = Bufs {
+            bufs: HashMap::new(),
+            total: 0,
+            bytes: 0,
+            limits: crate::sources::BatchLimits {
+                max_records: 4,
+                max_bytes: 1 << 20,
+                flush_interval: Duration::from_secs(60),
+            },
+            epochs: None,
+            generation: 0,
+        };
+        let tp = |p| (Arc::<str>::from("t"), p);
+        let rec = || Ok(Record::new("x"));
+        bufs.refresh(&shared);
+        // Interleaved partitions: each fills its own buffer.
+        let mut o = 100;
+        let mut push = |bufs: &mut Bufs, p: i32| {
+            o += 1;
+            bufs.push(&tp(p), o, rec())
+        };
+        for p in [0, 1, 0, 0] {
+            assert_eq!(push(&mut bufs, p), None);
+        }
+        assert_eq!(push(&mut bufs, 0), Some(tp(0)), "p0 is full");
+        let b = bufs.take(&tp(0)).unwrap();
+        assert_eq!((b.records.len(), b.next, b.epoch), (4, 106, 1));
+        // Together the buffers may hold two batches; then the fullest goes.
+        for p in [1, 1, 2, 2, 0, 0] {
+            assert_eq!(push(&mut bufs, p), None);
+        }
+        assert_eq!(push(&mut bufs, 3), Some(tp(1)), "8 buffered: the fullest");
+        assert_eq!(bufs.take(&tp(1)).unwrap().records.len(), 3);
+        // p2 is revoked and assigned again: what was read under the old assignment is dropped
+        // (nothing of it was acknowledged; it is read again from the committed offset).
+        s.forget(&[tp(2)]);
+        let mut again = TopicPartitionList::new();
+        again.add_partition("t", 2);
+        s.assign(&again);
+        bufs.refresh(&shared);
+        assert!(!bufs.bufs.contains_key(&tp(2)));
+        assert_eq!(push(&mut bufs, 2), None);
+        assert_eq!(bufs.bufs[&tp(2)].epoch, 2, "read under the new assignment");
+        assert_eq!(bufs.total, bufs.bufs.values().map(Buf::len).sum::<usize>());
+    }
 }
