@@ -685,10 +685,13 @@ mod tests {
             "{e}"
         );
         let kafka = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
-        assert_eq!(
-            load(kafka, "backend = \"disk\"\npath = \"/tmp/x.redb\""),
-            ""
+        let file = dir.path().join("st/x.redb");
+        let ok = format!(
+            "backend = \"disk\"\npath = {:?}",
+            file.display().to_string()
         );
+        assert_eq!(load(kafka, &ok), "");
+        assert!(!file.exists(), "checking a config creates no state file");
         let e = load(kafka, "backend = \"disk\"");
         assert!(e.contains("state.path") && e.contains("missing"), "{e}");
         let e = load(kafka, "backend = \"dsk\"");
