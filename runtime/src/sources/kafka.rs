@@ -997,13 +997,12 @@ mod tests {
             generation: 0,
         };
         let tp = |p| (Arc::<str>::from("t"), p);
-        let rec = || Ok(Record::new("x"));
         bufs.refresh(&shared);
         // Interleaved partitions: each fills its own buffer.
         let mut o = 100;
         let mut push = |bufs: &mut Bufs, p: i32| {
             o += 1;
-            bufs.push(&tp(p), o, rec())
+            bufs.push(&tp(p), o, Ok(Record::new("x")))
         };
         for p in [0, 1, 0, 0] {
             assert_eq!(push(&mut bufs, p), None);
