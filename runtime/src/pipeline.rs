@@ -98,6 +98,8 @@ pub struct PipelineConfig {
     pub http: Option<HttpConfig>,
     /// Transform worker threads (each with its own instance of the chain); output order is kept.
     pub workers: usize,
+    /// `[state]`: transform state on disk, checkpointed by the source (none: in memory).
+    pub state: Option<Arc<crate::wasm::DiskState>>,
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -110,6 +112,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "http",
     "workers",
+    "state",
 ];
 
 impl PipelineConfig {
@@ -149,6 +152,21 @@ impl PipelineConfig {
             let v = required(section("source"), "source", "where records come from")?;
             registry_parse(sources::REGISTRY, "source", v, &o)?
         };
+        let state_origin = top.child("state");
+        let state = match section("state") {
+            Some(v) => state_origin
+                .deserialize::<crate::wasm::durable::StateConfig>(v)?
+                .check(&state_origin)?,
+            None => None,
+        };
+        if state.is_some() && !source.checkpoints_state() {
+            return Err(top.error(
+                "state.backend",
+                "expected a source that checkpoints state with its positions (`kafka` with \
+                 commit = \"acknowledged\") for backend = \"disk\"; this source cannot, so \
+                 its state would never be made durable",
+            ));
+        }
         let mut transforms = Vec::new();
         if let Some(v) = section("transforms") {
             let items = match v.kind {
@@ -165,8 +183,11 @@ impl PipelineConfig {
             };
             for (i, item) in items.into_iter().enumerate() {
                 let o = top.child(&format!("transforms[{i}]"));
-                let (name, config) =
+                let (name, mut config) =
                     crate::registry::parse(transforms::REGISTRY, "transform", item, &o)?;
+                if let Some(s) = &state {
+                    config.set_state(s.clone());
+                }
                 transforms.push(TransformSpec {
                     label: format!("transforms[{i}] ({name})"),
                     origin: o,
@@ -227,6 +248,7 @@ impl PipelineConfig {
             limits,
             http,
             workers,
+            state,
         })
     }
 
@@ -382,6 +404,11 @@ pub async fn run(
     }
 
     let (source_tx, mut source_rx) = mpsc::channel::<Batch>(q);
+    // Which worker has each batch, in order: the router collects outputs in the same order.
+    let (order_tx, mut order_rx) = mpsc::unbounded_channel::<usize>();
+    // With durable state, a partition's batches all go to one worker, so that each sees the
+    // state its predecessors left (batches of other partitions still spread over the workers).
+    let by_partition = cfg.state.is_some();
     let dispatcher = tokio::spawn(async move {
         let mut i = 0;
         loop {
@@ -396,7 +423,17 @@ pub async fn run(
                 Ok(None) => break,
                 Err(_) => Batch::default(),
             };
-            if worker_in[i % workers].send(batch).await.is_err() {
+            let w = match &batch.position {
+                Some(p) if by_partition => {
+                    use std::hash::{BuildHasher, BuildHasherDefault};
+                    let h =
+                        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                            .hash_one(&p.partition);
+                    (h % workers as u64) as usize
+                }
+                _ => i % workers,
+            };
+            if order_tx.send(w).is_err() || worker_in[w].send(batch).await.is_err() {
                 break;
             }
             i += 1;
@@ -406,13 +443,11 @@ pub async fn run(
     let router_stats = stats.clone();
     let router = tokio::spawn(async move {
         let stats = router_stats;
-        let mut i = 0;
         let latency = metrics::histogram!("weir_pipeline_batch_seconds");
-        loop {
-            let Some(batch) = worker_out[i % workers].recv().await else {
+        while let Some(w) = order_rx.recv().await {
+            let Some(batch) = worker_out[w].recv().await else {
                 break;
             };
-            i += 1;
             if let Some(t) = batch.created {
                 latency.record(t.elapsed().as_secs_f64());
             }
@@ -443,6 +478,10 @@ pub async fn run(
         shutdown: source_stop.clone(),
         max_record_bytes: cfg.limits.max_record_bytes.0 as usize,
         on_listen: opts.on_source_bound.clone(),
+        state: cfg
+            .state
+            .clone()
+            .map(|s| s as Arc<dyn crate::wasm::Checkpointed>),
     };
     let source_task: JoinHandle<anyhow::Result<()>> = tokio::spawn(source.run(ctx));
     ready.set(true);

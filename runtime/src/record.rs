@@ -106,6 +106,35 @@ pub struct Batch {
     pub ack: Ack,
     /// When the source closed this batch (for end-to-end latency).
     pub created: Option<std::time::Instant>,
+    /// Set by partitioned sources (Kafka): every record of the batch comes from this partition,
+    /// and the batch reaches this far in it. Transform state is kept per input partition and
+    /// checkpointed at these positions (see `docs/state.md`).
+    pub position: Option<SourcePosition>,
+}
+
+/// An input partition: a Kafka topic-partition (unpartitioned sources: topic "" partition 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionId {
+    pub topic: std::sync::Arc<str>,
+    pub partition: i32,
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// Where a batch of one partition ends in its input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourcePosition {
+    pub partition: PartitionId,
+    /// The source's assignment generation of the partition when the batch was read: effects of
+    /// a batch read under an earlier assignment are not kept.
+    pub epoch: u64,
+    /// The position after the batch's last record (Kafka: the offset of the next record), i.e.
+    /// what the source commits once this batch and all before it are acknowledged.
+    pub end: u64,
 }
 
 impl Batch {
@@ -116,6 +145,7 @@ impl Batch {
             failed: Vec::new(),
             ack,
             created: Some(std::time::Instant::now()),
+            position: None,
         }
     }
 

@@ -19,17 +19,21 @@
 //! * `commit = "on-read"` turns all of this off (librdkafka auto-commits what was read): for
 //!   benchmarks and for data that may be lost.
 //!
-//! ## Durable keyed state (design note; not built yet)
-//! Transform state (WASM keyed state) is to be checkpointed *with* these offsets: the state store
-//! is partitioned like the input (one namespace per topic-partition), and a checkpoint of a
-//! partition's state is written before the offset it corresponds to is committed (the commit
-//! carries the checkpoint id in its metadata). On assignment a member loads the partition's last
-//! checkpoint whose id matches the committed metadata (or rebuilds it from a compacted changelog
-//! topic); on revocation it checkpoints and commits together. Replayed records after a crash then
-//! update state that already reflects them only up to the checkpoint, so transforms must apply
-//! updates idempotently (keyed by event id) to be exactly-once in state.
+//! * Batches hold records of one partition each (a buffer per partition, sent when full, after
+//!   `batch.flush_interval`, or — the fullest — when all buffers together hold two batches), so
+//!   that a transform processes one partition per call and its keyed state is that partition's.
+//!
+//! ## Durable keyed state
+//! With `[state] backend = "disk"`, transform state is checkpointed *with* these offsets (see
+//! `docs/state.md` and [`crate::wasm::durable`]): before an offset is committed, the state of
+//! that partition is checkpointed at it (the effects of exactly the acknowledged records before
+//! it, in one durable transaction); on assignment the partition resumes at the later of its
+//! committed offset and its state checkpoint, and un-checkpointed effects are dropped. So after
+//! a crash, a rebalance or a restart, state and input agree exactly: no update is lost and none
+//! is applied twice, even for non-idempotent state.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,18 +41,19 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::RebalanceProtocol;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
 use super::{EmitAcks, Source, SourceConfig, SourceContext, SourceType};
 use crate::ack::{Ack, AckHandler, OrderedAcks};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
-use crate::record::{Failed, FailureKind, Meta, Record};
+use crate::record::{Failed, FailureKind, Meta, PartitionId, Record, SourcePosition};
+use crate::wasm::Checkpointed;
 
 /// ```toml
 /// [source]
@@ -156,6 +161,10 @@ impl SourceConfig for KafkaConfig {
     fn build(&self) -> anyhow::Result<Box<dyn Source>> {
         Ok(Box::new(KafkaSource { cfg: self.clone() }))
     }
+
+    fn checkpoints_state(&self) -> bool {
+        self.commit == Commit::Acknowledged
+    }
 }
 
 impl KafkaConfig {
@@ -233,6 +242,11 @@ struct Tracker {
 struct Shared {
     tracker: Mutex<Tracker>,
     counting: Arc<dyn EmitAcks>,
+    /// Bumped on every assignment change, so the source task notices (cheaply) that the epochs
+    /// of its buffered partitions may have changed.
+    generation: AtomicU64,
+    /// The pipeline's durable transform state, checkpointed before each commit.
+    state: Option<Arc<dyn Checkpointed>>,
 }
 
 impl Shared {
@@ -240,19 +254,72 @@ impl Shared {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
+    /// Takes the partitions on; returns each one's epoch.
+    fn assign(&self, tpl: &TopicPartitionList) -> Vec<(Tp, u64)> {
         let mut t = self.lock();
         t.epoch += 1;
         let epoch = t.epoch;
+        let mut out = Vec::new();
         for e in tpl.elements() {
             let tp: Tp = (Arc::from(e.topic()), e.partition());
-            t.parts.entry(tp).or_insert_with(|| Part {
+            let p = t.parts.entry(tp.clone()).or_insert_with(|| Part {
                 epoch,
                 acks: OrderedAcks::new(),
                 ready: None,
                 committed: None,
             });
+            out.push((tp, p.epoch));
         }
+        drop(t);
+        self.generation.fetch_add(1, Ordering::Release);
+        out
+    }
+
+    /// The current epoch of each assigned partition.
+    fn epochs(&self) -> HashMap<Tp, u64> {
+        self.lock()
+            .parts
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.epoch))
+            .collect()
+    }
+
+    /// Checkpoints the transform state at these offsets, then commits them; on a checkpoint
+    /// error commits nothing (the offsets stay ready and are tried again).
+    fn checkpoint_and_commit<C: Consumer<X>, X: ConsumerContext>(
+        &self,
+        consumer: &C,
+        tpl: TopicPartitionList,
+        mode: CommitMode,
+    ) -> Result<usize, String> {
+        if tpl.count() == 0 {
+            return Ok(0);
+        }
+        if let Some(state) = &self.state {
+            let positions: Vec<(PartitionId, u64)> = tpl
+                .elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some((partition_id(e.topic(), e.partition()), o as u64)),
+                    _ => None,
+                })
+                .collect();
+            if let Err(e) = state.checkpoint(&positions) {
+                let mut t = self.lock();
+                for e in tpl.elements() {
+                    if let Some(p) = t.parts.get_mut(&(Arc::from(e.topic()), e.partition())) {
+                        p.committed = None;
+                    }
+                }
+                return Err(format!(
+                    "state checkpoint failed, offsets not committed: {e:#}"
+                ));
+            }
+        }
+        consumer
+            .commit(&tpl, mode)
+            .map_err(|e| format!("commit failed: {e}"))?;
+        Ok(tpl.count())
     }
 
     /// Batches in flight that hold records of these partitions (all partitions if `None`).
@@ -290,6 +357,13 @@ impl Shared {
         let mut t = self.lock();
         for tp in tps {
             t.parts.remove(tp);
+        }
+        drop(t);
+        self.generation.fetch_add(1, Ordering::Release);
+        if let Some(state) = &self.state {
+            for tp in tps {
+                state.revoke(&partition_id(&tp.0, tp.1));
+            }
         }
     }
 }
@@ -356,11 +430,55 @@ impl ClientContext for Context {
 }
 
 impl ConsumerContext for Context {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (Some(shared), Rebalance::Revoke(tpl)) = (&self.shared, rebalance) else {
-            if let Rebalance::Error(e) = rebalance {
-                tracing::warn!(error = %e, "rebalance error");
+    /// librdkafka's default rebalance (rdkafka's `ConsumerContext::rebalance`), plus: newly
+    /// assigned partitions take their epoch here and, with durable state, start at their state
+    /// checkpoint when it is ahead of the committed offset.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
+        let revoke = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
+        if revoke {
+            self.revoked(consumer, tpl);
+        }
+        if assign {
+            if let Some(shared) = &self.shared {
+                let epochs = shared.assign(tpl);
+                if let Some(state) = &shared.state {
+                    resume_at_checkpoints(consumer, state.as_ref(), &epochs, tpl);
+                }
             }
+        }
+        if !assign && !revoke {
+            tracing::warn!(error = ?err, "rebalance error");
+        }
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let r = match (assign, cooperative) {
+            (true, true) => consumer.incremental_assign(tpl),
+            (true, false) => consumer.assign(tpl),
+            (false, true) => consumer.incremental_unassign(tpl),
+            (false, false) => consumer.unassign(),
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "applying the rebalance failed");
+        }
+        if assign {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+impl Context {
+    /// Partitions are being taken away: wait for their batches in flight, checkpoint their
+    /// state, commit, and forget them.
+    fn revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let Some(shared) = &self.shared else {
             return;
         };
         let tps: Vec<Tp> = tpl
@@ -384,32 +502,249 @@ impl ConsumerContext for Context {
             pending = shared.in_flight(Some(&tps));
         }
         let offsets = shared.committable(Some(&tps), true);
+        let committed = shared
+            .checkpoint_and_commit(consumer, offsets, CommitMode::Sync)
+            .unwrap_or_else(|e| {
+                tracing::warn!("on revoke: {e}");
+                0
+            });
         shared.forget(&tps);
-        if offsets.count() > 0 {
-            if let Err(e) = consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(error = %e, "commit on revoke failed");
-            }
-        }
         tracing::info!(
             partitions = tps.len(),
-            committed = offsets.count(),
+            committed,
             still_in_flight = pending,
             "partitions revoked"
         );
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            if let Some(shared) = &self.shared {
-                shared.assign(tpl);
-            }
-            tracing::info!(partitions = tpl.count(), "partitions assigned");
+/// Drops the un-checkpointed state of newly assigned partitions and starts each at the later of
+/// its committed offset and its state checkpoint (both cover only acknowledged records; the
+/// checkpoint is ahead after a crash between checkpointing and committing).
+fn resume_at_checkpoints<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    state: &dyn Checkpointed,
+    epochs: &[(Tp, u64)],
+    tpl: &mut TopicPartitionList,
+) {
+    let mut checkpoints = Vec::new();
+    for (tp, epoch) in epochs {
+        match state.assign(&partition_id(&tp.0, tp.1), *epoch) {
+            Ok(Some(c)) => checkpoints.push((tp.clone(), c as i64)),
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                topic = %tp.0, partition = tp.1,
+                "cannot read the state checkpoint: {e:#}; offsets of this partition will not be committed until the state can be written"
+            ),
         }
+    }
+    if checkpoints.is_empty() {
+        return;
+    }
+    let mut ask = TopicPartitionList::new();
+    for (tp, _) in &checkpoints {
+        ask.add_partition(&tp.0, tp.1);
+    }
+    let committed = match consumer.committed_offsets(ask, Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read committed offsets: resuming at the state checkpoints");
+            TopicPartitionList::new()
+        }
+    };
+    for (tp, c) in checkpoints {
+        let k = committed
+            .find_partition(&tp.0, tp.1)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        match k {
+            Some(k) if k >= c => {
+                if k > c {
+                    tracing::warn!(
+                        topic = %tp.0, partition = tp.1, committed = k, checkpoint = c,
+                        "the state of this partition is behind its committed offset (another \
+                         instance processed it since): it lacks the effects of those records"
+                    );
+                }
+            }
+            _ => {
+                tracing::info!(topic = %tp.0, partition = tp.1, committed = ?k, checkpoint = c, "resuming at the state checkpoint");
+                if let Err(e) = tpl.set_partition_offset(&tp.0, tp.1, Offset::Offset(c)) {
+                    tracing::warn!(error = %e, "cannot set the start offset");
+                }
+            }
+        }
+    }
+}
+
+fn partition_id(topic: &str, partition: i32) -> PartitionId {
+    PartitionId {
+        topic: Arc::from(topic),
+        partition,
     }
 }
 
 struct KafkaSource {
     cfg: KafkaConfig,
+}
+
+/// The records read from one partition and not sent yet.
+struct Buf {
+    records: Vec<Record>,
+    failed: Vec<Failed>,
+    bytes: usize,
+    opened: Instant,
+    /// The offset after the last record.
+    next: i64,
+    /// The partition's epoch when the first record was read.
+    epoch: u64,
+}
+
+impl Buf {
+    fn len(&self) -> usize {
+        self.records.len() + self.failed.len()
+    }
+}
+
+/// Per-partition batching: one buffer per partition, each sent as a batch of its own.
+struct Bufs {
+    bufs: HashMap<Tp, Buf>,
+    total: usize,
+    bytes: usize,
+    limits: crate::sources::BatchLimits,
+    /// Current epoch of each assigned partition (from [`Shared`], refreshed when the generation
+    /// moves); `None` without acknowledgements (every epoch 0).
+    epochs: Option<HashMap<Tp, u64>>,
+    generation: u64,
+}
+
+impl Bufs {
+    /// Re-reads the partitions' epochs after an assignment change, and drops the buffers of
+    /// partitions no longer held under the epoch they were read in (their records are read
+    /// again by whoever holds them now: nothing of theirs was acknowledged).
+    fn refresh(&mut self, shared: &Option<Arc<Shared>>) {
+        let Some(s) = shared else {
+            return;
+        };
+        let g = s.generation.load(Ordering::Acquire);
+        if g == self.generation && self.epochs.is_some() {
+            return;
+        }
+        self.generation = g;
+        let epochs = s.epochs();
+        let stale: Vec<Tp> = self
+            .bufs
+            .iter()
+            .filter(|(tp, b)| epochs.get(*tp) != Some(&b.epoch))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in stale {
+            if let Some(b) = self.bufs.remove(&tp) {
+                self.total -= b.len();
+                self.bytes -= b.bytes;
+                tracing::debug!(topic = %tp.0, partition = tp.1, records = b.len(), "dropping records of a partition no longer assigned");
+            }
+        }
+        self.epochs = Some(epochs);
+    }
+
+    /// Adds a record; returns the partition to send now, if any.
+    fn push(&mut self, tp: &Tp, offset: i64, record: Result<Record, Failed>) -> Option<Tp> {
+        let epoch = match &self.epochs {
+            Some(e) => e.get(tp).copied().unwrap_or(0),
+            None => 0,
+        };
+        let size = match &record {
+            Ok(r) => r.size(),
+            Err(f) => f.record.size(),
+        };
+        let b = self.bufs.entry(tp.clone()).or_insert_with(|| Buf {
+            records: Vec::new(),
+            failed: Vec::new(),
+            bytes: 0,
+            opened: Instant::now(),
+            next: offset + 1,
+            epoch,
+        });
+        match record {
+            Ok(r) => b.records.push(r),
+            Err(f) => b.failed.push(f),
+        }
+        b.bytes += size;
+        b.next = offset + 1;
+        self.total += 1;
+        self.bytes += size;
+        if b.len() >= self.limits.max_records || b.bytes >= self.limits.max_bytes {
+            return Some(tp.clone());
+        }
+        if self.total >= 2 * self.limits.max_records || self.bytes >= 2 * self.limits.max_bytes {
+            return self
+                .bufs
+                .iter()
+                .max_by_key(|(_, b)| b.len())
+                .map(|(tp, _)| tp.clone());
+        }
+        None
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.bufs
+            .values()
+            .map(|b| b.opened)
+            .min()
+            .map(|t| tokio::time::Instant::from_std(t + self.limits.flush_interval))
+    }
+
+    /// Partitions whose buffer is due.
+    fn due(&self) -> Vec<Tp> {
+        let now = Instant::now();
+        self.bufs
+            .iter()
+            .filter(|(_, b)| b.opened + self.limits.flush_interval <= now)
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
+    fn take(&mut self, tp: &Tp) -> Option<Buf> {
+        let b = self.bufs.remove(tp)?;
+        self.total -= b.len();
+        self.bytes -= b.bytes;
+        Some(b)
+    }
+}
+
+/// Sends one partition's buffer as a batch (its acknowledgement covers that partition's offsets).
+async fn send(
+    emitter: &mut crate::sources::Emitter,
+    shared: &Option<Arc<Shared>>,
+    bufs: &mut Bufs,
+    tp: &Tp,
+) -> anyhow::Result<()> {
+    let Some(b) = bufs.take(tp) else {
+        return Ok(());
+    };
+    if let Some(s) = shared {
+        s.lock().staged.push((tp.clone(), b.next));
+    }
+    let position = SourcePosition {
+        partition: partition_id(&tp.0, tp.1),
+        epoch: b.epoch,
+        end: b.next as u64,
+    };
+    emitter.send(b.records, b.failed, Some(position)).await
+}
+
+/// Runs blocking work (a state checkpoint's fsync) without stalling the runtime's other tasks.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 #[async_trait]
@@ -422,6 +757,8 @@ impl Source for KafkaSource {
             let shared = Arc::new(Shared {
                 tracker: Mutex::default(),
                 counting,
+                generation: AtomicU64::new(0),
+                state: ctx.state.clone(),
             });
             ctx.emitter.replace_acks(Arc::new(Acks(shared.clone())));
             shared
@@ -440,20 +777,20 @@ impl Source for KafkaSource {
         tracing::info!(topics = ?cfg.topics, group = %cfg.group_id, "kafka source subscribed");
 
         let mut names: Vec<Arc<str>> = Vec::new();
-        let mut staged: Vec<(Tp, i64)> = Vec::new();
+        let mut bufs = Bufs {
+            bufs: HashMap::new(),
+            total: 0,
+            bytes: 0,
+            limits: ctx.emitter.limits(),
+            epochs: None,
+            generation: 0,
+        };
         let mut commit_tick = tokio::time::interval(cfg.commit_interval.0);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let emitter = &mut ctx.emitter;
-        let stage = |staged: &mut Vec<(Tp, i64)>| {
-            if let Some(s) = &shared {
-                s.lock().staged.append(staged);
-            } else {
-                staged.clear();
-            }
-        };
         let mut errors = 0u32;
         loop {
-            let deadline = emitter.deadline();
+            let deadline = bufs.deadline();
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
@@ -468,6 +805,7 @@ impl Source for KafkaSource {
                         }
                     };
                     errors = 0;
+                    bufs.refresh(&shared);
                     let topic = match names.iter().find(|n| &***n == m.topic()) {
                         Some(n) => n.clone(),
                         None => {
@@ -476,13 +814,9 @@ impl Source for KafkaSource {
                         }
                     };
                     let (partition, offset) = (m.partition(), m.offset());
-                    match staged.iter_mut().find(|(tp, _)| tp.1 == partition && tp.0 == topic) {
-                        Some(s) => s.1 = offset + 1,
-                        None => staged.push(((topic.clone(), partition), offset + 1)),
-                    }
                     let payload = m.payload().unwrap_or_default();
                     let meta = Meta {
-                        topic: Some(topic),
+                        topic: Some(topic.clone()),
                         partition,
                         offset,
                         timestamp: m.timestamp().to_millis(),
@@ -506,8 +840,8 @@ impl Source for KafkaSource {
                         key: m.key().map(Bytes::copy_from_slice),
                         meta: Some(Box::new(meta)),
                     };
-                    let full = if payload.len() > ctx.max_record_bytes {
-                        emitter.push_failed(Failed {
+                    let record = if payload.len() > ctx.max_record_bytes {
+                        Err(Failed {
                             record,
                             kind: FailureKind::Oversized {
                                 actual: payload.len(),
@@ -517,25 +851,25 @@ impl Source for KafkaSource {
                             reason: "message longer than limits.max_record_bytes".into(),
                         })
                     } else {
-                        emitter.push(record)
+                        Ok(record)
                     };
                     drop(m);
-                    if full {
-                        stage(&mut staged);
-                        emitter.flush().await?;
+                    let tp = (topic, partition);
+                    if let Some(full) = bufs.push(&tp, offset, record) {
+                        send(emitter, &shared, &mut bufs, &full).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                    stage(&mut staged);
-                    emitter.flush().await?;
+                    bufs.refresh(&shared);
+                    for tp in bufs.due() {
+                        send(emitter, &shared, &mut bufs, &tp).await?;
+                    }
                 }
                 _ = commit_tick.tick() => {
                     if let Some(s) = &shared {
                         let tpl = s.committable(None, false);
-                        if tpl.count() > 0 {
-                            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                                tracing::warn!(error = %e, "kafka source: commit failed");
-                            }
+                        if let Err(e) = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Async)) {
+                            tracing::warn!("kafka source: {e}");
                         }
                     }
                 }
@@ -543,8 +877,11 @@ impl Source for KafkaSource {
         }
 
         // Shutdown: send what was read, wait for it to be acknowledged, commit, leave the group.
-        stage(&mut staged);
-        emitter.flush().await?;
+        bufs.refresh(&shared);
+        let left: Vec<Tp> = bufs.bufs.keys().cloned().collect();
+        for tp in left {
+            send(emitter, &shared, &mut bufs, &tp).await?;
+        }
         if let Some(s) = &shared {
             let deadline = Instant::now() + cfg.shutdown_wait.0;
             while s.in_flight(None) > 0 && Instant::now() < deadline {
@@ -555,13 +892,10 @@ impl Source for KafkaSource {
                 tracing::warn!(batches = left, "kafka source: shutdown_wait passed with batches unacknowledged; they will be read again");
             }
             let tpl = s.committable(None, true);
-            if tpl.count() > 0 {
-                consumer
-                    .commit(&tpl, CommitMode::Sync)
-                    .map_err(|e| anyhow::anyhow!("kafka source: final commit failed: {e}"))?;
-            }
+            let n = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Sync))
+                .map_err(|e| anyhow::anyhow!("kafka source: final commit: {e}"))?;
             tracing::info!(
-                partitions = tpl.count(),
+                partitions = n,
                 "kafka source: offsets committed at shutdown"
             );
         } else if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
@@ -598,6 +932,8 @@ mod tests {
         let shared = Arc::new(Shared {
             tracker: Mutex::default(),
             counting: Arc::new(NoAcks),
+            generation: AtomicU64::new(0),
+            state: None,
         });
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition("t", 0);
@@ -632,5 +968,64 @@ mod tests {
         drop(acks.ack_for(1));
         assert_eq!(shared.committable(None, false).count(), 0);
         assert_eq!(shared.in_flight(None), 0);
+    }
+
+    #[test]
+    fn buffers_hold_one_partition_each_and_drop_records_of_a_lost_assignment() {
+        let shared = Some(Arc::new(Shared {
+            tracker: Mutex::default(),
+            counting: Arc::new(NoAcks),
+            generation: AtomicU64::new(0),
+            state: None,
+        }));
+        let s = shared.as_ref().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition("t", p);
+        }
+        s.assign(&tpl);
+        let mut bufs = Bufs {
+            bufs: HashMap::new(),
+            total: 0,
+            bytes: 0,
+            limits: crate::sources::BatchLimits {
+                max_records: 4,
+                max_bytes: 1 << 20,
+                flush_interval: Duration::from_secs(60),
+            },
+            epochs: None,
+            generation: 0,
+        };
+        let tp = |p| (Arc::<str>::from("t"), p);
+        bufs.refresh(&shared);
+        // Interleaved partitions: each fills its own buffer.
+        let mut o = 100;
+        let mut push = |bufs: &mut Bufs, p: i32| {
+            o += 1;
+            bufs.push(&tp(p), o, Ok(Record::new("x")))
+        };
+        for p in [0, 1, 0, 0] {
+            assert_eq!(push(&mut bufs, p), None);
+        }
+        assert_eq!(push(&mut bufs, 0), Some(tp(0)), "p0 is full");
+        let b = bufs.take(&tp(0)).unwrap();
+        assert_eq!((b.records.len(), b.next, b.epoch), (4, 106, 1));
+        // Together the buffers may hold two batches; then the fullest goes.
+        for p in [1, 1, 2, 2, 0, 0] {
+            assert_eq!(push(&mut bufs, p), None);
+        }
+        assert_eq!(push(&mut bufs, 3), Some(tp(1)), "8 buffered: the fullest");
+        assert_eq!(bufs.take(&tp(1)).unwrap().records.len(), 3);
+        // p2 is revoked and assigned again: what was read under the old assignment is dropped
+        // (nothing of it was acknowledged; it is read again from the committed offset).
+        s.forget(&[tp(2)]);
+        let mut again = TopicPartitionList::new();
+        again.add_partition("t", 2);
+        s.assign(&again);
+        bufs.refresh(&shared);
+        assert!(!bufs.bufs.contains_key(&tp(2)));
+        assert_eq!(push(&mut bufs, 2), None);
+        assert_eq!(bufs.bufs[&tp(2)].epoch, 2, "read under the new assignment");
+        assert_eq!(bufs.total, bufs.bufs.values().map(Buf::len).sum::<usize>());
     }
 }

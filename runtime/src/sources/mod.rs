@@ -39,6 +39,11 @@ pub trait SourceConfig: Debug + Send + Sync {
         Ok(())
     }
     fn build(&self) -> anyhow::Result<Box<dyn Source>>;
+    /// Whether this source checkpoints transform state with its positions (`[state] backend =
+    /// "disk"` needs one).
+    fn checkpoints_state(&self) -> bool {
+        false
+    }
 }
 
 /// Implemented by each source's config struct to register it.
@@ -76,6 +81,8 @@ pub struct SourceContext {
     pub max_record_bytes: usize,
     /// Told the address a listening source (e.g. `collector`) is bound to.
     pub on_listen: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
+    /// The pipeline's durable transform state, to checkpoint before committing positions.
+    pub state: Option<Arc<dyn crate::wasm::Checkpointed>>,
 }
 
 /// Batch limits, from the `[batch]` config section.
@@ -164,8 +171,35 @@ impl Emitter {
         std::mem::replace(&mut self.acks, acks)
     }
 
+    /// The `[batch]` limits.
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
     pub fn buffered(&self) -> usize {
         self.records.len() + self.failed.len()
+    }
+
+    /// Sends a batch the source assembled itself (e.g. one partition's records), waiting for
+    /// room in the queue. Errors only if the pipeline is gone.
+    pub async fn send(
+        &mut self,
+        records: Vec<Record>,
+        failed: Vec<Failed>,
+        position: Option<crate::record::SourcePosition>,
+    ) -> anyhow::Result<()> {
+        let n = records.len() + failed.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let mut batch = Batch::new(records, self.acks.ack_for(n));
+        batch.failed = failed;
+        batch.position = position;
+        self.stats.record_read(n as u64);
+        self.tx
+            .send(batch)
+            .await
+            .map_err(|_| anyhow::anyhow!("pipeline stopped while the source was sending"))
     }
 
     /// Sends the open batch, waiting for room in the queue. Errors only if the pipeline is gone.

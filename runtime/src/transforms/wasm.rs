@@ -14,8 +14,9 @@ use serde::Deserialize;
 use super::{Transform, TransformConfig, TransformType};
 use crate::config::{self, ByteSize, ConfigError, Origin};
 use crate::record::Batch;
+use crate::record::PartitionId;
 use crate::wasm::guest::BuildError;
-use crate::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
+use crate::wasm::{Guest, GuestOptions, Limits, MemoryBackend, StateBackend};
 
 /// ```toml
 /// [[transforms]]
@@ -48,9 +49,14 @@ pub struct Config {
     pub flush_interval: Option<config::Duration>,
     /// Where compiled transforms are cached.
     pub cache_dir: Option<PathBuf>,
-    /// The transform's keyed state, shared by its workers.
-    #[serde(skip)]
-    pub state: Arc<MemoryBackend>,
+    /// The transform's keyed state, shared by its workers: the pipeline's `[state]` backend
+    /// (in memory unless configured).
+    #[serde(skip, default = "memory_state")]
+    pub state: Arc<dyn StateBackend>,
+}
+
+fn memory_state() -> Arc<dyn StateBackend> {
+    MemoryBackend::new()
 }
 
 /// A value of the `config` table: text, number or boolean (passed to the guest as text).
@@ -172,6 +178,10 @@ impl Config {
 }
 
 impl TransformConfig for Config {
+    fn set_state(&mut self, backend: Arc<dyn StateBackend>) {
+        self.state = backend;
+    }
+
     fn build(&self, label: &str, origin: &Origin) -> Result<Box<dyn Transform>, ConfigError> {
         let guest = Guest::new(&self.path, self.options(label, origin)?).map_err(|e| match e {
             BuildError::Init(m) => {
@@ -183,6 +193,7 @@ impl TransformConfig for Config {
             guest,
             flush_interval: self.flush_interval.map(|d| d.0),
             last_flush: Instant::now(),
+            partitions: Vec::new(),
         }))
     }
 }
@@ -192,15 +203,31 @@ pub struct WasmTransform {
     pub guest: Guest,
     flush_interval: Option<Duration>,
     last_flush: Instant,
+    /// Input partitions seen: `flush` runs on the state of each.
+    partitions: Vec<PartitionId>,
 }
 
 impl Transform for WasmTransform {
     fn process(&mut self, batch: &mut Batch) {
+        if let Some(p) = &batch.position {
+            if !self.partitions.contains(&p.partition) {
+                self.partitions.push(p.partition.clone());
+            }
+        }
         self.guest.process_batch(batch);
         if let Some(every) = self.flush_interval {
             if self.last_flush.elapsed() >= every {
                 self.last_flush = Instant::now();
-                batch.records.extend(self.guest.flush());
+                if self.partitions.is_empty() {
+                    batch.records.extend(self.guest.flush());
+                }
+                for p in &self.partitions {
+                    if let Err(e) = self.guest.select_state(p, None) {
+                        tracing::error!(partition = %p, "flush: cannot open the state: {e:#}");
+                        continue;
+                    }
+                    batch.records.extend(self.guest.flush());
+                }
             }
         }
     }

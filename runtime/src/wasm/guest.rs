@@ -24,8 +24,8 @@ use super::bindings::weir::transform::types as wit;
 use super::bindings::{WeirTransform, WeirTransformPre};
 use super::engine::{self, LoadKind};
 use super::host::HostState;
-use super::state::{StateBackend, StateScope, StateStore};
-use crate::record::{Batch, Failed, Record};
+use super::state::{At, StateBackend, StateScope, StateStore};
+use crate::record::{Batch, Failed, PartitionId, Record};
 
 /// Limits of one transform; see the `limits` table of the `wasm` transform config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,11 @@ pub struct Guest {
     limits: Limits,
     engine: Engine,
     pre: WeirTransformPre<HostState>,
+    /// Opens the state of each input partition (see [`Guest::select_state`]).
+    backend: Arc<dyn StateBackend>,
+    /// The state of the current input partition, and the input position the calls process.
     state: Arc<dyn StateStore>,
+    at: Option<At>,
     store: Store<HostState>,
     instance: Option<WeirTransform>,
     /// The `process` export, called with [`abi::BatchIn`] (payloads lowered without staging).
@@ -182,10 +186,7 @@ impl Guest {
         let label: Arc<str> = Arc::from(opts.label.as_str());
         let state = opts
             .state
-            .open(&StateScope {
-                transform: opts.label.clone(),
-                partition: 0,
-            })
+            .open(&StateScope::unpartitioned(&opts.label))
             .map_err(|e| BuildError::Load(format!("cannot open state: {e:#}")))?;
         let store = new_store(&engine, &label, &opts.limits, &state);
         let mut g = Guest {
@@ -194,7 +195,9 @@ impl Guest {
             limits: opts.limits,
             engine,
             pre,
+            backend: opts.state.clone(),
             state,
+            at: None,
             store,
             instance: None,
             process: None,
@@ -218,6 +221,7 @@ impl Guest {
         self.instance = None;
         self.process = None;
         self.store = new_store(&self.engine, &self.label, &self.limits, &self.state);
+        self.store.data_mut().at = self.at;
         self.store
             .set_epoch_deadline(engine::deadline_ticks(self.limits.timeout));
         let load = |e: wasmtime::Error| BuildError::Load(format!("cannot instantiate: {e:#}"));
@@ -435,8 +439,39 @@ impl Guest {
         }
     }
 
-    /// Runs the guest on a weir batch, in place (see [`crate::transforms::Transform`]).
+    /// Points the guest's state at the scope of input `partition`; the writes of the calls
+    /// that follow are tagged with `at` (`None`: not tied to input, e.g. `flush`).
+    pub fn select_state(&mut self, partition: &PartitionId, at: Option<At>) -> anyhow::Result<()> {
+        let store = self.backend.open(&StateScope {
+            transform: self.label.to_string(),
+            partition: partition.clone(),
+        })?;
+        self.state = store.clone();
+        self.at = at;
+        let host = self.store.data_mut();
+        host.store = store;
+        host.at = at;
+        Ok(())
+    }
+
+    /// Runs the guest on a weir batch, in place (see [`crate::transforms::Transform`]). A batch
+    /// of one input partition works on that partition's state.
     pub fn process_batch(&mut self, batch: &mut Batch) {
+        if let Some(p) = &batch.position {
+            let at = At {
+                epoch: p.epoch,
+                end: p.end,
+            };
+            if let Err(e) = self.select_state(&p.partition, Some(at)) {
+                let reason = format!("cannot open the transform's state: {e:#}");
+                for r in std::mem::take(&mut batch.records) {
+                    batch
+                        .failed
+                        .push(Failed::invalid(r, &self.label, reason.clone()));
+                }
+                return;
+            }
+        }
         let read_at = batch_time_ms(batch);
         let records = std::mem::take(&mut batch.records);
         let out = self.run(records, read_at);

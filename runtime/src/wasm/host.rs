@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::weir::transform::{host, state, types};
-use super::state::{StateStore, Write};
+use super::state::{At, StateStore, Write};
 
 /// Longest guest log line or panic message kept (longer ones are cut).
 const MAX_MESSAGE: usize = 4096;
@@ -15,6 +15,8 @@ pub struct HostState {
     pub(crate) label: Arc<str>,
     pub(crate) memory: MemoryLimiter,
     pub(crate) store: Arc<dyn StateStore>,
+    /// The input position the current call processes (its writes are tagged with it).
+    pub(crate) at: Option<At>,
     /// Writes of the current guest call, committed only if it succeeds.
     pub(crate) txn: HashMap<Vec<u8>, Write>,
     pub(crate) log: LogLimiter,
@@ -36,6 +38,7 @@ impl HostState {
                 exceeded: None,
             },
             store,
+            at: None,
             txn: HashMap::new(),
             log: LogLimiter::new(log_lines_per_second),
             panic: None,
@@ -55,7 +58,7 @@ impl HostState {
             return Ok(());
         }
         let writes: Vec<Write> = self.txn.drain().map(|(_, w)| w).collect();
-        self.store.commit(writes, now_ms())
+        self.store.commit(writes, self.at, now_ms())
     }
 
     fn read(&self, key: &[u8], now: i64) -> anyhow::Result<Option<Vec<u8>>> {
@@ -308,10 +311,7 @@ mod tests {
     #[test]
     fn a_call_sees_its_own_writes_and_only_a_commit_keeps_them() {
         let store = MemoryBackend::new()
-            .open(&StateScope {
-                transform: "t".into(),
-                partition: 0,
-            })
+            .open(&StateScope::unpartitioned("t"))
             .unwrap();
         let mut h = HostState::new("t".into(), 1 << 20, store.clone(), 10);
         h.begin_call();

@@ -15,11 +15,13 @@
 //!   the trap message and the guest backtrace.
 //! * [`host`]: what the guest may call: keyed state (per guest call, as one transaction),
 //!   rate-limited logging, the clock. There is no WASI: no files, no network, no environment.
-//! * [`state`]: keyed state owned by the host behind [`state::StateBackend`]; in memory for now.
+//! * [`state`]: keyed state owned by the host behind [`state::StateBackend`]: in memory, or on
+//!   disk checkpointed with the source positions ([`durable`], `docs/state.md`).
 
 pub mod abi;
 pub mod cache;
 pub mod cli;
+pub mod durable;
 pub mod engine;
 pub mod guest;
 pub mod host;
@@ -37,5 +39,6 @@ pub mod bindings {
 /// The WIT package version weir serves.
 pub const WIT_VERSION: &str = "weir:transform@0.1.0";
 
+pub use durable::DiskState;
 pub use guest::{Guest, GuestOptions, Limits, Outcome};
-pub use state::{MemoryBackend, StateBackend, StateScope, StateStore};
+pub use state::{At, Checkpointed, MemoryBackend, StateBackend, StateScope, StateStore};

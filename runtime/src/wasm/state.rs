@@ -1,28 +1,42 @@
 //! Keyed state owned by the host.
 //!
 //! A [`StateBackend`] opens one [`StateStore`] per [`StateScope`]: a transform of a pipeline and
-//! a partition of its input. Today every transform has one partition (0) shared by its workers;
-//! a partitioned source (Kafka, Kinesis) will open one scope per partition it owns, so a durable
-//! backend can hand a partition's state over with the partition.
+//! a partition of its input. Batches of a partitioned source (Kafka) each hold records of one
+//! partition ([`crate::record::Batch::position`]), so each guest call works on the state of that
+//! partition; unpartitioned sources use one scope (topic "", partition 0).
 //!
 //! The guest never writes to a store directly: the host collects the writes of one guest call
 //! and [`StateStore::commit`]s them only if the call succeeds, so a trap (and the retries that
-//! isolate the poison record) never leaves half of a batch's writes behind. A durable backend
-//! additionally implements [`StateStore::checkpoint`]: persist what was committed, tagged with
-//! the source position it corresponds to, so that after a restart the source resumes from
-//! [`StateStore::last_checkpoint`] and state and input agree.
+//! isolate the poison record) never leaves half of a batch's writes behind. Each commit carries
+//! the input position ([`At`]) of the batch that produced it: a durable backend
+//! ([`super::durable::DiskState`], also a [`Checkpointed`]) keeps writes in memory until the
+//! source asks it to make the effects of its acknowledged input durable, before the source
+//! commits that position. See `docs/state.md`.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
+use crate::record::PartitionId;
+
 /// Which state: one transform of one pipeline, one partition of its input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StateScope {
-    /// The transform's label in the pipeline, e.g. `transforms[1] (wasm)`.
+    /// The transform's state name (its label in the pipeline, e.g. `transforms[1] (wasm)`,
+    /// unless the config names it).
     pub transform: String,
-    /// The input partition (0 for unpartitioned sources).
-    pub partition: u32,
+    /// The input partition (topic "", partition 0 for unpartitioned sources).
+    pub partition: PartitionId,
+}
+
+impl StateScope {
+    /// The scope of an unpartitioned input.
+    pub fn unpartitioned(transform: &str) -> StateScope {
+        StateScope {
+            transform: transform.to_string(),
+            partition: PartitionId::default(),
+        }
+    }
 }
 
 /// One write of a committed guest call.
@@ -35,9 +49,17 @@ pub struct Write {
     pub expires_at_ms: Option<i64>,
 }
 
+/// The input position a guest call's writes reflect: the batch's partition assignment
+/// generation and the position after its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub epoch: u64,
+    pub end: u64,
+}
+
 /// Where state lives. Implementations must be cheap to share between worker threads.
 pub trait StateBackend: Send + Sync + Debug {
-    /// The store of `scope`, created empty if new.
+    /// The store of `scope`, created empty if new. Cheap: called once per batch.
     fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>>;
 }
 
@@ -47,17 +69,29 @@ pub trait StateStore: Send + Sync + Debug {
     fn get(&self, key: &[u8], now_ms: i64) -> anyhow::Result<Option<Vec<u8>>>;
     /// The live values of many keys, in order (one lock or one round trip).
     fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
-    /// Applies the writes of one successful guest call, atomically.
-    fn commit(&self, writes: Vec<Write>, now_ms: i64) -> anyhow::Result<()>;
-    /// Makes everything committed so far durable, tagged with the source `position` it
-    /// reflects. The in-memory backend only remembers the position.
-    fn checkpoint(&self, position: &[u8]) -> anyhow::Result<()>;
-    /// The position of the last checkpoint, where the source resumes after a restart.
-    fn last_checkpoint(&self) -> anyhow::Result<Option<Vec<u8>>>;
+    /// Applies the writes of one successful guest call, atomically. `at`: the input the call
+    /// processed (`None`: not tied to input, e.g. the guest's `flush`; such writes count as
+    /// part of the latest input applied).
+    fn commit(&self, writes: Vec<Write>, at: Option<At>, now_ms: i64) -> anyhow::Result<()>;
 }
 
-/// State in process memory: lost on restart (a durable backend comes with the partitioned
-/// sources).
+/// A backend whose state is checkpointed together with the source's positions: what a source
+/// that commits positions (Kafka) drives. Positions are per partition and only grow within an
+/// assignment.
+pub trait Checkpointed: Send + Sync + Debug {
+    /// `partition` is (re)assigned under `epoch`: whatever effects of it were not checkpointed
+    /// are dropped (they belong to input that will be read again). Returns the position its
+    /// durable state reflects, if any: the source must resume there at the latest.
+    fn assign(&self, partition: &PartitionId, epoch: u64) -> anyhow::Result<Option<u64>>;
+    /// Makes durable, in one transaction, the effects of every batch that ends at or before the
+    /// given position of each partition, and records those positions. Called before the source
+    /// commits them; on error it must not commit them.
+    fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
+    /// `partition` is no longer ours: drop its effects that were not checkpointed.
+    fn revoke(&self, partition: &PartitionId);
+}
+
+/// State in process memory: lost on restart (the default; `[state] backend = "disk"` keeps it).
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     stores: Mutex<HashMap<StateScope, Arc<MemoryStore>>>,
@@ -89,7 +123,6 @@ struct MemoryInner {
     /// Entries with an expiry; when the map doubles past the size after the last sweep,
     /// expired entries are removed (amortised O(1) per write).
     sweep_at: usize,
-    checkpoint: Option<Vec<u8>>,
 }
 
 impl MemoryInner {
@@ -130,7 +163,7 @@ impl StateStore for MemoryStore {
         Ok(keys.iter().map(|k| inner.live(k, now_ms)).collect())
     }
 
-    fn commit(&self, writes: Vec<Write>, now_ms: i64) -> anyhow::Result<()> {
+    fn commit(&self, writes: Vec<Write>, _at: Option<At>, now_ms: i64) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for w in writes {
             match w.value {
@@ -150,23 +183,6 @@ impl StateStore for MemoryStore {
         }
         Ok(())
     }
-
-    fn checkpoint(&self, position: &[u8]) -> anyhow::Result<()> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .checkpoint = Some(position.to_vec());
-        Ok(())
-    }
-
-    fn last_checkpoint(&self) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .checkpoint
-            .clone())
-    }
 }
 
 #[cfg(test)]
@@ -178,7 +194,10 @@ mod tests {
         let b = MemoryBackend::new();
         let scope = |p| StateScope {
             transform: "t".into(),
-            partition: p,
+            partition: PartitionId {
+                topic: "in".into(),
+                partition: p,
+            },
         };
         let s0 = b.open(&scope(0)).unwrap();
         let s1 = b.open(&scope(1)).unwrap();
@@ -195,6 +214,7 @@ mod tests {
                     expires_at_ms: None,
                 },
             ],
+            None,
             0,
         )
         .unwrap();
@@ -210,7 +230,5 @@ mod tests {
             b.open(&scope(0)).unwrap().get(b"b", 0).unwrap(),
             Some(b"2".to_vec())
         );
-        s0.checkpoint(b"offset=42").unwrap();
-        assert_eq!(s0.last_checkpoint().unwrap(), Some(b"offset=42".to_vec()));
     }
 }

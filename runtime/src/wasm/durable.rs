@@ -1,0 +1,705 @@
+//! `[state] backend = "disk"`: transform state on disk (redb), checkpointed together with the
+//! source's positions, so that after a crash state and input agree exactly. See `docs/state.md`.
+//!
+//! * The writes of each committed guest call go to an in-memory **overlay** of their scope,
+//!   tagged with the position of the batch that produced them. Reads see the overlay over the
+//!   durable base.
+//! * When the source is about to commit position `O` of partition `p` (every batch up to `O`
+//!   acknowledged by every sink), it first calls [`Checkpointed::checkpoint`]: the overlay writes
+//!   of every scope of `p` tagged `<= O` and the position `O` itself are written in **one**
+//!   durable transaction. Only then is `O` committed to Kafka. Durable state therefore always
+//!   reflects exactly the acknowledged input up to its checkpoint, never an effect of a record
+//!   that could be read again.
+//! * On (re)assignment the source resumes at `max(committed offset, state checkpoint)`; the
+//!   overlay of a partition is dropped on assignment and revocation (un-acknowledged effects).
+//!   Writes of a batch read under an earlier assignment of the partition (its epoch) are dropped.
+//!
+//! One file for the whole pipeline, so that the checkpoint of a partition covers the state of
+//! every transform in one transaction.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[cfg(test)]
+use redb::ReadableTableMetadata;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Deserialize;
+
+use super::state::{At, Checkpointed, StateBackend, StateScope, StateStore, Write};
+use crate::config::{ConfigError, Origin};
+use crate::record::PartitionId;
+
+/// Entries: scope prefix + key → 8-byte big-endian expiry (`i64::MAX`: none) + value.
+const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
+/// Expiry index: sortable expiry + entry key → nothing (to sweep expired entries).
+const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+/// Per input partition, the position its state reflects.
+const CHECKPOINTS: TableDefinition<&[u8], u64> = TableDefinition::new("checkpoints");
+/// Expired entries removed per checkpoint at most (the rest wait for the next one).
+const SWEEP_LIMIT: usize = 2000;
+
+/// `[state]`: where transform state lives.
+///
+/// ```toml
+/// [state]
+/// backend = "disk"                          # default "memory"
+/// path = "/var/lib/weir/media.state.redb"   # one file per pipeline (required for disk)
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    #[serde(default)]
+    pub backend: Backend,
+    pub path: Option<PathBuf>,
+}
+
+/// `[state] backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In process memory: lost on restart.
+    #[default]
+    Memory,
+    /// On disk, checkpointed with the source's positions.
+    Disk,
+}
+
+impl StateConfig {
+    /// The disk backend, if configured (opened on first use, not here).
+    pub fn check(&self, o: &Origin) -> Result<Option<Arc<DiskState>>, ConfigError> {
+        match (self.backend, &self.path) {
+            (Backend::Memory, None) => Ok(None),
+            (Backend::Memory, Some(_)) => Err(o.error(
+                "path",
+                "expected no path with backend = \"memory\" (did you mean backend = \"disk\"?)",
+            )),
+            (Backend::Disk, None) => Err(o.error(
+                "path",
+                "missing required key `path` (the state file) for backend = \"disk\"",
+            )),
+            (Backend::Disk, Some(p)) if p.as_os_str().is_empty() || p.is_dir() => Err(o.error(
+                "path",
+                format!(
+                    "expected a file path for the state database, found {:?}",
+                    p.display().to_string()
+                ),
+            )),
+            (Backend::Disk, Some(p)) => Ok(Some(DiskState::new(p))),
+        }
+    }
+}
+
+/// The database, opened on first use (so that `weir validate` creates nothing).
+struct Db {
+    path: PathBuf,
+    db: Mutex<Option<Arc<Database>>>,
+}
+
+impl Db {
+    fn get(&self) -> anyhow::Result<Arc<Database>> {
+        let mut g = lock(&self.db);
+        if let Some(db) = &*g {
+            return Ok(db.clone());
+        }
+        let db = open(&self.path)?;
+        *g = Some(db.clone());
+        Ok(db)
+    }
+}
+
+fn open(path: &Path) -> anyhow::Result<Arc<Database>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    let db = Database::create(path)
+        .map_err(|e| anyhow::anyhow!("cannot open the state file {}: {e}", path.display()))?;
+    let txn = db.begin_write()?;
+    txn.open_table(ENTRIES)?;
+    txn.open_table(EXPIRY)?;
+    txn.open_table(CHECKPOINTS)?;
+    txn.commit()?;
+    tracing::info!(path = %path.display(), "state file opened");
+    Ok(Arc::new(db))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pipeline's state on disk: a [`StateBackend`] for the transforms and a [`Checkpointed`]
+/// for the source.
+pub struct DiskState {
+    db: Arc<Db>,
+    parts: Mutex<HashMap<PartitionId, Arc<Part>>>,
+    /// Serialises checkpoints with assignments and revocations.
+    lifecycle: Mutex<()>,
+}
+
+impl fmt::Debug for DiskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DiskState({})", self.db.path.display())
+    }
+}
+
+/// One input partition as this instance holds it.
+#[derive(Debug)]
+struct Part {
+    epoch: u64,
+    /// Assigned to this instance (writes of scopes of a partition we do not own are dropped).
+    owned: bool,
+    stores: Mutex<HashMap<String, Arc<DiskStore>>>,
+}
+
+impl Part {
+    fn close(&self) {
+        for s in lock(&self.stores).values() {
+            let mut o = lock(&s.overlay);
+            o.closed = true;
+            o.log.clear();
+            o.index.clear();
+        }
+    }
+}
+
+impl DiskState {
+    pub fn new(path: &Path) -> Arc<DiskState> {
+        Arc::new(DiskState {
+            db: Arc::new(Db {
+                path: path.to_path_buf(),
+                db: Mutex::new(None),
+            }),
+            parts: Mutex::default(),
+            lifecycle: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.db.path
+    }
+
+    /// The position the durable state of `partition` reflects.
+    pub fn checkpoint_of(&self, partition: &PartitionId) -> anyhow::Result<Option<u64>> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let t = txn.open_table(CHECKPOINTS)?;
+        Ok(t.get(part_key(partition).as_slice())?.map(|v| v.value()))
+    }
+
+    /// Writes of partitions' scopes not yet checkpointed (for tests and metrics).
+    pub fn pending_writes(&self, partition: &PartitionId) -> usize {
+        let parts = lock(&self.parts);
+        parts.get(partition).map_or(0, |p| {
+            lock(&p.stores)
+                .values()
+                .map(|s| {
+                    lock(&s.overlay)
+                        .log
+                        .iter()
+                        .map(|(_, w)| w.len())
+                        .sum::<usize>()
+                })
+                .sum()
+        })
+    }
+}
+
+impl StateBackend for DiskState {
+    fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>> {
+        let part = lock(&self.parts)
+            .entry(scope.partition.clone())
+            .or_insert_with(|| {
+                Arc::new(Part {
+                    epoch: 0,
+                    owned: false,
+                    stores: Mutex::default(),
+                })
+            })
+            .clone();
+        let mut stores = lock(&part.stores);
+        let store = stores
+            .entry(scope.transform.clone())
+            .or_insert_with(|| {
+                Arc::new(DiskStore {
+                    db: self.db.clone(),
+                    prefix: scope_prefix(&scope.transform, &scope.partition),
+                    epoch: part.epoch,
+                    owned: part.owned,
+                    overlay: Mutex::default(),
+                })
+            })
+            .clone();
+        Ok(store)
+    }
+}
+
+impl Checkpointed for DiskState {
+    fn assign(&self, partition: &PartitionId, epoch: u64) -> anyhow::Result<Option<u64>> {
+        let _l = lock(&self.lifecycle);
+        let old = lock(&self.parts).insert(
+            partition.clone(),
+            Arc::new(Part {
+                epoch,
+                owned: true,
+                stores: Mutex::default(),
+            }),
+        );
+        if let Some(old) = old {
+            old.close();
+        }
+        self.checkpoint_of(partition)
+    }
+
+    fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let _l = lock(&self.lifecycle);
+        let db = self.db.get()?;
+        // Copy what is due (the overlay stays readable until it is durable).
+        let mut due: Vec<(Arc<DiskStore>, usize, u64)> = Vec::new();
+        let mut writes: Vec<(Vec<u8>, Write)> = Vec::new();
+        let mut owned: Vec<(&PartitionId, u64)> = Vec::new();
+        {
+            let parts = lock(&self.parts);
+            for (p, upto) in positions {
+                let Some(part) = parts.get(p).filter(|p| p.owned) else {
+                    continue;
+                };
+                owned.push((p, *upto));
+                for s in lock(&part.stores).values() {
+                    let o = lock(&s.overlay);
+                    let mut n = 0;
+                    for (_, ws) in o.log.iter().take_while(|(pos, _)| pos <= upto) {
+                        n += 1;
+                        writes.extend(ws.iter().map(|w| (s.prefix.clone(), w.clone())));
+                    }
+                    if n > 0 {
+                        due.push((s.clone(), n, *upto));
+                    }
+                }
+            }
+        }
+        let now = super::host::now_ms();
+        let txn = db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+            for (prefix, w) in writes {
+                let mut k = prefix;
+                k.extend_from_slice(&w.key);
+                let old_exp = entries
+                    .get(k.as_slice())?
+                    .map(|v| decode(v.value()).0)
+                    .filter(|&e| e != i64::MAX);
+                if let Some(e) = old_exp {
+                    expiry.remove(exp_key(e, &k).as_slice())?;
+                }
+                match w.value {
+                    Some(v) => {
+                        let exp = w.expires_at_ms.unwrap_or(i64::MAX);
+                        let mut val = Vec::with_capacity(8 + v.len());
+                        val.extend_from_slice(&exp.to_be_bytes());
+                        val.extend_from_slice(&v);
+                        entries.insert(k.as_slice(), val.as_slice())?;
+                        if exp != i64::MAX {
+                            expiry.insert(exp_key(exp, &k).as_slice(), [].as_slice())?;
+                        }
+                    }
+                    None => {
+                        entries.remove(k.as_slice())?;
+                    }
+                }
+            }
+            for (p, upto) in owned {
+                checkpoints.insert(part_key(p).as_slice(), upto)?;
+            }
+            // Sweep expired entries (any partition's: expired is expired).
+            let end = exp_key(now, &[]);
+            let expired: Vec<Vec<u8>> = expiry
+                .range::<&[u8]>(..end.as_slice())?
+                .take(SWEEP_LIMIT)
+                .map(|r| r.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()?;
+            for ek in expired {
+                expiry.remove(ek.as_slice())?;
+                let k = &ek[8..];
+                let stale = entries
+                    .get(k)?
+                    .is_some_and(|v| exp_key(decode(v.value()).0, k) == ek);
+                if stale {
+                    entries.remove(k)?;
+                }
+            }
+        }
+        txn.commit()?;
+        // Durable now: drop it from the overlays.
+        for (s, n, upto) in due {
+            let mut o = lock(&s.overlay);
+            if o.closed {
+                continue;
+            }
+            let n = n.min(o.log.len());
+            o.log.drain(..n);
+            o.index.retain(|_, e| e.pos > upto);
+        }
+        Ok(())
+    }
+
+    fn revoke(&self, partition: &PartitionId) {
+        let _l = lock(&self.lifecycle);
+        if let Some(old) = lock(&self.parts).remove(partition) {
+            old.close();
+        }
+    }
+}
+
+/// The state of one scope: the overlay of writes not yet checkpointed over the durable base.
+#[derive(Debug)]
+pub struct DiskStore {
+    db: Arc<Db>,
+    prefix: Vec<u8>,
+    epoch: u64,
+    owned: bool,
+    overlay: Mutex<Overlay>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Db({})", self.path.display())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Overlay {
+    /// Committed guest calls not yet durable, by position (ascending).
+    log: VecDeque<(u64, Vec<Write>)>,
+    /// The newest overlay write of each key.
+    index: HashMap<Vec<u8>, Entry>,
+    /// Position of the newest commit.
+    head: u64,
+    /// The partition was revoked or reassigned: writes are dropped.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Option<Vec<u8>>,
+    expires_at_ms: Option<i64>,
+    pos: u64,
+}
+
+impl Entry {
+    fn live(&self, now: i64) -> Option<Vec<u8>> {
+        self.value
+            .clone()
+            .filter(|_| self.expires_at_ms.is_none_or(|e| e > now))
+    }
+}
+
+impl DiskStore {
+    fn read_base(&self, keys: &[&[u8]], now: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut k = self.prefix.clone();
+        keys.iter()
+            .map(|key| {
+                k.truncate(self.prefix.len());
+                k.extend_from_slice(key);
+                Ok(t.get(k.as_slice())?.and_then(|v| {
+                    let (exp, val) = decode(v.value());
+                    (exp > now).then(|| val.to_vec())
+                }))
+            })
+            .collect()
+    }
+}
+
+impl StateStore for DiskStore {
+    fn get(&self, key: &[u8], now_ms: i64) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.get_many(&[key], now_ms)?.pop().flatten())
+    }
+
+    fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let mut out: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(keys.len());
+        let mut misses = Vec::new();
+        {
+            let o = lock(&self.overlay);
+            for k in keys {
+                match o.index.get(*k) {
+                    Some(e) => out.push(Some(e.live(now_ms))),
+                    None => {
+                        out.push(None);
+                        misses.push(*k);
+                    }
+                }
+            }
+        }
+        let mut base = if misses.is_empty() {
+            Vec::new()
+        } else {
+            self.read_base(&misses, now_ms)?
+        }
+        .into_iter();
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| base.next().flatten()))
+            .collect())
+    }
+
+    fn commit(&self, writes: Vec<Write>, at: Option<At>, _now_ms: i64) -> anyhow::Result<()> {
+        let mut o = lock(&self.overlay);
+        if o.closed || !self.owned || at.is_some_and(|a| a.epoch != self.epoch) {
+            // Effects of input that is not ours (any more): it will be read again by its owner.
+            tracing::debug!(
+                writes = writes.len(),
+                "state writes of an unowned partition dropped"
+            );
+            return Ok(());
+        }
+        let pos = at.map_or(o.head, |a| a.end.max(o.head));
+        o.head = pos;
+        for w in &writes {
+            o.index.insert(
+                w.key.clone(),
+                Entry {
+                    value: w.value.clone(),
+                    expires_at_ms: w.expires_at_ms,
+                    pos,
+                },
+            );
+        }
+        match o.log.back_mut() {
+            Some((p, ws)) if *p == pos => ws.extend(writes),
+            _ => o.log.push_back((pos, writes)),
+        }
+        Ok(())
+    }
+}
+
+fn part_key(p: &PartitionId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + p.topic.len());
+    k.extend_from_slice(&(p.topic.len() as u32).to_be_bytes());
+    k.extend_from_slice(p.topic.as_bytes());
+    k.extend_from_slice(&p.partition.to_be_bytes());
+    k
+}
+
+fn scope_prefix(transform: &str, p: &PartitionId) -> Vec<u8> {
+    let mut k = part_key(p);
+    k.extend_from_slice(&(transform.len() as u32).to_be_bytes());
+    k.extend_from_slice(transform.as_bytes());
+    k
+}
+
+/// Expiry (ordered as bytes) followed by the entry key.
+fn exp_key(exp: i64, entry: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + entry.len());
+    k.extend_from_slice(&((exp as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(entry);
+    k
+}
+
+fn decode(v: &[u8]) -> (i64, &[u8]) {
+    match v.split_first_chunk::<8>() {
+        Some((e, rest)) => (i64::from_be_bytes(*e), rest),
+        None => (i64::MAX, v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(p: i32) -> PartitionId {
+        PartitionId {
+            topic: "in".into(),
+            partition: p,
+        }
+    }
+
+    fn scope(t: &str, p: i32) -> StateScope {
+        StateScope {
+            transform: t.into(),
+            partition: pid(p),
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Write {
+        Write {
+            key: k.as_bytes().to_vec(),
+            value: Some(v.as_bytes().to_vec()),
+            expires_at_ms: None,
+        }
+    }
+
+    fn at(epoch: u64, end: u64) -> Option<At> {
+        Some(At { epoch, end })
+    }
+
+    fn get(s: &Arc<dyn StateStore>, k: &str) -> Option<String> {
+        s.get(k.as_bytes(), 0)
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn only_checkpointed_effects_survive_a_crash_and_the_checkpoint_says_where_to_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let st = DiskState::new(&path);
+            assert_eq!(st.assign(&pid(0), 1).unwrap(), None, "nothing yet");
+            let s = st.open(&scope("t", 0)).unwrap();
+            s.commit(vec![put("a", "1")], at(1, 10), 0).unwrap();
+            s.commit(vec![put("a", "2"), put("b", "1")], at(1, 20), 0)
+                .unwrap();
+            assert_eq!(get(&s, "a").as_deref(), Some("2"), "reads see the overlay");
+            // Batches up to 10 acknowledged: only their effects become durable.
+            st.checkpoint(&[(pid(0), 10)]).unwrap();
+            assert_eq!(st.pending_writes(&pid(0)), 2);
+            assert_eq!(get(&s, "a").as_deref(), Some("2"));
+            assert_eq!(st.checkpoint_of(&pid(0)).unwrap(), Some(10));
+            // Crash here: the Kafka commit of 10 may or may not have happened.
+        }
+        let st = DiskState::new(&path);
+        assert_eq!(
+            st.assign(&pid(0), 1).unwrap(),
+            Some(10),
+            "resume at the checkpoint"
+        );
+        let s = st.open(&scope("t", 0)).unwrap();
+        assert_eq!(
+            get(&s, "a").as_deref(),
+            Some("1"),
+            "exactly the input before 10"
+        );
+        assert_eq!(get(&s, "b"), None, "effect of an unacknowledged batch");
+        // Other scopes and partitions are separate.
+        assert_eq!(get(&st.open(&scope("u", 0)).unwrap(), "a"), None);
+        assert_eq!(get(&st.open(&scope("t", 1)).unwrap(), "a"), None);
+    }
+
+    #[test]
+    fn revoked_and_stale_epoch_effects_never_reach_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = DiskState::new(&dir.path().join("s.redb"));
+        st.assign(&pid(0), 1).unwrap();
+        let old = st.open(&scope("t", 0)).unwrap();
+        old.commit(vec![put("a", "1")], at(1, 5), 0).unwrap();
+        st.checkpoint(&[(pid(0), 5)]).unwrap();
+        old.commit(vec![put("a", "2")], at(1, 9), 0).unwrap();
+        // Revoked before 9 was acknowledged, then assigned again.
+        st.revoke(&pid(0));
+        old.commit(vec![put("a", "late")], at(1, 12), 0).unwrap();
+        assert_eq!(st.assign(&pid(0), 2).unwrap(), Some(5));
+        let s = st.open(&scope("t", 0)).unwrap();
+        assert_eq!(
+            get(&s, "a").as_deref(),
+            Some("1"),
+            "the overlay was dropped"
+        );
+        // A batch read under the old assignment is processed late: its writes are dropped.
+        s.commit(vec![put("a", "old")], at(1, 9), 0).unwrap();
+        s.commit(vec![put("b", "1")], at(2, 9), 0).unwrap();
+        st.checkpoint(&[(pid(0), 9)]).unwrap();
+        drop((st, s, old));
+        let st = DiskState::new(&dir.path().join("s.redb"));
+        assert_eq!(st.assign(&pid(0), 1).unwrap(), Some(9));
+        let s = st.open(&scope("t", 0)).unwrap();
+        assert_eq!(get(&s, "a").as_deref(), Some("1"));
+        assert_eq!(get(&s, "b").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn expired_entries_are_not_read_and_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = DiskState::new(&dir.path().join("s.redb"));
+        st.assign(&pid(0), 1).unwrap();
+        let s = st.open(&scope("t", 0)).unwrap();
+        let now = super::super::host::now_ms();
+        s.commit(
+            vec![
+                Write {
+                    key: b"old".to_vec(),
+                    value: Some(b"x".to_vec()),
+                    expires_at_ms: Some(now - 1),
+                },
+                Write {
+                    key: b"new".to_vec(),
+                    value: Some(b"y".to_vec()),
+                    expires_at_ms: Some(now + 3_600_000),
+                },
+                put("del", "z"),
+            ],
+            at(1, 1),
+            now,
+        )
+        .unwrap();
+        s.commit(
+            vec![Write {
+                key: b"del".to_vec(),
+                value: None,
+                expires_at_ms: None,
+            }],
+            at(1, 2),
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.get(b"old", now).unwrap(), None);
+        st.checkpoint(&[(pid(0), 2)]).unwrap();
+        assert_eq!(st.pending_writes(&pid(0)), 0);
+        assert_eq!(s.get(b"old", now).unwrap(), None);
+        assert_eq!(s.get(b"new", now).unwrap(), Some(b"y".to_vec()));
+        assert_eq!(s.get(b"del", now).unwrap(), None);
+        let db = st.db.get().unwrap();
+        let txn = db.begin_read().unwrap();
+        let entries = txn.open_table(ENTRIES).unwrap();
+        assert_eq!(entries.len().unwrap(), 1, "the expired entry was swept");
+        assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |source: &str, state: &str| {
+            let p = dir.path().join("p.toml");
+            std::fs::write(
+                &p,
+                format!("{source}\n[sink]\ntype = \"null\"\n\n[state]\n{state}\n"),
+            )
+            .unwrap();
+            crate::pipeline::PipelineConfig::load(&p)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let stdin = "[source]\ntype = \"stdin\"\n";
+        let e = load(stdin, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
+        assert!(
+            e.contains("state.backend") && e.contains("checkpoints state"),
+            "{e}"
+        );
+        let kafka = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
+        let file = dir.path().join("st/x.redb");
+        let ok = format!(
+            "backend = \"disk\"\npath = {:?}",
+            file.display().to_string()
+        );
+        assert_eq!(load(kafka, &ok), "");
+        assert!(!file.exists(), "checking a config creates no state file");
+        let e = load(kafka, "backend = \"disk\"");
+        assert!(e.contains("state.path") && e.contains("missing"), "{e}");
+        let e = load(kafka, "backend = \"dsk\"");
+        assert!(e.contains("state.backend"), "{e}");
+        let e = load(kafka, "path = \"/tmp/x.redb\"");
+        assert!(e.contains("state.path"), "{e}");
+        let on_read = format!("{kafka}commit = \"on-read\"\n");
+        let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
+        assert!(e.contains("state.backend"), "{e}");
+    }
+}
