@@ -315,6 +315,9 @@ fn build_guests(root: &Path, target: &Path) -> PathBuf {
             "--manifest-path",
         ])
         .arg(root.join("transforms/Cargo.toml"))
+        // From transforms/, so that its .cargo/config.toml (the guests' rustflags: simd128)
+        // applies, as when building there (Makefile, `weir transform new` projects).
+        .current_dir(root.join("transforms"))
         .env("CARGO_TARGET_DIR", target)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")

@@ -47,6 +47,8 @@ pub fn build_rust_guests() -> PathBuf {
             let status = cargo()
                 .args(["build", "--release", "--target", "wasm32-unknown-unknown", "--workspace", "--manifest-path"])
                 .arg(repo_root().join("transforms/Cargo.toml"))
+                // transforms/.cargo/config.toml (the guests' rustflags) applies from there.
+                .current_dir(repo_root().join("transforms"))
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the test guests failed (is the wasm32-unknown-unknown target installed? `rustup target add wasm32-unknown-unknown`)");

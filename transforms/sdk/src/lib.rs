@@ -52,6 +52,7 @@ mod config;
 pub mod fields;
 mod host;
 mod json;
+pub mod mem;
 pub mod snowplow;
 mod state;
 #[cfg(not(target_arch = "wasm32"))]
