@@ -391,25 +391,11 @@ endpoint_url = "{}"
     }
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.starts_with("HTTP/1.1 200")
-        .then(|| text.split_once("\r\n\r\n").unwrap().1.to_string())
-}
-
 /// The dashboard on a DynamoDB table: its snapshot is the table (tombstones left out), and the
 /// writes the sink applies are pushed to a connected browser; a stale write is not.
 #[test]
 fn the_dashboard_reads_its_snapshot_from_the_table_and_gets_applied_writes_pushed() {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
@@ -470,25 +456,13 @@ flush_interval = "10ms"
     };
     assert!(viewers(0).is_empty(), "an empty table, an empty snapshot");
 
-    let mut sse = std::net::TcpStream::connect(&addr).unwrap();
-    write!(sse, "GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    sse.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let mut sse = std::io::BufReader::new(sse);
-    let mut next_event = || -> (String, serde_json::Value) {
-        let (mut name, mut data) = (String::new(), String::new());
-        loop {
-            let mut l = String::new();
-            sse.read_line(&mut l).unwrap();
-            let l = l.trim_end();
-            if let Some(n) = l.strip_prefix("event: ") {
-                name = n.to_string();
-            } else if let Some(d) = l.strip_prefix("data: ") {
-                data = d.to_string();
-            } else if l.is_empty() && !name.is_empty() {
-                return (name, serde_json::from_str(&data).unwrap());
-            }
-        }
+    let mut sse = Sse::connect(&addr);
+    let mut next_event = || {
+        let (name, data) = sse.next();
+        (
+            name,
+            serde_json::from_str::<serde_json::Value>(&data).unwrap(),
+        )
     };
     assert_eq!(next_event().0, "snapshot");
 

@@ -3,24 +3,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.split_once("\r\n\r\n").unwrap().1.to_string()
+    http_get(addr, path).unwrap_or_else(|| panic!("GET {path} failed"))
 }
 
 fn viewers(addr: &str) -> Vec<serde_json::Value> {
@@ -90,27 +80,9 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
     );
 
     // An SSE client connected before any profile exists gets an empty snapshot, then pushes.
-    let mut sse = TcpStream::connect(&addr).unwrap();
-    write!(sse, "GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut sse = BufReader::new(sse);
+    let mut sse = Sse::connect(&addr);
     let mut events = Vec::new();
-    let next_event = |sse: &mut BufReader<TcpStream>| -> (String, String) {
-        let (mut name, mut data) = (String::new(), String::new());
-        loop {
-            let mut l = String::new();
-            sse.read_line(&mut l).unwrap();
-            let l = l.trim_end();
-            if let Some(n) = l.strip_prefix("event: ") {
-                name = n.to_string();
-            } else if let Some(d) = l.strip_prefix("data: ") {
-                data = d.to_string();
-            } else if l.is_empty() && !name.is_empty() {
-                return (name, data);
-            }
-        }
-    };
-    let (name, data) = next_event(&mut sse);
+    let (name, data) = sse.next();
     assert_eq!(name, "snapshot");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&data).unwrap()["viewers"],
@@ -136,7 +108,7 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
     );
     assert_eq!(rows[1]["viewer_id"], "b");
     for _ in 0..4 {
-        events.push(next_event(&mut sse));
+        events.push(sse.next());
     }
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(

@@ -131,3 +131,50 @@ pub fn build_example_transforms() {
         .unwrap();
     assert!(status.success(), "building the example transforms failed");
 }
+
+/// `GET path` on `addr` (HTTP/1.1, connection closed): the body if the status is 200.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200")
+        .then(|| text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string())
+}
+
+/// A Server-Sent Events client of the dashboard's `/api/stream`.
+pub struct Sse(std::io::BufReader<std::net::TcpStream>);
+
+impl Sse {
+    pub fn connect(addr: &str) -> Sse {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        Sse(std::io::BufReader::new(s))
+    }
+
+    /// The next event: its name and its data.
+    pub fn next(&mut self) -> (String, String) {
+        use std::io::BufRead;
+        let (mut name, mut data) = (String::new(), String::new());
+        loop {
+            let mut l = String::new();
+            assert!(self.0.read_line(&mut l).unwrap() > 0, "event stream closed");
+            let l = l.trim_end();
+            if let Some(n) = l.strip_prefix("event: ") {
+                name = n.to_string();
+            } else if let Some(d) = l.strip_prefix("data: ") {
+                data = d.to_string();
+            } else if l.is_empty() && !name.is_empty() {
+                return (name, data);
+            }
+        }
+    }
+}
