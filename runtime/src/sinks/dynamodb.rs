@@ -869,7 +869,23 @@ mod tests {
             create_table: false,
             concurrency: 1,
             max_attempts: 1,
+            dashboard: None,
         }
+    }
+
+    #[test]
+    fn an_item_reads_back_as_the_json_it_was_made_from() {
+        let doc = serde_json::json!({
+            "viewer_id": "v1", "n": 3, "x": 12.5, "ok": true, "none": null,
+            "ad": {"id": "7", "skipped": [1, 2]}
+        });
+        let item: HashMap<String, AttributeValue> = doc
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), to_attr(v)))
+            .collect();
+        assert_eq!(item_to_json(&item), doc);
     }
 
     #[test]
@@ -877,6 +893,7 @@ mod tests {
         let sink = DynamoDbSink {
             cfg: cfg(),
             client: None,
+            hub: None,
         };
         let op = sink
             .op(
