@@ -192,3 +192,59 @@ fn flush_emits_held_records_directly_and_on_the_pipeline_interval() {
     chain.process(&mut b);
     assert_eq!(texts(&b.records), vec!["now", "late"]);
 }
+
+/// With a partitioned input, a partition's state is flushed only inside a batch of that
+/// partition, so what the flush emits (viewer-state's removal of an expired viewer) travels with
+/// that partition's position and never with another partition's batch.
+#[test]
+fn flush_of_a_partition_rides_on_a_batch_of_that_partition() {
+    use weir::record::{PartitionId, SourcePosition};
+    let viewer_state = rust_guest("viewer_state");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pipeline(
+        dir.path(),
+        &wasm_entry(
+            &viewer_state,
+            "flush_interval = \"1ms\"\nconfig = { ttl = \"1ms\" }",
+        ),
+    )
+    .unwrap();
+    let mut chain = cfg.build_chain().unwrap();
+    let media = fixture_lines()
+        .into_iter()
+        .find(|l| String::from_utf8_lossy(l).contains("play_event"))
+        .unwrap();
+    let at = |partition: i32, end: u64, records: Vec<Record>| {
+        let mut b = Batch::new(records, Default::default());
+        b.position = Some(SourcePosition {
+            partition: PartitionId {
+                topic: "in".into(),
+                partition,
+            },
+            epoch: 1,
+            end,
+        });
+        b
+    };
+    let removals = |b: &Batch| {
+        texts(&b.records)
+            .into_iter()
+            .filter(|t| t.contains("\"removed\":true"))
+            .count()
+    };
+    // Partition 0 sees a viewer; partition 1 sees nobody.
+    let mut b = at(0, 1, vec![Record::new(media.clone())]);
+    chain.process(&mut b);
+    assert_eq!(b.records.len(), 1, "the viewer's profile");
+    let mut b = at(1, 1, vec![]);
+    chain.process(&mut b);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // The viewer has expired, but a batch of partition 1 does not carry its removal...
+    let mut b = at(1, 2, vec![]);
+    chain.process(&mut b);
+    assert_eq!(removals(&b), 0, "{:?}", texts(&b.records));
+    // ... the next batch of partition 0 does.
+    let mut b = at(0, 2, vec![]);
+    chain.process(&mut b);
+    assert_eq!(removals(&b), 1, "{:?}", texts(&b.records));
+}

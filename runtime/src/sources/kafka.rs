@@ -439,6 +439,20 @@ impl ConsumerContext for Context {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        // librdkafka calls this from inside the source's `recv()`, on a runtime worker: the
+        // revoke path waits for batches in flight (which other tasks must move) and both paths
+        // do blocking I/O, so the worker hands its other tasks over first.
+        blocking(|| self.rebalance_blocking(consumer, err, tpl));
+    }
+}
+
+impl Context {
+    fn rebalance_blocking(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         let assign = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
         let revoke = err == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS;
         if revoke {
@@ -738,9 +752,8 @@ async fn send(
 
 /// Runs blocking work (a state checkpoint's fsync) without stalling the runtime's other tasks.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
         tokio::task::block_in_place(f)
     } else {
         f()

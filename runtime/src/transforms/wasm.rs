@@ -16,7 +16,7 @@ use crate::config::{self, ByteSize, ConfigError, Origin};
 use crate::record::Batch;
 use crate::record::PartitionId;
 use crate::wasm::guest::BuildError;
-use crate::wasm::{Guest, GuestOptions, Limits, MemoryBackend, StateBackend};
+use crate::wasm::{At, Guest, GuestOptions, Limits, MemoryBackend, StateBackend};
 
 /// ```toml
 /// [[transforms]]
@@ -202,33 +202,54 @@ impl TransformConfig for Config {
 pub struct WasmTransform {
     pub guest: Guest,
     flush_interval: Option<Duration>,
+    /// When the state of an unpartitioned input was last flushed.
     last_flush: Instant,
-    /// Input partitions seen: `flush` runs on the state of each.
-    partitions: Vec<PartitionId>,
+    /// Input partitions seen, with when each one's state was last flushed.
+    partitions: Vec<(PartitionId, Instant)>,
 }
 
 impl Transform for WasmTransform {
     fn process(&mut self, batch: &mut Batch) {
-        if let Some(p) = &batch.position {
-            if !self.partitions.contains(&p.partition) {
-                self.partitions.push(p.partition.clone());
-            }
-        }
         self.guest.process_batch(batch);
-        if let Some(every) = self.flush_interval {
-            if self.last_flush.elapsed() >= every {
-                self.last_flush = Instant::now();
-                if self.partitions.is_empty() {
-                    batch.records.extend(self.guest.flush());
-                }
-                for p in &self.partitions {
-                    if let Err(e) = self.guest.select_state(p, None) {
-                        tracing::error!(partition = %p, "flush: cannot open the state: {e:#}");
-                        continue;
+        let Some(every) = self.flush_interval else {
+            return;
+        };
+        match &batch.position {
+            // A partition's state is flushed only inside a batch of that partition: the flush's
+            // state writes and the records it emits then share the batch's position, so a
+            // checkpoint never covers a removal that has not been delivered, and a partition this
+            // worker no longer owns (revoked: no more batches) is never flushed from stale state.
+            // A partition that receives nothing is flushed when its next batch comes.
+            Some(p) => {
+                let due = match self.partitions.iter_mut().find(|(q, _)| *q == p.partition) {
+                    Some((_, last)) if last.elapsed() >= every => {
+                        *last = Instant::now();
+                        true
                     }
-                    batch.records.extend(self.guest.flush());
+                    Some(_) => false,
+                    None => {
+                        self.partitions.push((p.partition.clone(), Instant::now()));
+                        false
+                    }
+                };
+                if due {
+                    let at = At {
+                        epoch: p.epoch,
+                        end: p.end,
+                    };
+                    match self.guest.select_state(&p.partition, Some(at)) {
+                        Ok(()) => batch.records.extend(self.guest.flush()),
+                        Err(e) => tracing::error!(
+                            partition = %p.partition, "flush: cannot open the state: {e:#}"
+                        ),
+                    }
                 }
             }
+            None if self.partitions.is_empty() && self.last_flush.elapsed() >= every => {
+                self.last_flush = Instant::now();
+                batch.records.extend(self.guest.flush());
+            }
+            None => {}
         }
     }
 }
