@@ -144,14 +144,7 @@ max_records = 50
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unprocessed_items_and_throttling_are_retried_until_every_item_lands_once() {
     let moto = Moto::start();
-    let client = dynamodb(&moto.endpoint).await;
-    // The table exists up front, so every request through the proxy is a write.
-    weir::sinks::dynamodb::create_table(
-        &client,
-        &serde_json::from_str(r#"{"table":"events","partition_key":"event_id"}"#).unwrap(),
-    )
-    .await
-    .unwrap();
+    let client = dynamodb_table(&moto.endpoint, "events", "event_id").await;
     let proxy = Proxy::start(
         &moto.endpoint,
         Faults {

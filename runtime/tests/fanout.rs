@@ -13,14 +13,7 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_reaches_every_child_and_a_throttled_child_is_retried_alone() {
     let moto = Moto::start();
-    let client = dynamodb(&moto.endpoint).await;
-    // The table exists up front, so every request through the proxy is a write.
-    weir::sinks::dynamodb::create_table(
-        &client,
-        &serde_json::from_str(r#"{"table":"profiles","partition_key":"viewer_id"}"#).unwrap(),
-    )
-    .await
-    .unwrap();
+    let client = dynamodb_table(&moto.endpoint, "profiles", "viewer_id").await;
     // Throttling with one attempt per request: the DynamoDB child fails the batch (retriable)
     // three times, while the file child has long accepted it.
     let proxy = Proxy::start(

@@ -112,6 +112,17 @@ pub async fn dynamodb(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&sdk(endpoint).await)
 }
 
+/// A table (string partition key `key`) on the emulator, created up front so that every request
+/// through a fault-injecting proxy is a write; returns a client of the emulator itself.
+pub async fn dynamodb_table(endpoint: &str, table: &str, key: &str) -> aws_sdk_dynamodb::Client {
+    let client = dynamodb(endpoint).await;
+    let cfg = serde_json::from_value(json!({ "table": table, "partition_key": key })).unwrap();
+    weir::sinks::dynamodb::create_table(&client, &cfg)
+        .await
+        .unwrap();
+    client
+}
+
 pub async fn kinesis(endpoint: &str) -> aws_sdk_kinesis::Client {
     aws_sdk_kinesis::Client::new(&sdk(endpoint).await)
 }
