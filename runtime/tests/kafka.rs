@@ -234,6 +234,28 @@ queue = 2
     )
 }
 
+/// One round of a crash test: starts weir, waits until it has its partitions, lets it work for
+/// `work_ms` and SIGKILLs it. A weir that never joins is killed before the test fails, so no
+/// instance outlives the test.
+fn kill_after_join(cfg: &Path, round: usize, join_limit: Duration, work_ms: u64) {
+    let mut child = spawn(cfg);
+    let joined = Instant::now();
+    while !log_of(cfg).contains("partitions assigned") {
+        if joined.elapsed() >= join_limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("round {round}: never joined: {}", log_of(cfg));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(work_ms));
+    signal(child.id(), libc::SIGKILL);
+    wait_exit(&mut child, Duration::from_secs(10));
+    if std::env::var_os("WEIR_KAFKA_DEBUG").is_some() {
+        eprintln!("--- run {round}\n{}", log_of(cfg));
+    }
+}
+
 /// Starts weir with its log in a file beside the config (a pipe could fill up and block it).
 fn spawn(cfg: &Path) -> Child {
     let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
@@ -377,23 +399,8 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
         // Keep producing while crashing, so kills land mid-stream (and the mock broker's small
         // per-partition retention never drops input that was not read yet).
         expected.extend(produce(&bs, "in", k * per_kill..(k + 1) * per_kill));
-        let mut child = spawn(&cfg);
         // Kill while it works: at a random moment after it got its partitions.
-        let joined = Instant::now();
-        while !log_of(&cfg).contains("partitions assigned") {
-            assert!(
-                joined.elapsed() < Duration::from_secs(30),
-                "never joined: {}",
-                log_of(&cfg)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(next() % 700));
-        signal(child.id(), libc::SIGKILL);
-        wait_exit(&mut child, Duration::from_secs(10));
-        if std::env::var_os("WEIR_KAFKA_DEBUG").is_some() {
-            eprintln!("--- run {k}\n{}", log_of(&cfg));
-        }
+        kill_after_join(&cfg, k, Duration::from_secs(30), next() % 700);
     }
     let crashing = start.elapsed();
     during += output_ids(&bs, "out", Duration::from_millis(500)).len();
@@ -927,22 +934,7 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     for k in 0..kills {
         produce_keyed(&bs, produced..produced + per_kill, keys, &mut order);
         produced += per_kill;
-        let mut child = spawn(&cfg);
-        let joined = Instant::now();
-        while !log_of(&cfg).contains("partitions assigned") {
-            assert!(
-                joined.elapsed() < Duration::from_secs(60),
-                "never joined: {}",
-                log_of(&cfg)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        std::thread::sleep(Duration::from_millis(next() % 500));
-        signal(child.id(), libc::SIGKILL);
-        wait_exit(&mut child, Duration::from_secs(10));
-        if std::env::var_os("WEIR_KAFKA_DEBUG").is_some() {
-            eprintln!("--- run {k}\n{}", log_of(&cfg));
-        }
+        kill_after_join(&cfg, k, Duration::from_secs(60), next() % 500);
     }
     let crashing = start.elapsed();
     let during = check_counts(&counted(&bs, Duration::from_millis(500)), &order).0;
