@@ -458,11 +458,12 @@ impl Context {
         if revoke {
             self.revoked(consumer, tpl);
         }
+        let mut unrestored = TopicPartitionList::new();
         if assign {
             if let Some(shared) = &self.shared {
                 let epochs = shared.assign(tpl);
                 if let Some(state) = &shared.state {
-                    resume_at_checkpoints(consumer, state.as_ref(), &epochs, tpl);
+                    unrestored = resume_at_checkpoints(consumer, state.as_ref(), &epochs, tpl);
                 }
             }
         }
@@ -481,6 +482,12 @@ impl Context {
         };
         if let Err(e) = r {
             tracing::warn!(error = %e, "applying the rebalance failed");
+        }
+        if unrestored.count() > 0 {
+            // Reading them with state that is not theirs would corrupt it: hold them.
+            if let Err(e) = consumer.pause(&unrestored) {
+                tracing::error!(error = %e, "cannot pause partitions whose state is missing");
+            }
         }
         if assign {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
@@ -532,28 +539,44 @@ impl Context {
     }
 }
 
-/// Drops the un-checkpointed state of newly assigned partitions and starts each at the later of
-/// its committed offset and its state checkpoint (both cover only acknowledged records; the
-/// checkpoint is ahead after a crash between checkpointing and committing).
+/// Drops the un-checkpointed state of newly assigned partitions (restoring it from the
+/// changelog, if any) and starts each at the later of its committed offset and its state
+/// checkpoint (both cover only acknowledged records; the checkpoint is ahead after a crash
+/// between checkpointing and committing). Returns the partitions whose state could not be
+/// had, after retrying for a while: the caller pauses them.
 fn resume_at_checkpoints<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     state: &dyn Checkpointed,
     epochs: &[(Tp, u64)],
     tpl: &mut TopicPartitionList,
-) {
+) -> TopicPartitionList {
     let mut checkpoints = Vec::new();
+    let mut failed = TopicPartitionList::new();
     for (tp, epoch) in epochs {
-        match state.assign(&partition_id(&tp.0, tp.1), *epoch) {
-            Ok(Some(c)) => checkpoints.push((tp.clone(), c as i64)),
-            Ok(None) => {}
-            Err(e) => tracing::error!(
-                topic = %tp.0, partition = tp.1,
-                "cannot read the state checkpoint: {e:#}; offsets of this partition will not be committed until the state can be written"
-            ),
+        let mut attempt = 0;
+        loop {
+            match state.assign(&partition_id(&tp.0, tp.1), *epoch) {
+                Ok(Some(c)) => checkpoints.push((tp.clone(), c as i64)),
+                Ok(None) => {}
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(topic = %tp.0, partition = tp.1, attempt, "cannot get the state of this partition: {e:#}; retrying");
+                    std::thread::sleep(crate::pipeline::backoff(attempt + 3));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        topic = %tp.0, partition = tp.1,
+                        "cannot get the state of this partition: {e:#}; the partition stays paused until the next rebalance or a restart"
+                    );
+                    let _ = failed.add_partition(&tp.0, tp.1);
+                }
+            }
+            break;
         }
     }
     if checkpoints.is_empty() {
-        return;
+        return failed;
     }
     let mut ask = TopicPartitionList::new();
     for (tp, _) in &checkpoints {
@@ -575,7 +598,7 @@ fn resume_at_checkpoints<C: ConsumerContext>(
             });
         match k {
             Some(k) if k >= c => {
-                if k > c {
+                if k > c && !state.follows_partitions() {
                     tracing::warn!(
                         topic = %tp.0, partition = tp.1, committed = k, checkpoint = c,
                         "the state of this partition is behind its committed offset (another \
@@ -591,6 +614,7 @@ fn resume_at_checkpoints<C: ConsumerContext>(
             }
         }
     }
+    failed
 }
 
 fn partition_id(topic: &str, partition: i32) -> PartitionId {
@@ -776,6 +800,11 @@ impl Source for KafkaSource {
             ctx.emitter.replace_acks(Arc::new(Acks(shared.clone())));
             shared
         });
+        if let Some(state) = &ctx.state {
+            let client = cfg.client_config();
+            blocking(|| state.attach_kafka(&client, &cfg.topics))
+                .map_err(|e| anyhow::anyhow!("kafka source: state changelog: {e:#}"))?;
+        }
         let consumer: StreamConsumer<Context> = cfg
             .client_config()
             .create_with_context(Context {

@@ -16,17 +16,25 @@
 //!
 //! One file for the whole pipeline, so that the checkpoint of a partition covers the state of
 //! every transform in one transaction.
+//!
+//! With `changelog_topic`, state follows its partition to any instance: each checkpoint first
+//! appends the partition's changed entries and a marker with its position to that partition of a
+//! compacted Kafka topic ([`super::changelog`]), and an assignment first replays what the local
+//! file lacks of it. Entries after the last marker (a crash mid-checkpoint) are not applied, and
+//! are overwritten in the changelog with the restored values so that compaction can never let them
+//! shadow an older, checkpointed value.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 #[cfg(test)]
 use redb::ReadableTableMetadata;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Deserialize;
 
+use super::changelog::{Append, Changelog};
 use super::state::{At, Checkpointed, StateBackend, StateScope, StateStore, Write};
 use crate::config::{ConfigError, Origin};
 use crate::record::PartitionId;
@@ -37,6 +45,8 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
 /// Per input partition, the position its state reflects.
 const CHECKPOINTS: TableDefinition<&[u8], u64> = TableDefinition::new("checkpoints");
+/// Per input partition, the changelog offset up to which this file has its changes.
+const CHANGELOG_POS: TableDefinition<&[u8], u64> = TableDefinition::new("changelog_positions");
 /// Expired entries removed per checkpoint at most (the rest wait for the next one).
 const SWEEP_LIMIT: usize = 2000;
 
@@ -46,6 +56,7 @@ const SWEEP_LIMIT: usize = 2000;
 /// [state]
 /// backend = "disk"                          # default "memory"
 /// path = "/var/lib/weir/media.state.redb"   # one file per pipeline (required for disk)
+/// changelog_topic = "weir-media-state"      # optional: state follows its partition anywhere
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +64,9 @@ pub struct StateConfig {
     #[serde(default)]
     pub backend: Backend,
     pub path: Option<PathBuf>,
+    /// A compacted Kafka topic (on the source's cluster) every checkpoint is appended to, and an
+    /// instance assigned a partition restores that partition's state from.
+    pub changelog_topic: Option<String>,
 }
 
 /// `[state] backend`.
@@ -69,6 +83,21 @@ pub enum Backend {
 impl StateConfig {
     /// The disk backend, if configured (opened on first use, not here).
     pub fn check(&self, o: &Origin) -> Result<Option<Arc<DiskState>>, ConfigError> {
+        match (self.backend, &self.changelog_topic) {
+            (Backend::Memory, Some(_)) => {
+                return Err(o.error(
+                    "changelog_topic",
+                    "expected no changelog with backend = \"memory\" (it needs backend = \"disk\")",
+                ))
+            }
+            (_, Some(t)) if t.trim().is_empty() => {
+                return Err(o.error(
+                    "changelog_topic",
+                    "expected a topic name, found an empty string",
+                ))
+            }
+            _ => {}
+        }
         match (self.backend, &self.path) {
             (Backend::Memory, None) => Ok(None),
             (Backend::Memory, Some(_)) => Err(o.error(
@@ -86,7 +115,10 @@ impl StateConfig {
                     p.display().to_string()
                 ),
             )),
-            (Backend::Disk, Some(p)) => Ok(Some(DiskState::new(p))),
+            (Backend::Disk, Some(p)) => Ok(Some(DiskState::with_changelog(
+                p,
+                self.changelog_topic.clone(),
+            ))),
         }
     }
 }
@@ -120,6 +152,7 @@ fn open(path: &Path) -> anyhow::Result<Arc<Database>> {
     txn.open_table(ENTRIES)?;
     txn.open_table(EXPIRY)?;
     txn.open_table(CHECKPOINTS)?;
+    txn.open_table(CHANGELOG_POS)?;
     txn.commit()?;
     tracing::info!(path = %path.display(), "state file opened");
     Ok(Arc::new(db))
@@ -136,6 +169,9 @@ pub struct DiskState {
     parts: Mutex<HashMap<PartitionId, Arc<Part>>>,
     /// Serialises checkpoints with assignments and revocations.
     lifecycle: Mutex<()>,
+    /// `changelog_topic`, and the topic once the source connected it.
+    changelog_topic: Option<String>,
+    changelog: OnceLock<Changelog>,
 }
 
 impl fmt::Debug for DiskState {
@@ -166,6 +202,10 @@ impl Part {
 
 impl DiskState {
     pub fn new(path: &Path) -> Arc<DiskState> {
+        Self::with_changelog(path, None)
+    }
+
+    pub fn with_changelog(path: &Path, changelog_topic: Option<String>) -> Arc<DiskState> {
         Arc::new(DiskState {
             db: Arc::new(Db {
                 path: path.to_path_buf(),
@@ -173,7 +213,143 @@ impl DiskState {
             }),
             parts: Mutex::default(),
             lifecycle: Mutex::new(()),
+            changelog_topic,
+            changelog: OnceLock::new(),
         })
+    }
+
+    /// The connected changelog, if one is configured (an error if it is not connected yet).
+    fn changelog(&self) -> anyhow::Result<Option<&Changelog>> {
+        match (&self.changelog_topic, self.changelog.get()) {
+            (None, _) => Ok(None),
+            (Some(_), Some(c)) => Ok(Some(c)),
+            (Some(t), None) => Err(anyhow::anyhow!(
+                "the changelog topic {t:?} is not connected"
+            )),
+        }
+    }
+
+    /// Brings the local state of `p` up to the changelog: replays what this file lacks (all of
+    /// it, after wiping `p`, if the file has never seen this changelog or is too far behind),
+    /// and overwrites entries after the last marker (an interrupted checkpoint) with the
+    /// restored values. With an empty changelog and local state, seeds the changelog from it.
+    fn restore(&self, cl: &Changelog, p: &PartitionId) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
+        let db = self.db.get()?;
+        let pk = part_key(p);
+        let (local_pos, local_ckpt) = {
+            let txn = db.begin_read()?;
+            let pos = txn
+                .open_table(CHANGELOG_POS)?
+                .get(pk.as_slice())?
+                .map(|v| v.value());
+            let ck = txn
+                .open_table(CHECKPOINTS)?
+                .get(pk.as_slice())?
+                .map(|v| v.value());
+            (pos, ck)
+        };
+        let (low, high) = cl.watermarks(p.partition)?;
+        if local_pos == Some(high as u64) {
+            return Ok(());
+        }
+        if low == high {
+            // Nothing in the changelog: seed it with what this file has, if anything.
+            let txn = db.begin_write()?;
+            {
+                let entries = txn.open_table(ENTRIES)?;
+                let records = prefixed(&entries, &pk)?
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect::<Vec<_>>();
+                if local_ckpt.is_some() || !records.is_empty() {
+                    let n = records.len();
+                    let m = cl.append(&[Append {
+                        partition: p.partition,
+                        records,
+                        marker: marker(&pk, local_ckpt),
+                    }])?;
+                    txn.open_table(CHANGELOG_POS)?
+                        .insert(pk.as_slice(), (m[0] + 1) as u64)?;
+                    tracing::info!(topic = %p.topic, partition = p.partition, entries = n, changelog = cl.topic(), "changelog seeded from the local state");
+                } else {
+                    txn.open_table(CHANGELOG_POS)?
+                        .insert(pk.as_slice(), high as u64)?;
+                }
+            }
+            txn.commit()?;
+            return Ok(());
+        }
+        let (from, wipe) = match local_pos {
+            Some(l) if (low as u64..=high as u64).contains(&l) => (l as i64, false),
+            _ => (low, true),
+        };
+        let txn = db.begin_write()?;
+        let (read, orphans) = {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+            if wipe {
+                for (k, _) in prefixed(&entries, &pk)? {
+                    apply(&mut entries, &mut expiry, &k, None)?;
+                }
+                checkpoints.remove(pk.as_slice())?;
+            }
+            // Entries of a checkpoint apply only once its marker is seen.
+            let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+            let read = cl.read(p.partition, from, high, |_, key, value| {
+                let Some(rest) = key.strip_prefix(pk.as_slice()) else {
+                    return Ok(()); // another input topic's partition of the same number
+                };
+                if rest == MARKER {
+                    for (k, v) in pending.drain(..) {
+                        apply(&mut entries, &mut expiry, &k, v.as_deref())?;
+                    }
+                    if let Some(o) = value.and_then(|v| v.first_chunk::<8>()) {
+                        checkpoints.insert(pk.as_slice(), u64::from_be_bytes(*o))?;
+                    }
+                } else {
+                    pending.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+                }
+                Ok(())
+            })?;
+            (read, pending)
+        };
+        let ckpt = txn
+            .open_table(CHECKPOINTS)?
+            .get(pk.as_slice())?
+            .map(|v| v.value());
+        let mut pos = high as u64;
+        if !orphans.is_empty() {
+            // An interrupted checkpoint: overwrite its entries with the checkpointed values.
+            let mut keys: Vec<Vec<u8>> = orphans.into_iter().map(|(k, _)| k).collect();
+            keys.sort();
+            keys.dedup();
+            let entries = txn.open_table(ENTRIES)?;
+            let records = keys
+                .into_iter()
+                .map(|k| {
+                    let v = entries.get(k.as_slice())?.map(|v| v.value().to_vec());
+                    Ok((k, v))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let n = records.len();
+            let m = cl.append(&[Append {
+                partition: p.partition,
+                records,
+                marker: marker(&pk, ckpt),
+            }])?;
+            pos = (m[0] + 1) as u64;
+            tracing::info!(topic = %p.topic, partition = p.partition, entries = n, "changelog: entries of an interrupted checkpoint overwritten");
+        }
+        txn.open_table(CHANGELOG_POS)?.insert(pk.as_slice(), pos)?;
+        txn.commit()?;
+        tracing::info!(
+            topic = %p.topic, partition = p.partition, changelog = cl.topic(), from, to = high,
+            records = read, full = wipe, checkpoint = ?ckpt, ms = started.elapsed().as_millis() as u64,
+            "state restored from the changelog"
+        );
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -249,7 +425,29 @@ impl Checkpointed for DiskState {
         if let Some(old) = old {
             old.close();
         }
+        if let Some(cl) = self.changelog()? {
+            self.restore(cl, partition)?;
+        }
         self.checkpoint_of(partition)
+    }
+
+    fn attach_kafka(
+        &self,
+        client: &rdkafka::ClientConfig,
+        inputs: &[String],
+    ) -> anyhow::Result<()> {
+        if let Some(topic) = &self.changelog_topic {
+            if self.changelog.get().is_none() {
+                let c = Changelog::connect(client, topic, inputs)?;
+                tracing::info!(changelog = ?c, "state changelog connected");
+                let _ = self.changelog.set(c);
+            }
+        }
+        Ok(())
+    }
+
+    fn follows_partitions(&self) -> bool {
+        self.changelog_topic.is_some()
     }
 
     fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()> {
@@ -260,8 +458,10 @@ impl Checkpointed for DiskState {
         let db = self.db.get()?;
         // Copy what is due (the overlay stays readable until it is durable).
         let mut due: Vec<(Arc<DiskStore>, usize, u64)> = Vec::new();
-        let mut writes: Vec<(Vec<u8>, Write)> = Vec::new();
         let mut owned: Vec<(&PartitionId, u64)> = Vec::new();
+        // Per partition with writes: its entries as stored (entry key, encoded value or None).
+        let mut changed: Vec<&PartitionId> = Vec::new();
+        let mut appends: Vec<Append> = Vec::new();
         {
             let parts = lock(&self.parts);
             for (p, upto) in positions {
@@ -269,53 +469,56 @@ impl Checkpointed for DiskState {
                     continue;
                 };
                 owned.push((p, *upto));
+                let mut records = Vec::new();
                 for s in lock(&part.stores).values() {
                     let o = lock(&s.overlay);
                     let mut n = 0;
                     for (_, ws) in o.log.iter().take_while(|(pos, _)| pos <= upto) {
                         n += 1;
-                        writes.extend(ws.iter().map(|w| (s.prefix.clone(), w.clone())));
+                        records.extend(ws.iter().map(|w| {
+                            let mut k = s.prefix.clone();
+                            k.extend_from_slice(&w.key);
+                            (k, w.value.as_deref().map(|v| encode(w.expires_at_ms, v)))
+                        }));
                     }
                     if n > 0 {
                         due.push((s.clone(), n, *upto));
                     }
                 }
+                if !records.is_empty() {
+                    let pk = part_key(p);
+                    changed.push(p);
+                    appends.push(Append {
+                        partition: p.partition,
+                        records,
+                        marker: marker(&pk, Some(*upto)),
+                    });
+                }
             }
         }
+        // With a changelog, the changes are in Kafka before they are in the file (and long before
+        // the offsets are committed): a new owner replays them.
+        let logged = match self.changelog()? {
+            Some(cl) if !appends.is_empty() => cl.append(&appends)?,
+            _ => Vec::new(),
+        };
         let now = super::host::now_ms();
         let txn = db.begin_write()?;
         {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut expiry = txn.open_table(EXPIRY)?;
             let mut checkpoints = txn.open_table(CHECKPOINTS)?;
-            for (prefix, w) in writes {
-                let mut k = prefix;
-                k.extend_from_slice(&w.key);
-                let old_exp = entries
-                    .get(k.as_slice())?
-                    .map(|v| decode(v.value()).0)
-                    .filter(|&e| e != i64::MAX);
-                if let Some(e) = old_exp {
-                    expiry.remove(exp_key(e, &k).as_slice())?;
-                }
-                match w.value {
-                    Some(v) => {
-                        let exp = w.expires_at_ms.unwrap_or(i64::MAX);
-                        let mut val = Vec::with_capacity(8 + v.len());
-                        val.extend_from_slice(&exp.to_be_bytes());
-                        val.extend_from_slice(&v);
-                        entries.insert(k.as_slice(), val.as_slice())?;
-                        if exp != i64::MAX {
-                            expiry.insert(exp_key(exp, &k).as_slice(), [].as_slice())?;
-                        }
-                    }
-                    None => {
-                        entries.remove(k.as_slice())?;
-                    }
+            for a in &appends {
+                for (k, v) in &a.records {
+                    apply(&mut entries, &mut expiry, k, v.as_deref())?;
                 }
             }
             for (p, upto) in owned {
                 checkpoints.insert(part_key(p).as_slice(), upto)?;
+            }
+            let mut changelog_pos = txn.open_table(CHANGELOG_POS)?;
+            for (p, m) in changed.iter().zip(&logged) {
+                changelog_pos.insert(part_key(p).as_slice(), (m + 1) as u64)?;
             }
             // Sweep expired entries (any partition's: expired is expired).
             let end = exp_key(now, &[]);
@@ -489,6 +692,73 @@ fn part_key(p: &PartitionId) -> Vec<u8> {
     k
 }
 
+/// After a partition key: the marker of a checkpoint in the changelog (no transform name is
+/// `u32::MAX` bytes long, so no entry key has it).
+const MARKER: &[u8] = &[0xFF; 4];
+
+/// A changelog marker of partition `pk`: the position its state reflects (empty: none yet).
+fn marker(pk: &[u8], position: Option<u64>) -> (Vec<u8>, Vec<u8>) {
+    let mut k = pk.to_vec();
+    k.extend_from_slice(MARKER);
+    (
+        k,
+        position.map_or_else(Vec::new, |o| o.to_be_bytes().to_vec()),
+    )
+}
+
+/// A value as stored: 8-byte big-endian expiry (`i64::MAX`: none), then the value.
+fn encode(expires_at_ms: Option<i64>, v: &[u8]) -> Vec<u8> {
+    let mut val = Vec::with_capacity(8 + v.len());
+    val.extend_from_slice(&expires_at_ms.unwrap_or(i64::MAX).to_be_bytes());
+    val.extend_from_slice(v);
+    val
+}
+
+/// Sets (or, with `None`, deletes) an entry and keeps the expiry index in step.
+fn apply(
+    entries: &mut redb::Table<&[u8], &[u8]>,
+    expiry: &mut redb::Table<&[u8], &[u8]>,
+    k: &[u8],
+    v: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let old_exp = entries
+        .get(k)?
+        .map(|v| decode(v.value()).0)
+        .filter(|&e| e != i64::MAX);
+    if let Some(e) = old_exp {
+        expiry.remove(exp_key(e, k).as_slice())?;
+    }
+    match v {
+        Some(v) => {
+            entries.insert(k, v)?;
+            let exp = decode(v).0;
+            if exp != i64::MAX {
+                expiry.insert(exp_key(exp, k).as_slice(), [].as_slice())?;
+            }
+        }
+        None => {
+            entries.remove(k)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every entry whose key starts with `prefix`.
+fn prefixed(
+    entries: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+) -> anyhow::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for r in entries.range::<&[u8]>(prefix..)? {
+        let (k, v) = r?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
 fn scope_prefix(transform: &str, p: &PartitionId) -> Vec<u8> {
     let mut k = part_key(p);
     k.extend_from_slice(&(transform.len() as u32).to_be_bytes());
@@ -514,6 +784,7 @@ fn decode(v: &[u8]) -> (i64, &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn pid(p: i32) -> PartitionId {
         PartitionId {
@@ -661,6 +932,138 @@ mod tests {
         let entries = txn.open_table(ENTRIES).unwrap();
         assert_eq!(entries.len().unwrap(), 1, "the expired entry was swept");
         assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
+    }
+
+    /// Against librdkafka's mock cluster (the real protocol, in process).
+    #[test]
+    fn state_follows_its_partition_through_the_changelog() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("in", 2, 1).unwrap();
+        mock.create_topic("cl", 2, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let dir = tempfile::tempdir().unwrap();
+        let instance = |name: &str| {
+            let st = DiskState::with_changelog(&dir.path().join(name), Some("cl".into()));
+            st.attach_kafka(&client, &["in".to_string()]).unwrap();
+            st
+        };
+
+        // A processes p0 and checkpoints twice; p1 once.
+        let a = instance("a.redb");
+        a.assign(&pid(0), 1).unwrap();
+        a.assign(&pid(1), 1).unwrap();
+        let s = a.open(&scope("t", 0)).unwrap();
+        s.commit(vec![put("a", "1"), put("gone", "x")], at(1, 10), 0)
+            .unwrap();
+        a.checkpoint(&[(pid(0), 10)]).unwrap();
+        s.commit(vec![put("a", "2"), put("b", "1")], at(1, 20), 0)
+            .unwrap();
+        s.commit(
+            vec![Write {
+                key: b"gone".to_vec(),
+                value: None,
+                expires_at_ms: None,
+            }],
+            at(1, 20),
+            0,
+        )
+        .unwrap();
+        a.open(&scope("t", 1))
+            .unwrap()
+            .commit(vec![put("a", "p1")], at(1, 5), 0)
+            .unwrap();
+        a.checkpoint(&[(pid(0), 20), (pid(1), 5)]).unwrap();
+        // Not checkpointed: must not follow the partition.
+        s.commit(vec![put("a", "3")], at(1, 30), 0).unwrap();
+
+        // B, with an empty file, is assigned p0: it gets exactly the checkpointed state.
+        let b = instance("b.redb");
+        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(20), "resume position");
+        let sb = b.open(&scope("t", 0)).unwrap();
+        assert_eq!(get(&sb, "a").as_deref(), Some("2"));
+        assert_eq!(get(&sb, "b").as_deref(), Some("1"));
+        assert_eq!(get(&sb, "gone"), None, "a deletion follows too");
+        assert_eq!(get(&b.open(&scope("u", 0)).unwrap(), "a"), None);
+        assert_eq!(b.assign(&pid(1), 1).unwrap(), Some(5));
+        assert_eq!(
+            get(&b.open(&scope("t", 1)).unwrap(), "a").as_deref(),
+            Some("p1")
+        );
+
+        // A checkpoint interrupted by a crash: entries in the changelog without their marker.
+        let p: BaseProducer = client.create().unwrap();
+        let mut k = scope_prefix("t", &pid(0));
+        k.extend_from_slice(b"a");
+        let v = encode(None, b"torn");
+        p.send(BaseRecord::to("cl").partition(0).key(&k).payload(&v))
+            .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+        let c = instance("c.redb");
+        assert_eq!(c.assign(&pid(0), 1).unwrap(), Some(20));
+        assert_eq!(
+            get(&c.open(&scope("t", 0)).unwrap(), "a").as_deref(),
+            Some("2"),
+            "torn entry not applied"
+        );
+        // It was overwritten in the changelog: a later full replay and A's incremental one agree.
+        let d = instance("d.redb");
+        d.assign(&pid(0), 1).unwrap();
+        assert_eq!(
+            get(&d.open(&scope("t", 0)).unwrap(), "a").as_deref(),
+            Some("2")
+        );
+        b.revoke(&pid(0));
+        drop((a, s));
+        let a = instance("a.redb");
+        assert_eq!(a.assign(&pid(0), 2).unwrap(), Some(20));
+        assert_eq!(
+            get(&a.open(&scope("t", 0)).unwrap(), "a").as_deref(),
+            Some("2")
+        );
+
+        // D moves p0 on; B gets it back: it catches up from where its file was.
+        let sd = d.open(&scope("t", 0)).unwrap();
+        sd.commit(vec![put("b", "2")], at(1, 40), 0).unwrap();
+        d.checkpoint(&[(pid(0), 40)]).unwrap();
+        d.revoke(&pid(0));
+        assert_eq!(b.assign(&pid(0), 2).unwrap(), Some(40));
+        let sb = b.open(&scope("t", 0)).unwrap();
+        assert_eq!(
+            (get(&sb, "a").as_deref(), get(&sb, "b").as_deref()),
+            (Some("2"), Some("2"))
+        );
+    }
+
+    /// State written before the changelog was configured is seeded into it.
+    #[test]
+    fn an_empty_changelog_is_seeded_from_local_state() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("in", 1, 1).unwrap();
+        mock.create_topic("cl", 1, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = DiskState::new(&dir.path().join("a.redb"));
+            old.assign(&pid(0), 1).unwrap();
+            old.open(&scope("t", 0))
+                .unwrap()
+                .commit(vec![put("k", "v")], at(1, 7), 0)
+                .unwrap();
+            old.checkpoint(&[(pid(0), 7)]).unwrap();
+        }
+        let a = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
+        a.attach_kafka(&client, &["in".to_string()]).unwrap();
+        assert_eq!(a.assign(&pid(0), 1).unwrap(), Some(7));
+        let b = DiskState::with_changelog(&dir.path().join("b.redb"), Some("cl".into()));
+        b.attach_kafka(&client, &["in".to_string()]).unwrap();
+        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(7));
+        assert_eq!(
+            get(&b.open(&scope("t", 0)).unwrap(), "k").as_deref(),
+            Some("v")
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@
 
 pub mod abi;
 pub mod cache;
+pub mod changelog;
 pub mod cli;
 pub mod durable;
 pub mod engine;

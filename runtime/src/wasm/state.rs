@@ -89,6 +89,20 @@ pub trait Checkpointed: Send + Sync + Debug {
     fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
     /// `partition` is no longer ours: drop its effects that were not checkpointed.
     fn revoke(&self, partition: &PartitionId);
+    /// The source's Kafka cluster (its consumer settings) and input topics, for a backend that
+    /// keeps a changelog there. Called once, before the first assignment.
+    fn attach_kafka(
+        &self,
+        _client: &rdkafka::ClientConfig,
+        _inputs: &[String],
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Whether a partition's state follows it to any instance (a changelog), so that an
+    /// assignment always gets the partition's latest state.
+    fn follows_partitions(&self) -> bool {
+        false
+    }
 }
 
 /// State in process memory: lost on restart (the default; `[state] backend = "disk"` keeps it).
