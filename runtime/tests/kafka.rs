@@ -852,11 +852,12 @@ fn check_counts(
     (seen.len(), dups)
 }
 
-fn state_config(dir: &Path, bootstrap: &str) -> std::path::PathBuf {
+/// The counter pipeline of instance `name`, with its own state file and the group's changelog.
+fn state_config(dir: &Path, bootstrap: &str, name: &str) -> std::path::PathBuf {
     let wasm = wasm_support::rust_guest("counter");
     write(
         dir,
-        "g-state.toml",
+        &format!("g-state-{name}.toml"),
         &format!(
             r#"
 # Two workers: a partition's batches still go to one of them, in order.
@@ -882,6 +883,7 @@ cache_dir = {cache:?}
 [state]
 backend = "disk"
 path = {state:?}
+changelog_topic = "g-state-changelog"
 
 [sink]
 type = "kafka"
@@ -894,18 +896,22 @@ queue = 2
 "#,
             wasm = wasm.display().to_string(),
             cache = wasm_support::cache_dir().display().to_string(),
-            state = dir.join("state/g-state.redb").display().to_string(),
+            state = dir.join(format!("state/{name}.redb")).display().to_string(),
         ),
     )
 }
 
 /// The crash test with a stateful transform: a per-key counter whose state lives in
-/// `[state] backend = "disk"`. SIGKILLed `WEIR_KAFKA_STATE_KILLS` (default 50) times at random
-/// moments while input keeps coming; then the group's committed offsets are rewound (as a crash
-/// between the state checkpoint and the Kafka commit would leave them). Every record must come
-/// out, and every output must carry exactly its position in its key's sequence: no update lost,
-/// none applied twice. The long run: `WEIR_KAFKA_STATE_KILLS=1000 cargo test --release --test
-/// kafka durable_state -- --nocapture`.
+/// `[state] backend = "disk"` with a changelog topic. SIGKILLed `WEIR_KAFKA_STATE_KILLS`
+/// (default 50) times at random moments while input keeps coming, restarting every third time
+/// as another instance, whose state file lacks what the other did (so state must follow the
+/// partitions through the changelog, also after kills in the middle of a checkpoint); then the
+/// group's committed offsets are rewound (as a crash between the state checkpoint and the Kafka
+/// commit would leave them); then both instances run in the group and one is killed, so the
+/// survivor takes its partitions over with their state. Every record must come out, and every
+/// output must carry exactly its position in its key's sequence: no update lost, none applied
+/// twice. The long run: `WEIR_KAFKA_STATE_KILLS=1000 cargo test --release --test kafka
+/// durable_state -- --nocapture`.
 #[test]
 fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     let _serial = serial();
@@ -917,8 +923,11 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     let bs = mock.bootstrap_servers();
     mock.create_topic("in", PARTITIONS, 1).unwrap();
     mock.create_topic("out", PARTITIONS, 1).unwrap();
+    mock.create_topic("g-state-changelog", PARTITIONS, 1)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = state_config(dir.path(), &bs);
+    let cfg = state_config(dir.path(), &bs, "a");
+    let other = state_config(dir.path(), &bs, "b");
     let keys = 64;
     let mut order = HashMap::new();
     let mut rng = 0x2545F4914F6CDD1Du64;
@@ -934,7 +943,8 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     for k in 0..kills {
         produce_keyed(&bs, produced..produced + per_kill, keys, &mut order);
         produced += per_kill;
-        kill_after_join(&cfg, k, Duration::from_secs(60), next() % 500);
+        let instance = if k % 3 == 2 { &other } else { &cfg };
+        kill_after_join(instance, k, Duration::from_secs(60), next() % 500);
     }
     let crashing = start.elapsed();
     let during = check_counts(&counted(&bs, Duration::from_millis(500)), &order).0;
@@ -1024,4 +1034,52 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
         dups2, dups,
         "nothing before the state checkpoints was processed again"
     );
+
+    // Two instances share the partitions; one is killed and the survivor takes its partitions
+    // over, with their state (its own file has only what it processed itself).
+    let mut a = spawn(&cfg);
+    let mut b = spawn(&other);
+    let start = Instant::now();
+    while !(log_of(&cfg).contains("partitions assigned")
+        && log_of(&other).contains("partitions assigned"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "both join");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_keyed(&bs, produced..produced + 2000, keys, &mut order);
+    produced += 2000;
+    while check_counts(&counted(&bs, Duration::from_millis(300)), &order).0 < produced - 1500 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "progress with two instances"
+        );
+    }
+    signal(a.id(), libc::SIGKILL);
+    wait_exit(&mut a, Duration::from_secs(10));
+    produce_keyed(&bs, produced..produced + 1000, keys, &mut order);
+    produced += 1000;
+    let start = Instant::now();
+    loop {
+        let got = check_counts(&counted(&bs, Duration::from_millis(500)), &order).0;
+        if got == produced {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {got} of {produced} ids came out after the kill: {}",
+            log_of(&other)
+        );
+    }
+    let survivor = log_of(&other);
+    assert!(
+        survivor.contains("state restored from the changelog"),
+        "{survivor}"
+    );
+    signal(b.id(), libc::SIGTERM);
+    assert!(
+        wait_exit(&mut b, Duration::from_secs(60)).success(),
+        "{survivor}"
+    );
+    let (ids, _) = check_counts(&counted(&bs, Duration::from_secs(1)), &order);
+    assert_eq!(ids, produced);
 }
