@@ -1102,9 +1102,15 @@ mod tests {
         let e = load(kafka, "path = \"/tmp/x.redb\"");
         assert!(e.contains("state.path"), "{e}");
         let e = load(kafka, "changelog_topic = \"cl\"");
-        assert!(e.contains("state.changelog_topic") && e.contains("memory"), "{e}");
+        assert!(
+            e.contains("state.changelog_topic") && e.contains("memory"),
+            "{e}"
+        );
         let e = load(kafka, &format!("{ok}\nchangelog_topic = \"\""));
-        assert!(e.contains("state.changelog_topic") && e.contains("empty"), "{e}");
+        assert!(
+            e.contains("state.changelog_topic") && e.contains("empty"),
+            "{e}"
+        );
         assert_eq!(load(kafka, &format!("{ok}\nchangelog_topic = \"cl\"")), "");
         let on_read = format!("{kafka}commit = \"on-read\"\n");
         let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");

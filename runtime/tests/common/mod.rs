@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+/// The weir binary the tests run: the one cargo built, or `WEIR_BIN` (e.g. a copy kept for a
+/// long run while the tree is rebuilt, or a release build).
 pub fn weir() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    let bin = std::env::var_os("WEIR_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_weir").into());
+    let mut c = Command::new(bin);
     c.env_remove("WEIR_LOG");
     for (k, _) in std::env::vars() {
         if k.starts_with("WEIR__") {
