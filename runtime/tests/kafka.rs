@@ -257,10 +257,15 @@ fn kill_after_join(cfg: &Path, round: usize, join_limit: Duration, work_ms: u64)
 }
 
 /// Starts weir with its log in a file beside the config (a pipe could fill up and block it).
+/// `WEIR_KAFKA_TEST_LOG` sets its log filter (e.g. `info,librdkafka=debug`, with
+/// `WEIR_KAFKA_TEST_RDKAFKA_DEBUG=cgrp` for the stateful crash test's consumer).
 fn spawn(cfg: &Path) -> Child {
     let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
-    weir()
-        .arg("run")
+    let mut weir = weir();
+    if let Ok(filter) = std::env::var("WEIR_KAFKA_TEST_LOG") {
+        weir.env("WEIR_LOG", filter);
+    }
+    weir.arg("run")
         .arg(cfg)
         .arg("--progress=never")
         .stdin(std::process::Stdio::null())
@@ -874,6 +879,7 @@ prefetch = "256 KiB"
 [source.options]
 "session.timeout.ms" = "1000"
 "heartbeat.interval.ms" = "200"
+{debug}
 
 [[transforms]]
 type = "wasm"
@@ -897,6 +903,9 @@ queue = 2
             wasm = wasm.display().to_string(),
             cache = wasm_support::cache_dir().display().to_string(),
             state = dir.join(format!("state/{name}.redb")).display().to_string(),
+            debug = std::env::var("WEIR_KAFKA_TEST_RDKAFKA_DEBUG")
+                .map(|d| format!("debug = {d:?}"))
+                .unwrap_or_default(),
         ),
     )
 }
