@@ -236,6 +236,8 @@ struct Tracker {
     staged: Vec<(Tp, i64)>,
     next_token: u64,
     epoch: u64,
+    /// Assigned partitions (with their epoch) held paused because their state could not be had.
+    unrestored: Vec<(Tp, u64)>,
 }
 
 /// State shared by the source task, the ack handler (sink tasks) and the rebalance callback.
@@ -358,6 +360,7 @@ impl Shared {
         for tp in tps {
             t.parts.remove(tp);
         }
+        t.unrestored.retain(|(tp, _)| !tps.contains(tp));
         drop(t);
         self.generation.fetch_add(1, Ordering::Release);
         if let Some(state) = &self.state {
@@ -484,9 +487,19 @@ impl Context {
             tracing::warn!(error = %e, "applying the rebalance failed");
         }
         if unrestored.count() > 0 {
-            // Reading them with state that is not theirs would corrupt it: hold them.
+            // Reading them with state that is not theirs would corrupt it: hold them until the
+            // source task manages to restore it (`retry_unrestored`).
             if let Err(e) = consumer.pause(&unrestored) {
                 tracing::error!(error = %e, "cannot pause partitions whose state is missing");
+            }
+            if let Some(shared) = &self.shared {
+                let mut t = shared.lock();
+                for e in unrestored.elements() {
+                    let tp: Tp = (Arc::from(e.topic()), e.partition());
+                    if let Some(epoch) = t.parts.get(&tp).map(|p| p.epoch) {
+                        t.unrestored.push((tp, epoch));
+                    }
+                }
             }
         }
         if assign {
@@ -558,16 +571,18 @@ fn resume_at_checkpoints<C: ConsumerContext>(
             match state.assign(&partition_id(&tp.0, tp.1), *epoch) {
                 Ok(Some(c)) => checkpoints.push((tp.clone(), c as i64)),
                 Ok(None) => {}
-                Err(e) if attempt < 5 => {
+                // A few quick tries here (this blocks the consumer); then the source task retries
+                // every commit_interval.
+                Err(e) if attempt < 3 => {
                     attempt += 1;
                     tracing::warn!(topic = %tp.0, partition = tp.1, attempt, "cannot get the state of this partition: {e:#}; retrying");
-                    std::thread::sleep(crate::pipeline::backoff(attempt + 3));
+                    std::thread::sleep(crate::pipeline::backoff(attempt + 2));
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(
                         topic = %tp.0, partition = tp.1,
-                        "cannot get the state of this partition: {e:#}; the partition stays paused until the next rebalance or a restart"
+                        "cannot get the state of this partition: {e:#}; the partition is paused until it can"
                     );
                     let _ = failed.add_partition(&tp.0, tp.1);
                 }
@@ -615,6 +630,60 @@ fn resume_at_checkpoints<C: ConsumerContext>(
         }
     }
     failed
+}
+
+/// Tries again to get the state of partitions held paused for the lack of it; resumes each one
+/// that gets it, at the later of its committed offset and its state checkpoint.
+fn retry_unrestored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, shared: &Shared) {
+    let Some(state) = &shared.state else {
+        return;
+    };
+    let pending = std::mem::take(&mut shared.lock().unrestored);
+    let mut still = Vec::new();
+    for (tp, epoch) in pending {
+        if shared.lock().parts.get(&tp).map(|p| p.epoch) != Some(epoch) {
+            continue; // revoked or assigned again since
+        }
+        let checkpoint = match state.assign(&partition_id(&tp.0, tp.1), epoch) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, "still cannot get the state of this partition: {e:#}");
+                still.push((tp, epoch));
+                continue;
+            }
+        };
+        let mut one = TopicPartitionList::new();
+        one.add_partition(&tp.0, tp.1);
+        if let Some(c) = checkpoint {
+            let committed = consumer
+                .committed_offsets(one.clone(), Duration::from_secs(10))
+                .ok()
+                .and_then(|l| l.find_partition(&tp.0, tp.1).map(|e| e.offset()));
+            let behind = !matches!(committed, Some(Offset::Offset(k)) if k >= c as i64);
+            if behind {
+                if let Err(e) = consumer.seek(
+                    &tp.0,
+                    tp.1,
+                    Offset::Offset(c as i64),
+                    Duration::from_secs(10),
+                ) {
+                    tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot seek to the state checkpoint");
+                    still.push((tp, epoch));
+                    continue;
+                }
+            }
+        }
+        match consumer.resume(&one) {
+            Ok(()) => {
+                tracing::info!(topic = %tp.0, partition = tp.1, checkpoint = ?checkpoint, "state of the partition restored: resumed")
+            }
+            Err(e) => {
+                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "cannot resume the partition");
+                still.push((tp, epoch));
+            }
+        }
+    }
+    shared.lock().unrestored.extend(still);
 }
 
 fn partition_id(topic: &str, partition: i32) -> PartitionId {
@@ -909,6 +978,9 @@ impl Source for KafkaSource {
                 }
                 _ = commit_tick.tick() => {
                     if let Some(s) = &shared {
+                        if !s.lock().unrestored.is_empty() {
+                            blocking(|| retry_unrestored(&consumer, s));
+                        }
                         let tpl = s.committable(None, false);
                         if let Err(e) = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Async)) {
                             tracing::warn!("kafka source: {e}");
@@ -1010,6 +1082,105 @@ mod tests {
         drop(acks.ack_for(1));
         assert_eq!(shared.committable(None, false).count(), 0);
         assert_eq!(shared.in_flight(None), 0);
+    }
+
+    /// A state backend whose state cannot be had the first `fails` times.
+    #[derive(Debug)]
+    struct Unreachable {
+        fails: AtomicU64,
+        checkpoint: u64,
+    }
+
+    impl Checkpointed for Unreachable {
+        fn assign(&self, _: &PartitionId, _: u64) -> anyhow::Result<Option<u64>> {
+            if self
+                .fails
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                anyhow::bail!("changelog unreachable");
+            }
+            Ok(Some(self.checkpoint))
+        }
+        fn checkpoint(&self, _: &[(PartitionId, u64)]) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn revoke(&self, _: &PartitionId) {}
+    }
+
+    /// Against librdkafka's mock cluster: a partition whose state cannot be restored is not
+    /// read (it would be processed with state that is not its own); once it can, it is read
+    /// from its state checkpoint.
+    #[test]
+    fn a_partition_without_its_state_is_held_until_the_state_is_restored() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("t", 1, 1).unwrap();
+        let p: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .create()
+            .unwrap();
+        for i in 0..10 {
+            p.send(
+                BaseRecord::<(), _>::to("t")
+                    .partition(0)
+                    .payload(&format!("{i}")),
+            )
+            .unwrap();
+        }
+        p.flush(Duration::from_secs(10)).unwrap();
+        let shared = Arc::new(Shared {
+            tracker: Mutex::default(),
+            counting: Arc::new(NoAcks),
+            generation: AtomicU64::new(0),
+            // The rebalance callback tries 4 times; the first retry after it fails too.
+            state: Some(Arc::new(Unreachable {
+                fails: AtomicU64::new(5),
+                checkpoint: 6,
+            })),
+        });
+        let consumer: BaseConsumer<Context> = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("group.id", "g")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create_with_context(Context {
+                shared: Some(shared.clone()),
+                revoke_wait: Duration::from_secs(1),
+            })
+            .unwrap();
+        consumer.subscribe(&["t"]).unwrap();
+        let start = Instant::now();
+        while shared.lock().unrestored.is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(30), "never assigned");
+            assert!(
+                consumer.poll(Duration::from_millis(100)).is_none(),
+                "read without state"
+            );
+        }
+        for _ in 0..10 {
+            assert!(
+                consumer.poll(Duration::from_millis(100)).is_none(),
+                "read while paused"
+            );
+        }
+        retry_unrestored(&consumer, &shared);
+        assert_eq!(
+            shared.lock().unrestored.len(),
+            1,
+            "still unreachable: still held"
+        );
+        assert!(consumer.poll(Duration::from_millis(300)).is_none());
+        retry_unrestored(&consumer, &shared);
+        assert!(shared.lock().unrestored.is_empty());
+        let first = loop {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(m) => break m.unwrap().offset(),
+                None => assert!(start.elapsed() < Duration::from_secs(30), "never resumed"),
+            }
+        };
+        assert_eq!(first, 6, "resumed at the state checkpoint");
     }
 
     #[test]
