@@ -167,6 +167,20 @@ impl PipelineConfig {
                  its state would never be made durable",
             ));
         }
+        if let Some(s) = state.as_ref().filter(|s| s.changelog_topic().is_some()) {
+            let n = source.input_streams();
+            if n > 1 {
+                return Err(top.error(
+                    "state.changelog_topic",
+                    format!(
+                        "expected a source with one topic with a changelog (partition p of the \
+                         changelog belongs to partition p of the input), found {n} topics: run \
+                         one pipeline per topic, each with its own changelog ({:?} here)",
+                        s.changelog_topic().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         let mut transforms = Vec::new();
         if let Some(v) = section("transforms") {
             let items = match v.kind {

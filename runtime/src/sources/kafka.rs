@@ -53,7 +53,7 @@ use super::{EmitAcks, Source, SourceConfig, SourceContext, SourceType};
 use crate::ack::{Ack, AckHandler, OrderedAcks};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
 use crate::record::{Failed, FailureKind, Meta, PartitionId, Record, SourcePosition};
-use crate::wasm::Checkpointed;
+use crate::wasm::{CheckpointFailed, Checkpointed};
 
 /// ```toml
 /// [source]
@@ -164,6 +164,10 @@ impl SourceConfig for KafkaConfig {
 
     fn checkpoints_state(&self) -> bool {
         self.commit == Commit::Acknowledged
+    }
+
+    fn input_streams(&self) -> usize {
+        self.topics.len()
     }
 }
 
@@ -287,11 +291,12 @@ impl Shared {
     }
 
     /// Checkpoints the transform state at these offsets, then commits them; on a checkpoint
-    /// error commits nothing (the offsets stay ready and are tried again).
+    /// error commits nothing (the offsets stay ready and are tried again), or, when only some
+    /// partitions failed, commits the others.
     fn checkpoint_and_commit<C: Consumer<X>, X: ConsumerContext>(
         &self,
         consumer: &C,
-        tpl: TopicPartitionList,
+        mut tpl: TopicPartitionList,
         mode: CommitMode,
     ) -> Result<usize, String> {
         if tpl.count() == 0 {
@@ -307,15 +312,33 @@ impl Shared {
                 })
                 .collect();
             if let Err(e) = state.checkpoint(&positions) {
+                let only = e.downcast_ref::<CheckpointFailed>();
+                let failed = |t: &str, p: i32| {
+                    only.is_none_or(|f| {
+                        f.partitions
+                            .iter()
+                            .any(|(f, _)| &*f.topic == t && f.partition == p)
+                    })
+                };
                 let mut t = self.lock();
+                let mut rest = TopicPartitionList::new();
                 for e in tpl.elements() {
-                    if let Some(p) = t.parts.get_mut(&(Arc::from(e.topic()), e.partition())) {
-                        p.committed = None;
+                    if failed(e.topic(), e.partition()) {
+                        if let Some(p) = t.parts.get_mut(&(Arc::from(e.topic()), e.partition())) {
+                            p.committed = None;
+                        }
+                    } else {
+                        let _ = rest.add_partition_offset(e.topic(), e.partition(), e.offset());
                     }
                 }
-                return Err(format!(
-                    "state checkpoint failed, offsets not committed: {e:#}"
-                ));
+                drop(t);
+                if only.is_none() || rest.count() == 0 {
+                    return Err(format!(
+                        "state checkpoint failed, offsets not committed: {e:#}"
+                    ));
+                }
+                tracing::warn!("{e}: offsets of those partitions not committed");
+                tpl = rest;
             }
         }
         consumer

@@ -44,6 +44,10 @@ pub trait SourceConfig: Debug + Send + Sync {
     fn checkpoints_state(&self) -> bool {
         false
     }
+    /// How many independently partitioned inputs (Kafka topics) this source reads.
+    fn input_streams(&self) -> usize {
+        1
+    }
 }
 
 /// Implemented by each source's config struct to register it.

@@ -8,10 +8,12 @@
 //! This module is only the Kafka I/O: creating or checking the topic, appending a checkpoint's
 //! records and waiting for their delivery, and reading a range back.
 
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -19,6 +21,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
+
+/// Kafka's default `delete.retention.ms` (one day).
+const DEFAULT_TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
 
 /// How long a checkpoint may wait for its records to be delivered, and a restore for the broker.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,9 +52,14 @@ pub struct Append {
 /// A connected changelog topic.
 pub struct Changelog {
     topic: String,
-    producer: FutureProducer,
+    /// Connection settings, to recreate the producer after a fatal error.
+    base: ClientConfig,
+    producer: std::sync::Mutex<FutureProducer>,
     reader: std::sync::Mutex<BaseConsumer>,
-    partitions: i32,
+    partitions: AtomicI32,
+    /// The topic's `delete.retention.ms` (ms): how long compaction keeps a deletion readable.
+    /// Read in the background (Kafka's default until then).
+    tombstone_retention: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Changelog {
@@ -57,9 +67,24 @@ impl std::fmt::Debug for Changelog {
         write!(
             f,
             "Changelog({}, {} partitions)",
-            self.topic, self.partitions
+            self.topic,
+            self.partitions.load(Ordering::Relaxed)
         )
     }
+}
+
+fn producer(base: &ClientConfig) -> anyhow::Result<FutureProducer> {
+    base.clone()
+        .set("enable.idempotence", "true")
+        // A gap in a partition (a message lost while later ones were written) is a fatal error
+        // rather than a silent hole before a marker.
+        .set("enable.gapless.guarantee", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("allow.auto.create.topics", "false")
+        .set("message.timeout.ms", TIMEOUT.as_millis().to_string())
+        .create()
+        .context("cannot create the changelog producer")
 }
 
 impl Changelog {
@@ -74,15 +99,7 @@ impl Changelog {
             }
         }
         base.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-        let producer: FutureProducer = base
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("allow.auto.create.topics", "false")
-            .set("message.timeout.ms", TIMEOUT.as_millis().to_string())
-            .create()
-            .context("cannot create the changelog producer")?;
+        let producer = producer(&base)?;
         let reader: BaseConsumer = base
             .clone()
             .set("group.id", "weir-state-restore")
@@ -95,16 +112,16 @@ impl Changelog {
 
         let needed = inputs
             .iter()
-            .map(|t| partition_count(&producer, t))
+            .map(|t| partition_count(producer.client(), t))
             .collect::<anyhow::Result<Vec<_>>>()?
             .into_iter()
             .max()
             .unwrap_or(1);
-        let mut partitions = partition_count(&producer, topic).unwrap_or(0);
+        let admin: AdminClient<DefaultClientContext> = base
+            .create()
+            .context("cannot create the admin client for the changelog topic")?;
+        let mut partitions = partition_count(producer.client(), topic).unwrap_or(0);
         if partitions == 0 {
-            let admin: AdminClient<DefaultClientContext> = base
-                .create()
-                .context("cannot create the admin client for the changelog topic")?;
             let new = NewTopic::new(topic, needed, TopicReplication::Fixed(-1))
                 .set("cleanup.policy", "compact");
             let opts = AdminOptions::new().operation_timeout(Some(TIMEOUT));
@@ -124,7 +141,7 @@ impl Changelog {
             let start = Instant::now();
             while partitions == 0 && start.elapsed() < TIMEOUT {
                 std::thread::sleep(Duration::from_millis(200));
-                partitions = partition_count(&producer, topic).unwrap_or(0);
+                partitions = partition_count(producer.client(), topic).unwrap_or(0);
             }
             if partitions == 0 {
                 bail!(
@@ -139,11 +156,34 @@ impl Changelog {
                  {inputs:?} need {needed} (one per input partition)"
             );
         }
+        let tombstone_retention = Arc::new(AtomicU64::new(DEFAULT_TOMBSTONE_MS));
+        {
+            let (retention, topic) = (tombstone_retention.clone(), topic.to_string());
+            std::thread::spawn(move || {
+                let described = futures::executor::block_on(admin.describe_configs(
+                    [&ResourceSpecifier::Topic(&topic)],
+                    &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+                ));
+                let ms = described
+                    .ok()
+                    .and_then(|r| r.into_iter().next()?.ok())
+                    .and_then(|c| c.get("delete.retention.ms")?.value.as_ref()?.parse().ok());
+                match ms {
+                    Some(ms) => retention.store(ms, Ordering::Relaxed),
+                    None => tracing::debug!(
+                        topic,
+                        "changelog: delete.retention.ms unknown; assuming Kafka's default"
+                    ),
+                }
+            });
+        }
         Ok(Changelog {
             topic: topic.to_string(),
-            producer,
+            tombstone_retention,
+            base,
+            producer: std::sync::Mutex::new(producer),
             reader: std::sync::Mutex::new(reader),
-            partitions,
+            partitions: AtomicI32::new(partitions),
         })
     }
 
@@ -151,52 +191,91 @@ impl Changelog {
         &self.topic
     }
 
+    /// How long a deletion stays readable in the changelog (`delete.retention.ms`; Kafka's
+    /// default when it cannot be read). A file that last caught up longer ago than this may
+    /// have missed deletions, so it is replayed from the start.
+    pub fn tombstone_retention(&self) -> Duration {
+        Duration::from_millis(self.tombstone_retention.load(Ordering::Relaxed))
+    }
+
+    /// Input partition `p` has changelog partition `p` (read the topic's partitions again if
+    /// the input grew).
     fn check_partition(&self, p: i32) -> anyhow::Result<()> {
-        if p >= self.partitions {
+        if p < self.partitions.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        // (The reader's client: `append` holds the producer.)
+        let n = {
+            let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            partition_count(reader.client(), &self.topic)?
+        };
+        self.partitions.store(n, Ordering::Relaxed);
+        if p >= n {
             bail!(
-                "input partition {p} has no partition in the changelog topic {:?} ({} partitions)",
-                self.topic,
-                self.partitions
+                "input partition {p} has no partition in the changelog topic {:?} ({n} \
+                 partitions): add partitions to the changelog as the input grows",
+                self.topic
             );
         }
         Ok(())
     }
 
-    /// Appends each partition's records then its marker, and waits until all are delivered;
-    /// returns each marker's offset, in order.
-    pub fn append(&self, appends: &[Append]) -> anyhow::Result<Vec<i64>> {
-        let mut pending: std::collections::VecDeque<DeliveryFuture> = Default::default();
-        let mut markers = Vec::with_capacity(appends.len());
+    /// Appends each partition's records then its marker and waits until every one of them is
+    /// delivered or failed; returns, per append, its marker's offset or why it failed. A marker
+    /// is sent only after all its records were queued, and an append is `Ok` only if every one
+    /// of its records was delivered. Nothing sent is left in flight when this returns.
+    pub fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+        let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        // Per append: its futures (the marker's last) or the error that stopped it.
+        let mut sent: Vec<(Vec<DeliveryFuture>, Option<anyhow::Error>)> = Vec::new();
         for a in appends {
-            self.check_partition(a.partition)?;
-            for (k, v) in &a.records {
-                self.send(a.partition, k, v.as_deref(), &mut pending)?;
-            }
-            self.send(a.partition, &a.marker.0, Some(&a.marker.1), &mut pending)?;
-            markers.push(pending.len() - 1);
+            let mut futures = Vec::with_capacity(a.records.len() + 1);
+            let r = self.check_partition(a.partition).and_then(|()| {
+                for (k, v) in &a.records {
+                    futures.push(self.send(&producer, a.partition, k, v.as_deref())?);
+                }
+                futures.push(self.send(&producer, a.partition, &a.marker.0, Some(&a.marker.1))?);
+                Ok(())
+            });
+            sent.push((futures, r.err()));
         }
-        let mut offsets = Vec::with_capacity(markers.len());
-        let mut next = markers.into_iter().peekable();
-        let mut i = 0;
-        // Delivered in order per partition (idempotent producer): wait for every one.
-        while let Some(f) = pending.pop_front() {
-            let d = wait(f)?;
-            if next.peek() == Some(&i) {
-                next.next();
-                offsets.push(d);
+        let results: Vec<anyhow::Result<i64>> = sent
+            .into_iter()
+            .map(|(futures, err)| {
+                let mut first = err;
+                let mut last = None;
+                for f in futures {
+                    match wait(f) {
+                        Ok(o) => last = Some(o),
+                        Err(e) => {
+                            first.get_or_insert(e);
+                        }
+                    }
+                }
+                match (first, last) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(o)) => Ok(o),
+                    (None, None) => Err(anyhow!("nothing was appended")),
+                }
+            })
+            .collect();
+        if let Some(e) = producer.client().fatal_error() {
+            tracing::error!(error = ?e, "changelog producer: fatal error; creating a new one");
+            match self::producer(&self.base) {
+                Ok(p) => *producer = p,
+                Err(e) => tracing::error!("{e:#}"),
             }
-            i += 1;
         }
-        Ok(offsets)
+        results
     }
 
     fn send(
         &self,
+        producer: &FutureProducer,
         partition: i32,
         key: &[u8],
         value: Option<&[u8]>,
-        pending: &mut std::collections::VecDeque<DeliveryFuture>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<DeliveryFuture> {
         let start = Instant::now();
         loop {
             let mut r = FutureRecord::<[u8], [u8]>::to(&self.topic)
@@ -205,16 +284,12 @@ impl Changelog {
             if let Some(v) = value {
                 r = r.payload(v);
             }
-            match self.producer.send_result(r) {
-                Ok(f) => {
-                    pending.push_back(f);
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            match producer.send_result(r) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if start.elapsed() < TIMEOUT =>
+                {
                     // The producer's own thread delivers; wait for room.
-                    if start.elapsed() > TIMEOUT || pending.is_empty() {
-                        bail!("the changelog producer queue stays full");
-                    }
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((e, _)) => bail!("cannot append to the changelog {:?}: {e}", self.topic),
@@ -246,15 +321,23 @@ impl Changelog {
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
         r.assign(&tpl)?;
         let mut n = 0;
-        let mut last = Instant::now();
+        let mut progress = Instant::now();
         let result = loop {
+            if progress.elapsed() > TIMEOUT {
+                break Err(anyhow!(
+                    "reading changelog {:?} partition {partition}: no progress for {TIMEOUT:?}",
+                    self.topic
+                ));
+            }
             match r.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    last = Instant::now();
+                    progress = Instant::now();
                     if m.offset() >= to {
                         break Ok(n);
                     }
-                    f(m.offset(), m.key().unwrap_or_default(), m.payload())?;
+                    if let Err(e) = f(m.offset(), m.key().unwrap_or_default(), m.payload()) {
+                        break Err(e);
+                    }
                     n += 1;
                     if m.offset() + 1 >= to {
                         break Ok(n);
@@ -264,12 +347,6 @@ impl Changelog {
                 Some(Err(e)) => {
                     tracing::warn!(topic = %self.topic, partition, error = %e, "reading the changelog")
                 }
-                None if last.elapsed() > TIMEOUT => {
-                    break Err(anyhow!(
-                        "reading changelog {:?} partition {partition}: no progress for {TIMEOUT:?}",
-                        self.topic
-                    ))
-                }
                 None => {}
             }
         };
@@ -278,9 +355,11 @@ impl Changelog {
     }
 }
 
-fn partition_count(p: &FutureProducer, topic: &str) -> anyhow::Result<i32> {
-    let md = p
-        .client()
+fn partition_count<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+) -> anyhow::Result<i32> {
+    let md = client
         .fetch_metadata(Some(topic), TIMEOUT)
         .with_context(|| format!("cannot read the metadata of topic {topic:?}"))?;
     Ok(md

@@ -35,7 +35,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Deserialize;
 
 use super::changelog::{Append, Changelog};
-use super::state::{At, Checkpointed, StateBackend, StateScope, StateStore, Write};
+use super::state::{
+    At, CheckpointFailed, Checkpointed, StateBackend, StateScope, StateStore, Write,
+};
 use crate::config::{ConfigError, Origin};
 use crate::record::PartitionId;
 
@@ -45,8 +47,10 @@ const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
 /// Per input partition, the position its state reflects.
 const CHECKPOINTS: TableDefinition<&[u8], u64> = TableDefinition::new("checkpoints");
-/// Per input partition, the changelog offset up to which this file has its changes.
-const CHANGELOG_POS: TableDefinition<&[u8], u64> = TableDefinition::new("changelog_positions");
+/// Per input partition, the changelog offset up to which this file has its changes, and when it
+/// last caught up (ms since the Unix epoch).
+const CHANGELOG_POS: TableDefinition<&[u8], (u64, i64)> =
+    TableDefinition::new("changelog_positions");
 /// Expired entries removed per checkpoint at most (the rest wait for the next one).
 const SWEEP_LIMIT: usize = 2000;
 
@@ -218,6 +222,11 @@ impl DiskState {
         })
     }
 
+    /// `changelog_topic`, if configured.
+    pub fn changelog_topic(&self) -> Option<&str> {
+        self.changelog_topic.as_deref()
+    }
+
     /// The connected changelog, if one is configured (an error if it is not connected yet).
     fn changelog(&self) -> anyhow::Result<Option<&Changelog>> {
         match (&self.changelog_topic, self.changelog.get()) {
@@ -250,9 +259,16 @@ impl DiskState {
             (pos, ck)
         };
         let (low, high) = cl.watermarks(p.partition)?;
-        if local_pos == Some(high as u64) {
+        let now = super::host::now_ms();
+        // A file that caught up longer ago than deletions stay readable may have missed some.
+        let fresh =
+            |at: i64| now.saturating_sub(at) < cl.tombstone_retention().as_millis() as i64 * 9 / 10;
+        if local_pos.map(|(l, _)| l) == Some(high as u64) {
+            // Nothing was appended since this file caught up: it is current, however old.
+            set_pos(&db, &pk, high as u64)?;
             return Ok(());
         }
+        let local_pos = local_pos.filter(|(_, at)| fresh(*at)).map(|(l, _)| l);
         if low == high {
             // Nothing in the changelog: seed it with what this file has, if anything.
             let txn = db.begin_write()?;
@@ -264,17 +280,20 @@ impl DiskState {
                     .collect::<Vec<_>>();
                 if local_ckpt.is_some() || !records.is_empty() {
                     let n = records.len();
-                    let m = cl.append(&[Append {
-                        partition: p.partition,
-                        records,
-                        marker: marker(&pk, local_ckpt),
-                    }])?;
+                    let m = append_one(
+                        cl,
+                        Append {
+                            partition: p.partition,
+                            records,
+                            marker: marker(&pk, local_ckpt),
+                        },
+                    )?;
                     txn.open_table(CHANGELOG_POS)?
-                        .insert(pk.as_slice(), (m[0] + 1) as u64)?;
+                        .insert(pk.as_slice(), ((m + 1) as u64, now))?;
                     tracing::info!(topic = %p.topic, partition = p.partition, entries = n, changelog = cl.topic(), "changelog seeded from the local state");
                 } else {
                     txn.open_table(CHANGELOG_POS)?
-                        .insert(pk.as_slice(), high as u64)?;
+                        .insert(pk.as_slice(), (high as u64, now))?;
                 }
             }
             txn.commit()?;
@@ -334,15 +353,19 @@ impl DiskState {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let n = records.len();
-            let m = cl.append(&[Append {
-                partition: p.partition,
-                records,
-                marker: marker(&pk, ckpt),
-            }])?;
-            pos = (m[0] + 1) as u64;
+            let m = append_one(
+                cl,
+                Append {
+                    partition: p.partition,
+                    records,
+                    marker: marker(&pk, ckpt),
+                },
+            )?;
+            pos = (m + 1) as u64;
             tracing::info!(topic = %p.topic, partition = p.partition, entries = n, "changelog: entries of an interrupted checkpoint overwritten");
         }
-        txn.open_table(CHANGELOG_POS)?.insert(pk.as_slice(), pos)?;
+        txn.open_table(CHANGELOG_POS)?
+            .insert(pk.as_slice(), (pos, now))?;
         txn.commit()?;
         tracing::info!(
             topic = %p.topic, partition = p.partition, changelog = cl.topic(), from, to = high,
@@ -457,7 +480,7 @@ impl Checkpointed for DiskState {
         let _l = lock(&self.lifecycle);
         let db = self.db.get()?;
         // Copy what is due (the overlay stays readable until it is durable).
-        let mut due: Vec<(Arc<DiskStore>, usize, u64)> = Vec::new();
+        let mut due: Vec<(&PartitionId, Arc<DiskStore>, usize, u64)> = Vec::new();
         let mut owned: Vec<(&PartitionId, u64)> = Vec::new();
         // Per partition with writes: its entries as stored (entry key, encoded value or None).
         let mut changed: Vec<&PartitionId> = Vec::new();
@@ -482,7 +505,7 @@ impl Checkpointed for DiskState {
                         }));
                     }
                     if n > 0 {
-                        due.push((s.clone(), n, *upto));
+                        due.push((p, s.clone(), n, *upto));
                     }
                 }
                 if !records.is_empty() {
@@ -498,10 +521,28 @@ impl Checkpointed for DiskState {
         }
         // With a changelog, the changes are in Kafka before they are in the file (and long before
         // the offsets are committed): a new owner replays them.
-        let logged = match self.changelog()? {
-            Some(cl) if !appends.is_empty() => cl.append(&appends)?,
-            _ => Vec::new(),
-        };
+        // A partition whose append failed is not checkpointed (its writes stay in the overlay,
+        // its offsets uncommitted); the others are.
+        let mut failed: Vec<(PartitionId, String)> = Vec::new();
+        let mut logged: Vec<(&PartitionId, i64)> = Vec::new();
+        if let Some(cl) = self.changelog()? {
+            if !appends.is_empty() {
+                let results = cl.append(&appends);
+                let mut kept = Vec::with_capacity(appends.len());
+                for ((p, a), r) in changed.iter().zip(appends).zip(results) {
+                    match r {
+                        Ok(m) => {
+                            logged.push((p, m));
+                            kept.push(a);
+                        }
+                        Err(e) => failed.push(((*p).clone(), format!("{e:#}"))),
+                    }
+                }
+                appends = kept;
+                owned.retain(|(p, _)| !failed.iter().any(|(f, _)| f == *p));
+                due.retain(|(p, ..)| !failed.iter().any(|(f, _)| f == *p));
+            }
+        }
         let now = super::host::now_ms();
         let txn = db.begin_write()?;
         {
@@ -517,8 +558,8 @@ impl Checkpointed for DiskState {
                 checkpoints.insert(part_key(p).as_slice(), upto)?;
             }
             let mut changelog_pos = txn.open_table(CHANGELOG_POS)?;
-            for (p, m) in changed.iter().zip(&logged) {
-                changelog_pos.insert(part_key(p).as_slice(), (m + 1) as u64)?;
+            for (p, m) in &logged {
+                changelog_pos.insert(part_key(p).as_slice(), ((m + 1) as u64, now))?;
             }
             // Sweep expired entries (any partition's: expired is expired).
             let end = exp_key(now, &[]);
@@ -540,7 +581,7 @@ impl Checkpointed for DiskState {
         }
         txn.commit()?;
         // Durable now: drop it from the overlays.
-        for (s, n, upto) in due {
+        for (_, s, n, upto) in due {
             let mut o = lock(&s.overlay);
             if o.closed {
                 continue;
@@ -549,7 +590,11 @@ impl Checkpointed for DiskState {
             o.log.drain(..n);
             o.index.retain(|_, e| e.pos > upto);
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CheckpointFailed { partitions: failed }.into())
+        }
     }
 
     fn revoke(&self, partition: &PartitionId) {
@@ -690,6 +735,21 @@ fn part_key(p: &PartitionId) -> Vec<u8> {
     k.extend_from_slice(p.topic.as_bytes());
     k.extend_from_slice(&p.partition.to_be_bytes());
     k
+}
+
+/// Notes that the file of `pk` is caught up with the changelog up to `pos`, now.
+fn set_pos(db: &Database, pk: &[u8], pos: u64) -> anyhow::Result<()> {
+    let txn = db.begin_write()?;
+    txn.open_table(CHANGELOG_POS)?
+        .insert(pk, (pos, super::host::now_ms()))?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn append_one(cl: &Changelog, a: Append) -> anyhow::Result<i64> {
+    cl.append(std::slice::from_ref(&a))
+        .pop()
+        .unwrap_or_else(|| Err(anyhow::anyhow!("nothing was appended")))
 }
 
 /// After a partition key: the marker of a checkpoint in the changelog (no transform name is
@@ -1036,6 +1096,43 @@ mod tests {
         );
     }
 
+    /// A partition whose changes cannot be appended is not checkpointed; the others are.
+    #[test]
+    fn a_failed_append_holds_back_only_its_partition() {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("in", 2, 1).unwrap();
+        mock.create_topic("cl", 2, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let dir = tempfile::tempdir().unwrap();
+        let st = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
+        st.attach_kafka(&client, &["in".to_string()]).unwrap();
+        // Partition 5 has no changelog partition (as if the input grew and the changelog not).
+        for p in [0, 5] {
+            st.assign(&pid(p), 1).unwrap_or_default();
+            st.open(&scope("t", p))
+                .unwrap()
+                .commit(vec![put("k", "v")], at(1, 3), 0)
+                .unwrap();
+        }
+        let e = st.checkpoint(&[(pid(0), 3), (pid(5), 3)]).unwrap_err();
+        let failed = &e
+            .downcast_ref::<CheckpointFailed>()
+            .expect("per partition")
+            .partitions;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, pid(5));
+        assert!(
+            failed[0].1.contains("no partition in the changelog"),
+            "{}",
+            failed[0].1
+        );
+        assert_eq!(st.checkpoint_of(&pid(0)).unwrap(), Some(3));
+        assert_eq!(st.checkpoint_of(&pid(5)).unwrap(), None);
+        assert_eq!(st.pending_writes(&pid(5)), 1, "kept for the next try");
+        assert_eq!(st.pending_writes(&pid(0)), 0);
+    }
+
     /// State written before the changelog was configured is seeded into it.
     #[test]
     fn an_empty_changelog_is_seeded_from_local_state() {
@@ -1112,6 +1209,17 @@ mod tests {
             "{e}"
         );
         assert_eq!(load(kafka, &format!("{ok}\nchangelog_topic = \"cl\"")), "");
+        let two = kafka.replace("[\"in\"]", "[\"in\", \"in2\"]");
+        let e = load(&two, &format!("{ok}\nchangelog_topic = \"cl\""));
+        assert!(
+            e.contains("state.changelog_topic") && e.contains("2 topics"),
+            "{e}"
+        );
+        assert_eq!(
+            load(&two, &ok),
+            "",
+            "without a changelog, several topics are fine"
+        );
         let on_read = format!("{kafka}commit = \"on-read\"\n");
         let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
         assert!(e.contains("state.backend"), "{e}");

@@ -71,7 +71,18 @@ impl HostState {
         }
     }
 
-    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>, ttl_ms: Option<u64>, now: i64) {
+    fn write(
+        &mut self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+        now: i64,
+    ) -> wasmtime::Result<()> {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        wasmtime::ensure!(
+            size <= MAX_ENTRY_BYTES,
+            "state: an entry of {size} bytes (key + value) is over the limit of {MAX_ENTRY_BYTES}"
+        );
         let expires_at_ms = ttl_ms.map(|t| now.saturating_add(t.min(i64::MAX as u64) as i64));
         self.txn.insert(
             key.clone(),
@@ -81,8 +92,13 @@ impl HostState {
                 expires_at_ms,
             },
         );
+        Ok(())
     }
 }
+
+/// The largest state entry (key + value) a guest may write: a durable backend appends entries
+/// to a Kafka changelog, whose messages are limited to about 1 MB by default.
+pub const MAX_ENTRY_BYTES: usize = 512 * 1024;
 
 /// Refuses memory growth past the transform's cap: the guest traps at once (with this
 /// message) instead of limping on with failed allocations.
@@ -198,13 +214,11 @@ impl state::Host for HostState {
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>, ttl_ms: Option<u64>) -> wasmtime::Result<()> {
-        self.write(key, Some(value), ttl_ms, now_ms());
-        Ok(())
+        self.write(key, Some(value), ttl_ms, now_ms())
     }
 
     fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
-        self.write(key, None, None, now_ms());
-        Ok(())
+        self.write(key, None, None, now_ms())
     }
 
     fn get_many(&mut self, keys: types::Column) -> wasmtime::Result<types::Column> {
@@ -259,7 +273,7 @@ impl state::Host for HostState {
         );
         for (i, (k, v)) in ks.iter().zip(&vs).enumerate() {
             let value = (!is_absent(&values, i)).then(|| v.to_vec());
-            self.write(k.to_vec(), value, ttl_ms, now);
+            self.write(k.to_vec(), value, ttl_ms, now)?;
         }
         Ok(())
     }
@@ -307,6 +321,21 @@ mod tests {
     use super::*;
     use crate::wasm::state::{MemoryBackend, StateBackend, StateScope};
     use state::Host as _;
+
+    #[test]
+    fn an_entry_over_the_limit_traps_the_call() {
+        let store = MemoryBackend::new()
+            .open(&StateScope::unpartitioned("t"))
+            .unwrap();
+        let mut h = HostState::new("t".into(), 1 << 20, store, 10);
+        h.begin_call();
+        h.put(b"k".to_vec(), vec![0; MAX_ENTRY_BYTES - 1], None)
+            .unwrap();
+        let e = h
+            .put(b"k".to_vec(), vec![0; MAX_ENTRY_BYTES], None)
+            .unwrap_err();
+        assert!(e.to_string().contains("over the limit"), "{e}");
+    }
 
     #[test]
     fn a_call_sees_its_own_writes_and_only_a_commit_keeps_them() {

@@ -42,4 +42,6 @@ pub const WIT_VERSION: &str = "weir:transform@0.1.0";
 
 pub use durable::DiskState;
 pub use guest::{Guest, GuestOptions, Limits, Outcome};
-pub use state::{At, Checkpointed, MemoryBackend, StateBackend, StateScope, StateStore};
+pub use state::{
+    At, CheckpointFailed, Checkpointed, MemoryBackend, StateBackend, StateScope, StateStore,
+};

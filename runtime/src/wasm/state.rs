@@ -75,6 +75,25 @@ pub trait StateStore: Send + Sync + Debug {
     fn commit(&self, writes: Vec<Write>, at: Option<At>, now_ms: i64) -> anyhow::Result<()>;
 }
 
+/// A checkpoint that could not be made for some partitions (it was made for the others): the
+/// source must not commit their offsets.
+#[derive(Debug)]
+pub struct CheckpointFailed {
+    pub partitions: Vec<(PartitionId, String)>,
+}
+
+impl std::fmt::Display for CheckpointFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "state checkpoint failed for")?;
+        for (p, e) in &self.partitions {
+            write!(f, " {}[{}] ({e})", p.topic, p.partition)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CheckpointFailed {}
+
 /// A backend whose state is checkpointed together with the source's positions: what a source
 /// that commits positions (Kafka) drives. Positions are per partition and only grow within an
 /// assignment.
@@ -85,7 +104,7 @@ pub trait Checkpointed: Send + Sync + Debug {
     fn assign(&self, partition: &PartitionId, epoch: u64) -> anyhow::Result<Option<u64>>;
     /// Makes durable, in one transaction, the effects of every batch that ends at or before the
     /// given position of each partition, and records those positions. Called before the source
-    /// commits them; on error it must not commit them.
+    /// commits them; on error it must not commit them ([`CheckpointFailed`]: only those).
     fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
     /// `partition` is no longer ours: drop its effects that were not checkpointed.
     fn revoke(&self, partition: &PartitionId);
