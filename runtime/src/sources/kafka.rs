@@ -932,9 +932,17 @@ impl Source for KafkaSource {
                     let m = match m {
                         Ok(m) => m,
                         Err(e) => {
-                            errors += 1;
                             tracing::warn!(error = %e, "kafka source: consume error");
-                            tokio::time::sleep(crate::pipeline::backoff(errors.min(6))).await;
+                            // librdkafka reports transient errors (a broker unreachable, all
+                            // brokers down) here for information only and reconnects by itself,
+                            // with its own backoff. Sleeping would not slow it down: it would
+                            // leave the errors queued during an outage to be taken one per sleep,
+                            // ahead of the rebalances and records queued behind them, long after
+                            // the brokers are back. Only a fatal error waits before polling again.
+                            if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
+                                errors += 1;
+                                tokio::time::sleep(crate::pipeline::backoff(errors.min(6))).await;
+                            }
                             continue;
                         }
                     };
