@@ -10,7 +10,7 @@ mod wasm_support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{repo_root, rss_kib, signal, strip_ansi, weir, write};
@@ -242,9 +242,10 @@ fn kill_after_join(cfg: &Path, round: usize, join_limit: Duration, work_ms: u64)
     let joined = Instant::now();
     while !log_of(cfg).contains("partitions assigned") {
         if joined.elapsed() >= join_limit {
+            let stacks = backtraces(child.id());
             let _ = child.kill();
             let _ = child.wait();
-            panic!("round {round}: never joined: {}", log_of(cfg));
+            panic!("round {round}: never joined: {}\n{stacks}", log_of(cfg));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -253,6 +254,30 @@ fn kill_after_join(cfg: &Path, round: usize, join_limit: Duration, work_ms: u64)
     wait_exit(&mut child, Duration::from_secs(10));
     if std::env::var_os("WEIR_KAFKA_DEBUG").is_some() {
         eprintln!("--- run {round}\n{}", log_of(cfg));
+    }
+}
+
+/// Where a stuck weir was: every thread's backtrace (with gdb, if installed), written to a
+/// file that outlives the test's temporary directory; returns where, or why not.
+fn backtraces(pid: u32) -> String {
+    let out = Command::new("gdb")
+        .args([
+            "-p",
+            &pid.to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt 30",
+        ])
+        .output();
+    match out {
+        Ok(o) => {
+            let path = std::env::temp_dir().join(format!("weir-stuck-{pid}.txt"));
+            match std::fs::write(&path, &o.stdout) {
+                Ok(()) => format!("backtraces of every thread: {}", path.display()),
+                Err(e) => format!("(backtraces not written: {e})"),
+            }
+        }
+        Err(e) => format!("(no backtraces: gdb: {e})"),
     }
 }
 
