@@ -164,10 +164,18 @@ impl Changelog {
                     [&ResourceSpecifier::Topic(&topic)],
                     &AdminOptions::new().request_timeout(Some(TIMEOUT)),
                 ));
-                let ms = described
-                    .ok()
-                    .and_then(|r| r.into_iter().next()?.ok())
-                    .and_then(|c| c.get("delete.retention.ms")?.value.as_ref()?.parse().ok());
+                let config = described.ok().and_then(|r| r.into_iter().next()?.ok());
+                let value = |k: &str| config.as_ref()?.get(k)?.value.clone();
+                if let Some(policy) = value("cleanup.policy").filter(|p| !p.contains("compact")) {
+                    tracing::error!(
+                        topic,
+                        policy,
+                        "the changelog topic is not compacted: old state \
+                        will be deleted by retention and restores will be incomplete; set \
+                        cleanup.policy=compact"
+                    );
+                }
+                let ms = value("delete.retention.ms").and_then(|v| v.parse().ok());
                 match ms {
                     Some(ms) => retention.store(ms, Ordering::Relaxed),
                     None => tracing::debug!(
