@@ -1115,7 +1115,10 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
         "stateful crash test: {kills} kills in {crashing:?}, {during} ids out while crashing, {ids} ids, {dups} duplicate lines ({:.1} per kill), counts all consecutive",
         dups as f64 / kills as f64
     );
-    assert!(during > produced / 2, "most records came out between kills");
+    // Not vacuous: weir did real work between kills. (A round lets weir work at most 500 ms
+    // after joining, so with 1,000 short rounds about half comes out while crashing; with the
+    // default 50 nearly all of it.)
+    assert!(during >= produced / 4, "records came out between kills");
     assert!(
         dups <= kills * window,
         "{dups} duplicates exceed the in-flight window"
