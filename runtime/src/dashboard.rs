@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -79,12 +80,26 @@ impl Hub {
         self.tx.subscribe()
     }
 
-    async fn snapshot_json(&self) -> String {
-        let rows = self.store.rows().await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "dashboard: cannot read the profile store");
-            Vec::new()
-        });
-        serde_json::json!({ "key_field": &*self.key_field, "viewers": rows }).to_string()
+    /// Every row, or why the store cannot be read (never an empty snapshot in its place: that
+    /// would wipe every viewer off the screens).
+    async fn snapshot_json(&self) -> Result<String, String> {
+        match self.store.rows().await {
+            Ok(rows) => Ok(
+                serde_json::json!({ "key_field": &*self.key_field, "viewers": rows }).to_string(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: cannot read the profile store");
+                Err(format!("cannot read the profile store: {e:#}"))
+            }
+        }
+    }
+
+    /// The snapshot as an SSE event: `snapshot`, or `store-error` with the reason.
+    async fn snapshot_event(&self) -> Event {
+        match self.snapshot_json().await {
+            Ok(s) => Event::default().event("snapshot").data(s),
+            Err(e) => Event::default().event("store-error").data(e),
+        }
     }
 }
 
@@ -104,10 +119,14 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
                 move || {
                     let hub = hub.clone();
                     async move {
-                        (
-                            [("content-type", "application/json")],
-                            hub.snapshot_json().await,
-                        )
+                        let (status, body) = match hub.snapshot_json().await {
+                            Ok(s) => (StatusCode::OK, s),
+                            Err(e) => (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                serde_json::json!({ "error": e }).to_string(),
+                            ),
+                        };
+                        (status, [("content-type", "application/json")], body)
                     }
                 }
             }),
@@ -144,24 +163,70 @@ fn stream(hub: Hub) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>
     let rx = hub.subscribe();
     let first = {
         let hub = hub.clone();
-        async move {
-            Ok(Event::default()
-                .event("snapshot")
-                .data(hub.snapshot_json().await))
-        }
+        async move { Ok(hub.snapshot_event().await) }
     };
     let updates = futures::stream::unfold((rx, hub), |(mut rx, hub)| async move {
         let event = match rx.recv().await {
             Ok(Update::Profile(p)) => Event::default().event("profile").data(&*p),
             Ok(Update::Removed(k)) => Event::default().event("removed").data(&*k),
             // Fell behind: start again from a full snapshot rather than queue without bound.
-            Err(broadcast::error::RecvError::Lagged(_)) => Event::default()
-                .event("snapshot")
-                .data(hub.snapshot_json().await),
+            Err(broadcast::error::RecvError::Lagged(_)) => hub.snapshot_event().await,
             Err(broadcast::error::RecvError::Closed) => return None,
         };
         Some((Ok(event), (rx, hub)))
     });
     let all = futures::StreamExt::chain(futures::stream::once(first), updates);
     Sse::new(all).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl Snapshot for Down {
+        async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+            anyhow::bail!("table gone")
+        }
+    }
+
+    /// Sends a GET and reads until `until` appears (or the connection closes).
+    async fn get(addr: SocketAddr, path: &str, until: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains(until) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_store_that_cannot_be_read_is_reported_not_shown_as_empty() {
+        let hub = Hub::new(Arc::new(Down), "viewer_id".into());
+        let cfg = DashboardConfig {
+            address: "127.0.0.1:0".parse().unwrap(),
+            static_dir: None,
+        };
+        let addr = spawn(cfg, hub).unwrap();
+        let r = get(addr, "/api/viewers", "table gone").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.contains("table gone"), "{r}");
+        let r = get(addr, "/api/stream", "table gone").await;
+        assert!(r.contains("event: store-error"), "{r}");
+        assert!(!r.contains("event: snapshot"), "{r}");
+    }
 }
