@@ -194,8 +194,18 @@ impl dashboard::Snapshot for TableSnapshot {
             .send();
         let mut rows = Vec::new();
         while let Some(item) = pages.next().await {
-            let item = item
-                .map_err(|e| anyhow::anyhow!("scan {}: {}", self.cfg.table, aws::describe(&e)))?;
+            let item = match item {
+                Ok(item) => item,
+                // Not created yet: the sink creates it with its first write.
+                Err(e)
+                    if self.cfg.create_table
+                        && e.as_service_error()
+                            .is_some_and(|se| se.is_resource_not_found_exception()) =>
+                {
+                    return Ok(rows);
+                }
+                Err(e) => anyhow::bail!("scan {}: {}", self.cfg.table, aws::describe(&e)),
+            };
             if !is_tombstone(&item, &self.cfg.tombstone_attribute) {
                 rows.push(item_to_json(&item));
             }
