@@ -994,15 +994,27 @@ mod tests {
         assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
     }
 
+    /// librdkafka's mock cluster (the real protocol, in process) with an input topic "in" and a
+    /// changelog "cl" of `partitions` each, and the settings to reach it.
+    fn kafka(
+        partitions: i32,
+    ) -> (
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        rdkafka::ClientConfig,
+    ) {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("in", partitions, 1).unwrap();
+        mock.create_topic("cl", partitions, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        (mock, client)
+    }
+
     /// Against librdkafka's mock cluster (the real protocol, in process).
     #[test]
     fn state_follows_its_partition_through_the_changelog() {
         use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("in", 2, 1).unwrap();
-        mock.create_topic("cl", 2, 1).unwrap();
-        let mut client = rdkafka::ClientConfig::new();
-        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let (_mock, client) = kafka(2);
         let dir = tempfile::tempdir().unwrap();
         let instance = |name: &str| {
             let st = DiskState::with_changelog(&dir.path().join(name), Some("cl".into()));
@@ -1099,11 +1111,7 @@ mod tests {
     /// A partition whose changes cannot be appended is not checkpointed; the others are.
     #[test]
     fn a_failed_append_holds_back_only_its_partition() {
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("in", 2, 1).unwrap();
-        mock.create_topic("cl", 2, 1).unwrap();
-        let mut client = rdkafka::ClientConfig::new();
-        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let (_mock, client) = kafka(2);
         let dir = tempfile::tempdir().unwrap();
         let st = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
         st.attach_kafka(&client, &["in".to_string()]).unwrap();
@@ -1136,11 +1144,7 @@ mod tests {
     /// State written before the changelog was configured is seeded into it.
     #[test]
     fn an_empty_changelog_is_seeded_from_local_state() {
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("in", 1, 1).unwrap();
-        mock.create_topic("cl", 1, 1).unwrap();
-        let mut client = rdkafka::ClientConfig::new();
-        client.set("bootstrap.servers", mock.bootstrap_servers());
+        let (_mock, client) = kafka(1);
         let dir = tempfile::tempdir().unwrap();
         {
             let old = DiskState::new(&dir.path().join("a.redb"));
