@@ -18,9 +18,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use weir::record::{Batch, Record};
-use weir::wasm::engine::{self, LoadKind};
-use weir::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
+use weir_core::record::{Batch, Record};
+use weir_core::wasm::engine::{self, LoadKind};
+use weir_core::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
 use weir_transform_sdk::{Config, Filter};
 
 /// Runs per measurement (WEIR_WASM_BENCH_RUNS, default 7); medians are reported.
@@ -115,9 +115,11 @@ fn media(root: &Path, guests: &Path, cache: &Path, mb: usize) {
                     let mut b = batch_of(chunk, warm);
                     let start = Instant::now();
                     match v {
-                        0 => weir::transforms::partition(&mut b, &mut scratch, "native", |r| {
-                            native.keep(&weir_transform_sdk::Record::new(&r.value))
-                        }),
+                        0 => {
+                            weir_core::transforms::partition(&mut b, &mut scratch, "native", |r| {
+                                native.keep(&weir_transform_sdk::Record::new(&r.value))
+                            })
+                        }
                         1 => wasm_fields.process_batch(&mut b),
                         _ => wasm_payload.process_batch(&mut b),
                     }

@@ -1,6 +1,8 @@
+mod cli;
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
-    weir::cli::main()
+    cli::main()
 }
 
 /// Batches are allocated on one thread (a source) and freed on another (a sink). glibc gives

@@ -471,7 +471,7 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     w.stop();
     let out = lines(&dir.path().join("out.tsv"));
     assert_eq!(out.len(), micro.len());
-    let names = weir::snowplow::field_names().collect::<Vec<_>>();
+    let names = weir_core::snowplow::field_names().collect::<Vec<_>>();
     let processing = [
         "etl_tstamp",
         "collector_tstamp",
@@ -765,7 +765,7 @@ fn malformed_requests_get_4xx_and_bad_rows_and_good_ones_still_pass() {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(row["data"]["payload"].as_str().unwrap())
                 .unwrap();
-            let p = weir::snowplow::collector_payload::decode(&bytes).unwrap();
+            let p = weir_core::snowplow::collector_payload::decode(&bytes).unwrap();
             assert_eq!(p.ip_address, "127.0.0.1");
             assert!(p.path.as_deref().unwrap().starts_with('/'));
             assert!(

@@ -153,7 +153,7 @@ fn check(events: &[String], bad: &[Value], expected: &[Value]) {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(row["data"]["payload"].as_str().unwrap())
             .unwrap();
-        let p = weir::snowplow::collector_payload::decode(&bytes)
+        let p = weir_core::snowplow::collector_payload::decode(&bytes)
             .expect("the original payload, intact");
         assert!(p.ip_address.starts_with("198.51.100."));
     }

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::SeqCst;
 use aws::*;
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
-use weir::record::Record;
-use weir::sinks::dynamodb::{is_tombstone, DynamoDbConfig, DynamoDbSink};
-use weir::sinks::Sink;
+use weir_core::record::Record;
+use weir_core::sinks::dynamodb::{is_tombstone, DynamoDbConfig, DynamoDbSink};
+use weir_core::sinks::Sink;
 
 fn run_weir(config: &std::path::Path) -> std::process::Output {
     let mut c = weir();
@@ -222,7 +222,7 @@ async fn a_removed_item_is_not_recreated_by_an_older_update_but_is_by_a_newer_on
             "removal_field":"removed","ttl_attribute":"expires_at","ttl":"1h"}"#,
     )
     .unwrap();
-    weir::sinks::dynamodb::create_table(&client, &cfg)
+    weir_core::sinks::dynamodb::create_table(&client, &cfg)
         .await
         .unwrap();
     let mut sink = DynamoDbSink::with_client(cfg, client.clone());
@@ -340,7 +340,7 @@ async fn bench_batching_vs_one_write_per_item() {
             "conditional"
         };
         let client = dynamodb(&moto.endpoint).await;
-        weir::sinks::dynamodb::create_table(
+        weir_core::sinks::dynamodb::create_table(
             &client,
             &serde_json::from_str(&format!(
                 r#"{{"table":"{table}","partition_key":"viewer_id"}}"#

@@ -8,8 +8,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
-use weir::record::Record;
-use weir::sinks::SinkError;
+use weir_core::record::Record;
+use weir_core::sinks::SinkError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removals_become_tombstones_keyed_by_viewer() {
@@ -21,13 +21,13 @@ async fn removals_become_tombstones_keyed_by_viewer() {
     let bootstrap = mock.bootstrap_servers();
     mock.create_topic("profiles", 1, 1).unwrap();
 
-    let cfg: weir::sinks::kafka::KafkaConfig = serde_json::from_value(serde_json::json!({
+    let cfg: weir_core::sinks::kafka::KafkaConfig = serde_json::from_value(serde_json::json!({
         "bootstrap_servers": bootstrap,
         "topic": "profiles",
         "removal_field": "removed",
     }))
     .unwrap();
-    let mut sink = weir::sinks::SinkConfig::build(&cfg).unwrap();
+    let mut sink = weir_core::sinks::SinkConfig::build(&cfg).unwrap();
     let keyed = |key: &str, value: &str| {
         let mut r = Record::new(value.to_string());
         r.key = Some(key.as_bytes().to_vec().into());

@@ -1,4 +1,4 @@
-//! SDK conformance of `weir::snowplow::to_json`: for every enriched line of the fixtures, the
+//! SDK conformance of `weir_core::snowplow::to_json`: for every enriched line of the fixtures, the
 //! JSON weir writes must equal, key for key and value for value (numbers compared numerically),
 //! the JSON of the Snowplow analytics SDKs.
 //!
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
-use weir::snowplow::{to_json_with, Scratch, ToJsonOptions};
+use weir_core::snowplow::{to_json_with, Scratch, ToJsonOptions};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdk")

@@ -6,8 +6,8 @@ mod wasm_support;
 
 use bytes::Bytes;
 use wasm_support::*;
-use weir::record::Record;
-use weir::wasm::{Guest, Limits};
+use weir_core::record::Record;
+use weir_core::wasm::{Guest, Limits};
 use weir_transform_sdk::{Config, Filter};
 
 fn kept(g: &mut Guest, lines: &[Bytes]) -> (Vec<usize>, Vec<(usize, String)>) {

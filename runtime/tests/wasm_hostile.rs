@@ -7,8 +7,8 @@ mod wasm_support;
 use std::time::{Duration, Instant};
 
 use wasm_support::*;
-use weir::record::Batch;
-use weir::wasm::{Guest, Limits};
+use weir_core::record::Batch;
+use weir_core::wasm::{Guest, Limits};
 
 fn hostile(limits: Limits) -> Guest {
     guest(&rust_guest("hostile"), &[], limits)

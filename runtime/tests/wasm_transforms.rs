@@ -7,9 +7,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use wasm_support::*;
-use weir::pipeline::PipelineConfig;
-use weir::record::{Batch, Record};
-use weir::wasm::Limits;
+use weir_core::pipeline::PipelineConfig;
+use weir_core::record::{Batch, Record};
+use weir_core::wasm::Limits;
 use weir_transform_sdk::{Config, Filter};
 
 const MEDIA_VENDOR: &str = "com.snowplowanalytics.snowplow.media";
@@ -40,7 +40,7 @@ fn media_filter_in_wasm_keeps_exactly_what_the_native_build_keeps() {
     assert_eq!(expected.len(), 47, "47 media events in the fixture");
     for i in &expected {
         assert_eq!(
-            weir::snowplow::field(&lines[*i], weir::snowplow::EVENT_VENDOR),
+            weir_core::snowplow::field(&lines[*i], weir_core::snowplow::EVENT_VENDOR),
             MEDIA_VENDOR.as_bytes()
         );
     }
@@ -61,7 +61,10 @@ fn media_filter_in_wasm_keeps_exactly_what_the_native_build_keeps() {
     assert_eq!(wasm_kept(&wasm, &cfg, &lines), expected);
 }
 
-fn pipeline(dir: &Path, transforms: &str) -> Result<PipelineConfig, weir::config::ConfigError> {
+fn pipeline(
+    dir: &Path,
+    transforms: &str,
+) -> Result<PipelineConfig, weir_core::config::ConfigError> {
     let path = dir.join("pipeline.toml");
     std::fs::write(
         &path,
@@ -100,7 +103,7 @@ fn wasm_transforms_chain_with_the_built_in_ones() {
     // 8 play/pause events, keyed by the built-in, each once (the repeats are duplicates).
     assert_eq!(b.records.len(), 8);
     for r in &b.records {
-        let name = weir::snowplow::field(&r.value, weir::snowplow::EVENT_NAME);
+        let name = weir_core::snowplow::field(&r.value, weir_core::snowplow::EVENT_NAME);
         assert_eq!(r.key.as_deref(), Some(name));
         assert!(name == b"play_event" || name == b"pause_event");
     }
@@ -198,7 +201,7 @@ fn flush_emits_held_records_directly_and_on_the_pipeline_interval() {
 /// that partition's position and never with another partition's batch.
 #[test]
 fn flush_of_a_partition_rides_on_a_batch_of_that_partition() {
-    use weir::record::{PartitionId, SourcePosition};
+    use weir_core::record::{PartitionId, SourcePosition};
     let viewer_state = rust_guest("viewer_state");
     let dir = tempfile::tempdir().unwrap();
     let cfg = pipeline(

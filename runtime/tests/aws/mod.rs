@@ -117,7 +117,7 @@ pub async fn dynamodb(endpoint: &str) -> aws_sdk_dynamodb::Client {
 pub async fn dynamodb_table(endpoint: &str, table: &str, key: &str) -> aws_sdk_dynamodb::Client {
     let client = dynamodb(endpoint).await;
     let cfg = serde_json::from_value(json!({ "table": table, "partition_key": key })).unwrap();
-    weir::sinks::dynamodb::create_table(&client, &cfg)
+    weir_core::sinks::dynamodb::create_table(&client, &cfg)
         .await
         .unwrap();
     client

@@ -302,7 +302,7 @@ pub const TP2: &str = "/com.snowplowanalytics.snowplow/tp2";
 
 /// A field of an enriched TSV line, by name.
 pub fn field<'l>(line: &'l str, name: &str) -> &'l str {
-    let idx = weir::snowplow::field_index(name).unwrap_or_else(|| panic!("no field {name}"));
+    let idx = weir_core::snowplow::field_index(name).unwrap_or_else(|| panic!("no field {name}"));
     line.split('\t').nth(idx).unwrap_or("")
 }
 
@@ -310,18 +310,18 @@ pub fn field<'l>(line: &'l str, name: &str) -> &'l str {
 /// unit tests of the conversion).
 pub fn tstamp(ms: i64) -> String {
     let mut s = String::new();
-    assert!(weir::snowplow::tracker::format_tstamp(ms, &mut s));
+    assert!(weir_core::snowplow::tracker::format_tstamp(ms, &mut s));
     s
 }
 
 /// The analytics-SDK JSON of an enriched line (which also checks that it is one).
 pub fn to_json(line: &str) -> serde_json::Value {
-    weir::snowplow::validate(line.as_bytes()).expect("an enriched line: 131 fields, UTF-8");
+    weir_core::snowplow::validate(line.as_bytes()).expect("an enriched line: 131 fields, UTF-8");
     let mut out = Vec::new();
-    weir::snowplow::to_json(
+    weir_core::snowplow::to_json(
         line.as_bytes(),
         &mut out,
-        &mut weir::snowplow::Scratch::default(),
+        &mut weir_core::snowplow::Scratch::default(),
     )
     .expect("spEnrichedToJson accepts the line");
     serde_json::from_slice(&out).unwrap()

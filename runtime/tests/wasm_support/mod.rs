@@ -6,8 +6,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use weir::record::{Batch, Record};
-use weir::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
+use weir_core::record::{Batch, Record};
+use weir_core::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,11 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+mod transform;
+
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::{self, LogFormat, Progress};
-use crate::pipeline::{self, PipelineConfig, RunOptions};
+use weir_core::pipeline::{self, PipelineConfig, RunOptions};
 
 /// weir: read events from a source, run them through transforms (built-in or WebAssembly), write
 /// them to sinks; driven by a config file.
@@ -44,9 +47,9 @@ enum Command {
     },
     /// Develop WebAssembly transforms: try one on a file, start a new one.
     #[command(subcommand)]
-    Transform(crate::wasm::cli::TransformCommand),
+    Transform(transform::TransformCommand),
     /// Simulate viewers watching videos (Snowplow media events) against a collector endpoint.
-    Loadgen(crate::loadgen::Args),
+    Loadgen(weir_loadgen::Args),
 }
 
 /// Exit code for configuration errors.
@@ -54,10 +57,10 @@ pub const EXIT_CONFIG: u8 = 2;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    observe::init_logging(cli.log_format);
+    init_logging(cli.log_format);
     match cli.command {
-        Command::Transform(cmd) => crate::wasm::cli::main(cmd),
-        Command::Loadgen(args) => crate::loadgen::main(args),
+        Command::Transform(cmd) => transform::main(cmd),
+        Command::Loadgen(args) => weir_loadgen::main(args),
         Command::Validate { configs } => {
             for path in &configs {
                 match PipelineConfig::load(path) {
@@ -131,4 +134,45 @@ async fn signals(shutdown: CancellationToken) {
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting without draining");
     std::process::exit(130);
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir_core=debug`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+}
+
+/// When to print the progress line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// When stderr is a terminal.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+impl Progress {
+    pub fn enabled(self) -> bool {
+        match self {
+            Progress::Auto => std::io::stderr().is_terminal(),
+            Progress::Always => true,
+            Progress::Never => false,
+        }
+    }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::snowplow::{field_index, to_json, validate, Scratch, FIELDS};
+use crate::{field_index, to_json, validate, Scratch, FIELDS};
 use serde_json::{json, Value};
 
 const TP2: &str = "/com.snowplowanalytics.snowplow/tp2";

@@ -147,7 +147,7 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
         None => (authority.to_string(), 80),
     };
     let path = if path.is_empty() || path == "/" {
-        crate::snowplow::tracker::TP2_PATH.to_string()
+        weir_snowplow::tracker::TP2_PATH.to_string()
     } else {
         path.to_string()
     };
@@ -338,7 +338,7 @@ impl Viewer {
             .seed
             .wrapping_mul(1_000_003)
             .wrapping_add(index as u64 * 7919));
-        let now_ms = crate::transforms::sp_collector_payload::now_ms();
+        let now_ms = weir_snowplow::now_ms();
         let duid = rng.uuid();
         let sid = rng.uuid();
         let page_id = rng.uuid();
@@ -777,7 +777,7 @@ impl Viewer {
         if self.buffer.is_empty() {
             return;
         }
-        let stm = crate::transforms::sp_collector_payload::now_ms();
+        let stm = weir_snowplow::now_ms();
         let mut body =
             String::with_capacity(self.buffer.iter().map(|e| e.len() + 24).sum::<usize>() + 96);
         body.push_str(
@@ -890,7 +890,7 @@ impl Viewer {
 /// ms since the epoch as RFC 3339 with milliseconds.
 fn rfc3339(ms: i64) -> String {
     let mut s = String::with_capacity(24);
-    crate::snowplow::tracker::format_tstamp(ms, &mut s);
+    weir_snowplow::tracker::format_tstamp(ms, &mut s);
     s.replace(' ', "T") + "Z"
 }
 

@@ -23,7 +23,7 @@ use axum::Router;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 
-const PAGE: &str = include_str!("../../examples/live-viewer/dashboard.html");
+const PAGE: &str = include_str!("../assets/dashboard.html");
 
 /// Where a dashboard reads its full snapshot (on connect, and for a client that fell behind).
 #[async_trait::async_trait]

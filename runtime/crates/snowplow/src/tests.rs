@@ -6,8 +6,8 @@ use super::json::{write_double, write_int, write_timestamp};
 use super::sdj::write_key;
 use super::*;
 
-const MEDIA: &str = include_str!("../../tests/fixtures/sdk/micro-media-session.tsv");
-const SAMPLES: &str = include_str!("../../tests/fixtures/sdk/sdk-samples.tsv");
+const MEDIA: &str = include_str!("../../../tests/fixtures/sdk/micro-media-session.tsv");
+const SAMPLES: &str = include_str!("../../../tests/fixtures/sdk/sdk-samples.tsv");
 
 fn lines() -> impl Iterator<Item = &'static str> {
     MEDIA

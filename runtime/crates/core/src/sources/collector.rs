@@ -47,8 +47,9 @@ use super::{Emitter, Source, SourceConfig, SourceContext, SourceType};
 use crate::config::{self, ByteSize, ConfigError, Origin};
 use crate::record::{Failed, FailureKind, Record};
 use crate::snowplow::collector_payload::{CollectorPayload, SCHEMA};
+use crate::snowplow::now_ms;
 use crate::snowplow::tracker::{self, TP1_PATHS, TP2_PATH};
-use crate::transforms::sp_collector_payload::{enrich_options, now_ms};
+use crate::transforms::sp_collector_payload::enrich_options;
 
 /// ```toml
 /// [source]

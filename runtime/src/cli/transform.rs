@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::engine::LoadKind;
-use super::guest::{Guest, GuestOptions, Limits};
-use super::state::MemoryBackend;
-use crate::record::Record;
+use weir_core::record::Record;
+use weir_core::wasm::engine::LoadKind;
+use weir_core::wasm::guest::{Guest, GuestOptions, Limits};
+use weir_core::wasm::state::MemoryBackend;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TransformCommand {
@@ -75,7 +75,7 @@ pub fn main(cmd: TransformCommand) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(crate::cli::EXIT_CONFIG)
+            ExitCode::from(super::EXIT_CONFIG)
         }
     }
 }
@@ -113,7 +113,7 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
                 ..Limits::default()
             },
             state: MemoryBackend::new(),
-            cache_dir: super::cache::default_dir(),
+            cache_dir: weir_core::wasm::cache::default_dir(),
         },
     )
     .map_err(|e| anyhow::anyhow!("{}: {e}", a.wasm.display()))?;
@@ -132,7 +132,7 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
         t.elapsed().as_secs_f64() * 1e3
     )?;
     if let Some(f) = g.fields() {
-        let names: Vec<&str> = f.iter().map(|&i| crate::snowplow::FIELDS[i].name).collect();
+        let names: Vec<&str> = f.iter().map(|&i| weir_snowplow::FIELDS[i].name).collect();
         writeln!(out, "weir sends only these fields: {}", names.join(", "))?;
     }
     let n = lines.len();
@@ -147,7 +147,7 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
     let mut filtered: Vec<usize> = Vec::new();
     let mut failed: Vec<(usize, String)> = Vec::new();
     let mut in_guest = Duration::ZERO;
-    let read_at = super::host::now_ms();
+    let read_at = weir_snowplow::now_ms();
     for (bi, chunk) in lines.chunks(a.batch).enumerate() {
         let base = bi * a.batch;
         let records: Vec<Record> = chunk.iter().map(|v| Record::new(v.clone())).collect();

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use super::{partition, FilterAction, Transform, TransformConfig, TransformType};
 use crate::config::{ConfigError, Origin};
 use crate::record::{Batch, Record};
-use crate::snowplow::{self, FieldPath};
+use crate::snowplow;
+use crate::snowplow::FieldPath;
 
 /// ```toml
 /// [[transforms]]

@@ -1,6 +1,5 @@
 //! Logs, metrics, the HTTP endpoint (`/healthz`, `/readyz`, `/metrics`) and the progress line.
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -48,27 +47,6 @@ pub struct Snapshot {
     pub filtered: u64,
     pub failed: u64,
     pub acked: u64,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
-}
-
-/// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir=debug`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
-    };
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -165,26 +143,6 @@ pub async fn serve_http(
             .await;
     });
     Ok(bound)
-}
-
-/// When to print the progress line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Progress {
-    /// When stderr is a terminal.
-    #[default]
-    Auto,
-    Always,
-    Never,
-}
-
-impl Progress {
-    pub fn enabled(self) -> bool {
-        match self {
-            Progress::Auto => std::io::stderr().is_terminal(),
-            Progress::Always => true,
-            Progress::Never => false,
-        }
-    }
 }
 
 /// Prints `read … written … filtered … failed … (rate/s)` every `every` until `stop`.

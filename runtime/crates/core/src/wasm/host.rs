@@ -173,11 +173,7 @@ impl LogLimiter {
     }
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(crate) use crate::snowplow::now_ms;
 
 fn cut(mut s: String) -> String {
     if s.len() > MAX_MESSAGE {

@@ -21,7 +21,6 @@
 pub mod abi;
 pub mod cache;
 pub mod changelog;
-pub mod cli;
 pub mod durable;
 pub mod engine;
 pub mod guest;
@@ -31,7 +30,7 @@ pub mod state;
 /// The WIT world weir serves, as bindings.
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../transforms/wit",
+        path: "../../../transforms/wit",
         world: "weir-transform",
         imports: { default: trappable },
     });

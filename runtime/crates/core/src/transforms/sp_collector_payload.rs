@@ -89,12 +89,7 @@ pub(crate) fn enrich_options(
     })
 }
 
-/// Milliseconds since the epoch, now.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::snowplow::now_ms;
 
 struct ToEnriched {
     label: String,

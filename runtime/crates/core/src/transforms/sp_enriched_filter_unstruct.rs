@@ -9,7 +9,8 @@ use super::sp_enriched_filter_context::{field_path, text_regex};
 use super::{partition, FilterAction, Transform, TransformConfig, TransformType};
 use crate::config::{ConfigError, Origin};
 use crate::record::{Batch, Record};
-use crate::snowplow::{self, FieldPath};
+use crate::snowplow;
+use crate::snowplow::FieldPath;
 
 /// ```toml
 /// [[transforms]]

@@ -36,6 +36,14 @@ pub use filter::{atomic_value_text, context_values, unstruct_value};
 pub use json::{to_json, to_json_with, Scratch, ToJsonOptions};
 pub use path::{FieldPath, PathError, PathSegment};
 
+/// Milliseconds since the Unix epoch, now: the one clock behind every timestamp weir stamps
+/// (`etl_tstamp`, state TTLs, the load generator's `dtm`/`stm`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Why an enriched line could not be read or converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

@@ -206,10 +206,7 @@ impl Sink for ProfileSink {
         }
         let version_field = self.version_field.clone();
         let store = self.store.clone();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_millis() as u64)
-            .max(1);
+        let now_ms = (crate::snowplow::now_ms() as u64).max(1);
         let prune_before = (self.last_prune.elapsed() >= PRUNE_EVERY)
             .then(|| now_ms.saturating_sub(self.tombstone_ttl_ms));
         let applied = tokio::task::block_in_place(move || -> anyhow::Result<Vec<Change>> {

@@ -8,16 +8,16 @@
 pub mod ack;
 pub mod aws;
 pub mod badrow;
-pub mod cli;
 pub mod config;
 pub mod dashboard;
-pub mod loadgen;
 pub mod observe;
 pub mod pipeline;
 pub mod record;
 pub mod registry;
 pub mod sinks;
-pub mod snowplow;
 pub mod sources;
 pub mod transforms;
 pub mod wasm;
+
+/// Snowplow's formats ([`weir_snowplow`]), re-exported under the name the components use.
+pub use weir_snowplow as snowplow;
