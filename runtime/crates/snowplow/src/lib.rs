@@ -17,6 +17,7 @@
 //!   configurable enrichments; [`collector_payload`] reads and writes the Thrift form a Snowplow
 //!   collector writes to its raw stream.
 
+pub mod badrow;
 pub mod collector_payload;
 mod fields;
 mod filter;
