@@ -139,7 +139,9 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
         .iter()
         .skip(1)
         .all(|s| s.2 == "d1adfade-81d2-4ed9-9a8d-593d9660f0f5"));
-    for ((e, headers, nuid), line) in sent.iter().zip(&out) {
+    // Read through the analytics SDK (which also checks that each line is an enriched event).
+    let docs = to_json_all(&out);
+    for (((e, headers, nuid), line), j) in sent.iter().zip(&out).zip(&docs) {
         let p = |k: &str| e[k].as_str().unwrap_or("");
         let header = |k: &str| {
             headers
@@ -219,14 +221,21 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
         }
         let dtm: i64 = p("dtm").parse().unwrap();
         let stm: i64 = p("stm").parse().unwrap();
-        assert_eq!(f("dvce_created_tstamp"), tstamp(dtm));
-        assert_eq!(f("dvce_sent_tstamp"), tstamp(stm));
+        assert_eq!(j["dvce_created_tstamp"], tstamp(dtm), "{eid}");
+        assert_eq!(j["dvce_sent_tstamp"], tstamp(stm), "{eid}");
         // What the collector and Enrich add.
-        let collected = (before..=after)
-            .find(|&ms| tstamp(ms) == f("collector_tstamp"))
-            .expect("collector_tstamp is the time of the request");
-        assert_eq!(f("derived_tstamp"), tstamp(collected - (stm - dtm)));
-        assert!(f("etl_tstamp") >= f("collector_tstamp"));
+        let collected = ms(&j["collector_tstamp"]);
+        assert!(
+            (before..=after).contains(&collected),
+            "{eid}: collector_tstamp {} is the time of the request",
+            j["collector_tstamp"]
+        );
+        assert_eq!(
+            j["derived_tstamp"],
+            tstamp(collected - (stm - dtm)),
+            "{eid}"
+        );
+        assert!(ms(&j["etl_tstamp"]) >= collected, "{eid}");
         assert_eq!(f("useragent"), header("user-agent"));
         assert_eq!(f("user_ipaddress"), "127.0.0.1");
         assert_eq!(f("network_userid"), nuid, "the sp cookie, or the one set");
@@ -238,7 +247,6 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
         assert_eq!(f("page_urlquery"), p("url").split_once('?').unwrap().1);
         assert!(f("v_collector").starts_with("weir-collector-"));
         assert!(f("v_etl").starts_with("weir-"));
-        to_json(line);
     }
     // The JSON has the shape Enrich's output has for the same kinds of events.
     compare_with_micro(&out);
@@ -248,8 +256,7 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
 /// keys (`contexts_…`), which only say which entities the tracker attached.
 fn json_keys(lines: &[String]) -> BTreeMap<String, BTreeSet<String>> {
     let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for l in lines {
-        let j = to_json(l);
+    for (l, j) in lines.iter().zip(to_json_all(lines)) {
         let keys = m.entry(field(l, "event_name").to_string()).or_default();
         keys.extend(
             j.as_object()
@@ -366,22 +373,6 @@ fn compare_with_micro(out: &[String]) {
     assert!(!refr_in_js);
 }
 
-/// ms since the epoch of `YYYY-MM-DD HH:MM:SS.mmm`.
-fn parse_tstamp(s: &str) -> i64 {
-    let n = |a: usize, b: usize| -> i64 { s[a..b].parse().unwrap() };
-    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
-    // days_from_civil (H. Hinnant)
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let ms = if s.len() > 20 { n(20, 23) } else { 0 };
-    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + ms
-}
-
 #[test]
 fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     // Snowplow Micro's 73 enriched events of a media session, each turned back into the tracker
@@ -395,12 +386,13 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
         .map(str::to_string)
         .collect();
     assert_eq!(micro.len(), 73);
+    let micro_json = to_json_all(&micro);
     let dir = tempfile::tempdir().unwrap();
     let w = start(dir.path(), "", &file_sinks(dir.path()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut conn = Conn::open(w.addr, None).await.unwrap();
-        for l in &micro {
+        for (l, j) in micro.iter().zip(&micro_json) {
             let f = |n: &str| field(l, n).to_string();
             let e = match f("event").as_str() {
                 "page_view" => "pv",
@@ -451,8 +443,8 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
                     put(param, format!("{}x{}", f(w_), f(h_)));
                 }
             }
-            put("dtm", parse_tstamp(&f("dvce_created_tstamp")).to_string());
-            put("stm", parse_tstamp(&f("dvce_sent_tstamp")).to_string());
+            put("dtm", ms(&j["dvce_created_tstamp"]).to_string());
+            put("stm", ms(&j["dvce_sent_tstamp"]).to_string());
             let target = format!("{TP2}?nuid={}", f("network_userid"));
             let (ua, ip) = (f("useragent"), f("user_ipaddress"));
             let headers = [
@@ -471,7 +463,7 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     w.stop();
     let out = lines(&dir.path().join("out.tsv"));
     assert_eq!(out.len(), micro.len());
-    let names = weir_core::snowplow::field_names().collect::<Vec<_>>();
+    let out_json = to_json_all(&out);
     let processing = [
         "etl_tstamp",
         "collector_tstamp",
@@ -479,9 +471,11 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
         "v_collector",
         "v_etl",
     ];
-    for (ours, enrich) in out.iter().zip(&micro) {
-        for name in &names {
-            if processing.contains(name) {
+    for ((ours, enrich), (ours_j, enrich_j)) in
+        out.iter().zip(&micro).zip(out_json.iter().zip(&micro_json))
+    {
+        for name in field_names() {
+            if processing.contains(&name.as_str()) {
                 continue;
             }
             assert_eq!(
@@ -491,28 +485,24 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
                 field(enrich, "event_id")
             );
         }
-        let t = |l: &str, n: &str| parse_tstamp(field(l, n));
+        let t = |j: &Value, n: &str| ms(&j[n]);
         // Enrich: derived = collector - (sent - created), for each side's own collector time.
-        assert_eq!(
-            t(ours, "derived_tstamp"),
-            t(ours, "collector_tstamp")
-                - (t(ours, "dvce_sent_tstamp") - t(ours, "dvce_created_tstamp"))
-        );
-        assert_eq!(
-            t(enrich, "derived_tstamp"),
-            t(enrich, "collector_tstamp")
-                - (t(enrich, "dvce_sent_tstamp") - t(enrich, "dvce_created_tstamp"))
-        );
+        for j in [ours_j, enrich_j] {
+            assert_eq!(
+                t(j, "derived_tstamp"),
+                t(j, "collector_tstamp") - (t(j, "dvce_sent_tstamp") - t(j, "dvce_created_tstamp")),
+                "{j}"
+            );
+        }
         // So the analytics-SDK JSON has exactly the same keys.
-        let keys = |l: &str| {
-            to_json(l)
-                .as_object()
+        let keys = |j: &Value| {
+            j.as_object()
                 .unwrap()
                 .keys()
                 .cloned()
                 .collect::<BTreeSet<_>>()
         };
-        assert_eq!(keys(ours), keys(enrich));
+        assert_eq!(keys(ours_j), keys(enrich_j));
     }
 }
 
@@ -521,7 +511,7 @@ fn python_tracker_get_post_base64_and_batched() {
     let dir = tempfile::tempdir().unwrap();
     let w = start(dir.path(), "", &file_sinks(dir.path()));
     let port = w.addr.port().to_string();
-    let report = python("python_tracker.py", &[&port]);
+    let report = python("collector/python_tracker.py", &[&port], "");
     w.stop();
     assert!(lines(&dir.path().join("bad.ndjson")).is_empty());
     let rows: Vec<Value> = report
@@ -584,12 +574,17 @@ fn python_tracker_get_post_base64_and_batched() {
 
     let out = lines(&dir.path().join("out.tsv"));
     assert_eq!(out.len(), 20, "every tracked event, once");
-    let by_eid: HashMap<&str, &String> = out.iter().map(|l| (field(l, "event_id"), l)).collect();
+    let docs = to_json_all(&out);
+    let by_eid: HashMap<&str, (&String, &Value)> = out
+        .iter()
+        .zip(&docs)
+        .map(|(l, j)| (field(l, "event_id"), (l, j)))
+        .collect();
     assert_eq!(by_eid.len(), 20);
     for t in &tracked {
         let eid = t["eid"].as_str().unwrap();
         let mode = t["mode"].as_str().unwrap();
-        let l = by_eid
+        let &(l, j) = by_eid
             .get(eid)
             .unwrap_or_else(|| panic!("{mode}: event {eid} missing"));
         let f = |n: &str| field(l, n);
@@ -607,8 +602,8 @@ fn python_tracker_get_post_base64_and_batched() {
             ("1280", "pt-PT", "Europe/Lisbon")
         );
         assert_eq!(f("domain_userid"), "5bd1b4a6-1a7f-4c3e-8c55-7c3f0b0f9d6e");
-        assert!(!f("dvce_created_tstamp").is_empty() && !f("dvce_sent_tstamp").is_empty());
-        let j = to_json(l);
+        ms(&j["dvce_created_tstamp"]);
+        ms(&j["dvce_sent_tstamp"]);
         match t["type"].as_str().unwrap() {
             "page_view" => {
                 assert_eq!((f("event"), f("event_name")), ("page_view", "page_view"));
@@ -669,8 +664,8 @@ fn python_tracker_get_post_base64_and_batched() {
                     "Tracker \"test\" é\tü"
                 );
                 if let Some(ttm) = t["ttm"].as_i64() {
-                    assert_eq!(f("true_tstamp"), tstamp(ttm));
-                    assert_eq!(f("derived_tstamp"), tstamp(ttm));
+                    assert_eq!(j["true_tstamp"], tstamp(ttm));
+                    assert_eq!(j["derived_tstamp"], tstamp(ttm));
                 }
             }
             other => panic!("{other}"),
@@ -840,7 +835,7 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
         }
         (flood, others)
     });
-    let rss = rss_kib(w.child.id()).map(|(_, peak)| peak).unwrap_or(0);
+    let rss = rss_kib(w.pid()).map(|(_, peak)| peak).unwrap_or(0);
     w.stop();
     assert!(
         others.iter().all(|&s| s == 200),
@@ -900,7 +895,7 @@ fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accep
     let w = start_config(dir.path(), &cfg);
     let reader = opener.join().unwrap();
     let addr = w.addr;
-    let pid = w.child.id();
+    let pid = w.pid();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1050,8 +1045,7 @@ fn the_load_generator_sends_media_sessions_that_arrive_whole() {
         "{report}"
     );
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for l in &events {
-        let j = to_json(l);
+    for (l, j) in events.iter().zip(to_json_all(&events)) {
         let name = field(l, "event_name").to_string();
         if field(l, "event_vendor") == "com.snowplowanalytics.snowplow.media" {
             assert!(
