@@ -14,12 +14,12 @@ use weir_core::sinks::dynamodb::{is_tombstone, DynamoDbConfig, DynamoDbSink};
 use weir_core::sinks::Sink;
 
 fn run_weir(config: &std::path::Path) -> std::process::Output {
-    let mut c = weir();
-    c.arg("run").arg(config).arg("--progress=never");
-    for (k, v) in AWS_ENV {
-        c.env(k, v);
-    }
-    c.output().expect("weir runs")
+    weir_aws()
+        .arg("run")
+        .arg(config)
+        .arg("--progress=never")
+        .output()
+        .expect("weir runs")
 }
 
 /// A deterministic shuffle (no rand dependency).
@@ -391,7 +391,6 @@ fn the_dashboard_reads_its_snapshot_from_the_table_and_gets_applied_writes_pushe
     use std::io::Write;
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let config = write(
         dir.path(),
         "d.toml",
@@ -410,7 +409,7 @@ create_table = true
 endpoint_url = "{}"
 
 [sink.dashboard]
-address = "{addr}"
+address = "127.0.0.1:0"
 
 [batch]
 flush_interval = "10ms"
@@ -418,17 +417,15 @@ flush_interval = "10ms"
             moto.endpoint
         ),
     );
-    let mut c = weir();
-    c.args(["run", "--progress=never"])
-        .arg(&config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in AWS_ENV {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut weir = Logged::spawn(
+        weir_aws()
+            .args(["run", "--progress=never"])
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null()),
+    );
+    let addr = weir.bound("live dashboard").to_string();
+    let mut stdin = weir.child.stdin.take().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let viewers = |want: usize| -> Vec<serde_json::Value> {
         loop {
@@ -474,14 +471,13 @@ flush_interval = "10ms"
     }
     pushed.sort();
     assert_eq!(pushed, ["a", "b", "c"]);
-    // Stale (older than stored) and a removal: only the removal is pushed.
+    // Stale (older than stored), then a removal: the next event pushed is the removal (a push
+    // of the stale write would come before it, as the sink applies writes in order).
     writeln!(
         stdin,
         r#"{{"viewer_id":"a","version":"1","status":"playing"}}"#
     )
     .unwrap();
-    stdin.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
     writeln!(stdin, r#"{{"viewer_id":"c","removed":true}}"#).unwrap();
     let (name, doc) = next_event();
     assert_eq!(
@@ -497,6 +493,6 @@ flush_interval = "10ms"
     assert_eq!(rows[1]["viewer_id"], "b");
 
     drop(stdin);
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let (status, log) = weir.wait_exit(std::time::Duration::from_secs(60));
+    assert!(status.success(), "{log}");
 }
