@@ -871,7 +871,7 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
 }
 
 #[test]
-fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accepted() {
+fn a_stalled_pipeline_refuses_with_503_says_so_on_sink_health_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("sink.fifo");
     mkfifo(&fifo);
@@ -936,12 +936,15 @@ fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accep
             })
         })
         .collect();
-    // Nothing reads the sink for 4 s: the pipeline stalls, the collector must refuse, not buffer.
+    // Nothing reads the sink for 4 s: the pipeline stalls, the collector must refuse, not buffer,
+    // and say so on /sink-health.
     let mut peak = 0;
+    let mut sink_health = BTreeSet::new();
     while Instant::now() < stop_sending {
         if let Some((rss, _)) = rss_kib(pid) {
             peak = peak.max(rss);
         }
+        sink_health.insert(send_blocking(addr, "GET", "/sink-health", &[], "").status);
         std::thread::sleep(Duration::from_millis(50));
     }
     // Now drain the sink: the requests still waiting are answered, later ones accepted again.
@@ -962,6 +965,16 @@ fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accep
             .status
     });
     assert_eq!(after, 200, "accepting again once the sink moves");
+    assert!(
+        sink_health.contains(&503),
+        "/sink-health answered 503 while the queue was full: {sink_health:?}"
+    );
+    assert!(sink_health.is_subset(&[200, 503].into()), "{sink_health:?}");
+    wait_until(
+        "/sink-health to be 200 again",
+        Duration::from_secs(60),
+        || send_blocking(addr, "GET", "/sink-health", &[], "").status == 200,
+    );
     w.stop();
     let written = drain.join().unwrap();
     let refused = results.iter().filter(|(s, _)| *s == 503).count();
