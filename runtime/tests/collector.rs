@@ -788,16 +788,21 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
         .build()
         .unwrap();
     let (flood, others) = rt.block_on(async move {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
         let flooder: IpAddr = "127.0.0.2".parse().unwrap();
-        let stop = Instant::now() + Duration::from_secs(3);
+        // The flood lasts while the other client sends (at most two minutes).
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let throttled = std::sync::Arc::new(AtomicUsize::new(0));
+        let limit = Instant::now() + Duration::from_secs(120);
         let mut tasks = Vec::new();
         // 64 connections from one address, each sending batches of 10 events without pause.
         for c in 0..64 {
+            let (done, throttled) = (done.clone(), throttled.clone());
             tasks.push(tokio::spawn(async move {
                 let mut seen: Vec<(u16, Vec<String>)> = Vec::new();
                 let mut conn = Conn::open(addr, Some(flooder)).await.unwrap();
                 let mut i = 0;
-                while Instant::now() < stop {
+                while !done.load(SeqCst) && Instant::now() < limit {
                     let eids: Vec<String> = (0..10).map(|k| format!("f{c}-{i}-{k}")).collect();
                     let events: Vec<Value> = eids
                         .iter()
@@ -811,16 +816,22 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
                         Ok(r) => r.status,
                         Err(_) => 0,
                     };
+                    if status == 429 {
+                        throttled.fetch_add(1, SeqCst);
+                    }
                     seen.push((status, eids));
                     i += 1;
                 }
                 seen
             }));
         }
-        // Meanwhile another client sends one request every 20 ms.
+        // Once the flood is being throttled, another client sends one request every 20 ms.
+        while throttled.load(SeqCst) == 0 {
+            assert!(Instant::now() < limit, "the flood was never throttled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let other: IpAddr = "127.0.0.3".parse().unwrap();
         let mut others = Vec::new();
-        tokio::time::sleep(Duration::from_millis(300)).await;
         for i in 0..100 {
             let body = payload_data(&[json!({"e": "pv", "aid": "other", "tna": format!("o-{i}")})]);
             let r = send(addr, Some(other), "POST", TP2, &[], full(body))
@@ -829,6 +840,7 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
             others.push(r.status);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        done.store(true, SeqCst);
         let mut flood = Vec::new();
         for t in tasks {
             flood.extend(t.await.unwrap());
