@@ -27,27 +27,6 @@ fn sdj_eq(text: &str, expected: &str) -> bool {
     serde_json::from_str::<Value>(text).unwrap() == serde_json::from_str::<Value>(expected).unwrap()
 }
 
-/// Headers of a recorded request to send again (hop-by-hop and length headers are the client's).
-fn replay_headers(r: &Value) -> Vec<(String, String)> {
-    r["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h[0].as_str().unwrap().to_string(),
-                h[1].as_str().unwrap().to_string(),
-            )
-        })
-        .filter(|(k, _)| {
-            !matches!(
-                k.to_ascii_lowercase().as_str(),
-                "host" | "content-length" | "connection" | "accept-encoding"
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
     let dir = tempfile::tempdir().unwrap();
@@ -297,12 +276,7 @@ fn json_keys(lines: &[String]) -> BTreeMap<String, BTreeSet<String>> {
 /// same kinds of events (page view, page ping, media events). The only differences allowed are
 /// the ones the tracker input explains, each checked.
 fn compare_with_micro(out: &[String]) {
-    let micro: Vec<String> = std::fs::read_to_string(fixture("sdk/micro-media-session.tsv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let micro = lines(&fixture("sdk/micro-media-session.tsv"));
     let (ours, theirs) = (json_keys(out), json_keys(&micro));
     let mut compared = 0;
     for (name, keys) in &ours {
@@ -379,12 +353,7 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     // request that carried it (same parameters, User-Agent, client IP and network user id), come
     // out of weir identical to what Enrich wrote, but for the fields that record when and by what
     // they were processed.
-    let micro: Vec<String> = std::fs::read_to_string(fixture("sdk/micro-media-session.tsv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let micro = lines(&fixture("sdk/micro-media-session.tsv"));
     assert_eq!(micro.len(), 73);
     let micro_json = to_json_all(&micro);
     let dir = tempfile::tempdir().unwrap();

@@ -191,10 +191,7 @@ fn environment_overrides_any_key_including_array_elements() {
     let cfg = write(
         dir.path(),
         "e.toml",
-        &format!(
-            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"stdout\"\n",
-            input.display()
-        ),
+        &format!("{}[sink]\ntype = \"stdout\"\n", file_source(&input)),
     );
     // sink.type and sink.path from the environment: the file gets the records, stdout nothing.
     let o = weir()

@@ -69,10 +69,7 @@ async fn profiles_out_of_order_and_twice_end_as_the_newest_version_once_per_view
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "dynamodb"
 table = "viewer_profiles"
@@ -91,7 +88,7 @@ path = "{}"
 [batch]
 max_records = 50
 "#,
-            input.display(),
+            file_source(&input),
             moto.endpoint,
             bad.display()
         ),
@@ -164,10 +161,7 @@ async fn unprocessed_items_and_throttling_are_retried_until_every_item_lands_onc
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "dynamodb"
 table = "events"
@@ -175,7 +169,7 @@ partition_key = "event_id"
 endpoint_url = "{}"
 concurrency = 4
 "#,
-            input.display(),
+            file_source(&input),
             proxy.endpoint,
         ),
     );
@@ -355,10 +349,7 @@ async fn bench_batching_vs_one_write_per_item() {
             &format!("{table}.toml"),
             &format!(
                 r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "dynamodb"
 table = "{table}"
@@ -366,7 +357,7 @@ partition_key = "viewer_id"
 endpoint_url = "{}"
 {extra}
 "#,
-                input.display(),
+                file_source(&input),
                 proxy.endpoint
             ),
         );

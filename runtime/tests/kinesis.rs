@@ -199,10 +199,7 @@ async fn failed_put_records_are_retried_until_every_record_lands_once() {
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "kinesis"
 stream = "out"
@@ -211,7 +208,7 @@ endpoint_url = "{}"
 # there (not on Kinesis), so one request at a time against the emulator.
 concurrency = 1
 "#,
-            input.display(),
+            file_source(&input),
             proxy.endpoint
         ),
     );
@@ -311,29 +308,10 @@ async fn after_a_split_the_children_are_read_after_the_parent_and_nothing_is_ski
     let k = kinesis(&moto.endpoint).await;
     create_stream(&k, "events", 1).await;
     put(&k, "events", 0..1500).await;
+    // The parent is still being read (for 3 s) when the children appear, so a reader that did
+    // not wait for it would mix their records.
     let dir = tempfile::tempdir().unwrap();
-    // 100 records a read, at most 5 reads a second: the parent is still being read (for 3 s)
-    // when the children appear, so a reader that did not wait for it would mix their records.
-    let cfg = source_config_with(
-        dir.path(),
-        "a",
-        &moto.endpoint,
-        "events",
-        "max_records_per_call = 100",
-    );
-    let a = spawn_weir(&cfg);
-    wait_for(dir.path(), "a to read", WAIT, async || {
-        !lines_of(&dir.path().join("a.out")).is_empty()
-    })
-    .await;
-    k.update_shard_count()
-        .stream_name("events")
-        .target_shard_count(2)
-        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
-        .send()
-        .await
-        .unwrap();
-    put(&k, "events", 1500..3000).await;
+    let a = reshard_under_a_reader(&moto, &k, dir.path(), 2).await;
     // The split made two children, and the records written after it are there (as on Kinesis:
     // an unpatched moto put them into the closed parent, which made this test fail now and then).
     assert_eq!(
@@ -341,12 +319,50 @@ async fn after_a_split_the_children_are_read_after_the_parent_and_nothing_is_ski
         (2, 1500),
         "two children, holding the new records"
     );
-    wait_for(dir.path(), "every record", WAIT, async || {
-        lines_of(&dir.path().join("a.out")).len() >= 3000
+    read_to_the_end(dir.path(), a).await;
+}
+
+/// Starts a reader of `events` that reads 100 records a call (and at most 5 calls a second),
+/// reshards the stream to `shards` shards once it has read something, then writes records
+/// 1500..3000 (records 0..1500 are there from before).
+async fn reshard_under_a_reader(
+    moto: &Moto,
+    k: &aws_sdk_kinesis::Client,
+    dir: &std::path::Path,
+    shards: i32,
+) -> Child {
+    let cfg = source_config_with(
+        dir,
+        "a",
+        &moto.endpoint,
+        "events",
+        "max_records_per_call = 100",
+    );
+    let a = spawn_weir(&cfg);
+    wait_for(dir, "a to read", WAIT, async || {
+        !lines_of(&dir.join("a.out")).is_empty()
     })
     .await;
-    stop(dir.path(), a);
-    parents_then_children(&lines_of(&dir.path().join("a.out")), 1500, 3000);
+    k.update_shard_count()
+        .stream_name("events")
+        .target_shard_count(shards)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await
+        .unwrap();
+    put(k, "events", 1500..3000).await;
+    a
+}
+
+/// Waits for the reader of [`reshard_under_a_reader`] to read 3000 records, stops it, and checks
+/// that it read each once, the parents' before the children's.
+async fn read_to_the_end(dir: &std::path::Path, a: Child) {
+    wait_for(dir, "every record", WAIT, async || {
+        lines_of(&dir.join("a.out")).len() >= 3000
+    })
+    .await;
+    stop(dir, a);
+    parents_then_children(&lines_of(&dir.join("a.out")), 1500, 3000);
 }
 
 /// `lines` are records `0..total`, each exactly once, and every record before `split` (written
@@ -394,18 +410,7 @@ async fn records_in_children(k: &aws_sdk_kinesis::Client, stream: &str) -> (usiz
         .collect();
     let mut records = 0;
     for sh in &children {
-        let it = k
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(sh.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator
-            .unwrap();
-        let out = k.get_records().shard_iterator(it).send().await.unwrap();
-        records += out.records().len();
+        records += read_shard(k, stream, sh.shard_id()).await.len();
     }
     (children.len(), records)
 }
@@ -421,26 +426,7 @@ async fn after_a_merge_the_child_is_read_after_both_parents_and_nothing_is_skipp
     put_hashed(&k, "events", 0..100, Some(LOW_HASH)).await;
     put_hashed(&k, "events", 100..1500, Some(HIGH_HASH)).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = source_config_with(
-        dir.path(),
-        "a",
-        &moto.endpoint,
-        "events",
-        "max_records_per_call = 100",
-    );
-    let a = spawn_weir(&cfg);
-    wait_for(dir.path(), "a to read", WAIT, async || {
-        !lines_of(&dir.path().join("a.out")).is_empty()
-    })
-    .await;
-    k.update_shard_count()
-        .stream_name("events")
-        .target_shard_count(1)
-        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
-        .send()
-        .await
-        .unwrap();
-    put(&k, "events", 1500..3000).await;
+    let a = reshard_under_a_reader(&moto, &k, dir.path(), 1).await;
     let shards = k.list_shards().stream_name("events").send().await.unwrap();
     let child = shards
         .shards()
@@ -457,12 +443,7 @@ async fn after_a_merge_the_child_is_read_after_both_parents_and_nothing_is_skipp
         (1, 1500),
         "one child, holding the new records"
     );
-    wait_for(dir.path(), "every record", WAIT, async || {
-        lines_of(&dir.path().join("a.out")).len() >= 3000
-    })
-    .await;
-    stop(dir.path(), a);
-    parents_then_children(&lines_of(&dir.path().join("a.out")), 1500, 3000);
+    read_to_the_end(dir.path(), a).await;
 }
 
 /// Puts records `ids` one request at a time until `ok` holds (the reader has caught up), and
@@ -656,33 +637,7 @@ async fn three_instances_split_six_shards_evenly_and_read_every_record() {
 async fn shard_records(k: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, String)> {
     let shards = k.list_shards().stream_name(stream).send().await.unwrap();
     assert_eq!(shards.shards().len(), 1);
-    let mut it = k
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shards.shards()[0].shard_id())
-        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-        .send()
-        .await
-        .unwrap()
-        .shard_iterator
-        .unwrap();
-    let mut out = Vec::new();
-    loop {
-        let r = k.get_records().shard_iterator(&it).send().await.unwrap();
-        if r.records().is_empty() {
-            return out;
-        }
-        for rec in r.records() {
-            out.push((
-                rec.sequence_number().to_string(),
-                String::from_utf8(rec.data().as_ref().to_vec()).unwrap(),
-            ));
-        }
-        match r.next_shard_iterator {
-            Some(n) => it = n,
-            None => return out,
-        }
-    }
+    read_shard(k, stream, shards.shards()[0].shard_id()).await
 }
 
 /// A sink that fails for good in mid-run (Kinesis refuses its PutRecords for good after three

@@ -88,23 +88,7 @@ fn replaying_the_recorded_tracker_session_gives_the_profile_of_that_session() {
         if r["method"] != "POST" {
             continue;
         }
-        let headers: Vec<(String, String)> = r["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h[0].as_str().unwrap().to_string(),
-                    h[1].as_str().unwrap().to_string(),
-                )
-            })
-            .filter(|(k, _)| {
-                !matches!(
-                    k.to_ascii_lowercase().as_str(),
-                    "host" | "content-length" | "connection" | "accept-encoding"
-                )
-            })
-            .collect();
+        let headers = replay_headers(&r);
         let (status, _) = http(
             collector,
             "POST",

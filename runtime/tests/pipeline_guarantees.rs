@@ -34,10 +34,7 @@ fn stalled_sink_holds_memory_bounded_and_every_record_arrives_once() {
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "file"
 path = "{}"
@@ -46,7 +43,7 @@ path = "{}"
 max_records = 500
 queue = 2
 "#,
-            input.display(),
+            file_source(&input),
             fifo.display()
         ),
     );
@@ -173,8 +170,8 @@ fn sigterm_during_a_large_file_drains_and_exits_zero() {
         dir.path(),
         "p.toml",
         &format!(
-            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"file\"\npath = \"{}\"\n",
-            input.display(),
+            "{}[sink]\ntype = \"file\"\npath = \"{}\"\n",
+            file_source(&input),
             fifo.display()
         ),
     );
@@ -235,9 +232,7 @@ fn several_workers_keep_the_input_order() {
             r#"
 workers = 4
 
-[source]
-type = "file"
-paths = [{input:?}]
+{source}
 
 [[transforms]]
 type = "wasm"
@@ -257,7 +252,7 @@ path = {bad:?}
 [batch]
 max_records = 50
 "#,
-            input = input.display().to_string(),
+            source = file_source(&input),
             wasm = wasm_support::rust_guest("hostile").display().to_string(),
             cache = wasm_support::cache_dir().display().to_string(),
             out = out.display().to_string(),

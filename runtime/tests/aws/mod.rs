@@ -191,41 +191,53 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
     panic!("stream {name} did not become active");
 }
 
+/// Every record of one shard, from the start, in order: (sequence number, data).
+pub async fn read_shard(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard: &str,
+) -> Vec<(String, String)> {
+    let mut it = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let r = client
+            .get_records()
+            .shard_iterator(&it)
+            .send()
+            .await
+            .unwrap();
+        if r.records().is_empty() {
+            return out;
+        }
+        for rec in r.records() {
+            out.push((
+                rec.sequence_number().to_string(),
+                String::from_utf8(rec.data().as_ref().to_vec()).unwrap(),
+            ));
+        }
+        match r.next_shard_iterator {
+            Some(n) => it = n,
+            None => return out,
+        }
+    }
+}
+
 /// Every record of every shard of a stream, from the start: (shard, data).
 pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<(String, String)> {
     let shards = client.list_shards().stream_name(name).send().await.unwrap();
     let mut out = Vec::new();
     for sh in shards.shards() {
-        let mut it = client
-            .get_shard_iterator()
-            .stream_name(name)
-            .shard_id(sh.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator
-            .unwrap();
-        loop {
-            let r = client
-                .get_records()
-                .shard_iterator(&it)
-                .send()
-                .await
-                .unwrap();
-            if r.records().is_empty() {
-                break;
-            }
-            for rec in r.records() {
-                out.push((
-                    sh.shard_id().to_string(),
-                    String::from_utf8(rec.data().as_ref().to_vec()).unwrap(),
-                ));
-            }
-            match r.next_shard_iterator {
-                Some(n) => it = n,
-                None => break,
-            }
+        for (_, data) in read_shard(client, name, sh.shard_id()).await {
+            out.push((sh.shard_id().to_string(), data));
         }
     }
     out

@@ -44,6 +44,14 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The `[source]` section of a config that reads the file `input`, one record a line.
+pub fn file_source(input: &Path) -> String {
+    format!(
+        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n",
+        input.display()
+    )
+}
+
 pub fn run(config: &Path) -> Output {
     weir().arg("run").arg(config).output().expect("weir runs")
 }
@@ -139,6 +147,27 @@ pub fn build_example_transforms() {
         .status()
         .unwrap();
     assert!(status.success(), "building the example transforms failed");
+}
+
+/// Headers of a recorded request to send again (hop-by-hop and length headers are the client's).
+pub fn replay_headers(r: &serde_json::Value) -> Vec<(String, String)> {
+    r["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(k, _)| {
+            !matches!(
+                k.to_ascii_lowercase().as_str(),
+                "host" | "content-length" | "connection" | "accept-encoding"
+            )
+        })
+        .collect()
 }
 
 /// `GET path` on `addr` (HTTP/1.1, connection closed): the body if the status is 200.
