@@ -71,10 +71,10 @@ fn each_bad_record_is_one_bad_row_and_good_events_all_come_out() {
         dir.path(),
         "p.toml",
         &format!(
-            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[[transforms]]\ntype = \"spEnrichedToJson\"\n\
+            "{}[[transforms]]\ntype = \"spEnrichedToJson\"\n\
              [sink]\ntype = \"file\"\npath = \"{}\"\n[failure]\ntype = \"file\"\npath = \"{}\"\n\
              [limits]\nmax_record_bytes = \"1 MiB\"\nbad_row_max_payload_bytes = \"16 KiB\"\n[batch]\nmax_records = 7\n",
-            input.display(),
+            file_source(&input),
             out.display(),
             failures.display()
         ),

@@ -27,27 +27,6 @@ fn sdj_eq(text: &str, expected: &str) -> bool {
     serde_json::from_str::<Value>(text).unwrap() == serde_json::from_str::<Value>(expected).unwrap()
 }
 
-/// Headers of a recorded request to send again (hop-by-hop and length headers are the client's).
-fn replay_headers(r: &Value) -> Vec<(String, String)> {
-    r["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h[0].as_str().unwrap().to_string(),
-                h[1].as_str().unwrap().to_string(),
-            )
-        })
-        .filter(|(k, _)| {
-            !matches!(
-                k.to_ascii_lowercase().as_str(),
-                "host" | "content-length" | "connection" | "accept-encoding"
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +118,9 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
         .iter()
         .skip(1)
         .all(|s| s.2 == "d1adfade-81d2-4ed9-9a8d-593d9660f0f5"));
-    for ((e, headers, nuid), line) in sent.iter().zip(&out) {
+    // Read through the analytics SDK (which also checks that each line is an enriched event).
+    let docs = to_json_all(&out);
+    for (((e, headers, nuid), line), j) in sent.iter().zip(&out).zip(&docs) {
         let p = |k: &str| e[k].as_str().unwrap_or("");
         let header = |k: &str| {
             headers
@@ -219,14 +200,21 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
         }
         let dtm: i64 = p("dtm").parse().unwrap();
         let stm: i64 = p("stm").parse().unwrap();
-        assert_eq!(f("dvce_created_tstamp"), tstamp(dtm));
-        assert_eq!(f("dvce_sent_tstamp"), tstamp(stm));
+        assert_eq!(j["dvce_created_tstamp"], tstamp(dtm), "{eid}");
+        assert_eq!(j["dvce_sent_tstamp"], tstamp(stm), "{eid}");
         // What the collector and Enrich add.
-        let collected = (before..=after)
-            .find(|&ms| tstamp(ms) == f("collector_tstamp"))
-            .expect("collector_tstamp is the time of the request");
-        assert_eq!(f("derived_tstamp"), tstamp(collected - (stm - dtm)));
-        assert!(f("etl_tstamp") >= f("collector_tstamp"));
+        let collected = ms(&j["collector_tstamp"]);
+        assert!(
+            (before..=after).contains(&collected),
+            "{eid}: collector_tstamp {} is the time of the request",
+            j["collector_tstamp"]
+        );
+        assert_eq!(
+            j["derived_tstamp"],
+            tstamp(collected - (stm - dtm)),
+            "{eid}"
+        );
+        assert!(ms(&j["etl_tstamp"]) >= collected, "{eid}");
         assert_eq!(f("useragent"), header("user-agent"));
         assert_eq!(f("user_ipaddress"), "127.0.0.1");
         assert_eq!(f("network_userid"), nuid, "the sp cookie, or the one set");
@@ -238,7 +226,6 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
         assert_eq!(f("page_urlquery"), p("url").split_once('?').unwrap().1);
         assert!(f("v_collector").starts_with("weir-collector-"));
         assert!(f("v_etl").starts_with("weir-"));
-        to_json(line);
     }
     // The JSON has the shape Enrich's output has for the same kinds of events.
     compare_with_micro(&out);
@@ -248,8 +235,7 @@ fn js_tracker_traffic_yields_exactly_the_events_the_tracker_sent() {
 /// keys (`contexts_…`), which only say which entities the tracker attached.
 fn json_keys(lines: &[String]) -> BTreeMap<String, BTreeSet<String>> {
     let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for l in lines {
-        let j = to_json(l);
+    for (l, j) in lines.iter().zip(to_json_all(lines)) {
         let keys = m.entry(field(l, "event_name").to_string()).or_default();
         keys.extend(
             j.as_object()
@@ -290,12 +276,7 @@ fn json_keys(lines: &[String]) -> BTreeMap<String, BTreeSet<String>> {
 /// same kinds of events (page view, page ping, media events). The only differences allowed are
 /// the ones the tracker input explains, each checked.
 fn compare_with_micro(out: &[String]) {
-    let micro: Vec<String> = std::fs::read_to_string(fixture("sdk/micro-media-session.tsv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let micro = lines(&fixture("sdk/micro-media-session.tsv"));
     let (ours, theirs) = (json_keys(out), json_keys(&micro));
     let mut compared = 0;
     for (name, keys) in &ours {
@@ -366,41 +347,21 @@ fn compare_with_micro(out: &[String]) {
     assert!(!refr_in_js);
 }
 
-/// ms since the epoch of `YYYY-MM-DD HH:MM:SS.mmm`.
-fn parse_tstamp(s: &str) -> i64 {
-    let n = |a: usize, b: usize| -> i64 { s[a..b].parse().unwrap() };
-    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
-    // days_from_civil (H. Hinnant)
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let ms = if s.len() > 20 { n(20, 23) } else { 0 };
-    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + ms
-}
-
 #[test]
 fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     // Snowplow Micro's 73 enriched events of a media session, each turned back into the tracker
     // request that carried it (same parameters, User-Agent, client IP and network user id), come
     // out of weir identical to what Enrich wrote, but for the fields that record when and by what
     // they were processed.
-    let micro: Vec<String> = std::fs::read_to_string(fixture("sdk/micro-media-session.tsv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
+    let micro = lines(&fixture("sdk/micro-media-session.tsv"));
     assert_eq!(micro.len(), 73);
+    let micro_json = to_json_all(&micro);
     let dir = tempfile::tempdir().unwrap();
     let w = start(dir.path(), "", &file_sinks(dir.path()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut conn = Conn::open(w.addr, None).await.unwrap();
-        for l in &micro {
+        for (l, j) in micro.iter().zip(&micro_json) {
             let f = |n: &str| field(l, n).to_string();
             let e = match f("event").as_str() {
                 "page_view" => "pv",
@@ -451,8 +412,8 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
                     put(param, format!("{}x{}", f(w_), f(h_)));
                 }
             }
-            put("dtm", parse_tstamp(&f("dvce_created_tstamp")).to_string());
-            put("stm", parse_tstamp(&f("dvce_sent_tstamp")).to_string());
+            put("dtm", ms(&j["dvce_created_tstamp"]).to_string());
+            put("stm", ms(&j["dvce_sent_tstamp"]).to_string());
             let target = format!("{TP2}?nuid={}", f("network_userid"));
             let (ua, ip) = (f("useragent"), f("user_ipaddress"));
             let headers = [
@@ -471,7 +432,7 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     w.stop();
     let out = lines(&dir.path().join("out.tsv"));
     assert_eq!(out.len(), micro.len());
-    let names = weir_core::snowplow::field_names().collect::<Vec<_>>();
+    let out_json = to_json_all(&out);
     let processing = [
         "etl_tstamp",
         "collector_tstamp",
@@ -479,9 +440,11 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
         "v_collector",
         "v_etl",
     ];
-    for (ours, enrich) in out.iter().zip(&micro) {
-        for name in &names {
-            if processing.contains(name) {
+    for ((ours, enrich), (ours_j, enrich_j)) in
+        out.iter().zip(&micro).zip(out_json.iter().zip(&micro_json))
+    {
+        for name in field_names() {
+            if processing.contains(&name.as_str()) {
                 continue;
             }
             assert_eq!(
@@ -491,28 +454,24 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
                 field(enrich, "event_id")
             );
         }
-        let t = |l: &str, n: &str| parse_tstamp(field(l, n));
+        let t = |j: &Value, n: &str| ms(&j[n]);
         // Enrich: derived = collector - (sent - created), for each side's own collector time.
-        assert_eq!(
-            t(ours, "derived_tstamp"),
-            t(ours, "collector_tstamp")
-                - (t(ours, "dvce_sent_tstamp") - t(ours, "dvce_created_tstamp"))
-        );
-        assert_eq!(
-            t(enrich, "derived_tstamp"),
-            t(enrich, "collector_tstamp")
-                - (t(enrich, "dvce_sent_tstamp") - t(enrich, "dvce_created_tstamp"))
-        );
+        for j in [ours_j, enrich_j] {
+            assert_eq!(
+                t(j, "derived_tstamp"),
+                t(j, "collector_tstamp") - (t(j, "dvce_sent_tstamp") - t(j, "dvce_created_tstamp")),
+                "{j}"
+            );
+        }
         // So the analytics-SDK JSON has exactly the same keys.
-        let keys = |l: &str| {
-            to_json(l)
-                .as_object()
+        let keys = |j: &Value| {
+            j.as_object()
                 .unwrap()
                 .keys()
                 .cloned()
                 .collect::<BTreeSet<_>>()
         };
-        assert_eq!(keys(ours), keys(enrich));
+        assert_eq!(keys(ours_j), keys(enrich_j));
     }
 }
 
@@ -521,7 +480,7 @@ fn python_tracker_get_post_base64_and_batched() {
     let dir = tempfile::tempdir().unwrap();
     let w = start(dir.path(), "", &file_sinks(dir.path()));
     let port = w.addr.port().to_string();
-    let report = python("python_tracker.py", &[&port]);
+    let report = python("collector/python_tracker.py", &[&port], "");
     w.stop();
     assert!(lines(&dir.path().join("bad.ndjson")).is_empty());
     let rows: Vec<Value> = report
@@ -584,12 +543,17 @@ fn python_tracker_get_post_base64_and_batched() {
 
     let out = lines(&dir.path().join("out.tsv"));
     assert_eq!(out.len(), 20, "every tracked event, once");
-    let by_eid: HashMap<&str, &String> = out.iter().map(|l| (field(l, "event_id"), l)).collect();
+    let docs = to_json_all(&out);
+    let by_eid: HashMap<&str, (&String, &Value)> = out
+        .iter()
+        .zip(&docs)
+        .map(|(l, j)| (field(l, "event_id"), (l, j)))
+        .collect();
     assert_eq!(by_eid.len(), 20);
     for t in &tracked {
         let eid = t["eid"].as_str().unwrap();
         let mode = t["mode"].as_str().unwrap();
-        let l = by_eid
+        let &(l, j) = by_eid
             .get(eid)
             .unwrap_or_else(|| panic!("{mode}: event {eid} missing"));
         let f = |n: &str| field(l, n);
@@ -607,8 +571,8 @@ fn python_tracker_get_post_base64_and_batched() {
             ("1280", "pt-PT", "Europe/Lisbon")
         );
         assert_eq!(f("domain_userid"), "5bd1b4a6-1a7f-4c3e-8c55-7c3f0b0f9d6e");
-        assert!(!f("dvce_created_tstamp").is_empty() && !f("dvce_sent_tstamp").is_empty());
-        let j = to_json(l);
+        ms(&j["dvce_created_tstamp"]);
+        ms(&j["dvce_sent_tstamp"]);
         match t["type"].as_str().unwrap() {
             "page_view" => {
                 assert_eq!((f("event"), f("event_name")), ("page_view", "page_view"));
@@ -669,8 +633,8 @@ fn python_tracker_get_post_base64_and_batched() {
                     "Tracker \"test\" é\tü"
                 );
                 if let Some(ttm) = t["ttm"].as_i64() {
-                    assert_eq!(f("true_tstamp"), tstamp(ttm));
-                    assert_eq!(f("derived_tstamp"), tstamp(ttm));
+                    assert_eq!(j["true_tstamp"], tstamp(ttm));
+                    assert_eq!(j["derived_tstamp"], tstamp(ttm));
                 }
             }
             other => panic!("{other}"),
@@ -793,16 +757,21 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
         .build()
         .unwrap();
     let (flood, others) = rt.block_on(async move {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
         let flooder: IpAddr = "127.0.0.2".parse().unwrap();
-        let stop = Instant::now() + Duration::from_secs(3);
+        // The flood lasts while the other client sends (at most two minutes).
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let throttled = std::sync::Arc::new(AtomicUsize::new(0));
+        let limit = Instant::now() + Duration::from_secs(120);
         let mut tasks = Vec::new();
         // 64 connections from one address, each sending batches of 10 events without pause.
         for c in 0..64 {
+            let (done, throttled) = (done.clone(), throttled.clone());
             tasks.push(tokio::spawn(async move {
                 let mut seen: Vec<(u16, Vec<String>)> = Vec::new();
                 let mut conn = Conn::open(addr, Some(flooder)).await.unwrap();
                 let mut i = 0;
-                while Instant::now() < stop {
+                while !done.load(SeqCst) && Instant::now() < limit {
                     let eids: Vec<String> = (0..10).map(|k| format!("f{c}-{i}-{k}")).collect();
                     let events: Vec<Value> = eids
                         .iter()
@@ -816,16 +785,22 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
                         Ok(r) => r.status,
                         Err(_) => 0,
                     };
+                    if status == 429 {
+                        throttled.fetch_add(1, SeqCst);
+                    }
                     seen.push((status, eids));
                     i += 1;
                 }
                 seen
             }));
         }
-        // Meanwhile another client sends one request every 20 ms.
+        // Once the flood is being throttled, another client sends one request every 20 ms.
+        while throttled.load(SeqCst) == 0 {
+            assert!(Instant::now() < limit, "the flood was never throttled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let other: IpAddr = "127.0.0.3".parse().unwrap();
         let mut others = Vec::new();
-        tokio::time::sleep(Duration::from_millis(300)).await;
         for i in 0..100 {
             let body = payload_data(&[json!({"e": "pv", "aid": "other", "tna": format!("o-{i}")})]);
             let r = send(addr, Some(other), "POST", TP2, &[], full(body))
@@ -834,13 +809,14 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
             others.push(r.status);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        done.store(true, SeqCst);
         let mut flood = Vec::new();
         for t in tasks {
             flood.extend(t.await.unwrap());
         }
         (flood, others)
     });
-    let rss = rss_kib(w.child.id()).map(|(_, peak)| peak).unwrap_or(0);
+    let rss = rss_kib(w.pid()).map(|(_, peak)| peak).unwrap_or(0);
     w.stop();
     assert!(
         others.iter().all(|&s| s == 200),
@@ -876,7 +852,7 @@ fn a_flood_from_one_client_leaves_room_for_the_others() {
 }
 
 #[test]
-fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accepted() {
+fn a_stalled_pipeline_refuses_with_503_says_so_on_sink_health_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("sink.fifo");
     mkfifo(&fifo);
@@ -900,7 +876,7 @@ fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accep
     let w = start_config(dir.path(), &cfg);
     let reader = opener.join().unwrap();
     let addr = w.addr;
-    let pid = w.child.id();
+    let pid = w.pid();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -941,12 +917,15 @@ fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accep
             })
         })
         .collect();
-    // Nothing reads the sink for 4 s: the pipeline stalls, the collector must refuse, not buffer.
+    // Nothing reads the sink for 4 s: the pipeline stalls, the collector must refuse, not buffer,
+    // and say so on /sink-health.
     let mut peak = 0;
+    let mut sink_health = BTreeSet::new();
     while Instant::now() < stop_sending {
         if let Some((rss, _)) = rss_kib(pid) {
             peak = peak.max(rss);
         }
+        sink_health.insert(send_blocking(addr, "GET", "/sink-health", &[], "").status);
         std::thread::sleep(Duration::from_millis(50));
     }
     // Now drain the sink: the requests still waiting are answered, later ones accepted again.
@@ -967,6 +946,16 @@ fn a_stalled_pipeline_answers_503_with_bounded_memory_and_loses_nothing_it_accep
             .status
     });
     assert_eq!(after, 200, "accepting again once the sink moves");
+    assert!(
+        sink_health.contains(&503),
+        "/sink-health answered 503 while the queue was full: {sink_health:?}"
+    );
+    assert!(sink_health.is_subset(&[200, 503].into()), "{sink_health:?}");
+    wait_until(
+        "/sink-health to be 200 again",
+        Duration::from_secs(60),
+        || send_blocking(addr, "GET", "/sink-health", &[], "").status == 200,
+    );
     w.stop();
     let written = drain.join().unwrap();
     let refused = results.iter().filter(|(s, _)| *s == 503).count();
@@ -1050,8 +1039,7 @@ fn the_load_generator_sends_media_sessions_that_arrive_whole() {
         "{report}"
     );
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    for l in &events {
-        let j = to_json(l);
+    for (l, j) in events.iter().zip(to_json_all(&events)) {
         let name = field(l, "event_name").to_string();
         if field(l, "event_vendor") == "com.snowplowanalytics.snowplow.media" {
             assert!(

@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 
-fn validate(path: &std::path::Path) -> (bool, String) {
+/// `weir validate PATH`: the exit code and everything it printed.
+fn validate(path: &std::path::Path) -> (Option<i32>, String) {
     let out = weir()
         .arg("validate")
         .arg(path)
@@ -14,28 +15,65 @@ fn validate(path: &std::path::Path) -> (bool, String) {
         .unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (out.status.code(), text)
 }
+
+/// `weir validate` on a config with a mistake: exit code 2 (README: "2 a config error") and what
+/// it printed.
+fn invalid(path: &std::path::Path) -> String {
+    let (code, text) = validate(path);
+    assert_eq!(code, Some(2), "a config error exits 2:\n{text}");
+    text
+}
+
+/// Every pipeline config shipped under examples/ and deploy/. A new one goes here too: the test
+/// fails on a config it does not know (or one that has gone), so none is skipped unnoticed.
+const SHIPPED_CONFIGS: &[&str] = &[
+    "deploy/config/aws-dashboard.toml",
+    "deploy/config/aws-sidecar.toml",
+    "deploy/config/compose-collector.toml",
+    "deploy/config/compose-dashboard.toml",
+    "deploy/config/compose-media.toml",
+    "deploy/config/compose-profiles.toml",
+    "deploy/config/live-viewer.toml",
+    "examples/ad-quartiles.toml",
+    "examples/aws-media-profiles.toml",
+    "examples/collector-sidecar.toml",
+    "examples/collector-to-stdout.toml",
+    "examples/kafka-media-events.toml",
+    "examples/kafka-viewer-profiles.toml",
+    "examples/live-viewer/pipeline.toml",
+    "examples/media-events.toml",
+    "examples/media-player-context.json",
+    "examples/stdin-to-file.yaml",
+];
 
 #[test]
 fn every_example_config_validates() {
     // Example configs name WASM transforms: build them, so that validation really loads them.
     build_example_transforms();
-    let mut checked = 0;
+    let root = repo_root();
+    let mut checked = Vec::new();
     for dir in ["examples", "deploy"] {
-        for entry in walk(&repo_root().join(dir)) {
+        for entry in walk(&root.join(dir)) {
             let ext = entry.extension().and_then(|e| e.to_str()).unwrap_or("");
             if !matches!(ext, "toml" | "yaml" | "yml" | "json") || !is_pipeline(&entry) {
                 continue;
             }
-            let (ok, text) = validate(&entry);
-            assert!(ok, "{} does not validate:\n{text}", entry.display());
-            checked += 1;
+            let (code, text) = validate(&entry);
+            assert_eq!(
+                code,
+                Some(0),
+                "{} does not validate:\n{text}",
+                entry.display()
+            );
+            checked.push(entry.strip_prefix(&root).unwrap().display().to_string());
         }
     }
-    assert!(
-        checked >= 4,
-        "expected the example configs, found {checked}"
+    checked.sort();
+    assert_eq!(
+        checked, SHIPPED_CONFIGS,
+        "the configs validated are exactly the shipped ones (add a new example to SHIPPED_CONFIGS)"
     );
 }
 
@@ -74,8 +112,7 @@ fn misspelt_key_names_file_key_path_and_suggestion() {
         "bad.toml",
         "[source]\ntype = \"stdin\"\n[[transforms]]\ntype = \"spEnrichedFilter\"\natomic_feild = \"event_name\"\nregex = \"x\"\n[sink]\ntype = \"stdout\"\n",
     );
-    let (ok, text) = validate(&cfg);
-    assert!(!ok);
+    let text = invalid(&cfg);
     assert!(text.contains("bad.toml"), "{text}");
     assert!(text.contains("transforms[0].atomic_feild"), "{text}");
     assert!(text.contains("did you mean `atomic_field`?"), "{text}");
@@ -89,8 +126,7 @@ fn wrong_type_says_expected_and_found() {
         "bad.yaml",
         "source: {type: stdin}\nsink: {type: stdout}\nbatch:\n  max_records: lots\n",
     );
-    let (ok, text) = validate(&cfg);
-    assert!(!ok);
+    let text = invalid(&cfg);
     assert!(
         text.contains("bad.yaml: key `batch.max_records`: expected"),
         "{text}"
@@ -106,8 +142,7 @@ fn unknown_component_type_and_field_name_get_suggestions() {
         "a.json",
         r#"{"source":{"type":"stdin"},"sink":{"type":"fille","path":"x"}}"#,
     );
-    let (ok, text) = validate(&cfg);
-    assert!(!ok);
+    let text = invalid(&cfg);
     assert!(
         text.contains("key `sink.type`") && text.contains("did you mean `file`?"),
         "{text}"
@@ -118,8 +153,7 @@ fn unknown_component_type_and_field_name_get_suggestions() {
         "b.toml",
         "[source]\ntype = \"stdin\"\n[[transforms]]\ntype = \"spEnrichedFilter\"\natomic_field = \"event_nmae\"\nregex = \"x\"\n[sink]\ntype = \"stdout\"\n",
     );
-    let (ok, text) = validate(&cfg);
-    assert!(!ok);
+    let text = invalid(&cfg);
     assert!(
         text.contains("transforms[0].atomic_field") && text.contains("did you mean `event_name`?"),
         "{text}"
@@ -130,8 +164,7 @@ fn unknown_component_type_and_field_name_get_suggestions() {
         "c.toml",
         "[source]\ntype = \"stdin\"\n[sink]\ntype = \"stdout\"\n[bacth]\nqueue = 1\n",
     );
-    let (ok, text) = validate(&cfg);
-    assert!(!ok);
+    let text = invalid(&cfg);
     assert!(text.contains("did you mean `batch`?"), "{text}");
 }
 
@@ -143,8 +176,7 @@ fn bad_regex_is_a_config_error_at_its_key() {
         "r.toml",
         "[source]\ntype = \"stdin\"\n[[transforms]]\ntype = \"spEnrichedFilter\"\natomic_field = \"event_name\"\nregex = \"(unclosed\"\n[sink]\ntype = \"stdout\"\n",
     );
-    let (ok, text) = validate(&cfg);
-    assert!(!ok);
+    let text = invalid(&cfg);
     assert!(
         text.contains("key `transforms[0].regex`: expected a valid regex"),
         "{text}"
@@ -159,10 +191,7 @@ fn environment_overrides_any_key_including_array_elements() {
     let cfg = write(
         dir.path(),
         "e.toml",
-        &format!(
-            "[source]\ntype = \"file\"\npaths = [\"{}\"]\n[sink]\ntype = \"stdout\"\n",
-            input.display()
-        ),
+        &format!("{}[sink]\ntype = \"stdout\"\n", file_source(&input)),
     );
     // sink.type and sink.path from the environment: the file gets the records, stdout nothing.
     let o = weir()
@@ -188,6 +217,9 @@ fn environment_overrides_any_key_including_array_elements() {
         .env("WEIR__TRANSFORMS__0__REGEX", "(bad")
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("transforms[0].regex"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("transforms[0].regex"), "{err}");
+    // Without the override the same file is valid: the error came from the environment.
+    assert_eq!(validate(&cfg).0, Some(0));
 }

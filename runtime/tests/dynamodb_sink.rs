@@ -14,12 +14,12 @@ use weir_core::sinks::dynamodb::{is_tombstone, DynamoDbConfig, DynamoDbSink};
 use weir_core::sinks::Sink;
 
 fn run_weir(config: &std::path::Path) -> std::process::Output {
-    let mut c = weir();
-    c.arg("run").arg(config).arg("--progress=never");
-    for (k, v) in AWS_ENV {
-        c.env(k, v);
-    }
-    c.output().expect("weir runs")
+    weir_aws()
+        .arg("run")
+        .arg(config)
+        .arg("--progress=never")
+        .output()
+        .expect("weir runs")
 }
 
 /// A deterministic shuffle (no rand dependency).
@@ -69,10 +69,7 @@ async fn profiles_out_of_order_and_twice_end_as_the_newest_version_once_per_view
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "dynamodb"
 table = "viewer_profiles"
@@ -91,7 +88,7 @@ path = "{}"
 [batch]
 max_records = 50
 "#,
-            input.display(),
+            file_source(&input),
             moto.endpoint,
             bad.display()
         ),
@@ -164,10 +161,7 @@ async fn unprocessed_items_and_throttling_are_retried_until_every_item_lands_onc
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "dynamodb"
 table = "events"
@@ -175,7 +169,7 @@ partition_key = "event_id"
 endpoint_url = "{}"
 concurrency = 4
 "#,
-            input.display(),
+            file_source(&input),
             proxy.endpoint,
         ),
     );
@@ -355,10 +349,7 @@ async fn bench_batching_vs_one_write_per_item() {
             &format!("{table}.toml"),
             &format!(
                 r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "dynamodb"
 table = "{table}"
@@ -366,7 +357,7 @@ partition_key = "viewer_id"
 endpoint_url = "{}"
 {extra}
 "#,
-                input.display(),
+                file_source(&input),
                 proxy.endpoint
             ),
         );
@@ -391,7 +382,6 @@ fn the_dashboard_reads_its_snapshot_from_the_table_and_gets_applied_writes_pushe
     use std::io::Write;
     let moto = Moto::start();
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
     let config = write(
         dir.path(),
         "d.toml",
@@ -410,7 +400,7 @@ create_table = true
 endpoint_url = "{}"
 
 [sink.dashboard]
-address = "{addr}"
+address = "127.0.0.1:0"
 
 [batch]
 flush_interval = "10ms"
@@ -418,17 +408,15 @@ flush_interval = "10ms"
             moto.endpoint
         ),
     );
-    let mut c = weir();
-    c.args(["run", "--progress=never"])
-        .arg(&config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    for (k, v) in AWS_ENV {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut weir = Logged::spawn(
+        weir_aws()
+            .args(["run", "--progress=never"])
+            .arg(&config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null()),
+    );
+    let addr = weir.bound("live dashboard").to_string();
+    let mut stdin = weir.child.stdin.take().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let viewers = |want: usize| -> Vec<serde_json::Value> {
         loop {
@@ -474,14 +462,13 @@ flush_interval = "10ms"
     }
     pushed.sort();
     assert_eq!(pushed, ["a", "b", "c"]);
-    // Stale (older than stored) and a removal: only the removal is pushed.
+    // Stale (older than stored), then a removal: the next event pushed is the removal (a push
+    // of the stale write would come before it, as the sink applies writes in order).
     writeln!(
         stdin,
         r#"{{"viewer_id":"a","version":"1","status":"playing"}}"#
     )
     .unwrap();
-    stdin.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
     writeln!(stdin, r#"{{"viewer_id":"c","removed":true}}"#).unwrap();
     let (name, doc) = next_event();
     assert_eq!(
@@ -497,6 +484,6 @@ flush_interval = "10ms"
     assert_eq!(rows[1]["viewer_id"], "b");
 
     drop(stdin);
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let (status, log) = weir.wait_exit(std::time::Duration::from_secs(60));
+    assert!(status.success(), "{log}");
 }

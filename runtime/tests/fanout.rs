@@ -38,10 +38,7 @@ async fn every_record_reaches_every_child_and_a_throttled_child_is_retried_alone
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "fanout"
 
@@ -63,7 +60,7 @@ path = "{}"
 [batch]
 max_records = 50
 "#,
-            input.display(),
+            file_source(&input),
             proxy.endpoint,
             copy.display(),
             bad.display()

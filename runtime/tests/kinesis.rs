@@ -4,7 +4,7 @@ mod aws;
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
@@ -15,14 +15,6 @@ use common::*;
 /// soon as its condition holds, so this only matters on a loaded machine (moto and weir share 2
 /// cores with builds): generous, so a slow run is not a failed one.
 const WAIT: Duration = Duration::from_secs(180);
-
-fn weir_aws() -> Command {
-    let mut c = weir();
-    for (k, v) in AWS_ENV {
-        c.env(k, v);
-    }
-    c
-}
 
 /// Starts weir on `config`; its log goes to the same path with `.log`.
 fn spawn_weir(config: &std::path::Path) -> Child {
@@ -57,6 +49,21 @@ fn lines_of(path: &std::path::Path) -> Vec<String> {
 }
 
 async fn put(client: &aws_sdk_kinesis::Client, stream: &str, ids: std::ops::Range<usize>) {
+    put_hashed(client, stream, ids, None).await
+}
+
+/// The lowest and highest hash keys: a record with one of them goes to the first or the last
+/// shard of the stream.
+const LOW_HASH: &str = "0";
+const HIGH_HASH: &str = "340282366920938463463374607431768211455";
+
+/// Puts records `ids`, to the shard of `hash_key` if given (else spread by partition key).
+async fn put_hashed(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    ids: std::ops::Range<usize>,
+    hash_key: Option<&str>,
+) {
     let ids: Vec<usize> = ids.collect();
     for chunk in ids.chunks(500) {
         let entries = chunk
@@ -67,6 +74,7 @@ async fn put(client: &aws_sdk_kinesis::Client, stream: &str, ids: std::ops::Rang
                         "event-{i:06}"
                     )))
                     .partition_key(format!("viewer-{}", i % 97))
+                    .set_explicit_hash_key(hash_key.map(str::to_string))
                     .build()
                     .unwrap()
             })
@@ -191,10 +199,7 @@ async fn failed_put_records_are_retried_until_every_record_lands_once() {
         "p.toml",
         &format!(
             r#"
-[source]
-type = "file"
-paths = ["{}"]
-
+{}
 [sink]
 type = "kinesis"
 stream = "out"
@@ -203,7 +208,7 @@ endpoint_url = "{}"
 # there (not on Kinesis), so one request at a time against the emulator.
 concurrency = 1
 "#,
-            input.display(),
+            file_source(&input),
             proxy.endpoint
         ),
     );
@@ -257,7 +262,14 @@ async fn two_instances_split_the_shards_and_one_takes_over_when_the_other_is_kil
     })
     .await;
     put(&k, "events", 3000..5000).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill a while it is reading the new records, not before it has seen any.
+    let new: HashSet<String> = (3000..5000).map(|i| format!("event-{i:06}")).collect();
+    wait_for(dir.path(), "a to read new records", WAIT, async || {
+        lines_of(&dir.path().join("a.out"))
+            .iter()
+            .any(|l| new.contains(l))
+    })
+    .await;
     a.kill().unwrap();
     let _ = a.wait();
     put(&k, "events", 5000..6000).await;
@@ -296,75 +308,88 @@ async fn after_a_split_the_children_are_read_after_the_parent_and_nothing_is_ski
     let k = kinesis(&moto.endpoint).await;
     create_stream(&k, "events", 1).await;
     put(&k, "events", 0..1500).await;
+    // The parent is still being read (for 3 s) when the children appear, so a reader that did
+    // not wait for it would mix their records.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = source_config(dir.path(), "a", &moto.endpoint, "events");
-    let mut a = spawn_weir(&cfg);
-    wait_for(dir.path(), "a to read", WAIT, async || {
-        !lines_of(&dir.path().join("a.out")).is_empty()
+    let a = reshard_under_a_reader(&moto, &k, dir.path(), 2).await;
+    // The split made two children, and the records written after it are there (as on Kinesis:
+    // an unpatched moto put them into the closed parent, which made this test fail now and then).
+    assert_eq!(
+        records_in_children(&k, "events").await,
+        (2, 1500),
+        "two children, holding the new records"
+    );
+    read_to_the_end(dir.path(), a).await;
+}
+
+/// Starts a reader of `events` that reads 100 records a call (and at most 5 calls a second),
+/// reshards the stream to `shards` shards once it has read something, then writes records
+/// 1500..3000 (records 0..1500 are there from before).
+async fn reshard_under_a_reader(
+    moto: &Moto,
+    k: &aws_sdk_kinesis::Client,
+    dir: &std::path::Path,
+    shards: i32,
+) -> Child {
+    let cfg = source_config_with(
+        dir,
+        "a",
+        &moto.endpoint,
+        "events",
+        "max_records_per_call = 100",
+    );
+    let a = spawn_weir(&cfg);
+    wait_for(dir, "a to read", WAIT, async || {
+        !lines_of(&dir.join("a.out")).is_empty()
     })
     .await;
     k.update_shard_count()
         .stream_name("events")
-        .target_shard_count(2)
+        .target_shard_count(shards)
         .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
         .send()
         .await
         .unwrap();
-    put(&k, "events", 1500..3000).await;
-    let shards = k.list_shards().stream_name("events").send().await.unwrap();
-    assert!(
-        shards
-            .shards()
-            .iter()
-            .filter(|s| s.parent_shard_id().is_some())
-            .count()
-            >= 2,
-        "the split made child shards"
-    );
-    // The records written after the split are in the children (as on Kinesis: an unpatched
-    // moto put them into the closed parent, which made this test fail now and then).
-    let mut in_children = 0;
-    for sh in shards
-        .shards()
-        .iter()
-        .filter(|s| s.parent_shard_id().is_some())
-    {
-        let it = k
-            .get_shard_iterator()
-            .stream_name("events")
-            .shard_id(sh.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator
-            .unwrap();
-        let out = k.get_records().shard_iterator(it).send().await.unwrap();
-        in_children += out.records().len();
-    }
-    assert_eq!(
-        in_children, 1500,
-        "the new records went to the child shards"
-    );
-    wait_for(dir.path(), "every record", WAIT, async || {
-        lines_of(&dir.path().join("a.out")).len() >= 3000
+    put(k, "events", 1500..3000).await;
+    a
+}
+
+/// Waits for the reader of [`reshard_under_a_reader`] to read 3000 records, stops it, and checks
+/// that it read each once, the parents' before the children's.
+async fn read_to_the_end(dir: &std::path::Path, a: Child) {
+    wait_for(dir, "every record", WAIT, async || {
+        lines_of(&dir.join("a.out")).len() >= 3000
     })
     .await;
-    signal(a.id(), libc::SIGTERM);
-    let status = a.wait().unwrap();
-    assert!(status.success(), "{}", logs(dir.path()));
-    let lines = lines_of(&dir.path().join("a.out"));
-    let pos: HashMap<&str, usize> = lines
+    stop(dir, a);
+    parents_then_children(&lines_of(&dir.join("a.out")), 1500, 3000);
+}
+
+/// `lines` are records `0..total`, each exactly once, and every record before `split` (written
+/// to the parent shards) comes before any record from `split` on (written to the children).
+fn parents_then_children(lines: &[String], split: usize, total: usize) {
+    let mut pos: HashMap<&str, usize> = HashMap::new();
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(first) = pos.insert(l.as_str(), i) {
+            panic!("{l} read twice, at lines {first} and {i}");
+        }
+    }
+    let expected: HashSet<String> = (0..total).map(|i| format!("event-{i:06}")).collect();
+    let missing: Vec<&String> = expected
         .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i))
+        .filter(|e| !pos.contains_key(e.as_str()))
         .collect();
-    assert_eq!(pos.len(), 3000, "every record once");
-    let last_parent = (0..1500)
+    assert!(missing.is_empty(), "not read: {missing:?}");
+    assert_eq!(
+        lines.len(),
+        total,
+        "every record exactly once, nothing else"
+    );
+    let last_parent = (0..split)
         .map(|i| pos[format!("event-{i:06}").as_str()])
         .max()
         .unwrap();
-    let first_child = (1500..3000)
+    let first_child = (split..total)
         .map(|i| pos[format!("event-{i:06}").as_str()])
         .min()
         .unwrap();
@@ -372,6 +397,53 @@ async fn after_a_split_the_children_are_read_after_the_parent_and_nothing_is_ski
         last_parent < first_child,
         "every parent record ({last_parent}) comes before any child record ({first_child})"
     );
+}
+
+/// Records of every shard of `stream` that has parents (the children of a reshard), from the
+/// start.
+async fn records_in_children(k: &aws_sdk_kinesis::Client, stream: &str) -> (usize, usize) {
+    let shards = k.list_shards().stream_name(stream).send().await.unwrap();
+    let children: Vec<_> = shards
+        .shards()
+        .iter()
+        .filter(|s| s.parent_shard_id().is_some())
+        .collect();
+    let mut records = 0;
+    for sh in &children {
+        records += read_shard(k, stream, sh.shard_id()).await.len();
+    }
+    (children.len(), records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_merge_the_child_is_read_after_both_parents_and_nothing_is_skipped() {
+    let moto = Moto::start();
+    let k = kinesis(&moto.endpoint).await;
+    create_stream(&k, "events", 2).await;
+    // A small parent and a large one, read 100 records at a time (at most 5 reads a second):
+    // the large one is still being read, for seconds, when the small one is done and the child
+    // appears, so a reader that waited for one parent only would mix the child's records in.
+    put_hashed(&k, "events", 0..100, Some(LOW_HASH)).await;
+    put_hashed(&k, "events", 100..1500, Some(HIGH_HASH)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = reshard_under_a_reader(&moto, &k, dir.path(), 1).await;
+    let shards = k.list_shards().stream_name("events").send().await.unwrap();
+    let child = shards
+        .shards()
+        .iter()
+        .find(|s| s.parent_shard_id().is_some())
+        .expect("the merge made a child shard");
+    assert!(
+        child.adjacent_parent_shard_id().is_some(),
+        "a merged shard has two parents: {child:?}"
+    );
+    // As on Kinesis, the child holds exactly the records written after the merge.
+    assert_eq!(
+        records_in_children(&k, "events").await,
+        (1, 1500),
+        "one child, holding the new records"
+    );
+    read_to_the_end(dir.path(), a).await;
 }
 
 /// Puts records `ids` one request at a time until `ok` holds (the reader has caught up), and
@@ -559,4 +631,123 @@ async fn three_instances_split_six_shards_evenly_and_read_every_record() {
     let count = seen();
     let expected: HashSet<String> = (0..6000).map(|i| format!("event-{i:06}")).collect();
     assert_eq!(count.keys().cloned().collect::<HashSet<_>>(), expected);
+}
+
+/// Every record of a one-shard stream, in order: (sequence number, data).
+async fn shard_records(k: &aws_sdk_kinesis::Client, stream: &str) -> Vec<(String, String)> {
+    let shards = k.list_shards().stream_name(stream).send().await.unwrap();
+    assert_eq!(shards.shards().len(), 1);
+    read_shard(k, stream, shards.shards()[0].shard_id()).await
+}
+
+/// A sink that fails for good in mid-run (Kinesis refuses its PutRecords for good after three
+/// went through): weir exits 1 naming the sink, the source's checkpoint covers no record that did
+/// not reach the sink, and a run after it reads on from there and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_failing_for_good_exits_1_and_checkpoints_nothing_it_did_not_write() {
+    let moto = Moto::start();
+    let k = kinesis(&moto.endpoint).await;
+    let d = dynamodb(&moto.endpoint).await;
+    create_stream(&k, "in", 1).await;
+    create_stream(&k, "out", 1).await;
+    put(&k, "in", 0..2000).await;
+    let input = shard_records(&k, "in").await;
+    assert_eq!(input.len(), 2000);
+    let proxy = Proxy::start(
+        &moto.endpoint,
+        Faults {
+            refuse_put_records_after: Some(3),
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, sink_endpoint: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &format!(
+                r#"
+[source]
+type = "kinesis"
+stream = "in"
+lease_table = "leases"
+lease_duration = "1500ms"
+poll_interval = "200ms"
+worker_id = "{name}"
+endpoint_url = "{}"
+
+[sink]
+type = "kinesis"
+stream = "out"
+endpoint_url = "{sink_endpoint}"
+concurrency = 1
+
+[batch]
+max_records = 100
+"#,
+                moto.endpoint
+            ),
+        )
+    };
+    let failing = Logged::spawn(
+        weir_aws()
+            .args(["run", "--progress=never"])
+            .arg(config("a", &proxy.endpoint))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    let (status, log) = failing.wait_exit(WAIT);
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a sink failed for good: exit 1\n{log}"
+    );
+    assert!(
+        log.contains("write failed for good") && log.contains("InvalidArgumentException"),
+        "the log says which write failed and why:\n{log}"
+    );
+    assert!(proxy.faults.injected_refusals.load(SeqCst) >= 1);
+
+    // What reached the sink: the input from its start, in order, and nothing else.
+    let written: Vec<String> = read_stream(&k, "out")
+        .await
+        .into_iter()
+        .map(|r| r.1)
+        .collect();
+    assert!(!written.is_empty(), "three requests went through");
+    assert!(
+        written.len() < input.len(),
+        "the sink failed before the end"
+    );
+    let prefix: Vec<&String> = input.iter().take(written.len()).map(|r| &r.1).collect();
+    assert_eq!(written.iter().collect::<Vec<_>>(), prefix);
+    // The checkpoint is at most the last record written: nothing unwritten is committed.
+    let leases = scan_all(&d, "leases").await;
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    let checkpoint = leases[0]["checkpoint"].as_s().unwrap().clone();
+    if !checkpoint.is_empty() {
+        let at = input
+            .iter()
+            .position(|(seq, _)| *seq == checkpoint)
+            .unwrap_or_else(|| panic!("checkpoint {checkpoint} is no record of the stream"));
+        assert!(
+            at < written.len(),
+            "checkpoint at record {at}, but only records 0..{} were written",
+            written.len()
+        );
+    }
+
+    // A run with a working sink goes on from the checkpoint: every record ends up written.
+    let b = spawn_weir(&config("b", &moto.endpoint));
+    let expected: HashSet<String> = input.iter().map(|r| r.1.clone()).collect();
+    wait_for(dir.path(), "every record in the sink", WAIT, async || {
+        let out: HashSet<String> = read_stream(&k, "out")
+            .await
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
+        out == expected
+    })
+    .await;
+    stop(dir.path(), b);
 }

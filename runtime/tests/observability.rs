@@ -116,29 +116,33 @@ fn progress_line_reports_counts() {
         "p.toml",
         "[source]\ntype = \"stdin\"\n[sink]\ntype = \"null\"\n",
     );
-    let mut child = weir()
-        .args(["run", "--progress=always"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let mut weir = Logged::spawn(
+        weir()
+            .args(["run", "--progress=always"])
+            .arg(&cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let mut stdin = weir.child.stdin.take().unwrap();
     for i in 0..500 {
         writeln!(stdin, "line {i}").unwrap();
     }
     stdin.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(2600));
+    // While stdin is open, the progress line comes round and reports what was read and acked.
+    let progress = weir.wait_for("a progress line", Duration::from_secs(60), |l| {
+        l.contains("] read 500 ").then(|| l.to_string())
+    });
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
-    let progress = stderr
-        .lines()
-        .find(|l| l.contains("] read "))
-        .unwrap_or_else(|| panic!("no progress line in {stderr}"));
-    assert!(
-        progress.contains("read 500") && progress.contains("acked 500"),
+    assert!(weir.wait_exit(Duration::from_secs(60)).0.success());
+    // `[   1.0s] read 500 (…/s)  written 500  filtered 0  failed 0  acked 500`
+    let fields: Vec<&str> = progress.split_whitespace().collect();
+    let after = |name: &str| {
+        let at = fields.iter().position(|f| *f == name).unwrap();
+        fields[at + 1]
+    };
+    assert_eq!(
+        ["read", "written", "filtered", "failed", "acked"].map(after),
+        ["500", "500", "0", "0", "500"],
         "{progress}"
     );
 }

@@ -1,11 +1,12 @@
 //! The embedded profile store and the live dashboard, on the real binary: upserts (never older
-//! over newer), removals, the JSON snapshot, the SSE push, and rows surviving a restart.
+//! over newer), removals, the JSON snapshot, the SSE push, and rows surviving a crash (SIGKILL).
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ChildStdin, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -21,44 +22,23 @@ fn viewers(addr: &str) -> Vec<serde_json::Value> {
 }
 
 /// Starts weir reading profiles from stdin; returns it, its stdin and the dashboard address.
-fn start(cfg: &std::path::Path) -> (Child, ChildStdin, String) {
-    let mut child = weir()
-        .args(["--log-format", "json", "run", "--progress=never"])
-        .arg(cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "weir exited early");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["fields"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("live dashboard")
-        {
-            break v["fields"]["address"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let stdin = child.stdin.take().unwrap();
-    (child, stdin, addr)
+fn start(cfg: &std::path::Path) -> (Logged, ChildStdin, String) {
+    let mut weir = Logged::spawn(
+        weir()
+            .args(["--log-format", "json", "run", "--progress=never"])
+            .arg(cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    let addr = weir.bound("live dashboard").to_string();
+    let stdin = weir.child.stdin.take().unwrap();
+    (weir, stdin, addr)
 }
 
-fn wait_for(mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out");
-        std::thread::sleep(Duration::from_millis(30));
-    }
-}
+const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
-fn store_upserts_newest_removes_pushes_and_survives_restart() {
+fn store_upserts_newest_removes_pushes_and_survives_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("profiles.redb");
     let bad_rows = dir.path().join("bad.ndjson");
@@ -73,7 +53,7 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
             bad_rows.display()
         ),
     );
-    let (child, mut stdin, addr) = start(&cfg);
+    let (weir, mut stdin, addr) = start(&cfg);
     assert!(
         get(&addr, "/").contains("live viewers"),
         "the dashboard page"
@@ -100,13 +80,7 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
         writeln!(stdin, "{line}").unwrap();
     }
     stdin.flush().unwrap();
-    wait_for(|| viewers(&addr).len() == 2);
-    let rows = viewers(&addr);
-    assert_eq!(
-        rows[0]["status"], "watching",
-        "an older update never overwrites a newer one"
-    );
-    assert_eq!(rows[1]["viewer_id"], "b");
+    // Pushed once written: the three applied upserts and the removal, not the stale update.
     for _ in 0..4 {
         events.push(sse.next());
     }
@@ -116,9 +90,18 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
         ["profile", "profile", "profile", "removed"],
         "{events:?}"
     );
-
-    drop(stdin);
-    assert!(child.wait_with_output().unwrap().status.success());
+    wait_until("the snapshot to hold a and b", WAIT, || {
+        viewers(&addr).len() == 2
+    });
+    let rows = viewers(&addr);
+    assert_eq!(
+        rows[0]["status"], "watching",
+        "an older update never overwrites a newer one"
+    );
+    assert_eq!(rows[1]["viewer_id"], "b");
+    wait_until("the bad row", WAIT, || {
+        std::fs::read_to_string(&bad_rows).is_ok_and(|b| !b.is_empty())
+    });
     let bad = std::fs::read_to_string(&bad_rows).unwrap();
     assert_eq!(
         bad.lines().count(),
@@ -127,11 +110,32 @@ fn store_upserts_newest_removes_pushes_and_survives_restart() {
     );
     assert!(bad.contains("not a JSON object"), "{bad}");
 
-    // Restart: the rows are still there.
-    let (mut child, stdin, addr) = start(&cfg);
-    let rows = viewers(&addr);
-    assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["status"], "watching");
+    // A crash: no drain, no clean close of the store.
+    signal(weir.child.id(), libc::SIGKILL);
+    let (status, log) = weir.wait_exit(WAIT);
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{log}");
     drop(stdin);
-    assert!(child.wait().unwrap().success());
+
+    // Restarted, the rows written before the crash are there, versions included: an update
+    // older than what was stored is still ignored, a newer one applies.
+    let (weir, mut stdin, addr) = start(&cfg);
+    let rows = viewers(&addr);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["status"], "watching");
+    assert_eq!(rows[0]["version"], 2);
+    assert_eq!(rows[1]["status"], "paused");
+    writeln!(stdin, r#"{{"viewer_id":"a","status":"stale","version":1}}"#).unwrap();
+    writeln!(stdin, r#"{{"viewer_id":"b","status":"ended","version":2}}"#).unwrap();
+    drop(stdin);
+    let (status, log) = weir.wait_exit(WAIT);
+    assert!(status.success(), "{log}");
+    let (weir, stdin, addr) = start(&cfg);
+    let rows = viewers(&addr);
+    assert_eq!(
+        (rows[0]["status"].as_str(), rows[1]["status"].as_str()),
+        (Some("watching"), Some("ended")),
+        "{rows:?}"
+    );
+    drop(stdin);
+    assert!(weir.wait_exit(WAIT).0.success());
 }

@@ -5,11 +5,25 @@ set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
-# rustfmt and clippy for the lint step.
-if have rustup; then
-  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# A python3 that can make virtualenvs (Debian ships venv/ensurepip apart, in python3-venv).
+need_venv() {
+  have python3 || { echo "setup.sh: python3 is needed (moto, the Snowplow tracker and SDK tests)" >&2; exit 1; }
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+  fi
+}
+
+# rustfmt and clippy for the lint step, and (transforms/setup.sh) the wasm32 target: all from
+# rustup. A Rust without rustup (Debian's cargo, say) cannot add them: say so instead of failing
+# later in a build.
+if ! have rustup; then
+  echo "setup.sh: rustup is needed (it adds rustfmt, clippy and the wasm32-unknown-unknown target)," >&2
+  echo "          but it is not on PATH. Install Rust with rustup (https://rustup.rs), then run this again." >&2
+  exit 1
 fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 # WebAssembly transforms: the wasm32 target, and clang + wasi-libc + wit-bindgen for the C example.
 bash "$(cd "$(dirname "$0")/../.." && pwd)/transforms/setup.sh"
@@ -21,29 +35,41 @@ MOTO_VERSION=5.2.5
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 EMU_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/aws-emulators"
 if ! "$EMU_DIR/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+  need_venv
   mkdir -p "$EMU_DIR"
   python3 -m venv "$EMU_DIR/venv"
   "$EMU_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 # The Kafka tests run librdkafka's mock cluster in-process (rdkafka builds librdkafka from source
 # with gcc, make and perl, all present on the base image): nothing to install.
-# The collector tests run real Snowplow software: the Python tracker (GET/POST, base64, batches)
-# and a real Thrift library (thriftpy2) to encode raw CollectorPayload records.
-if have python3; then
-  python3 - <<'PY' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check snowplow-tracker==1.1.0 thriftpy2==0.7.1
-import importlib.metadata as m
-assert m.version("snowplow-tracker") == "1.1.0" and m.version("thriftpy2") == "0.7.1"
+# The collector and SDK tests run real Snowplow software: the Python tracker (GET/POST, base64,
+# batches), a real Thrift library (thriftpy2) to encode raw CollectorPayload records, and the
+# Python analytics SDK whose JSON is the expectation for weir's. Installed into their own
+# virtualenv beside the build output, never into the system Python (Debian's refuses pip anyway);
+# the tests look for `<target dir>/test-python/venv/bin/python` (or WEIR_TEST_PYTHON).
+PY_VENV="${CARGO_TARGET_DIR:-$ROOT/target}/test-python/venv"
+PY_PACKAGES=(snowplow-tracker==1.1.0 thriftpy2==0.7.1 snowplow-analytics-sdk==0.2.3)
+if ! "$PY_VENV/bin/python" - "${PY_PACKAGES[@]}" <<'PY' 2>/dev/null; then
+import importlib.metadata as m, sys
+sys.exit(any(m.version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
 PY
-else
-  echo "setup.sh: python3 is needed by the collector tests" >&2
-  exit 1
+  need_venv
+  rm -rf "$PY_VENV"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
 fi
 
-# The live viewer browser test: Debian's Chromium, and the demo page's npm packages (the real
-# Snowplow browser tracker + media plugin, esbuild, playwright-core) with its tracker bundle.
-if ! have chromium; then
+# The live viewer browser test: a Chromium (the test takes $CHROMIUM, else `chromium` or
+# `chromium-browser` on PATH; Debian's package when there is none), and the demo page's npm
+# packages (the real Snowplow browser tracker + media plugin, esbuild, playwright-core) with its
+# tracker bundle.
+if [ -z "${CHROMIUM:-}" ] && ! have chromium && ! have chromium-browser; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi
+if ! have npm; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
 fi
 DEMO="$(cd "$(dirname "$0")/../.." && pwd)/examples/live-viewer/demo"
 if [ ! -d "$DEMO/node_modules/playwright-core" ] || [ ! -f "$DEMO/dist/tracker.js" ]; then

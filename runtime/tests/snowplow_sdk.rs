@@ -14,6 +14,12 @@
 //!   snowplow/snowplow-golang-analytics-sdk) and Snowbridge's spEnrichedToJson test vectors
 //!   (`pkg/transform/single/transform_test_variables.go` of snowplow/snowbridge), transcribed by
 //!   `tests/fixtures/sdk/go_vectors.py`; each vector names its repository, file, commit and test.
+//!
+//! Both scripts run again on every test run ([`the_expectation_files_are_what_their_scripts_write_today`]),
+//! with the SDK that runtime/tests/setup.sh installs, and the committed files must be exactly what
+//! they write: an expectation cannot drift from its source, nor be edited by hand to fit weir.
+
+mod common;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -228,4 +234,50 @@ fn go_sdk_and_snowbridge_vectors() {
         vectors.len(),
         report.join("\n")
     );
+}
+
+/// The committed expectation files are exactly what `gen_expected.py` (the Python analytics SDK)
+/// and `go_vectors.py` write now.
+#[test]
+fn the_expectation_files_are_what_their_scripts_write_today() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    common::python("sdk/gen_expected.py", &["--out-dir", dir], "");
+    let vectors = out.path().join("go-sdk-vectors.json");
+    common::python("sdk/go_vectors.py", &[vectors.to_str().unwrap()], "");
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "go-sdk-vectors.json",
+            "micro-media-session.expected.jsonl",
+            "sdk-samples.expected.jsonl"
+        ]
+    );
+    for name in &names {
+        let fresh = std::fs::read_to_string(out.path().join(name)).unwrap();
+        let committed = read(name);
+        if fresh != committed {
+            let line = fresh
+                .lines()
+                .zip(committed.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| fresh.lines().count().min(committed.lines().count()));
+            let show = |text: &str| -> String {
+                let l = text.lines().nth(line).unwrap_or("<end>");
+                l.chars().take(300).collect()
+            };
+            panic!(
+                "tests/fixtures/sdk/{name} is not what its script writes today (first difference \
+                 at line {}); rerun the script and review the change:\n  fresh:     {}\n  committed: {}",
+                line + 1,
+                show(&fresh),
+                show(&committed)
+            );
+        }
+    }
 }

@@ -2,21 +2,31 @@
 
 mod wasm_support;
 
+use std::path::Path;
+use std::process::Output;
+
 use wasm_support::*;
 
 fn fixture() -> std::path::PathBuf {
     repo_root().join("examples/data/micro-media-session.tsv")
 }
 
-#[test]
-fn transform_test_prints_outputs_filtered_and_failed_records() {
-    let out = weir()
-        .args(["transform", "test", "--wasm"])
-        .arg(rust_guest("media_filter"))
-        .arg(fixture())
+/// `weir transform test ARGS --wasm WASM INPUT`, with the tests' compile cache.
+fn transform_test(args: &[&str], wasm: &Path, input: &Path) -> Output {
+    weir()
+        .args(["transform", "test"])
+        .args(args)
+        .arg("--wasm")
+        .arg(wasm)
+        .arg(input)
         .env("WEIR_CACHE_DIR", cache_dir())
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn transform_test_prints_outputs_filtered_and_failed_records() {
+    let out = transform_test(&[], &rust_guest("media_filter"), &fixture());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -45,13 +55,7 @@ fn transform_test_shows_why_records_failed() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
     std::fs::write(&input, "a\npanic\nfail:bad input\nupper:b\n").unwrap();
-    let out = weir()
-        .args(["transform", "test", "--wasm"])
-        .arg(rust_guest("hostile"))
-        .arg(&input)
-        .env("WEIR_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap();
+    let out = transform_test(&[], &rust_guest("hostile"), &input);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("== outputs (2) =="), "{text}");
@@ -64,13 +68,11 @@ fn transform_test_shows_why_records_failed() {
 
 #[test]
 fn transform_test_refuses_a_bad_config_with_exit_2() {
-    let out = weir()
-        .args(["transform", "test", "--config", "event_name=(", "--wasm"])
-        .arg(rust_guest("media_filter"))
-        .arg(fixture())
-        .env("WEIR_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap();
+    let out = transform_test(
+        &["--config", "event_name=("],
+        &rust_guest("media_filter"),
+        &fixture(),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid regex"));
 }
@@ -148,13 +150,7 @@ fn transform_new_makes_a_crate_that_tests_builds_and_runs() {
         .unwrap();
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
     let wasm = guest_target_dir().join("template/wasm32-unknown-unknown/release/my_filter.wasm");
-    let out = weir()
-        .args(["transform", "test", "--summary", "--wasm"])
-        .arg(&wasm)
-        .arg(fixture())
-        .env("WEIR_CACHE_DIR", cache_dir())
-        .output()
-        .unwrap();
+    let out = transform_test(&["--summary"], &wasm, &fixture());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("73 in → 2 out, 71 filtered, 0 failed"),

@@ -6,13 +6,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use super::common::installed;
 
 /// Environment for weir processes talking to the emulator: static credentials, a region, and no
 /// instance-metadata lookups.
@@ -23,41 +24,26 @@ pub const AWS_ENV: &[(&str, &str)] = &[
     ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
+/// The weir binary with the emulator's credentials and region in its environment.
+pub fn weir_aws() -> Command {
+    let mut c = super::common::weir();
+    for (k, v) in AWS_ENV {
+        c.env(k, v);
+    }
+    c
+}
+
 /// A moto server on 127.0.0.1, stopped (by PID) when dropped.
 pub struct Moto {
     child: Child,
     pub endpoint: String,
 }
 
-fn moto_server() -> PathBuf {
-    if let Ok(p) = std::env::var("WEIR_MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test binary path");
-    for dir in exe.ancestors() {
-        let p = dir.join("aws-emulators/venv/bin/moto_server");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!(
-        "moto_server not found under the target dir's aws-emulators/: run `bash runtime/tests/setup.sh` \
-         (with the same CARGO_TARGET_DIR) or set WEIR_MOTO_SERVER"
-    );
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Moto {
+    /// Starts moto on a port the OS picks (`-p 0`) and learns it from the server's start-up line
+    /// (` * Running on http://127.0.0.1:PORT`): no free-port-then-release race with other tests.
     pub fn start() -> Moto {
-        let port = free_port();
-        let server = moto_server();
+        let server = installed("WEIR_MOTO_SERVER", "aws-emulators/venv/bin/moto_server");
         // The venv's moto with Kinesis resharding fixed (see moto_server.py); a server given
         // through WEIR_MOTO_SERVER runs as it is.
         let mut command = match server.with_file_name("python") {
@@ -71,18 +57,46 @@ impl Moto {
             }
             _ => Command::new(server),
         };
-        let child = command
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = command
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("moto_server starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // The server logs every request to stderr: keep reading it, keep the start for errors.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut start = Vec::new();
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let Some(t) = &tx else { continue };
+                let port = line
+                    .split("Running on http://127.0.0.1:")
+                    .nth(1)
+                    .and_then(|p| p.trim().parse::<u16>().ok());
+                match port {
+                    Some(p) => {
+                        let _ = t.send(Ok(p));
+                        tx = None;
+                    }
+                    None => start.push(line),
+                }
+            }
+            if let Some(t) = tx {
+                let _ = t.send(Err(start.join("\n")));
+            }
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(port)) => port,
+            Ok(Err(log)) => panic!("moto_server exited before listening:\n{log}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("moto_server did not say where it listens within 60 s");
+            }
+        };
         Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
@@ -177,41 +191,53 @@ pub async fn create_stream(client: &aws_sdk_kinesis::Client, name: &str, shards:
     panic!("stream {name} did not become active");
 }
 
+/// Every record of one shard, from the start, in order: (sequence number, data).
+pub async fn read_shard(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    shard: &str,
+) -> Vec<(String, String)> {
+    let mut it = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard)
+        .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator
+        .unwrap();
+    let mut out = Vec::new();
+    loop {
+        let r = client
+            .get_records()
+            .shard_iterator(&it)
+            .send()
+            .await
+            .unwrap();
+        if r.records().is_empty() {
+            return out;
+        }
+        for rec in r.records() {
+            out.push((
+                rec.sequence_number().to_string(),
+                String::from_utf8(rec.data().as_ref().to_vec()).unwrap(),
+            ));
+        }
+        match r.next_shard_iterator {
+            Some(n) => it = n,
+            None => return out,
+        }
+    }
+}
+
 /// Every record of every shard of a stream, from the start: (shard, data).
 pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<(String, String)> {
     let shards = client.list_shards().stream_name(name).send().await.unwrap();
     let mut out = Vec::new();
     for sh in shards.shards() {
-        let mut it = client
-            .get_shard_iterator()
-            .stream_name(name)
-            .shard_id(sh.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator
-            .unwrap();
-        loop {
-            let r = client
-                .get_records()
-                .shard_iterator(&it)
-                .send()
-                .await
-                .unwrap();
-            if r.records().is_empty() {
-                break;
-            }
-            for rec in r.records() {
-                out.push((
-                    sh.shard_id().to_string(),
-                    String::from_utf8(rec.data().as_ref().to_vec()).unwrap(),
-                ));
-            }
-            match r.next_shard_iterator {
-                Some(n) => it = n,
-                None => break,
-            }
+        for (_, data) in read_shard(client, name, sh.shard_id()).await {
+            out.push((sh.shard_id().to_string(), data));
         }
     }
     out
@@ -226,6 +252,13 @@ pub struct Faults {
     pub unprocessed: AtomicUsize,
     /// PutRecords records held back and reported as failed (every other record).
     pub failed_records: AtomicUsize,
+    /// After this many PutRecords requests went through, every further one is refused with an
+    /// InvalidArgumentException (a request Kinesis will never accept): a sink failing for good
+    /// in mid-run.
+    pub refuse_put_records_after: Option<usize>,
+    /// PutRecords requests let through so far.
+    pub put_records_passed: AtomicUsize,
+    pub injected_refusals: AtomicUsize,
     /// Counters of what was injected.
     pub injected_throttles: AtomicUsize,
     pub injected_unprocessed: AtomicUsize,
@@ -366,6 +399,24 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
                 .fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1))
                 .is_ok()
         };
+        if target.ends_with(".PutRecords") {
+            if let Some(limit) = f.refuse_put_records_after {
+                if f.put_records_passed.load(SeqCst) >= limit {
+                    f.injected_refusals.fetch_add(1, SeqCst);
+                    let body = json!({"__type": "com.amazonaws#InvalidArgumentException",
+                        "message": "injected: this request will never be accepted"})
+                    .to_string();
+                    let resp = Message {
+                        head: "HTTP/1.1 400 Bad Request".into(),
+                        headers: vec![("Content-Type".into(), "application/x-amz-json-1.1".into())],
+                        body: Vec::new(),
+                    };
+                    client.write_all(&resp.encode(body.as_bytes(), "keep-alive"))?;
+                    continue;
+                }
+                f.put_records_passed.fetch_add(1, SeqCst);
+            }
+        }
         if !target.is_empty() && take(&f.throttle) {
             f.injected_throttles.fetch_add(1, SeqCst);
             let code = if target.starts_with("Kinesis") {

@@ -3,27 +3,23 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
 
-use super::common::{signal, strip_ansi, weir, write};
+use super::common::{weir, write, Logged};
 
 /// A running `weir run` with a collector source.
 pub struct Weir {
-    pub child: Child,
+    pub proc: Logged,
     pub addr: SocketAddr,
     pub dir: PathBuf,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Writes a config (collector source on 127.0.0.1:0 plus `source_extra` keys, then `rest`: the
@@ -49,93 +45,41 @@ pub fn file_sinks(dir: &Path) -> String {
 }
 
 pub fn start_config(dir: &Path, cfg: &Path) -> Weir {
-    let mut child = weir()
-        .arg("run")
-        .arg(cfg)
-        .arg("--progress=never")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("weir starts");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let pipe = child.stderr.take().unwrap();
-    let log = stderr.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            let clean = strip_ansi(&line);
-            if clean.contains("collector listening") {
-                if let Some(addr) = clean
-                    .split("address=")
-                    .nth(1)
-                    .and_then(|a| a.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-            let mut l = log.lock().unwrap();
-            l.push_str(&clean);
-            l.push('\n');
-        }
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            panic!(
-                "weir did not say where it listens:\n{}",
-                stderr.lock().unwrap()
-            );
-        }
-    };
+    let mut proc = Logged::spawn(
+        weir()
+            .arg("run")
+            .arg(cfg)
+            .arg("--progress=never")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    );
+    let addr = proc.bound("collector listening");
     Weir {
-        child,
+        proc,
         addr,
         dir: dir.to_path_buf(),
-        stderr,
-        reader: Some(reader),
     }
 }
 
 impl Weir {
     /// SIGTERM, then waits for a clean exit; returns the log.
-    pub fn stop(mut self) -> String {
-        signal(self.child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < deadline, "weir did not stop after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let log = self.stderr.lock().unwrap().clone();
+    pub fn stop(self) -> String {
+        let (status, log) = self.proc.terminate(Duration::from_secs(60));
         assert!(status.success(), "weir exited with {status}:\n{log}");
         log
     }
 
     pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.proc.log()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
     }
 
     /// Lines of a file weir wrote in its directory.
     pub fn lines(&self, name: &str) -> Vec<String> {
         lines(&self.dir.join(name))
-    }
-}
-
-impl Drop for Weir {
-    fn drop(&mut self) {
-        if self.reader.is_some() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }
 
@@ -300,46 +244,5 @@ pub fn payload_data(events: &[serde_json::Value]) -> String {
 
 pub const TP2: &str = "/com.snowplowanalytics.snowplow/tp2";
 
-/// A field of an enriched TSV line, by name.
-pub fn field<'l>(line: &'l str, name: &str) -> &'l str {
-    let idx = weir_core::snowplow::field_index(name).unwrap_or_else(|| panic!("no field {name}"));
-    line.split('\t').nth(idx).unwrap_or("")
-}
-
-/// `YYYY-MM-DD HH:MM:SS.mmm` of ms since the epoch (checked against Python's datetime in the
-/// unit tests of the conversion).
-pub fn tstamp(ms: i64) -> String {
-    let mut s = String::new();
-    assert!(weir_core::snowplow::tracker::format_tstamp(ms, &mut s));
-    s
-}
-
-/// The analytics-SDK JSON of an enriched line (which also checks that it is one).
-pub fn to_json(line: &str) -> serde_json::Value {
-    weir_core::snowplow::validate(line.as_bytes()).expect("an enriched line: 131 fields, UTF-8");
-    let mut out = Vec::new();
-    weir_core::snowplow::to_json(
-        line.as_bytes(),
-        &mut out,
-        &mut weir_core::snowplow::Scratch::default(),
-    )
-    .expect("spEnrichedToJson accepts the line");
-    serde_json::from_slice(&out).unwrap()
-}
-
-/// Runs a Python script of the fixtures; fails the test with a pointer to setup.sh if Python or
-/// its packages are missing.
-pub fn python(script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("python3")
-        .arg(super::common::fixture(&format!("collector/{script}")))
-        .args(args)
-        .output()
-        .expect("python3 runs (install with: bash runtime/tests/setup.sh)");
-    assert!(
-        out.status.success(),
-        "{script} failed (its packages come from runtime/tests/setup.sh):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+#[allow(unused_imports)]
+pub use super::common::sdk::*;

@@ -1,8 +1,14 @@
 //! Helpers shared by the integration tests: run the real `weir` binary on a config.
 #![allow(dead_code)]
 
+pub mod sdk;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The weir binary the tests run: the one cargo built, or `WEIR_BIN` (e.g. a copy kept for a
 /// long run while the tree is rebuilt, or a release build).
@@ -36,6 +42,14 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
+}
+
+/// The `[source]` section of a config that reads the file `input`, one record a line.
+pub fn file_source(input: &Path) -> String {
+    format!(
+        "[source]\ntype = \"file\"\npaths = [\"{}\"]\n",
+        input.display()
+    )
 }
 
 pub fn run(config: &Path) -> Output {
@@ -135,6 +149,27 @@ pub fn build_example_transforms() {
     assert!(status.success(), "building the example transforms failed");
 }
 
+/// Headers of a recorded request to send again (hop-by-hop and length headers are the client's).
+pub fn replay_headers(r: &serde_json::Value) -> Vec<(String, String)> {
+    r["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .filter(|(k, _)| {
+            !matches!(
+                k.to_ascii_lowercase().as_str(),
+                "host" | "content-length" | "connection" | "accept-encoding"
+            )
+        })
+        .collect()
+}
+
 /// `GET path` on `addr` (HTTP/1.1, connection closed): the body if the status is 200.
 pub fn http_get(addr: &str, path: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -178,6 +213,198 @@ impl Sse {
             } else if l.is_empty() && !name.is_empty() {
                 return (name, data);
             }
+        }
+    }
+}
+
+/// Waits until `ok` holds, checking every 50 ms; fails the test naming `what` after `timeout`.
+/// (A condition with a deadline, never a sleep, is how the tests wait for something.)
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A file the setup script installed under the target dir (looked for in every ancestor of the
+/// test binary), or the path in `env` when that is set.
+pub fn installed(env: &str, relative: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.ancestors()
+        .map(|dir| dir.join(relative))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{relative} not found under the target dir: run `bash runtime/tests/setup.sh` \
+                 (with the same CARGO_TARGET_DIR) or set {env}"
+            )
+        })
+}
+
+/// The Python of the tests' virtualenv, where runtime/tests/setup.sh installs the Snowplow
+/// tracker, thriftpy2 and the analytics SDK (never the system Python's site-packages).
+pub fn test_python() -> PathBuf {
+    installed("WEIR_TEST_PYTHON", "test-python/venv/bin/python")
+}
+
+/// Runs a Python script of the fixtures (`collector/…`, `sdk/…`) with the tests' virtualenv,
+/// `stdin` as its input; returns its standard output, failing the test if it fails.
+pub fn python(script: &str, args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(test_python())
+        .arg(fixture(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the tests' python runs (install with: bash runtime/tests/setup.sh)");
+    let mut input = child.stdin.take().unwrap();
+    let text = stdin.to_string();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(text.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed (its packages come from runtime/tests/setup.sh):\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A process whose standard error is collected line by line (ANSI colours stripped) by a thread,
+/// so that a test can wait for a log line; killed when dropped.
+pub struct Logged {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Logged {
+    /// Starts `cmd` with its standard error piped to the collector.
+    pub fn spawn(cmd: &mut Command) -> Logged {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the process starts");
+        let pipe = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(strip_ansi(&line));
+            }
+        });
+        Logged {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits (up to `timeout`) for a line that `pick` accepts and returns what it made of it;
+    /// fails with the log if the process exits first or the time runs out.
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pick: impl FnMut(&str) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap();
+                for l in &lines[seen..] {
+                    if let Some(t) = pick(l) {
+                        return t;
+                    }
+                }
+                seen = lines.len();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // The reader may still hold the last lines: let it finish, then look once more.
+                if let Some(r) = self.reader.take() {
+                    let _ = r.join();
+                }
+                let lines = self.lines.lock().unwrap();
+                if let Some(t) = lines[seen..].iter().find_map(|l| pick(l)) {
+                    return t;
+                }
+                panic!("exited ({status}) before {what}:\n{}", lines.join("\n"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The address a component logged that it bound (`address=…` of the line that says
+    /// `message`, in text or JSON logs): how a test learns a port it asked the OS for (`:0`).
+    pub fn bound(&mut self, message: &str) -> SocketAddr {
+        self.wait_for(message, Duration::from_secs(60), |l| {
+            if !l.contains(message) {
+                return None;
+            }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(l) {
+                return v["fields"]["address"].as_str()?.parse().ok();
+            }
+            l.split("address=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    }
+
+    /// Waits for the process to exit (up to `timeout`); returns its status and the whole log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("did not exit within {timeout:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status, self.log())
+    }
+
+    /// SIGTERM, then [`Logged::wait_exit`].
+    pub fn terminate(self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        signal(self.child.id(), libc::SIGTERM);
+        self.wait_exit(timeout)
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if self.reader.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

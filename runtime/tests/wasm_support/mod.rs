@@ -142,6 +142,38 @@ pub fn c_media_filter() -> PathBuf {
         .clone()
 }
 
+/// Builds a C guest of the fixtures (`runtime/tests/fixtures/wasm/<name>.c`) as the C example is
+/// built (clang, wasi-libc, the example's wit-bindgen bindings), into the guest target dir.
+pub fn c_guest(name: &str) -> PathBuf {
+    let gen = c_media_filter().with_file_name("gen");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/wasm")
+        .join(format!("{name}.c"));
+    let wasm = guest_target_dir().join(format!("c-fixtures/{name}.wasm"));
+    std::fs::create_dir_all(wasm.parent().unwrap()).unwrap();
+    let status = Command::new(std::env::var("WASM_CC").unwrap_or_else(|_| "clang".into()))
+        .args([
+            "--target=wasm32-wasi",
+            "-O2",
+            "-mexec-model=reactor",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unused-parameter",
+        ])
+        .arg("-I")
+        .arg(&gen)
+        .arg("-o")
+        .arg(&wasm)
+        .arg(&source)
+        .arg(gen.join("weir_transform.c"))
+        .arg(gen.join("weir_transform_component_type.o"))
+        .status()
+        .expect("clang runs");
+    assert!(status.success(), "building {} failed", source.display());
+    wasm
+}
+
 /// The `weir` binary.
 pub fn weir() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));

@@ -274,13 +274,22 @@ impl Guest {
         self.instantiate().map_err(|e| e.to_string())
     }
 
+    /// How long the next batch waits before calling the guest: zero, or the backoff after
+    /// batches that gave up (10 ms doubling to 5 s).
+    pub fn backoff(&self) -> Duration {
+        match self.bad_batches {
+            0 => Duration::ZERO,
+            n => Duration::from_millis((10u64 << (n - 1).min(9)).min(5_000)),
+        }
+    }
+
     /// Runs the guest over `records`: outputs in the guest's order, dropped records, and failed
     /// records with their reasons.
     pub fn run(&mut self, mut records: Vec<Record>, read_at_ms: i64) -> Outcome {
-        if self.bad_batches > 0 {
-            // The guest has been failing batch after batch: do not spin.
-            let ms = (10u64 << (self.bad_batches - 1).min(9)).min(5_000);
-            std::thread::sleep(Duration::from_millis(ms));
+        // The guest has been failing batch after batch: do not spin.
+        let wait = self.backoff();
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
         let n = records.len();
         let mut col = Collected::default();
