@@ -367,7 +367,9 @@ fn partition_count<C: rdkafka::client::ClientContext>(
 fn wait(f: DeliveryFuture) -> anyhow::Result<i64> {
     match futures::executor::block_on(f) {
         Ok(Ok(d)) => Ok(d.offset),
-        Ok(Err((e, _))) => Err(anyhow!("a changelog record was not delivered: {e}")),
+        Ok(Err((e, _))) => {
+            Err(anyhow::Error::new(e).context("a changelog record was not delivered"))
+        }
         Err(_) => Err(anyhow!("the changelog producer went away")),
     }
 }

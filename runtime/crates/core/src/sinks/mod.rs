@@ -231,6 +231,23 @@ mod tests {
     }
 
     #[test]
+    fn progress_keeps_what_a_sink_took_of_a_batch() {
+        let mut p = Progress::default();
+        assert!(!p.is_settled(3));
+        assert_eq!(p.unsettled(5), 5);
+        p.take(3);
+        p.reject(0, "too large".into());
+        assert!(p.is_settled(0) && p.is_settled(3) && !p.is_settled(1));
+        assert_eq!(p.unsettled(5), 3);
+        assert_eq!(p.take_rejected(), vec![(0, "too large".to_string())]);
+        assert!(p.take_rejected().is_empty(), "taken out once");
+        let parts = p.parts(2);
+        parts[1].finish(vec![(2, "no key".into())]);
+        assert!(!p.parts(2)[0].is_done() && p.parts(2)[1].is_done());
+        assert_eq!(p.parts(2)[1].take_rejected().len(), 1);
+    }
+
+    #[test]
     fn write_lines_survives_partial_writes() {
         let records: Vec<Record> = (0..1500)
             .map(|i| Record::new(format!("record {i}")))

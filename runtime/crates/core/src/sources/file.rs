@@ -133,7 +133,7 @@ impl Source for FileSource {
                 Framing::Lines => lines::pump(reader, em, stop, max, &name).await,
                 Framing::LengthPrefixed => frames::pump(reader, em, stop, max, &name).await,
             }
-            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+            .with_context(|| format!("reading {name}"))?;
             if ended == lines::Ended::Shutdown {
                 break;
             }
