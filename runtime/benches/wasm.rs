@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use weir_core::record::{Batch, Record};
+use weir_core::state::MemoryBackend;
 use weir_core::wasm::engine::{self, LoadKind};
-use weir_core::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
+use weir_core::wasm::{Guest, GuestOptions, Limits};
 use weir_transform_sdk::{Config, Filter};
 
 /// Runs per measurement (WEIR_WASM_BENCH_RUNS, default 7); medians are reported.

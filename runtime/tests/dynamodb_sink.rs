@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use weir_core::record::Record;
 use weir_core::sinks::dynamodb::{is_tombstone, DynamoDbConfig, DynamoDbSink};
-use weir_core::sinks::Sink;
+use weir_core::sinks::{Progress, Sink};
 
 fn run_weir(config: &std::path::Path) -> std::process::Output {
     weir_aws()
@@ -204,7 +204,9 @@ concurrency = 4
 /// Writes `lines` as one batch.
 async fn write_batch(sink: &mut DynamoDbSink, lines: &[&str]) {
     let records: Vec<Record> = lines.iter().map(|l| Record::new(l.to_string())).collect();
-    sink.write(&records).await.unwrap()
+    sink.write(&records, &mut Progress::default())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

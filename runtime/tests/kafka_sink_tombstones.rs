@@ -9,7 +9,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
 use weir_core::record::Record;
-use weir_core::sinks::SinkError;
+use weir_core::setup::BuildContext;
+use weir_core::sinks::{Progress, SinkError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removals_become_tombstones_keyed_by_viewer() {
@@ -27,7 +28,9 @@ async fn removals_become_tombstones_keyed_by_viewer() {
         "removal_field": "removed",
     }))
     .unwrap();
-    let mut sink = weir_core::sinks::SinkConfig::build(&cfg).unwrap();
+    let mut sink = weir_core::sinks::build(&cfg, &BuildContext::new("sink"))
+        .await
+        .unwrap();
     let keyed = |key: &str, value: &str| {
         let mut r = Record::new(value.to_string());
         r.key = Some(key.as_bytes().to_vec().into());
@@ -48,7 +51,7 @@ async fn removals_become_tombstones_keyed_by_viewer() {
         // A removal without a key cannot be a tombstone.
         Record::new(r#"{"viewer_id":"v3","removed":true}"#),
     ];
-    match sink.write(&records).await {
+    match sink.write(&records, &mut Progress::default()).await {
         Err(SinkError::Rejected(r)) => {
             assert_eq!(r.len(), 1, "{r:?}");
             assert_eq!(r[0].0, 4);

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use weir_core::record::Record;
+use weir_core::state::MemoryBackend;
 use weir_core::wasm::engine::LoadKind;
 use weir_core::wasm::guest::{Guest, GuestOptions, Limits};
-use weir_core::wasm::state::MemoryBackend;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TransformCommand {

@@ -1,7 +1,7 @@
 //! Support for the AWS tests: a real emulator process (moto's server, installed by
 //! `runtime/tests/setup.sh`), SDK clients for it, and a fault-injecting HTTP proxy that produces
-//! what emulators never do: throttling, BatchWriteItem UnprocessedItems and partial PutRecords
-//! failures.
+//! what emulators never do: throttling, BatchWriteItem UnprocessedItems, partial PutRecords
+//! failures and refused credentials.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -246,7 +246,8 @@ pub async fn read_stream(client: &aws_sdk_kinesis::Client, name: &str) -> Vec<(S
 /// What the proxy injects and what it saw. Budgets count down as faults are injected.
 #[derive(Default)]
 pub struct Faults {
-    /// Requests answered with a throttling error instead of being forwarded.
+    /// Write requests answered with a throttling error instead of being forwarded (reads, such
+    /// as a component's start-up check, go through).
     pub throttle: AtomicUsize,
     /// BatchWriteItem items held back and returned as UnprocessedItems (every other item).
     pub unprocessed: AtomicUsize,
@@ -259,6 +260,9 @@ pub struct Faults {
     /// PutRecords requests let through so far.
     pub put_records_passed: AtomicUsize,
     pub injected_refusals: AtomicUsize,
+    /// Every request answered as AWS answers unknown credentials (400
+    /// UnrecognizedClientException) instead of being forwarded.
+    pub refuse_credentials: std::sync::atomic::AtomicBool,
     /// Counters of what was injected.
     pub injected_throttles: AtomicUsize,
     pub injected_unprocessed: AtomicUsize,
@@ -389,6 +393,15 @@ fn read_message(r: &mut impl BufRead, until_eof: bool) -> std::io::Result<Option
     Ok(Some(m))
 }
 
+/// Whether an `X-Amz-Target` is a write (what the throttling fault answers).
+fn is_write(target: &str) -> bool {
+    let op = target.rsplit('.').next().unwrap_or("");
+    matches!(
+        op,
+        "BatchWriteItem" | "PutItem" | "UpdateItem" | "DeleteItem" | "PutRecords" | "PutRecord"
+    )
+}
+
 fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut client = client;
@@ -399,6 +412,26 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
                 .fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1))
                 .is_ok()
         };
+        if f.refuse_credentials.load(SeqCst) {
+            let body = json!({
+                "__type": "com.amazon.coral.service#UnrecognizedClientException",
+                "message": "The security token included in the request is invalid."
+            })
+            .to_string();
+            let resp = Message {
+                head: "HTTP/1.1 400 Bad Request".into(),
+                headers: vec![
+                    ("Content-Type".into(), "application/x-amz-json-1.0".into()),
+                    (
+                        "x-amzn-ErrorType".into(),
+                        "UnrecognizedClientException:".into(),
+                    ),
+                ],
+                body: Vec::new(),
+            };
+            client.write_all(&resp.encode(body.as_bytes(), "keep-alive"))?;
+            continue;
+        }
         if target.ends_with(".PutRecords") {
             if let Some(limit) = f.refuse_put_records_after {
                 if f.put_records_passed.load(SeqCst) >= limit {
@@ -417,7 +450,7 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
                 f.put_records_passed.fetch_add(1, SeqCst);
             }
         }
-        if !target.is_empty() && take(&f.throttle) {
+        if is_write(&target) && take(&f.throttle) {
             f.injected_throttles.fetch_add(1, SeqCst);
             let code = if target.starts_with("Kinesis") {
                 "ProvisionedThroughputExceededException"

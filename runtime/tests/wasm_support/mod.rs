@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use weir_core::record::{Batch, Record};
-use weir_core::wasm::{Guest, GuestOptions, Limits, MemoryBackend};
+use weir_core::state::MemoryBackend;
+use weir_core::wasm::{Guest, GuestOptions, Limits};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

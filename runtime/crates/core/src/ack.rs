@@ -1,18 +1,29 @@
 //! End-to-end acknowledgements.
 //!
-//! A source hands every batch an [`Ack`]. The router splits a batch into up to three parts (main,
-//! filtered, failure), each holding a clone. A sink calls [`Ack::delivered`] once it has durably
-//! accepted its part; a clone dropped any other way (a failed write, a shutdown) marks the batch
-//! as not delivered. When the last clone is gone the source's [`AckHandler`] hears the outcome,
-//! exactly once. One `Arc` per batch, nothing per record.
+//! **A source builds the acknowledgement of every batch it emits and hands it over with the
+//! batch** ([`crate::sources::Emitter::flush_with`], [`crate::sources::Emitter::send`]). A source
+//! that commits positions makes it with [`PositionAcks::ack_for`] from the position the batch
+//! reaches in its input (a Kafka partition's next offset, a Kinesis shard's last sequence
+//! number); a source that cannot commit (stdin, files, the collector) hands over
+//! [`Ack::none`]. The emitter wraps the source's ack in the pipeline's own share-counted
+//! [`Ack`], which also feeds the pipeline's count of delivered records ([`AckCounter`]).
 //!
-//! Sources that commit positions (Kafka offsets, Kinesis checkpoints) feed outcomes into an
-//! [`OrderedAcks`], which only ever releases a position once everything before it is acknowledged.
+//! The router splits a batch into up to three parts (main, filtered, failure), each holding a
+//! clone of its [`Ack`]. A sink calls [`Ack::delivered`] once it has durably accepted its part; a
+//! clone dropped any other way (a failed write, a shutdown) marks the batch as not delivered.
+//! When the last clone is gone the pipeline counts the outcome and the source's own ack hears
+//! it, exactly once. Per batch: one `Arc` for the pipeline's ack, one for the source's (if any);
+//! nothing per record.
+//!
+//! [`OrderedAcks`] (inside [`PositionAcks`]) only ever releases a position once everything
+//! before it is acknowledged, so a commit never skips a record that has not been written.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::observe::Stats;
 
 /// Receives the outcome of each batch a source emitted.
 pub trait AckHandler: Send + Sync {
@@ -25,12 +36,19 @@ struct Inner {
     token: u64,
     failed: AtomicBool,
     handler: Arc<dyn AckHandler>,
+    /// An acknowledgement that hears this one's outcome after `handler` (the source's, inside
+    /// the pipeline's).
+    then: Ack,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.handler
-            .acked(self.token, !self.failed.load(Ordering::Acquire));
+        let delivered = !self.failed.load(Ordering::Acquire);
+        self.handler.acked(self.token, delivered);
+        let then = std::mem::take(&mut self.then);
+        if delivered {
+            then.delivered();
+        }
     }
 }
 
@@ -42,17 +60,25 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// An acknowledgement whose outcome `handler` hears with `token`.
     pub fn new(token: u64, handler: Arc<dyn AckHandler>) -> Self {
+        Self::chained(token, handler, Ack::none())
+    }
+
+    /// An acknowledgement whose outcome `handler` hears with `token`, and then `then` (which
+    /// is delivered if this one was, and fails otherwise).
+    pub fn chained(token: u64, handler: Arc<dyn AckHandler>, then: Ack) -> Self {
         Ack {
             inner: Some(Arc::new(Inner {
                 token,
                 failed: AtomicBool::new(false),
                 handler,
+                then,
             })),
         }
     }
 
-    /// An ack nobody listens to (tests, tools).
+    /// An ack nobody listens to: what a source that cannot commit hands over (and tests, tools).
     pub fn none() -> Self {
         Ack { inner: None }
     }
@@ -89,6 +115,124 @@ impl fmt::Debug for Ack {
         match &self.inner {
             Some(i) => write!(f, "Ack({})", i.token),
             None => f.write_str("Ack(none)"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The acknowledgements of one stream of positions a source reads (a Kafka partition under one
+/// assignment, a Kinesis shard): each batch emitted from it gets its [`Ack`] from
+/// [`PositionAcks::ack_for`] with the position the batch reaches, and the source commits
+/// [`PositionAcks::released`].
+pub struct PositionAcks<P> {
+    /// Names the stream in logs (e.g. `topic/3`).
+    label: String,
+    state: Mutex<PositionState<P>>,
+}
+
+struct PositionState<P> {
+    order: OrderedAcks<P>,
+    released: Option<P>,
+}
+
+impl<P: Clone + Send + 'static> PositionAcks<P> {
+    pub fn new(label: impl Into<String>) -> Arc<Self> {
+        Arc::new(PositionAcks {
+            label: label.into(),
+            state: Mutex::new(PositionState {
+                order: OrderedAcks::new(),
+                released: None,
+            }),
+        })
+    }
+
+    /// The acknowledgement of the next batch emitted from this stream, which reaches `position`
+    /// (what to commit once it and every batch before it are delivered). Batches must be
+    /// emitted in the order of their positions.
+    pub fn ack_for(self: &Arc<Self>, position: P) -> Ack {
+        let token = lock(&self.state).order.push(position);
+        Ack::new(token, self.clone() as Arc<dyn AckHandler>)
+    }
+
+    /// The furthest position up to which every batch was delivered (`None`: none yet); it only
+    /// moves forward, and never past a batch that failed.
+    pub fn released(&self) -> Option<P> {
+        lock(&self.state).released.clone()
+    }
+
+    /// Batches emitted whose position is not released yet (pending, or failed and blocking).
+    pub fn in_flight(&self) -> usize {
+        lock(&self.state).order.in_flight()
+    }
+}
+
+impl<P: Clone + Send + 'static> AckHandler for PositionAcks<P> {
+    fn acked(&self, token: u64, delivered: bool) {
+        let mut s = lock(&self.state);
+        s.order.ack(token, delivered);
+        if let Some(p) = s.order.committable() {
+            s.released = Some(p);
+        }
+        if !delivered {
+            tracing::error!(stream = %self.label, "a batch was not delivered: positions of this stream stay where they are");
+        }
+    }
+}
+
+/// The pipeline's count of delivered records: records of acknowledged batches, in emission
+/// order from the start (a batch that failed stops the count, as it stops a commit).
+#[derive(Default)]
+pub struct AckCounter {
+    inner: Mutex<CounterState>,
+    stats: Option<Arc<Stats>>,
+}
+
+#[derive(Default)]
+struct CounterState {
+    order: OrderedAcks<u64>,
+    emitted: u64,
+    acknowledged: u64,
+}
+
+impl AckCounter {
+    /// A counter that also reports into `stats` (the `acked` total).
+    pub fn new(stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(AckCounter {
+            inner: Mutex::default(),
+            stats: Some(stats),
+        })
+    }
+
+    /// The pipeline's acknowledgement of a batch of `records` records, wrapping the source's
+    /// own `ack` (which hears the outcome after the count).
+    pub fn track(self: &Arc<Self>, records: usize, ack: Ack) -> Ack {
+        let mut inner = lock(&self.inner);
+        inner.emitted += records as u64;
+        let pos = inner.emitted;
+        let token = inner.order.push(pos);
+        drop(inner);
+        Ack::chained(token, self.clone() as Arc<dyn AckHandler>, ack)
+    }
+
+    /// Records acknowledged in order from the start.
+    pub fn acknowledged(&self) -> u64 {
+        lock(&self.inner).acknowledged
+    }
+}
+
+impl AckHandler for AckCounter {
+    fn acked(&self, token: u64, delivered: bool) {
+        let mut inner = lock(&self.inner);
+        inner.order.ack(token, delivered);
+        if let Some(pos) = inner.order.committable() {
+            let newly = pos - inner.acknowledged;
+            inner.acknowledged = pos;
+            if let Some(s) = &self.stats {
+                s.record_acked(newly);
+            }
         }
     }
 }
@@ -170,7 +314,6 @@ impl<P: Clone> OrderedAcks<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[derive(Default)]
     struct Log(Mutex<Vec<(u64, bool)>>);
@@ -221,5 +364,55 @@ mod tests {
         o.ack(s4, true);
         assert_eq!(o.committable(), None);
         assert!(o.blocked_by_failure());
+    }
+
+    #[test]
+    fn a_chained_ack_hears_the_outcome_after_the_outer_one() {
+        let log = Arc::new(Log::default());
+        let source = Ack::new(1, log.clone());
+        let ack = Ack::chained(2, log.clone(), source);
+        let part = ack.clone();
+        ack.delivered();
+        assert!(log.0.lock().unwrap().is_empty());
+        part.delivered();
+        assert_eq!(*log.0.lock().unwrap(), vec![(2, true), (1, true)]);
+
+        let log = Arc::new(Log::default());
+        let ack = Ack::chained(2, log.clone(), Ack::new(1, log.clone()));
+        ack.failed();
+        assert_eq!(*log.0.lock().unwrap(), vec![(2, false), (1, false)]);
+    }
+
+    #[test]
+    fn position_acks_release_in_order_and_stop_at_a_failure() {
+        let p = PositionAcks::<i64>::new("t/0");
+        let a = p.ack_for(10);
+        let b = p.ack_for(20);
+        let c = p.ack_for(30);
+        assert_eq!(p.in_flight(), 3);
+        b.delivered();
+        assert_eq!(p.released(), None, "10 still pending");
+        a.delivered();
+        assert_eq!(p.released(), Some(20));
+        drop(c);
+        let d = p.ack_for(40);
+        d.delivered();
+        assert_eq!(p.released(), Some(20), "never past the failed batch");
+        assert_eq!(p.in_flight(), 2);
+    }
+
+    #[test]
+    fn the_counter_counts_records_delivered_in_order_and_passes_outcomes_on() {
+        let stats = Arc::new(Stats::default());
+        let counter = AckCounter::new(stats.clone());
+        let source = PositionAcks::<u32>::new("s");
+        let a = counter.track(3, source.ack_for(1));
+        let b = counter.track(5, Ack::none());
+        b.delivered();
+        assert_eq!(counter.acknowledged(), 0);
+        a.delivered();
+        assert_eq!(counter.acknowledged(), 8);
+        assert_eq!(stats.snapshot().acked, 8);
+        assert_eq!(source.released(), Some(1), "the source heard its batch");
     }
 }

@@ -1,10 +1,13 @@
 //! What the AWS components (DynamoDB sink, Kinesis source and sink) share: loading the SDK
-//! configuration from the standard chain with an endpoint override, and sorting SDK errors into
-//! what weir does about them.
+//! configuration from the standard chain with an endpoint override, sorting SDK errors into what
+//! weir does about them, and creating DynamoDB tables (the sink's, the Kinesis source's leases).
 
 use std::fmt::Debug;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -91,6 +94,103 @@ pub fn classify_code(code: Option<&str>) -> ErrorClass {
     }
 }
 
+/// Service error codes of a request whose credentials the service refused (unknown, expired or
+/// badly signed keys; no permission).
+const REFUSED: &[&str] = &[
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationTokenException",
+    "MissingAuthenticationToken",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "AccessDeniedException",
+    "AccessDenied",
+    "NotAuthorized",
+    "UnauthorizedOperation",
+    "AuthFailure",
+];
+
+/// Whether `err` is the service answering that it does not know a resource (a table, a stream).
+pub fn not_found<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    matches!(err, SdkError::ServiceError(ctx) if ctx.err().code() == Some("ResourceNotFoundException"))
+}
+
+/// Why a start-up check could not use `service` (at `endpoint_url`, if the config sets one):
+/// the credentials were refused, the service cannot be reached, or what it answered.
+pub fn unusable<E, R>(
+    service: &str,
+    endpoint_url: Option<&str>,
+    err: &SdkError<E, R>,
+) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: Debug,
+{
+    let at = endpoint_url.unwrap_or("its regional endpoint");
+    match err {
+        SdkError::ServiceError(ctx) if ctx.err().code().is_some_and(|c| REFUSED.contains(&c)) => {
+            anyhow::anyhow!(
+                "{service} at {at} refused the credentials: {}",
+                describe(err)
+            )
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            anyhow::anyhow!("cannot reach {service} at {at}: {}", describe(err))
+        }
+        _ => anyhow::anyhow!("{service} at {at}: {}", describe(err)),
+    }
+}
+
+/// The start-up check of a Kinesis component: `stream` exists and the credentials are accepted.
+pub async fn check_stream(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    endpoint_url: Option<&str>,
+) -> anyhow::Result<()> {
+    match client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if not_found(&e) => anyhow::bail!("the stream `{stream}` does not exist"),
+        // Throttled: reachable, and the credentials were accepted.
+        Err(e) if classify(&e) == ErrorClass::Throttled => Ok(()),
+        Err(e) => Err(unusable("Kinesis", endpoint_url, &e).context(format!("stream `{stream}`"))),
+    }
+}
+
+/// The start-up check of a DynamoDB table (`what`: what it is to the component, e.g. "lease
+/// table"): it exists, or the component creates it next (`create`: the setting that says so,
+/// and whether it is on), and the service accepts the credentials.
+pub async fn check_table(
+    client: &aws_sdk_dynamodb::Client,
+    what: &str,
+    table: &str,
+    endpoint_url: Option<&str>,
+    create: (&str, bool),
+) -> anyhow::Result<()> {
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if not_found(&e) && create.1 => Ok(()),
+        Err(e) if not_found(&e) => anyhow::bail!(
+            "the {what} `{table}` does not exist (create it, or set {} = true)",
+            create.0
+        ),
+        // Throttled: reachable, and the credentials were accepted.
+        Err(e) if classify(&e) == ErrorClass::Throttled => Ok(()),
+        Err(e) => Err(unusable("DynamoDB", endpoint_url, &e).context(format!("{what} `{table}`"))),
+    }
+}
+
 /// A readable one-line description of an SDK error (code and message when the service sent them).
 pub fn describe<E, R>(err: &SdkError<E, R>) -> String
 where
@@ -116,12 +216,55 @@ where
     }
 }
 
-/// Backoff for retries inside an AWS component: 50 ms doubling to 5 s, with full jitter in the
-/// upper half (so retrying writers spread out instead of hitting a hot partition together).
-pub fn backoff(attempt: u32) -> std::time::Duration {
-    let base = 50u64.saturating_mul(1 << attempt.min(7)).min(5_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    std::time::Duration::from_millis(base / 2 + nanos % (base / 2 + 1))
+/// Creates a DynamoDB table if it does not exist (on-demand billing; `keys`: string attributes,
+/// the partition key then an optional sort key) and waits until it is active. True if this call
+/// created it.
+pub async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: &[(&str, KeyType)],
+) -> anyhow::Result<bool> {
+    let mut req = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest);
+    for (name, key_type) in keys {
+        req = req
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(*name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(*name)
+                    .key_type(key_type.clone())
+                    .build()?,
+            );
+    }
+    let created = match req.send().await {
+        Ok(_) => true,
+        Err(e) if describe(&e).starts_with("ResourceInUseException") => false,
+        Err(e) => anyhow::bail!("creating table {table}: {}", describe(&e)),
+    };
+    wait_active(client, table).await?;
+    Ok(created)
+}
+
+/// Waits (up to a minute) until a DynamoDB table is ACTIVE.
+pub async fn wait_active(client: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if let Ok(out) = client.describe_table().table_name(table).send().await {
+            if out
+                .table
+                .and_then(|t| t.table_status)
+                .is_some_and(|s| s == TableStatus::Active)
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("table {table} did not become active within a minute")
 }

@@ -10,12 +10,16 @@ pub mod aws;
 pub mod badrow;
 pub mod config;
 pub mod dashboard;
+pub mod kafka;
 pub mod observe;
 pub mod pipeline;
 pub mod record;
 pub mod registry;
+pub mod retry;
+pub mod setup;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod transforms;
 pub mod wasm;
 

@@ -20,13 +20,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::Ack;
+use crate::ack::{Ack, AckCounter};
 use crate::badrow::BadRows;
 use crate::config::{self, unknown_key_message, ByteSize, ConfigError, Origin};
 use crate::observe::{self, HttpConfig, Readiness, Snapshot, Stats};
 use crate::record::{Batch, Failed, Record};
-use crate::sinks::{self, Sink, SinkConfig, SinkError};
-use crate::sources::{self, BatchLimits, CountingAcks, Emitter, SourceConfig, SourceContext};
+use crate::setup::{BuildContext, SetupError};
+use crate::sinks::{self, Progress, Sink, SinkConfig, SinkError};
+use crate::sources::{self, BatchLimits, Emitter, SourceConfig, SourceContext};
 use crate::transforms::{self, Transform, TransformConfig};
 
 /// `[batch]`: how records are grouped and how many groups may wait in each queue.
@@ -99,7 +100,7 @@ pub struct PipelineConfig {
     /// Transform worker threads (each with its own instance of the chain); output order is kept.
     pub workers: usize,
     /// `[state]`: transform state on disk, checkpointed by the source (none: in memory).
-    pub state: Option<Arc<crate::wasm::DiskState>>,
+    pub state: Option<Arc<crate::state::DiskState>>,
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -155,7 +156,7 @@ impl PipelineConfig {
         let state_origin = top.child("state");
         let state = match section("state") {
             Some(v) => state_origin
-                .deserialize::<crate::wasm::durable::StateConfig>(v)?
+                .deserialize::<crate::state::StateConfig>(v)?
                 .check(&state_origin)?,
             None => None,
         };
@@ -376,16 +377,51 @@ pub async fn run(
     let bad_rows = BadRows {
         max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
     };
-    // Sinks first, so nothing is read before there is somewhere to put it. The failure sink also
-    // takes the records the other sinks reject.
-    let (failure_tx, failure_task) =
-        spawn_sink("failure", cfg.failure.build()?, q, &stats, &abort, None);
+    // Build every component before anything is read: each creates its clients and checks that
+    // it can use them, so one that cannot fails the start, naming itself (`crate::setup`).
+    // Sinks first, so nothing is read before there is somewhere to put it.
+    let build = BuildContext {
+        path: String::new(),
+        runtime: tokio::runtime::Handle::current(),
+        stats: stats.clone(),
+        shutdown: shutdown.clone(),
+        state: None,
+    };
+    let mut failure = sinks::build(cfg.failure.as_ref(), &build.at("failure")).await?;
+    let mut main = sinks::build(cfg.sink.as_ref(), &build.at("sink")).await?;
+    let mut filtered = match &cfg.filtered {
+        Some(c) => Some(sinks::build(c.as_ref(), &build.at("filtered")).await?),
+        None => None,
+    };
+    let source = sources::build(
+        cfg.source.as_ref(),
+        &BuildContext {
+            state: cfg
+                .state
+                .clone()
+                .map(|s| s as Arc<dyn crate::state::Checkpointed>),
+            ..build.at("source")
+        },
+    )
+    .await?;
+    let chains = (0..cfg.workers)
+        .map(|_| cfg.build_chain())
+        .collect::<Result<Vec<_>, _>>()?;
+    // Then what the sinks serve (dashboards).
+    for (path, sink) in [("failure", &mut failure), ("sink", &mut main)]
+        .into_iter()
+        .chain(filtered.as_mut().map(|f| ("filtered", f)))
+    {
+        sink.start().await.map_err(|e| SetupError::of(path, e))?;
+    }
+
+    // The failure sink also takes the records the other sinks reject.
+    let (failure_tx, failure_task) = spawn_sink("failure", failure, q, &stats, &abort, None);
     let reject_to = || Some((failure_tx.clone(), bad_rows.clone()));
-    let (main_tx, main_task) =
-        spawn_sink("sink", cfg.sink.build()?, q, &stats, &abort, reject_to());
-    let (filtered_tx, filtered_task) = match &cfg.filtered {
-        Some(c) => {
-            let (tx, t) = spawn_sink("filtered", c.build()?, q, &stats, &abort, reject_to());
+    let (main_tx, main_task) = spawn_sink("sink", main, q, &stats, &abort, reject_to());
+    let (filtered_tx, filtered_task) = match filtered {
+        Some(f) => {
+            let (tx, t) = spawn_sink("filtered", f, q, &stats, &abort, reject_to());
             (Some(tx), Some(t))
         }
         None => (None, None),
@@ -397,8 +433,7 @@ pub async fn run(
     let mut worker_in = Vec::with_capacity(workers);
     let mut worker_out = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
-    for i in 0..workers {
-        let mut chain = cfg.build_chain()?;
+    for (i, mut chain) in chains.into_iter().enumerate() {
         let (in_tx, mut in_rx) = mpsc::channel::<Batch>(1);
         let (out_tx, out_rx) = mpsc::channel::<Batch>(1);
         worker_in.push(in_tx);
@@ -478,24 +513,19 @@ pub async fn run(
     });
 
     // The source.
-    let acks = CountingAcks::new(stats.clone());
+    let acks = AckCounter::new(stats.clone());
     let limits = BatchLimits {
         max_records: cfg.batch.max_records,
         max_bytes: cfg.batch.max_bytes.0 as usize,
         flush_interval: cfg.batch.flush_interval.0,
     };
     let source_stop = CancellationToken::new();
-    let emitter = Emitter::new(source_tx, limits, Arc::new(acks.clone()), stats.clone());
-    let source = cfg.source.build()?;
+    let emitter = Emitter::new(source_tx, limits, acks.clone(), stats.clone());
     let ctx = SourceContext {
         emitter,
         shutdown: source_stop.clone(),
         max_record_bytes: cfg.limits.max_record_bytes.0 as usize,
         on_listen: opts.on_source_bound.clone(),
-        state: cfg
-            .state
-            .clone()
-            .map(|s| s as Arc<dyn crate::wasm::Checkpointed>),
     };
     let source_task: JoinHandle<anyhow::Result<()>> = tokio::spawn(source.run(ctx));
     ready.set(true);
@@ -678,9 +708,11 @@ fn spawn_sink(
         let sizes = metrics::histogram!("weir_batch_records", "stage" => role);
         while let Some(SinkBatch { records, ack }) = rx.recv().await {
             let mut attempt: u32 = 0;
+            // What the sink took of this batch, kept across its retries.
+            let mut progress = Progress::default();
             loop {
                 let t = Instant::now();
-                match sink.write(&records).await {
+                match sink.write(&records, &mut progress).await {
                     Ok(()) => {
                         seconds.record(t.elapsed().as_secs_f64());
                         sizes.record(records.len() as f64);
@@ -697,7 +729,7 @@ fn spawn_sink(
                     Err(SinkError::Retriable(e)) => {
                         attempt += 1;
                         retries.increment(1);
-                        let wait = backoff(attempt);
+                        let wait = crate::retry::PIPELINE.delay(attempt);
                         tracing::warn!(sink = role, attempt, error = %format!("{e:#}"), retry_in = ?wait, "write failed, retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
@@ -743,20 +775,126 @@ fn spawn_sink(
         }
         sink.close()
             .await
-            .map_err(|e| anyhow::anyhow!("{role}: closing: {e:#}"))
+            .map_err(|e| anyhow::Error::new(e).context(format!("{role}: closing")))
     });
     (tx, task)
 }
 
-/// 100 ms, 200 ms, 400 ms, … capped at 10 s, with ±25 % jitter.
-pub fn backoff(attempt: u32) -> Duration {
-    let base = 100u64
-        .saturating_mul(1 << attempt.min(7).saturating_sub(1))
-        .min(10_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let jitter = (nanos % 500) as i64 - 250; // per mille of base / 2
-    let ms = (base as i64 + base as i64 * jitter / 1000).max(1) as u64;
-    Duration::from_millis(ms)
+#[cfg(test)]
+mod tests {
+    //! Config validation that spans components (the state backend and the source, a fan-out's
+    //! children): the pipeline is the one place that sees them all.
+    use super::*;
+
+    fn load(toml: &str) -> Result<PipelineConfig, ConfigError> {
+        let root: ::config::Value = ::config::Config::builder()
+            .add_source(::config::File::from_str(toml, ::config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        PipelineConfig::from_value("p.toml", root)
+    }
+
+    #[test]
+    fn fanout_children_are_validated_at_their_own_key_paths() {
+        let head = "[source]\ntype = \"stdin\"\n[sink]\ntype = \"fanout\"\n";
+        let ok = format!(
+            "{head}[[sink.sinks]]\ntype = \"stdout\"\n[[sink.sinks]]\ntype = \"fanout\"\n\
+             [[sink.sinks.sinks]]\ntype = \"null\"\n"
+        );
+        load(&ok).unwrap();
+        let cases = [
+            (
+                format!("{head}[[sink.sinks]]\ntype = \"stdout\"\n[[sink.sinks]]\ntype = \"file\"\npaht = \"x\"\n"),
+                "sink.sinks[1].paht",
+                "did you mean `path`?",
+            ),
+            (
+                format!("{head}[[sink.sinks]]\ntype = \"dynamo\"\n"),
+                "sink.sinks[0].type",
+                "did you mean `dynamodb`?",
+            ),
+            (
+                format!("{head}[[sink.sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"b:9092\"\ntopic = \"\"\n"),
+                "sink.sinks[0].topic",
+                "expected a topic name",
+            ),
+            (format!("{head}sinks = []\n"), "sink.sinks", "at least one sink"),
+            (
+                format!("{head}sinks = \"stdout\"\n"),
+                "sink.sinks",
+                "expected an array of sinks ([[sink.sinks]] in TOML), found a string",
+            ),
+            (format!("{head}sink = []\n"), "sink.sink", "did you mean `sinks`?"),
+            (head.to_string(), "sink", "missing required key `sinks`"),
+        ];
+        for (toml, key, message) in cases {
+            let e = load(&toml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.message.contains(message), "{e}");
+        }
+    }
+
+    #[test]
+    fn state_config_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |source: &str, state: &str| {
+            let p = dir.path().join("p.toml");
+            std::fs::write(
+                &p,
+                format!("{source}\n[sink]\ntype = \"null\"\n\n[state]\n{state}\n"),
+            )
+            .unwrap();
+            PipelineConfig::load(&p)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let stdin = "[source]\ntype = \"stdin\"\n";
+        let e = load(stdin, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
+        assert!(
+            e.contains("state.backend") && e.contains("checkpoints state"),
+            "{e}"
+        );
+        let kafka = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
+        let file = dir.path().join("st/x.redb");
+        let ok = format!(
+            "backend = \"disk\"\npath = {:?}",
+            file.display().to_string()
+        );
+        assert_eq!(load(kafka, &ok), "");
+        assert!(!file.exists(), "checking a config creates no state file");
+        let e = load(kafka, "backend = \"disk\"");
+        assert!(e.contains("state.path") && e.contains("missing"), "{e}");
+        let e = load(kafka, "backend = \"dsk\"");
+        assert!(e.contains("state.backend"), "{e}");
+        let e = load(kafka, "path = \"/tmp/x.redb\"");
+        assert!(e.contains("state.path"), "{e}");
+        let e = load(kafka, "changelog_topic = \"cl\"");
+        assert!(
+            e.contains("state.changelog_topic") && e.contains("memory"),
+            "{e}"
+        );
+        let e = load(kafka, &format!("{ok}\nchangelog_topic = \"\""));
+        assert!(
+            e.contains("state.changelog_topic") && e.contains("empty"),
+            "{e}"
+        );
+        assert_eq!(load(kafka, &format!("{ok}\nchangelog_topic = \"cl\"")), "");
+        let two = kafka.replace("[\"in\"]", "[\"in\", \"in2\"]");
+        let e = load(&two, &format!("{ok}\nchangelog_topic = \"cl\""));
+        assert!(
+            e.contains("state.changelog_topic") && e.contains("2 topics"),
+            "{e}"
+        );
+        assert_eq!(
+            load(&two, &ok),
+            "",
+            "without a changelog, several topics are fine"
+        );
+        let on_read = format!("{kafka}commit = \"on-read\"\n");
+        let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
+        assert!(e.contains("state.backend"), "{e}");
+    }
 }

@@ -35,22 +35,22 @@
 //!   sink writes or removes — only those its version condition let through — is pushed.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
-    PutRequest, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
+    AttributeValue, DeleteRequest, KeyType, PutRequest, TimeToLiveSpecification, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 
-use super::{Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass};
 use crate::config::{self, ConfigError, Origin};
 use crate::dashboard::{self, DashboardConfig, Hub};
 use crate::record::Record;
+use crate::setup::{self, BuildContext};
 
 /// DynamoDB's item size limit.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -112,6 +112,7 @@ impl SinkType for DynamoDbConfig {
     const TYPE: &'static str = "dynamodb";
 }
 
+#[async_trait]
 impl SinkConfig for DynamoDbConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         for (key, value) in [
@@ -140,22 +141,36 @@ impl SinkConfig for DynamoDbConfig {
         aws::check_requests(origin, self.concurrency, self.max_attempts)
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
-        let hub = match &self.dashboard {
-            Some(d) => {
-                let table = TableSnapshot {
-                    cfg: self.clone(),
-                    client: tokio::sync::OnceCell::new(),
-                };
-                let hub = Hub::new(std::sync::Arc::new(table), self.partition_key.clone());
-                dashboard::spawn(d.clone(), hub.clone())?;
-                Some(hub)
-            }
-            None => None,
-        };
+    /// Creates the client and checks that the table can be used (creating it with
+    /// `create_table`).
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
+        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let client = Client::new(&sdk);
+        let endpoint = self.endpoint_url.as_deref();
+        setup::check(
+            "DynamoDB",
+            aws::check_table(
+                &client,
+                "table",
+                &self.table,
+                endpoint,
+                ("create_table", self.create_table),
+            ),
+        )
+        .await?;
+        if self.create_table {
+            create_table(&client, self).await?;
+        }
+        let hub = self.dashboard.as_ref().map(|_| {
+            let table = TableSnapshot {
+                cfg: self.clone(),
+                client: client.clone(),
+            };
+            Hub::new(std::sync::Arc::new(table), self.partition_key.clone())
+        });
         Ok(Box::new(DynamoDbSink {
             cfg: self.clone(),
-            client: None,
+            client,
             hub,
         }))
     }
@@ -163,30 +178,22 @@ impl SinkConfig for DynamoDbConfig {
 
 pub struct DynamoDbSink {
     cfg: DynamoDbConfig,
-    client: Option<Client>,
-    /// The dashboard to tell about every applied write.
+    client: Client,
+    /// The dashboard to tell about every applied write (it starts with the sink).
     hub: Option<Hub>,
 }
 
 /// The dashboard's view of the table: a paginated Scan, tombstones skipped.
 struct TableSnapshot {
     cfg: DynamoDbConfig,
-    client: tokio::sync::OnceCell<Client>,
+    client: Client,
 }
 
 #[async_trait]
 impl dashboard::Snapshot for TableSnapshot {
     async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let client = self
+        let mut pages = self
             .client
-            .get_or_init(|| async {
-                let sdk =
-                    aws::sdk_config(self.cfg.region.as_deref(), self.cfg.endpoint_url.as_deref())
-                        .await;
-                Client::new(&sdk)
-            })
-            .await;
-        let mut pages = client
             .scan()
             .table_name(&self.cfg.table)
             .into_paginator()
@@ -234,29 +241,14 @@ enum OpKind {
 }
 
 impl DynamoDbSink {
-    /// A sink for `cfg` with an already configured client (tests, tools).
+    /// A sink for `cfg` with an already configured client, on a table that exists (tests,
+    /// tools).
     pub fn with_client(cfg: DynamoDbConfig, client: Client) -> Self {
         DynamoDbSink {
             cfg,
-            client: Some(client),
+            client,
             hub: None,
         }
-    }
-
-    async fn client(&mut self) -> Result<Client, SinkError> {
-        if let Some(c) = &self.client {
-            return Ok(c.clone());
-        }
-        let sdk =
-            aws::sdk_config(self.cfg.region.as_deref(), self.cfg.endpoint_url.as_deref()).await;
-        let client = Client::new(&sdk);
-        if self.cfg.create_table {
-            create_table(&client, &self.cfg)
-                .await
-                .map_err(SinkError::Retriable)?;
-        }
-        self.client = Some(client.clone());
-        Ok(client)
     }
 
     /// Turns a record into an operation, or says why it cannot be one.
@@ -371,8 +363,19 @@ impl DynamoDbSink {
 
 #[async_trait]
 impl Sink for DynamoDbSink {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        let client = self.client().await?;
+    async fn start(&mut self) -> anyhow::Result<()> {
+        if let (Some(d), Some(hub)) = (&self.cfg.dashboard, &self.hub) {
+            dashboard::spawn(d.clone(), hub.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        records: &[Record],
+        _progress: &mut Progress,
+    ) -> Result<(), SinkError> {
+        let client = self.client.clone();
         let expires = self.cfg.ttl.map(|d| {
             (SystemTime::now() + d.0)
                 .duration_since(UNIX_EPOCH)
@@ -526,7 +529,7 @@ impl DynamoDbSink {
                             cfg.table
                         )));
                     }
-                    tokio::time::sleep(aws::backoff(attempt)).await;
+                    tokio::time::sleep(crate::retry::REQUEST.delay(attempt)).await;
                 }
             }
         }
@@ -718,7 +721,7 @@ impl DynamoDbSink {
                     pending.len()
                 )));
             }
-            tokio::time::sleep(aws::backoff(attempt)).await;
+            tokio::time::sleep(crate::retry::REQUEST.delay(attempt)).await;
         }
     }
 }
@@ -795,35 +798,13 @@ fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
 /// Creates the table (on-demand billing) if it does not exist, waits until it is active and turns
 /// on TTL if configured (where the endpoint supports it).
 pub async fn create_table(client: &Client, cfg: &DynamoDbConfig) -> anyhow::Result<()> {
-    let mut keys = vec![(cfg.partition_key.clone(), KeyType::Hash)];
+    let mut keys = vec![(cfg.partition_key.as_str(), KeyType::Hash)];
     if let Some(sk) = &cfg.sort_key {
-        keys.push((sk.clone(), KeyType::Range));
+        keys.push((sk.as_str(), KeyType::Range));
     }
-    let mut req = client
-        .create_table()
-        .table_name(&cfg.table)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (name, kt) in keys {
-        req = req
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(&name)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()?,
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(&name)
-                    .key_type(kt)
-                    .build()?,
-            );
+    if aws::create_table(client, &cfg.table, &keys).await? {
+        tracing::info!(table = %cfg.table, "created table");
     }
-    match req.send().await {
-        Ok(_) => tracing::info!(table = %cfg.table, "created table"),
-        Err(e) if aws::describe(&e).starts_with("ResourceInUseException") => {}
-        Err(e) => anyhow::bail!("creating table {}: {}", cfg.table, aws::describe(&e)),
-    }
-    wait_active(client, &cfg.table).await?;
     if let Some(attr) = &cfg.ttl_attribute {
         let spec = TimeToLiveSpecification::builder()
             .attribute_name(attr)
@@ -842,26 +823,10 @@ pub async fn create_table(client: &Client, cfg: &DynamoDbConfig) -> anyhow::Resu
     Ok(())
 }
 
-/// Waits (up to a minute) until a table is ACTIVE.
-pub async fn wait_active(client: &Client, table: &str) -> anyhow::Result<()> {
-    for _ in 0..600 {
-        if let Ok(out) = client.describe_table().table_name(table).send().await {
-            if out
-                .table
-                .and_then(|t| t.table_status)
-                .is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active)
-            {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("table {table} did not become active within a minute")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cfg() -> DynamoDbConfig {
         DynamoDbConfig {
@@ -902,7 +867,12 @@ mod tests {
     fn maps_json_to_an_item_and_rejects_what_cannot_be_one() {
         let sink = DynamoDbSink {
             cfg: cfg(),
-            client: None,
+            // Never used: no request is made.
+            client: Client::from_conf(
+                aws_sdk_dynamodb::Config::builder()
+                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                    .build(),
+            ),
             hub: None,
         };
         let op = sink

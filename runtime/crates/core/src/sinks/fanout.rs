@@ -6,17 +6,20 @@
 //! - every child gets every record; the children write concurrently;
 //! - the batch is acknowledged only once every child has accepted it;
 //! - a child's retriable error retries that child only: the children that already accepted the
-//!   batch are not sent it again (the pipeline retries the same slice; the fan-out remembers
-//!   which children are done with it);
+//!   batch are not sent it again (the pipeline retries the batch with the same
+//!   [`Progress`], in which each child has its own part, marked done once it accepted the
+//!   batch);
 //! - records a child rejects go to the failure sink, the reason naming the child (the other
 //!   children keep them);
 //! - a fatal error of any child stops the pipeline.
 
 use std::collections::BTreeMap;
 
-use super::{Sink, SinkConfig, SinkError};
+use super::{Progress, Sink, SinkConfig, SinkError};
 use crate::config::{kind_name, take_key, unknown_key_message, ConfigError, Origin};
 use crate::record::Record;
+use crate::setup::BuildContext;
+use anyhow::Context as _;
 use async_trait::async_trait;
 
 /// The config `type`.
@@ -83,13 +86,13 @@ pub fn parse(
     Ok(Box::new(FanoutConfig { sinks }))
 }
 
+#[async_trait]
 impl SinkConfig for FanoutConfig {
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    /// Builds every child at its own key path (`sink.sinks[1]`), which names it if it fails.
+    async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         let mut children = Vec::with_capacity(self.sinks.len());
-        for (label, cfg) in &self.sinks {
-            let sink = cfg
-                .build()
-                .map_err(|e| e.context(format!("fanout {label}")))?;
+        for (i, (label, cfg)) in self.sinks.iter().enumerate() {
+            let sink = super::build(cfg.as_ref(), &ctx.child(&format!("sinks[{i}]"))).await?;
             children.push(Child::new(label.clone(), sink));
         }
         Ok(Box::new(FanoutSink::new(children)))
@@ -113,56 +116,43 @@ impl Child {
     }
 }
 
-/// Which children are done with the batch being retried, and what they rejected of it.
-struct Progress {
-    /// Identity of the batch (the pipeline retries the very same slice).
-    ptr: usize,
-    len: usize,
-    /// Per child: `Some(rejected)` once it accepted the batch.
-    done: Vec<Option<Vec<(usize, String)>>>,
-}
-
 pub struct FanoutSink {
     children: Vec<Child>,
-    progress: Option<Progress>,
 }
 
 impl FanoutSink {
     pub fn new(children: Vec<Child>) -> FanoutSink {
-        FanoutSink {
-            children,
-            progress: None,
-        }
+        FanoutSink { children }
     }
 }
 
 #[async_trait]
 impl Sink for FanoutSink {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        let (ptr, len) = (records.as_ptr() as usize, records.len());
-        let mut progress = match self.progress.take() {
-            Some(p) if p.ptr == ptr && p.len == len => p,
-            _ => Progress {
-                ptr,
-                len,
-                done: vec![None; self.children.len()],
-            },
-        };
+    async fn write(
+        &mut self,
+        records: &[Record],
+        progress: &mut Progress,
+    ) -> Result<(), SinkError> {
+        // Each child writes with its own part of the batch's progress; a child that finished
+        // the batch in an earlier try is not sent it again.
+        let parts = progress.parts(self.children.len());
         let writes = self
             .children
             .iter_mut()
+            .zip(parts.iter_mut())
             .enumerate()
-            .filter(|(i, _)| progress.done[*i].is_none())
-            .map(|(i, c)| async move { (i, c.sink.write(records).await) });
+            .filter(|(_, (_, part))| !part.is_done())
+            .map(|(i, (c, part))| async move { (i, c.sink.write(records, part).await) });
         let results = futures::future::join_all(writes).await;
 
+        let parts = progress.parts(self.children.len());
         let mut fatal = Vec::new();
         let mut retriable = Vec::new();
         for (i, result) in results {
             let label = &self.children[i].label;
             match result {
-                Ok(()) => progress.done[i] = Some(Vec::new()),
-                Err(SinkError::Rejected(rejected)) => progress.done[i] = Some(rejected),
+                Ok(()) => parts[i].finish(Vec::new()),
+                Err(SinkError::Rejected(rejected)) => parts[i].finish(rejected),
                 Err(SinkError::Retriable(e)) => {
                     self.children[i].retries.increment(1);
                     retriable.push(format!("{label}: {e:#}"));
@@ -178,7 +168,6 @@ impl Sink for FanoutSink {
         }
         if !retriable.is_empty() {
             let waiting = retriable.len();
-            self.progress = Some(progress);
             return Err(SinkError::Retriable(anyhow::anyhow!(
                 "fanout: {waiting} of {} sink(s) still to write the batch: {}",
                 self.children.len(),
@@ -188,8 +177,8 @@ impl Sink for FanoutSink {
         // Every child accepted the batch; what some rejected goes to the failure sink, each
         // record once, with every child's reason.
         let mut reasons: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for (child, rejected) in self.children.iter().zip(progress.done) {
-            for (i, reason) in rejected.into_iter().flatten() {
+        for (child, part) in self.children.iter().zip(parts.iter_mut()) {
+            for (i, reason) in part.take_rejected() {
                 reasons
                     .entry(i)
                     .or_default()
@@ -206,6 +195,16 @@ impl Sink for FanoutSink {
                     .collect(),
             ))
         }
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        for c in &mut self.children {
+            c.sink
+                .start()
+                .await
+                .with_context(|| format!("fanout {}", c.label))?;
+        }
+        Ok(())
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {
@@ -248,7 +247,11 @@ mod tests {
 
     #[async_trait]
     impl Sink for Fake {
-        async fn write(&mut self, _records: &[Record]) -> Result<(), SinkError> {
+        async fn write(
+            &mut self,
+            _records: &[Record],
+            _progress: &mut Progress,
+        ) -> Result<(), SinkError> {
             *self.writes.lock().unwrap() += 1;
             self.script.pop_front().map_or(Ok(()), |f| f())
         }
@@ -292,12 +295,14 @@ mod tests {
             ],
             vec![],
         ]);
+        // The pipeline retries a batch with the same progress.
         let records = batch();
-        let e = sink.write(&records).await.unwrap_err();
+        let mut progress = Progress::default();
+        let e = sink.write(&records, &mut progress).await.unwrap_err();
         assert!(matches!(e, SinkError::Retriable(_)), "{e}");
         assert!(e.to_string().contains("sinks[1] (fake): throttled"), "{e}");
-        assert!(sink.write(&records).await.is_err());
-        sink.write(&records).await.unwrap();
+        assert!(sink.write(&records, &mut progress).await.is_err());
+        sink.write(&records, &mut progress).await.unwrap();
         let seen: Vec<usize> = writes.iter().map(count).collect();
         assert_eq!(
             seen,
@@ -305,9 +310,9 @@ mod tests {
             "only the failing child is written again"
         );
 
-        // The next batch goes to every child again.
+        // The next batch (a fresh progress) goes to every child again.
         let next = batch();
-        sink.write(&next).await.unwrap();
+        sink.write(&next, &mut Progress::default()).await.unwrap();
         let seen: Vec<usize> = writes.iter().map(count).collect();
         assert_eq!(seen, vec![2, 4, 2]);
     }
@@ -328,12 +333,13 @@ mod tests {
             ],
         ]);
         let records = batch();
+        let mut progress = Progress::default();
         assert!(matches!(
-            sink.write(&records).await,
+            sink.write(&records, &mut progress).await,
             Err(SinkError::Retriable(_))
         ));
         // The retry reaches only the third child; the first child's rejections are kept.
-        let Err(SinkError::Rejected(rejected)) = sink.write(&records).await else {
+        let Err(SinkError::Rejected(rejected)) = sink.write(&records, &mut progress).await else {
             panic!("expected rejections")
         };
         assert_eq!(
@@ -358,61 +364,14 @@ mod tests {
             vec![|| Err(SinkError::Retriable(anyhow::anyhow!("later")))],
             vec![|| Err(SinkError::Fatal(anyhow::anyhow!("no such table")))],
         ]);
-        let e = sink.write(&batch()).await.unwrap_err();
+        let e = sink
+            .write(&batch(), &mut Progress::default())
+            .await
+            .unwrap_err();
         assert!(matches!(e, SinkError::Fatal(_)), "{e}");
         assert!(
             e.to_string().contains("sinks[1] (fake): no such table"),
             "{e}"
         );
-    }
-
-    fn load(toml: &str) -> Result<crate::pipeline::PipelineConfig, ConfigError> {
-        let root: config::Value = config::Config::builder()
-            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-            .build()
-            .unwrap()
-            .try_deserialize()
-            .unwrap();
-        crate::pipeline::PipelineConfig::from_value("p.toml", root)
-    }
-
-    #[test]
-    fn children_are_validated_at_their_own_key_paths() {
-        let head = "[source]\ntype = \"stdin\"\n[sink]\ntype = \"fanout\"\n";
-        let ok = format!(
-            "{head}[[sink.sinks]]\ntype = \"stdout\"\n[[sink.sinks]]\ntype = \"fanout\"\n\
-             [[sink.sinks.sinks]]\ntype = \"null\"\n"
-        );
-        load(&ok).unwrap();
-        let cases = [
-            (
-                format!("{head}[[sink.sinks]]\ntype = \"stdout\"\n[[sink.sinks]]\ntype = \"file\"\npaht = \"x\"\n"),
-                "sink.sinks[1].paht",
-                "did you mean `path`?",
-            ),
-            (
-                format!("{head}[[sink.sinks]]\ntype = \"dynamo\"\n"),
-                "sink.sinks[0].type",
-                "did you mean `dynamodb`?",
-            ),
-            (
-                format!("{head}[[sink.sinks]]\ntype = \"kafka\"\nbootstrap_servers = \"b:9092\"\ntopic = \"\"\n"),
-                "sink.sinks[0].topic",
-                "expected a topic name",
-            ),
-            (format!("{head}sinks = []\n"), "sink.sinks", "at least one sink"),
-            (
-                format!("{head}sinks = \"stdout\"\n"),
-                "sink.sinks",
-                "expected an array of sinks ([[sink.sinks]] in TOML), found a string",
-            ),
-            (format!("{head}sink = []\n"), "sink.sink", "did you mean `sinks`?"),
-            (head.to_string(), "sink", "missing required key `sinks`"),
-        ];
-        for (toml, key, message) in cases {
-            let e = load(&toml).unwrap_err();
-            assert_eq!(e.key, key, "{e}");
-            assert!(e.message.contains(message), "{e}");
-        }
     }
 }

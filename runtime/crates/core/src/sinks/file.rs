@@ -3,12 +3,14 @@
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{write_lines, Sink, SinkConfig, SinkError, SinkType};
+use super::{write_lines, Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ConfigError, Origin};
 use crate::record::Record;
+use crate::setup::BuildContext;
 
 /// ```toml
 /// [sink]
@@ -31,6 +33,7 @@ impl SinkType for FileConfig {
     const TYPE: &'static str = "file";
 }
 
+#[async_trait]
 impl SinkConfig for FileConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.path.as_os_str().is_empty() {
@@ -39,10 +42,10 @@ impl SinkConfig for FileConfig {
         Ok(())
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -50,7 +53,7 @@ impl SinkConfig for FileConfig {
             .append(self.append)
             .truncate(!self.append)
             .open(&self.path)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", self.path.display()))?;
+            .with_context(|| format!("cannot open {}", self.path.display()))?;
         Ok(Box::new(FileSink {
             file,
             fsync: self.fsync,
@@ -65,7 +68,11 @@ struct FileSink {
 
 #[async_trait]
 impl Sink for FileSink {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
+    async fn write(
+        &mut self,
+        records: &[Record],
+        _progress: &mut Progress,
+    ) -> Result<(), SinkError> {
         let (file, fsync) = (&mut self.file, self.fsync);
         tokio::task::block_in_place(|| {
             write_lines(file, records)?;

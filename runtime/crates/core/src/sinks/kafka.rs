@@ -26,17 +26,19 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
-use rdkafka::client::ClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 
-use super::{Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
+use crate::kafka::{self, ClientLog};
 use crate::record::Record;
+use crate::setup::{self, BuildContext};
 
 /// ```toml
 /// [sink]
@@ -100,6 +102,7 @@ impl SinkType for KafkaConfig {
     const TYPE: &'static str = "kafka";
 }
 
+#[async_trait]
 impl SinkConfig for KafkaConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.bootstrap_servers.trim().is_empty() {
@@ -117,66 +120,63 @@ impl SinkConfig for KafkaConfig {
                 "expected a JSON field name, found an empty string",
             ));
         }
-        self.client_config()
-            .create_native_config()
-            .map(drop)
-            .map_err(|e| origin.error("options", format!("librdkafka rejected the settings: {e}")))
+        kafka::check_options(&self.client_config(), origin)
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    /// Creates the producer and checks that the brokers answer and accept it.
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
+        let log = ClientLog::default();
+        let producer = self.producer_with(log.clone())?;
+        let (client, topic) = (producer.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            kafka::check_cluster(client.client(), &log, &[&topic], setup::CHECK_TIMEOUT)
+        })
+        .await?
+        .with_context(|| format!("kafka brokers {}", self.bootstrap_servers))?;
         Ok(Box::new(KafkaSink {
-            producer: self.producer()?,
+            producer,
             cfg: self.clone(),
-            retry: None,
         }))
     }
 }
 
 impl KafkaConfig {
     fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap_servers)
-            .set("enable.idempotence", self.idempotence.to_string())
-            .set(
-                "compression.codec",
-                match self.compression {
-                    Compression::None => "none",
-                    Compression::Gzip => "gzip",
-                    Compression::Snappy => "snappy",
-                    Compression::Lz4 => "lz4",
-                },
-            )
-            .set("linger.ms", self.linger.0.as_millis().to_string())
-            .set(
-                "message.timeout.ms",
-                self.delivery_timeout.0.as_millis().max(1).to_string(),
-            )
-            .set("message.max.bytes", self.max_message_bytes.0.to_string())
-            .set_log_level(RDKafkaLogLevel::Warning);
-        if !self.idempotence {
-            c.set("acks", "all");
-        }
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
-        c
+        kafka::client_config(
+            &self.bootstrap_servers,
+            |c| {
+                c.set("enable.idempotence", self.idempotence.to_string())
+                    .set(
+                        "compression.codec",
+                        match self.compression {
+                            Compression::None => "none",
+                            Compression::Gzip => "gzip",
+                            Compression::Snappy => "snappy",
+                            Compression::Lz4 => "lz4",
+                        },
+                    )
+                    .set("linger.ms", self.linger.0.as_millis().to_string())
+                    .set(
+                        "message.timeout.ms",
+                        self.delivery_timeout.0.as_millis().max(1).to_string(),
+                    )
+                    .set("message.max.bytes", self.max_message_bytes.0.to_string());
+                if !self.idempotence {
+                    c.set("acks", "all");
+                }
+            },
+            &self.options,
+        )
     }
 
-    fn producer(&self) -> anyhow::Result<FutureProducer<Context>> {
+    fn producer(&self) -> anyhow::Result<FutureProducer<ClientLog>> {
+        self.producer_with(ClientLog::default())
+    }
+
+    fn producer_with(&self, log: ClientLog) -> anyhow::Result<FutureProducer<ClientLog>> {
         self.client_config()
-            .create_with_context(Context)
-            .map_err(|e| anyhow::anyhow!("kafka sink: cannot create the producer: {e}"))
-    }
-}
-
-struct Context;
-
-impl ClientContext for Context {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        crate::sources::kafka::log_kafka(level, fac, log_message);
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+            .create_with_context(log)
+            .context("kafka sink: cannot create the producer")
     }
 }
 
@@ -198,19 +198,9 @@ fn classify(e: &KafkaError) -> Class {
     }
 }
 
-/// What is left to do of a batch whose write failed with a retriable error.
-struct Retry {
-    /// Identity of the batch (the pipeline retries the very same slice).
-    ptr: usize,
-    len: usize,
-    done: Vec<bool>,
-    rejected: Vec<(usize, String)>,
-}
-
 struct KafkaSink {
-    producer: FutureProducer<Context>,
+    producer: FutureProducer<ClientLog>,
     cfg: KafkaConfig,
-    retry: Option<Retry>,
 }
 
 impl KafkaSink {
@@ -252,46 +242,38 @@ impl KafkaSink {
 
 #[async_trait]
 impl Sink for KafkaSink {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        let (ptr, len) = (records.as_ptr() as usize, records.len());
-        let mut state = match self.retry.take() {
-            Some(r) if r.ptr == ptr && r.len == len => r,
-            _ => Retry {
-                ptr,
-                len,
-                done: vec![false; len],
-                rejected: Vec::new(),
-            },
-        };
+    async fn write(
+        &mut self,
+        records: &[Record],
+        progress: &mut Progress,
+    ) -> Result<(), SinkError> {
+        let len = records.len();
         let mut retry_error: Option<KafkaError> = None;
         let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(len);
-        let settle = |state: &mut Retry,
+        let settle = |progress: &mut Progress,
                       retry_error: &mut Option<KafkaError>,
                       i: usize,
                       outcome: Result<(), KafkaError>| match outcome {
-            Ok(()) => state.done[i] = true,
+            Ok(()) => progress.take(i),
             Err(e) => match classify(&e) {
-                Class::Reject => {
-                    state.done[i] = true;
-                    state.rejected.push((i, format!("kafka sink: {e}")));
-                }
+                Class::Reject => progress.reject(i, format!("kafka sink: {e}")),
                 Class::Retry => {
                     retry_error.get_or_insert(e);
                 }
             },
         };
         // Hand everything to librdkafka first; await reports only when its queue is full.
+        // Records taken by an earlier try of this batch are not sent again.
         for (i, r) in records.iter().enumerate() {
-            if state.done[i] {
+            if progress.is_settled(i) {
                 continue;
             }
             if r.key.is_none() && self.is_removal(r) {
-                state.done[i] = true;
-                state.rejected.push((
+                progress.reject(
                     i,
                     "kafka sink: a removal record without a key: there is no key to tombstone"
                         .to_string(),
-                ));
+                );
                 continue;
             }
             let mut fr = self.record(r);
@@ -306,13 +288,13 @@ impl Sink for KafkaSink {
                         match pending.pop_front() {
                             Some((j, f)) => {
                                 let outcome = delivery(f.await);
-                                settle(&mut state, &mut retry_error, j, outcome);
+                                settle(progress, &mut retry_error, j, outcome);
                             }
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
                     Err((e, _)) => {
-                        settle(&mut state, &mut retry_error, i, Err(e));
+                        settle(progress, &mut retry_error, i, Err(e));
                         break;
                     }
                 }
@@ -320,7 +302,7 @@ impl Sink for KafkaSink {
         }
         for (i, f) in pending {
             let outcome = delivery(f.await);
-            settle(&mut state, &mut retry_error, i, outcome);
+            settle(progress, &mut retry_error, i, outcome);
         }
         if let Some(e) = retry_error {
             if let Some((code, reason)) = self.producer.client().fatal_error() {
@@ -331,16 +313,16 @@ impl Sink for KafkaSink {
                 );
                 self.producer = self.cfg.producer().map_err(SinkError::Retriable)?;
             }
-            let left = state.done.iter().filter(|d| !**d).count();
-            self.retry = Some(state);
-            return Err(SinkError::Retriable(anyhow::anyhow!(
-                "kafka sink: {left} of {len} record(s) not delivered: {e}"
+            let left = progress.unsettled(len);
+            return Err(SinkError::Retriable(anyhow::Error::new(e).context(
+                format!("kafka sink: {left} of {len} record(s) not delivered"),
             )));
         }
-        if state.rejected.is_empty() {
+        let rejected = progress.take_rejected();
+        if rejected.is_empty() {
             Ok(())
         } else {
-            Err(SinkError::Rejected(state.rejected))
+            Err(SinkError::Rejected(rejected))
         }
     }
 
@@ -349,7 +331,7 @@ impl Sink for KafkaSink {
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
             .map_err(|e| SinkError::Retriable(e.into()))?
-            .map_err(|e| SinkError::Retriable(anyhow::anyhow!("kafka sink: flush: {e}")))
+            .map_err(|e| SinkError::Retriable(anyhow::Error::new(e).context("kafka sink: flush")))
     }
 }
 

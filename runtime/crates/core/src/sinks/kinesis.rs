@@ -16,10 +16,11 @@ use aws_sdk_kinesis::Client;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 
-use super::{Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass};
 use crate::config::{ConfigError, Origin};
 use crate::record::Record;
+use crate::setup::{self, BuildContext};
 
 pub const MAX_RECORDS_PER_REQUEST: usize = 500;
 pub const MAX_BYTES_PER_REQUEST: usize = 5 << 20;
@@ -57,6 +58,7 @@ impl SinkType for KinesisConfig {
     const TYPE: &'static str = "kinesis";
 }
 
+#[async_trait]
 impl SinkConfig for KinesisConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.stream.is_empty() {
@@ -76,25 +78,31 @@ impl SinkConfig for KinesisConfig {
         aws::check_requests(origin, self.concurrency, self.max_attempts)
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    /// Creates the client and checks that the stream exists and the credentials are accepted.
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
+        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let client = Client::new(&sdk);
+        setup::check(
+            "Kinesis",
+            aws::check_stream(&client, &self.stream, self.endpoint_url.as_deref()),
+        )
+        .await?;
         Ok(Box::new(KinesisSink {
             cfg: self.clone(),
-            client: None,
+            client,
         }))
     }
 }
 
 pub struct KinesisSink {
     cfg: KinesisConfig,
-    client: Option<Client>,
+    client: Client,
 }
 
 impl KinesisSink {
+    /// A sink for `cfg` with an already configured client (tests, tools).
     pub fn with_client(cfg: KinesisConfig, client: Client) -> Self {
-        KinesisSink {
-            cfg,
-            client: Some(client),
-        }
+        KinesisSink { cfg, client }
     }
 
     fn partition_key(&self, r: &Record) -> Result<String, String> {
@@ -127,18 +135,12 @@ type Entry = (usize, PutRecordsRequestEntry);
 
 #[async_trait]
 impl Sink for KinesisSink {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
-        let client = match &self.client {
-            Some(c) => c.clone(),
-            None => {
-                let sdk =
-                    aws::sdk_config(self.cfg.region.as_deref(), self.cfg.endpoint_url.as_deref())
-                        .await;
-                let c = Client::new(&sdk);
-                self.client = Some(c.clone());
-                c
-            }
-        };
+    async fn write(
+        &mut self,
+        records: &[Record],
+        _progress: &mut Progress,
+    ) -> Result<(), SinkError> {
+        let client = self.client.clone();
         let mut rejected = Vec::new();
         // Split into requests of ≤ 500 records and ≤ 5 MiB (data + partition keys).
         let mut requests: Vec<Vec<Entry>> = Vec::new();
@@ -251,7 +253,7 @@ impl KinesisSink {
                     pending.len()
                 )));
             }
-            tokio::time::sleep(aws::backoff(attempt)).await;
+            tokio::time::sleep(crate::retry::REQUEST.delay(attempt)).await;
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use crate::config::{ConfigError, Origin};
 use crate::record::Record;
 use crate::registry::Registration;
+use crate::setup::{BuildContext, SetupError};
 
 pub mod dynamodb;
 pub mod fanout;
@@ -35,11 +36,27 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
 ];
 
 /// A sink's validated settings.
+#[async_trait]
 pub trait SinkConfig: Debug + Send + Sync {
+    /// Checks that need more than the types; offline (`weir validate` calls it).
     fn check(&self, _origin: &Origin) -> Result<(), ConfigError> {
         Ok(())
     }
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>>;
+    /// Builds the sink for `weir run`: creates its clients and checks, once, that it can reach
+    /// its service with its credentials, so that a sink that cannot work fails the start (see
+    /// [`crate::setup`]). Starts nothing that serves others: that is [`Sink::start`].
+    async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>>;
+}
+
+/// Builds a sink; a failure is a [`SetupError`] naming it by its key path (`ctx.path`).
+pub async fn build(
+    config: &dyn SinkConfig,
+    ctx: &BuildContext,
+) -> Result<Box<dyn Sink>, SetupError> {
+    config
+        .build(ctx)
+        .await
+        .map_err(|e| SetupError::of(&ctx.path, e))
 }
 
 /// Implemented by each sink's config struct to register it.
@@ -84,14 +101,90 @@ pub enum SinkError {
 #[async_trait]
 pub trait Sink: Send {
     /// Writes a batch. Returning `Ok` means the records are durably accepted: the pipeline then
-    /// acknowledges them to the source. On error nothing of the batch counts as written (a sink
-    /// must make a retried batch safe to write again; it may remember what it already wrote of the
-    /// very same slice and skip it), except [`SinkError::Rejected`], which accepts all but some.
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError>;
+    /// acknowledges them to the source. On error nothing of the batch counts as written, and the
+    /// pipeline calls `write` again with the same records and the same `progress` (a fresh one for
+    /// every new batch): a sink must make a retried batch safe to write again, and may note in
+    /// `progress` what it already took of it to skip that on the retry. Except
+    /// [`SinkError::Rejected`], which accepts all but some.
+    async fn write(&mut self, records: &[Record], progress: &mut Progress)
+        -> Result<(), SinkError>;
+
+    /// Starts what the sink serves to others (a dashboard), once every component of the
+    /// pipeline is built and before the source reads. Called once.
+    async fn start(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     /// Called once at shutdown, after the last write.
     async fn close(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// What a sink has done so far of the batch it is writing. The pipeline keeps one per batch and
+/// sink across the retries of that batch (and starts a fresh one for the next batch), so a sink
+/// that took part of a batch before failing skips that part when the batch comes again, without
+/// remembering batches itself. Sinks that write a batch all or nothing ignore it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Per record (by index in the batch): taken, or refused for good. Grows on demand.
+    settled: Vec<bool>,
+    /// Records refused for good, with the reason.
+    rejected: Vec<(usize, String)>,
+    /// The progress of each part of a composite sink (a fan-out's children), by index.
+    parts: Vec<Progress>,
+    /// This part of a composite sink has finished the batch (its rejections in `rejected`).
+    done: bool,
+}
+
+impl Progress {
+    /// Whether record `i` was taken or refused by an earlier try.
+    pub fn is_settled(&self, i: usize) -> bool {
+        self.settled.get(i).copied().unwrap_or(false)
+    }
+
+    /// Record `i` is durably taken.
+    pub fn take(&mut self, i: usize) {
+        if self.settled.len() <= i {
+            self.settled.resize(i + 1, false);
+        }
+        self.settled[i] = true;
+    }
+
+    /// Record `i` is refused for good, for `reason`.
+    pub fn reject(&mut self, i: usize, reason: String) {
+        self.take(i);
+        self.rejected.push((i, reason));
+    }
+
+    /// How many of the first `len` records are neither taken nor refused.
+    pub fn unsettled(&self, len: usize) -> usize {
+        len - self.settled.iter().take(len).filter(|s| **s).count()
+    }
+
+    /// The records refused so far, with their reasons (taken out: what the sink reports as
+    /// [`SinkError::Rejected`] once the rest of the batch is written).
+    pub fn take_rejected(&mut self) -> Vec<(usize, String)> {
+        std::mem::take(&mut self.rejected)
+    }
+
+    /// The progress of each of `n` parts (a composite sink's children).
+    pub fn parts(&mut self, n: usize) -> &mut [Progress] {
+        if self.parts.len() < n {
+            self.parts.resize_with(n, Progress::default);
+        }
+        &mut self.parts[..n]
+    }
+
+    /// Whether this part finished the batch ([`Progress::finish`]).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// This part finished the batch, refusing `rejected`.
+    pub fn finish(&mut self, rejected: Vec<(usize, String)>) {
+        self.done = true;
+        self.rejected = rejected;
     }
 }
 
@@ -135,6 +228,23 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn progress_keeps_what_a_sink_took_of_a_batch() {
+        let mut p = Progress::default();
+        assert!(!p.is_settled(3));
+        assert_eq!(p.unsettled(5), 5);
+        p.take(3);
+        p.reject(0, "too large".into());
+        assert!(p.is_settled(0) && p.is_settled(3) && !p.is_settled(1));
+        assert_eq!(p.unsettled(5), 3);
+        assert_eq!(p.take_rejected(), vec![(0, "too large".to_string())]);
+        assert!(p.take_rejected().is_empty(), "taken out once");
+        let parts = p.parts(2);
+        parts[1].finish(vec![(2, "no key".into())]);
+        assert!(!p.parts(2)[0].is_done() && p.parts(2)[1].is_done());
+        assert_eq!(p.parts(2)[1].take_rejected().len(), 1);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::record::Record;
+use crate::setup::BuildContext;
 
 /// ```toml
 /// [sink]
@@ -19,8 +20,9 @@ impl SinkType for NullConfig {
     const TYPE: &'static str = "null";
 }
 
+#[async_trait]
 impl SinkConfig for NullConfig {
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         Ok(Box::new(Null))
     }
 }
@@ -29,7 +31,11 @@ struct Null;
 
 #[async_trait]
 impl Sink for Null {
-    async fn write(&mut self, _records: &[Record]) -> Result<(), SinkError> {
+    async fn write(
+        &mut self,
+        _records: &[Record],
+        _progress: &mut Progress,
+    ) -> Result<(), SinkError> {
         Ok(())
     }
 }

@@ -12,14 +12,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Deserialize;
 
-use super::{Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ConfigError, Duration as CfgDuration, Origin};
 use crate::dashboard::{self, DashboardConfig, Hub};
 use crate::record::Record;
+use crate::setup::BuildContext;
 
 const ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 /// Key → (removed at, ms since the epoch; 0 while the row is live, the row's version as JSON).
@@ -62,6 +64,7 @@ impl SinkType for ProfilesConfig {
     const TYPE: &'static str = "profiles";
 }
 
+#[async_trait]
 impl SinkConfig for ProfilesConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.path.as_os_str().is_empty() {
@@ -76,15 +79,13 @@ impl SinkConfig for ProfilesConfig {
         Ok(())
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         let store = Store::open(&self.path)?;
         let hub = Hub::new(Arc::new(store.clone()), self.key_field.clone());
-        if let Some(d) = &self.dashboard {
-            dashboard::spawn(d.clone(), hub.clone())?;
-        }
         Ok(Box::new(ProfileSink {
             store,
             hub,
+            dashboard: self.dashboard.clone(),
             key_field: self.key_field.clone(),
             version_field: self.version_field.clone(),
             tombstone_ttl_ms: self.tombstone_ttl.0.as_millis() as u64,
@@ -105,7 +106,7 @@ impl Store {
             std::fs::create_dir_all(dir)?;
         }
         let db = Database::create(path)
-            .map_err(|e| anyhow::anyhow!("cannot open profile store {}: {e}", path.display()))?;
+            .with_context(|| format!("cannot open profile store {}", path.display()))?;
         let txn = db.begin_write()?;
         txn.open_table(ROWS)?;
         txn.open_table(VERSIONS)?;
@@ -145,6 +146,8 @@ impl dashboard::Snapshot for Store {
 struct ProfileSink {
     store: Store,
     hub: Hub,
+    /// Where the dashboard listens (it starts with the sink), if it has one.
+    dashboard: Option<DashboardConfig>,
     key_field: String,
     version_field: Option<String>,
     tombstone_ttl_ms: u64,
@@ -193,7 +196,18 @@ fn older(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 
 #[async_trait]
 impl Sink for ProfileSink {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
+    async fn start(&mut self) -> anyhow::Result<()> {
+        if let Some(d) = &self.dashboard {
+            dashboard::spawn(d.clone(), self.hub.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        records: &[Record],
+        _progress: &mut Progress,
+    ) -> Result<(), SinkError> {
         // Records that are not profiles are rejected one by one (to the failure sink); the rest
         // are written.
         let mut changes = Vec::with_capacity(records.len());
@@ -297,6 +311,7 @@ mod tests {
         let store = Store::open(&dir.join("p.redb")).unwrap();
         ProfileSink {
             hub: Hub::new(Arc::new(store.clone()), "viewer_id".into()),
+            dashboard: None,
             store,
             key_field: "viewer_id".into(),
             version_field: Some("version".into()),
@@ -330,18 +345,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = sink(dir.path(), 3_600_000);
         let removal = || rec(serde_json::json!({"viewer_id": "v1", "removed": true}));
-        s.write(&[up("2"), up("1")]).await.unwrap();
+        s.write(&[up("2"), up("1")], &mut Progress::default())
+            .await
+            .unwrap();
         assert_eq!(stored(&s), [r#""v1"@"2""#]);
-        s.write(&[removal()]).await.unwrap();
+        s.write(&[removal()], &mut Progress::default())
+            .await
+            .unwrap();
         assert!(stored(&s).is_empty());
         // A late older update and a redelivery of the last one stay removed.
-        s.write(&[up("1"), up("2")]).await.unwrap();
+        s.write(&[up("1"), up("2")], &mut Progress::default())
+            .await
+            .unwrap();
         assert!(stored(&s).is_empty(), "{:?}", stored(&s));
         // A newer one (the viewer is back) is a new row.
-        s.write(&[up("3")]).await.unwrap();
+        s.write(&[up("3")], &mut Progress::default()).await.unwrap();
         assert_eq!(stored(&s), [r#""v1"@"3""#]);
         // Equal versions on a live row are applied (idempotent), older ones not.
-        s.write(&[up("3"), up("2")]).await.unwrap();
+        s.write(&[up("3"), up("2")], &mut Progress::default())
+            .await
+            .unwrap();
         assert_eq!(stored(&s), [r#""v1"@"3""#]);
     }
 
@@ -349,15 +372,18 @@ mod tests {
     async fn tombstones_are_pruned_after_their_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = sink(dir.path(), 0);
-        s.write(&[up("5")]).await.unwrap();
-        s.write(&[rec(serde_json::json!({"viewer_id": "v1", "removed": true}))])
-            .await
-            .unwrap();
+        s.write(&[up("5")], &mut Progress::default()).await.unwrap();
+        s.write(
+            &[rec(serde_json::json!({"viewer_id": "v1", "removed": true}))],
+            &mut Progress::default(),
+        )
+        .await
+        .unwrap();
         s.last_prune -= PRUNE_EVERY;
         std::thread::sleep(std::time::Duration::from_millis(5));
-        s.write(&[]).await.unwrap();
+        s.write(&[], &mut Progress::default()).await.unwrap();
         // Pruned: the tombstone no longer holds back an old version.
-        s.write(&[up("4")]).await.unwrap();
+        s.write(&[up("4")], &mut Progress::default()).await.unwrap();
         assert_eq!(stored(&s), [r#""v1"@"4""#]);
     }
 
@@ -374,9 +400,9 @@ mod tests {
             txn.commit().unwrap();
         }
         let mut s = s;
-        s.write(&[up("6")]).await.unwrap();
+        s.write(&[up("6")], &mut Progress::default()).await.unwrap();
         assert_eq!(stored(&s), [r#""v1"@"7""#]);
-        s.write(&[up("8")]).await.unwrap();
+        s.write(&[up("8")], &mut Progress::default()).await.unwrap();
         assert_eq!(stored(&s), [r#""v1"@"8""#]);
     }
 }

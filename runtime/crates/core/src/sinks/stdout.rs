@@ -5,8 +5,9 @@ use std::io::Write;
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::{write_lines, Sink, SinkConfig, SinkError, SinkType};
+use super::{write_lines, Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::record::Record;
+use crate::setup::BuildContext;
 
 /// ```toml
 /// [sink]
@@ -20,8 +21,9 @@ impl SinkType for StdoutConfig {
     const TYPE: &'static str = "stdout";
 }
 
+#[async_trait]
 impl SinkConfig for StdoutConfig {
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         Ok(Box::new(Console { stderr: false }))
     }
 }
@@ -38,8 +40,9 @@ impl SinkType for StderrConfig {
     const TYPE: &'static str = "stderr";
 }
 
+#[async_trait]
 impl SinkConfig for StderrConfig {
-    fn build(&self) -> anyhow::Result<Box<dyn Sink>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         Ok(Box::new(Console { stderr: true }))
     }
 }
@@ -50,7 +53,11 @@ struct Console {
 
 #[async_trait]
 impl Sink for Console {
-    async fn write(&mut self, records: &[Record]) -> Result<(), SinkError> {
+    async fn write(
+        &mut self,
+        records: &[Record],
+        _progress: &mut Progress,
+    ) -> Result<(), SinkError> {
         let stderr = self.stderr;
         tokio::task::block_in_place(|| {
             if stderr {

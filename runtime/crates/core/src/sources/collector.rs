@@ -46,6 +46,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{Emitter, Source, SourceConfig, SourceContext, SourceType};
 use crate::config::{self, ByteSize, ConfigError, Origin};
 use crate::record::{Failed, FailureKind, Record};
+use crate::setup::BuildContext;
 use crate::snowplow::collector_payload::{CollectorPayload, SCHEMA};
 use crate::snowplow::now_ms;
 use crate::snowplow::tracker::{self, TP1_PATHS, TP2_PATH};
@@ -195,6 +196,7 @@ impl SourceType for CollectorConfig {
     const TYPE: &'static str = "collector";
 }
 
+#[async_trait]
 impl SourceConfig for CollectorConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         self.options(origin)?;
@@ -262,7 +264,7 @@ impl SourceConfig for CollectorConfig {
         Ok(())
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
         let options = self
             .options(&Origin::new("", "source"))
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::io::Read;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
 use super::{frames, lines, Source, SourceConfig, SourceContext, SourceType};
 use crate::config::{ConfigError, Origin};
+use crate::setup::BuildContext;
 
 /// ```toml
 /// [source]
@@ -69,6 +71,7 @@ impl FileConfig {
     }
 }
 
+#[async_trait]
 impl SourceConfig for FileConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.paths.is_empty() {
@@ -89,10 +92,8 @@ impl SourceConfig for FileConfig {
         Ok(())
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
-        let files = self
-            .expand()
-            .map_err(|e| anyhow::anyhow!("source.paths: {e}"))?;
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
+        let files = self.expand().map_err(|e| anyhow::anyhow!("paths: {e}"))?;
         Ok(Box::new(FileSource {
             files,
             gzip: self.gzip,
@@ -114,7 +115,7 @@ impl Source for FileSource {
             let name = path.display().to_string();
             let file = std::fs::File::open(path)
                 .map(BlockingFile)
-                .map_err(|e| anyhow::anyhow!("cannot open {name}: {e}"))?;
+                .with_context(|| format!("cannot open {name}"))?;
             let gz = self
                 .gzip
                 .unwrap_or_else(|| path.extension().is_some_and(|e| e == "gz"));
@@ -132,7 +133,7 @@ impl Source for FileSource {
                 Framing::Lines => lines::pump(reader, em, stop, max, &name).await,
                 Framing::LengthPrefixed => frames::pump(reader, em, stop, max, &name).await,
             }
-            .map_err(|e| anyhow::anyhow!("reading {name}: {e}"))?;
+            .with_context(|| format!("reading {name}"))?;
             if ended == lines::Ended::Shutdown {
                 break;
             }

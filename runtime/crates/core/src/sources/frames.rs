@@ -137,8 +137,9 @@ pub async fn pump<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ack::AckCounter;
     use crate::observe::Stats;
-    use crate::sources::{BatchLimits, CountingAcks};
+    use crate::sources::BatchLimits;
     use std::sync::Arc;
     use tokio::sync::mpsc;
 
@@ -156,12 +157,7 @@ mod tests {
             max_bytes: 1 << 20,
             flush_interval: std::time::Duration::from_secs(10),
         };
-        let mut em = Emitter::new(
-            tx,
-            limits,
-            Arc::new(CountingAcks::new(stats.clone())),
-            stats,
-        );
+        let mut em = Emitter::new(tx, limits, AckCounter::new(stats.clone()), stats);
         // Tiny reads exercise frames split across reads.
         let (rd, mut wr) = tokio::io::simplex(3);
         tokio::spawn(async move {

@@ -2,10 +2,11 @@
 //! every sink has acknowledged.
 //!
 //! ## Delivery
-//! * Auto-commit and the automatic offset store are off. Each batch the source emits remembers, per
-//!   partition it holds records of, the offset after its last record; a per-partition
-//!   [`OrderedAcks`] releases an offset only once every earlier batch of that partition was
-//!   delivered (to the main, filtered or failure sink, whichever each record went to). Released
+//! * Auto-commit and the automatic offset store are off. Each batch the source emits holds records
+//!   of one partition and goes with an acknowledgement made from the offset after its last record
+//!   ([`PositionAcks`], one per partition and assignment), which releases an offset only once
+//!   every earlier batch of that partition was delivered (to the main, filtered or failure sink,
+//!   whichever each record went to). Released
 //!   offsets are committed every `commit_interval`, when partitions are revoked (after waiting up
 //!   to `revoke_wait` for their batches in flight) and at shutdown (after waiting up to
 //!   `shutdown_wait` for everything in flight). A failed batch is never committed past.
@@ -25,7 +26,7 @@
 //!
 //! ## Durable keyed state
 //! With `[state] backend = "disk"`, transform state is checkpointed *with* these offsets (see
-//! `docs/state.md` and [`crate::wasm::durable`]): before an offset is committed, the state of
+//! `docs/state.md` and [`crate::state::disk`]): before an offset is committed, the state of
 //! that partition is checkpointed at it (the effects of exactly the acknowledged records before
 //! it, in one durable transaction); on assignment the partition resumes at the later of its
 //! committed offset and its state checkpoint, and un-checkpointed effects are dropped. So after
@@ -37,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::client::ClientContext;
@@ -49,11 +51,13 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 
-use super::{EmitAcks, Source, SourceConfig, SourceContext, SourceType};
-use crate::ack::{Ack, AckHandler, OrderedAcks};
+use super::{Source, SourceConfig, SourceContext, SourceType};
+use crate::ack::{Ack, PositionAcks};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
+use crate::kafka::{self, ClientLog};
 use crate::record::{Failed, FailureKind, Meta, PartitionId, Record, SourcePosition};
-use crate::wasm::{CheckpointFailed, Checkpointed};
+use crate::setup::{self, BuildContext};
+use crate::state::{CheckpointFailed, Checkpointed};
 
 /// ```toml
 /// [source]
@@ -135,6 +139,7 @@ impl SourceType for KafkaConfig {
     const TYPE: &'static str = "kafka";
 }
 
+#[async_trait]
 impl SourceConfig for KafkaConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.bootstrap_servers.trim().is_empty() {
@@ -152,14 +157,41 @@ impl SourceConfig for KafkaConfig {
                 "expected a consumer group id, found an empty string",
             ));
         }
-        self.client_config()
-            .create_native_config()
-            .map(drop)
-            .map_err(|e| origin.error("options", format!("librdkafka rejected the settings: {e}")))
+        kafka::check_options(&self.client_config(), origin)
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(KafkaSource { cfg: self.clone() }))
+    /// Creates the consumer, checks that the brokers answer and accept it, and connects the
+    /// state's changelog (if any). Joins no group yet: that is `run`.
+    async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
+        let manual = self.commit == Commit::Acknowledged;
+        let shared = manual.then(|| {
+            Arc::new(Shared {
+                tracker: Mutex::default(),
+                generation: AtomicU64::new(0),
+                state: ctx.state.clone(),
+            })
+        });
+        let client = self.client_config();
+        let consumer: StreamConsumer<Context> = client
+            .create_with_context(Context {
+                shared: shared.clone(),
+                revoke_wait: self.revoke_wait.0,
+                log: ClientLog::default(),
+            })
+            .context("kafka source: cannot create the consumer")?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        let log = &consumer.context().log;
+        blocking(|| kafka::check_cluster(consumer.client(), log, &topics, setup::CHECK_TIMEOUT))
+            .with_context(|| format!("kafka brokers {}", self.bootstrap_servers))?;
+        if let Some(state) = &ctx.state {
+            blocking(|| kafka::changelog::attach(state.as_ref(), &client, &self.topics))
+                .context("the state changelog")?;
+        }
+        Ok(Box::new(KafkaSource {
+            cfg: self.clone(),
+            consumer,
+            shared,
+        }))
     }
 
     fn checkpoints_state(&self) -> bool {
@@ -173,11 +205,18 @@ impl SourceConfig for KafkaConfig {
 
 impl KafkaConfig {
     fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
+        kafka::client_config(
+            &self.bootstrap_servers,
+            |c| self.own_settings(c),
+            &self.options,
+        )
+    }
+
+    /// The consumer's settings (before the config's `options`).
+    fn own_settings(&self, c: &mut ClientConfig) {
         let manual = self.commit == Commit::Acknowledged;
         let kib = (self.prefetch.0 / 1024).max(1);
-        c.set("bootstrap.servers", &self.bootstrap_servers)
-            .set("group.id", &self.group_id)
+        c.set("group.id", &self.group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("enable.auto.commit", (!manual).to_string())
             .set("enable.auto.offset.store", (!manual).to_string())
@@ -190,26 +229,10 @@ impl KafkaConfig {
             )
             .set("queued.max.messages.kbytes", kib.to_string())
             .set("queued.min.messages", "1000")
-            .set("enable.partition.eof", "false")
-            .set_log_level(RDKafkaLogLevel::Warning);
+            .set("enable.partition.eof", "false");
         if let Some(id) = &self.group_instance_id {
             c.set("group.instance.id", id);
         }
-        for (k, v) in &self.options {
-            c.set(k, v);
-        }
-        c
-    }
-}
-
-/// librdkafka's logs and errors, into `tracing`.
-pub(crate) fn log_kafka(level: RDKafkaLogLevel, fac: &str, msg: &str) {
-    use RDKafkaLogLevel::*;
-    match level {
-        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
-        Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
-        Notice | Info => tracing::info!(target: "librdkafka", fac, "{msg}"),
-        Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
     }
 }
 
@@ -217,37 +240,27 @@ type Tp = (Arc<str>, i32);
 
 /// Positions of one assigned partition.
 struct Part {
-    /// Bumped on every assignment, so acks of batches read under an earlier assignment are ignored.
+    /// Bumped on every assignment: batches read under an earlier assignment are not this one's.
     epoch: u64,
-    acks: OrderedAcks<i64>,
-    /// The next offset to read that is safe to commit, and the last one committed.
-    ready: Option<i64>,
+    /// The acknowledgements of this assignment's batches (those of an earlier assignment go to
+    /// its own, forgotten `PositionAcks`); what it releases is the next offset safe to commit.
+    acks: Arc<PositionAcks<i64>>,
+    /// The last offset committed.
     committed: Option<i64>,
-}
-
-struct InFlight {
-    /// (partition, epoch, sequence in that partition's `OrderedAcks`).
-    parts: Vec<(Tp, u64, u64)>,
-    /// The pipeline's own counting ack for this batch.
-    counting: Ack,
 }
 
 #[derive(Default)]
 struct Tracker {
     parts: HashMap<Tp, Part>,
-    batches: HashMap<u64, InFlight>,
-    /// Per partition, the offset after the last record of the batch being filled.
-    staged: Vec<(Tp, i64)>,
-    next_token: u64,
     epoch: u64,
     /// Assigned partitions (with their epoch) held paused because their state could not be had.
     unrestored: Vec<(Tp, u64)>,
 }
 
-/// State shared by the source task, the ack handler (sink tasks) and the rebalance callback.
+/// State shared by the source task, the acknowledgements (sink tasks) and the rebalance
+/// callback.
 struct Shared {
     tracker: Mutex<Tracker>,
-    counting: Arc<dyn EmitAcks>,
     /// Bumped on every assignment change, so the source task notices (cheaply) that the epochs
     /// of its buffered partitions may have changed.
     generation: AtomicU64,
@@ -270,8 +283,7 @@ impl Shared {
             let tp: Tp = (Arc::from(e.topic()), e.partition());
             let p = t.parts.entry(tp.clone()).or_insert_with(|| Part {
                 epoch,
-                acks: OrderedAcks::new(),
-                ready: None,
+                acks: PositionAcks::new(format!("{}/{}", tp.0, tp.1)),
                 committed: None,
             });
             out.push((tp, p.epoch));
@@ -279,6 +291,15 @@ impl Shared {
         drop(t);
         self.generation.fetch_add(1, Ordering::Release);
         out
+    }
+
+    /// The acknowledgement of a batch of `tp` read under assignment `epoch`, whose last record
+    /// is at `next - 1`. A batch of an assignment that is over commits nothing.
+    fn ack_for(&self, tp: &Tp, epoch: u64, next: i64) -> Ack {
+        match self.lock().parts.get(tp) {
+            Some(p) if p.epoch == epoch => p.acks.ack_for(next),
+            _ => Ack::none(),
+        }
     }
 
     /// The current epoch of each assigned partition.
@@ -347,17 +368,14 @@ impl Shared {
         Ok(tpl.count())
     }
 
-    /// Batches in flight that hold records of these partitions (all partitions if `None`).
+    /// Batches in flight that hold records of these assigned partitions (all if `None`).
     fn in_flight(&self, only: Option<&[Tp]>) -> usize {
         let t = self.lock();
-        match only {
-            None => t.batches.len(),
-            Some(tps) => tps
-                .iter()
-                .filter_map(|tp| t.parts.get(tp))
-                .map(|p| p.acks.in_flight())
-                .sum(),
-        }
+        t.parts
+            .iter()
+            .filter(|(tp, _)| only.is_none_or(|o| o.contains(tp)))
+            .map(|(_, p)| p.acks.in_flight())
+            .sum()
     }
 
     /// Offsets safe to commit; `all`: also those already committed (for a final, sync commit).
@@ -368,7 +386,7 @@ impl Shared {
             if only.is_some_and(|o| !o.contains(tp)) {
                 continue;
             }
-            if let Some(off) = p.ready {
+            if let Some(off) = p.acks.released() {
                 if all || p.committed != Some(off) {
                     let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
                     p.committed = Some(off);
@@ -394,64 +412,19 @@ impl Shared {
     }
 }
 
-struct Acks(Arc<Shared>);
-
-impl EmitAcks for Acks {
-    fn ack_for(&self, records: usize) -> Ack {
-        let counting = self.0.counting.ack_for(records);
-        let mut t = self.0.lock();
-        let token = t.next_token;
-        t.next_token += 1;
-        let staged = std::mem::take(&mut t.staged);
-        let mut parts = Vec::with_capacity(staged.len());
-        for (tp, next) in staged {
-            if let Some(p) = t.parts.get_mut(&tp) {
-                let seq = p.acks.push(next);
-                parts.push((tp, p.epoch, seq));
-            }
-        }
-        t.batches.insert(token, InFlight { parts, counting });
-        drop(t);
-        Ack::new(token, self.0.clone() as Arc<dyn AckHandler>)
-    }
-}
-
-impl AckHandler for Shared {
-    fn acked(&self, token: u64, delivered: bool) {
-        let mut t = self.lock();
-        let Some(b) = t.batches.remove(&token) else {
-            return;
-        };
-        for (tp, epoch, seq) in &b.parts {
-            if let Some(p) = t.parts.get_mut(tp).filter(|p| p.epoch == *epoch) {
-                p.acks.ack(*seq, delivered);
-                if let Some(off) = p.acks.committable() {
-                    p.ready = Some(off);
-                }
-                if p.acks.blocked_by_failure() {
-                    tracing::error!(topic = %tp.0, partition = tp.1, "a batch was not delivered: offsets of this partition stay where they are");
-                }
-            }
-        }
-        drop(t);
-        if delivered {
-            b.counting.delivered();
-        }
-    }
-}
-
 /// The consumer's context: routes librdkafka logs to `tracing` and commits on revoke.
 struct Context {
     shared: Option<Arc<Shared>>,
     revoke_wait: Duration,
+    log: ClientLog,
 }
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        log_kafka(level, fac, log_message);
+        self.log.log(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+        self.log.error(error, reason);
     }
 }
 
@@ -599,7 +572,7 @@ fn resume_at_checkpoints<C: ConsumerContext>(
                 Err(e) if attempt < 3 => {
                     attempt += 1;
                     tracing::warn!(topic = %tp.0, partition = tp.1, attempt, "cannot get the state of this partition: {e:#}; retrying");
-                    std::thread::sleep(crate::pipeline::backoff(attempt + 2));
+                    std::thread::sleep(crate::retry::PIPELINE.delay(attempt + 2));
                     continue;
                 }
                 Err(e) => {
@@ -718,6 +691,8 @@ fn partition_id(topic: &str, partition: i32) -> PartitionId {
 
 struct KafkaSource {
     cfg: KafkaConfig,
+    consumer: StreamConsumer<Context>,
+    shared: Option<Arc<Shared>>,
 }
 
 /// The records read from one partition and not sent yet.
@@ -855,15 +830,16 @@ async fn send(
     let Some(b) = bufs.take(tp) else {
         return Ok(());
     };
-    if let Some(s) = shared {
-        s.lock().staged.push((tp.clone(), b.next));
-    }
+    let ack = match shared {
+        Some(s) => s.ack_for(tp, b.epoch, b.next),
+        None => Ack::none(),
+    };
     let position = SourcePosition {
         partition: partition_id(&tp.0, tp.1),
         epoch: b.epoch,
         end: b.next as u64,
     };
-    emitter.send(b.records, b.failed, Some(position)).await
+    emitter.send(b.records, b.failed, Some(position), ack).await
 }
 
 /// Runs blocking work (a state checkpoint's fsync) without stalling the runtime's other tasks.
@@ -879,35 +855,15 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 #[async_trait]
 impl Source for KafkaSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
-        let cfg = self.cfg;
-        let manual = cfg.commit == Commit::Acknowledged;
-        let shared = manual.then(|| {
-            let counting = ctx.emitter.replace_acks(Arc::new(NoAcks));
-            let shared = Arc::new(Shared {
-                tracker: Mutex::default(),
-                counting,
-                generation: AtomicU64::new(0),
-                state: ctx.state.clone(),
-            });
-            ctx.emitter.replace_acks(Arc::new(Acks(shared.clone())));
-            shared
-        });
-        if let Some(state) = &ctx.state {
-            let client = cfg.client_config();
-            blocking(|| state.attach_kafka(&client, &cfg.topics))
-                .map_err(|e| anyhow::anyhow!("kafka source: state changelog: {e:#}"))?;
-        }
-        let consumer: StreamConsumer<Context> = cfg
-            .client_config()
-            .create_with_context(Context {
-                shared: shared.clone(),
-                revoke_wait: cfg.revoke_wait.0,
-            })
-            .map_err(|e| anyhow::anyhow!("kafka source: cannot create the consumer: {e}"))?;
+        let KafkaSource {
+            cfg,
+            consumer,
+            shared,
+        } = *self;
         let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|e| anyhow::anyhow!("kafka source: cannot subscribe to {topics:?}: {e}"))?;
+            .with_context(|| format!("kafka source: cannot subscribe to {topics:?}"))?;
         tracing::info!(topics = ?cfg.topics, group = %cfg.group_id, "kafka source subscribed");
 
         let mut names: Vec<Arc<str>> = Vec::new();
@@ -941,7 +897,7 @@ impl Source for KafkaSource {
                             // the brokers are back. Only a fatal error waits before polling again.
                             if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
                                 errors += 1;
-                                tokio::time::sleep(crate::pipeline::backoff(errors.min(6))).await;
+                                tokio::time::sleep(crate::retry::PIPELINE.delay(errors.min(6))).await;
                             }
                             continue;
                         }
@@ -1038,7 +994,7 @@ impl Source for KafkaSource {
             }
             let tpl = s.committable(None, true);
             let n = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Sync))
-                .map_err(|e| anyhow::anyhow!("kafka source: final commit: {e}"))?;
+                .map_err(|e| anyhow::anyhow!(e).context("kafka source: final commit"))?;
             tracing::info!(
                 partitions = n,
                 "kafka source: offsets committed at shutdown"
@@ -1060,14 +1016,6 @@ impl Source for KafkaSource {
     }
 }
 
-/// Stands in while the emitter's acks are swapped (and in tests).
-struct NoAcks;
-impl EmitAcks for NoAcks {
-    fn ack_for(&self, _records: usize) -> Ack {
-        Ack::none()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1076,28 +1024,27 @@ mod tests {
     fn offsets_commit_per_partition_only_past_delivered_batches() {
         let shared = Arc::new(Shared {
             tracker: Mutex::default(),
-            counting: Arc::new(NoAcks),
             generation: AtomicU64::new(0),
             state: None,
         });
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition("t", 0);
-        tpl.add_partition("t", 1);
-        shared.assign(&tpl);
-        let acks = Acks(shared.clone());
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition("t", 0);
+        assignment.add_partition("t", 1);
+        let epochs: HashMap<Tp, u64> = shared.assign(&assignment).into_iter().collect();
         let tp = |p| (Arc::<str>::from("t"), p);
-        // Batch A: p0 up to 10, p1 up to 5. Batch B: p0 up to 20.
-        shared.lock().staged = vec![(tp(0), 10), (tp(1), 5)];
-        let a = acks.ack_for(2);
-        shared.lock().staged = vec![(tp(0), 20)];
-        let b = acks.ack_for(1);
+        let ack_for = |p: i32, next| shared.ack_for(&tp(p), epochs[&tp(p)], next);
+        // Batches A0 (p0 up to 10), A1 (p1 up to 5), B (p0 up to 20).
+        let a0 = ack_for(0, 10);
+        let a1 = ack_for(1, 5);
+        let b = ack_for(0, 20);
         b.delivered();
         assert_eq!(
             shared.committable(None, false).count(),
             0,
-            "A still pending"
+            "A0 and A1 still pending"
         );
-        a.delivered();
+        a0.delivered();
+        a1.delivered();
         let tpl = shared.committable(None, false);
         assert_eq!(
             tpl.find_partition("t", 0).unwrap().offset(),
@@ -1109,10 +1056,20 @@ mod tests {
         );
         assert_eq!(shared.committable(None, false).count(), 0, "nothing new");
         // A failed batch blocks its partition.
-        shared.lock().staged = vec![(tp(1), 9)];
-        drop(acks.ack_for(1));
+        drop(ack_for(1, 9));
+        ack_for(1, 12).delivered();
         assert_eq!(shared.committable(None, false).count(), 0);
-        assert_eq!(shared.in_flight(None), 0);
+        assert_eq!(
+            shared.in_flight(None),
+            2,
+            "the failed batch and the one after it"
+        );
+        // A batch read under an assignment that is over commits nothing.
+        shared.forget(&[tp(0)]);
+        shared.assign(&assignment);
+        let stale = shared.ack_for(&tp(0), epochs[&tp(0)], 30);
+        stale.delivered();
+        assert_eq!(shared.committable(Some(&[tp(0)]), false).count(), 0);
     }
 
     /// A state backend whose state cannot be had the first `fails` times.
@@ -1162,7 +1119,6 @@ mod tests {
         p.flush(Duration::from_secs(10)).unwrap();
         let shared = Arc::new(Shared {
             tracker: Mutex::default(),
-            counting: Arc::new(NoAcks),
             generation: AtomicU64::new(0),
             // The rebalance callback tries 4 times; the first retry after it fails too.
             state: Some(Arc::new(Unreachable {
@@ -1179,6 +1135,7 @@ mod tests {
             .create_with_context(Context {
                 shared: Some(shared.clone()),
                 revoke_wait: Duration::from_secs(1),
+                log: ClientLog::default(),
             })
             .unwrap();
         consumer.subscribe(&["t"]).unwrap();
@@ -1218,7 +1175,6 @@ mod tests {
     fn buffers_hold_one_partition_each_and_drop_records_of_a_lost_assignment() {
         let shared = Some(Arc::new(Shared {
             tracker: Mutex::default(),
-            counting: Arc::new(NoAcks),
             generation: AtomicU64::new(0),
             state: None,
         }));

@@ -21,24 +21,24 @@
 //! `enriched-good`, or a raw collector payload) with the Kinesis partition key as the record key.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{EmitAcks, Source, SourceConfig, SourceContext, SourceType};
-use crate::ack::{Ack, AckHandler, OrderedAcks};
+use super::{Source, SourceConfig, SourceContext, SourceType};
+use crate::ack::PositionAcks;
 use crate::aws::{self, ErrorClass};
 use crate::config::{self, ConfigError, Origin};
 use crate::record::{Failed, FailureKind, Record};
+use crate::setup::{self, BuildContext};
 
 /// The checkpoint of a shard read to its end.
 pub const SHARD_END: &str = "SHARD_END";
@@ -116,6 +116,7 @@ impl KinesisConfig {
     }
 }
 
+#[async_trait]
 impl SourceConfig for KinesisConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         if self.stream.is_empty() {
@@ -160,75 +161,72 @@ impl SourceConfig for KinesisConfig {
         Ok(())
     }
 
-    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(KinesisSource { cfg: self.clone() }))
+    /// Creates the clients, checks that the stream exists and the credentials are accepted,
+    /// and creates the lease table (`create_lease_table`) or checks that it exists.
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
+        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let endpoint = self.endpoint_url.as_deref();
+        setup::check(
+            "Kinesis",
+            aws::check_stream(&kinesis, &self.stream, endpoint),
+        )
+        .await?;
+        let (table, create) = (&self.lease_table, self.create_lease_table);
+        setup::check(
+            "DynamoDB",
+            aws::check_table(
+                &ddb,
+                "lease table",
+                table,
+                endpoint,
+                ("create_lease_table", create),
+            ),
+        )
+        .await?;
+        if create {
+            create_lease_table(&ddb, table).await?;
+        }
+        Ok(Box::new(KinesisSource {
+            cfg: self.clone(),
+            kinesis,
+            ddb,
+        }))
     }
 }
 
 struct KinesisSource {
     cfg: KinesisConfig,
+    kinesis: aws_sdk_kinesis::Client,
+    ddb: aws_sdk_dynamodb::Client,
 }
 
-/// The acknowledgement state of one shard this instance reads.
-#[derive(Default)]
+/// The acknowledgements of one shard this instance reads: each batch's [`Ack`] carries the
+/// sequence number of its last record, and the lease's checkpoint is the furthest one released.
 struct ShardAcks {
-    inner: Mutex<ShardAckState>,
-}
-
-#[derive(Default)]
-struct ShardAckState {
-    order: OrderedAcks<String>,
-    /// The pipeline's own ack of each batch in flight, released with ours.
-    outer: HashMap<u64, Ack>,
-    /// Highest sequence number up to which everything is acknowledged.
-    committable: Option<String>,
+    acks: Arc<PositionAcks<String>>,
     /// The reader reached the shard's end and every record of it was emitted.
-    reached_end: bool,
-}
-
-impl AckHandler for ShardAcks {
-    fn acked(&self, token: u64, delivered: bool) {
-        let mut s = self.inner.lock().expect("shard ack lock");
-        s.order.ack(token, delivered);
-        if let Some(outer) = s.outer.remove(&token) {
-            if delivered {
-                outer.delivered();
-            }
-        }
-        if let Some(p) = s.order.committable() {
-            s.committable = Some(p);
-        }
-    }
+    reached_end: AtomicBool,
 }
 
 impl ShardAcks {
+    fn new(shard: &str) -> ShardAcks {
+        ShardAcks {
+            acks: PositionAcks::new(shard),
+            reached_end: AtomicBool::new(false),
+        }
+    }
     /// Every emitted batch acknowledged and the end reached: the shard is done.
     fn finished(&self) -> bool {
-        let s = self.inner.lock().expect("shard ack lock");
-        s.reached_end && s.order.in_flight() == 0
+        self.reached_end.load(Ordering::Acquire) && self.acks.in_flight() == 0
     }
     fn in_flight(&self) -> usize {
-        self.inner.lock().expect("shard ack lock").order.in_flight()
+        self.acks.in_flight()
     }
-}
-
-/// Hands each batch the ack of the shard and position it was read from.
-struct KinesisAcks {
-    outer: Arc<dyn EmitAcks>,
-    current: Mutex<Option<(Arc<ShardAcks>, String)>>,
-}
-
-impl EmitAcks for KinesisAcks {
-    fn ack_for(&self, records: usize) -> Ack {
-        let outer = self.outer.ack_for(records);
-        let Some((shard, pos)) = self.current.lock().expect("acks lock").clone() else {
-            return outer;
-        };
-        let mut s = shard.inner.lock().expect("shard ack lock");
-        let token = s.order.push(pos);
-        s.outer.insert(token, outer);
-        drop(s);
-        Ack::new(token, shard as Arc<dyn AckHandler>)
+    /// Highest sequence number up to which everything is acknowledged.
+    fn committable(&self) -> Option<String> {
+        self.acks.released()
     }
 }
 
@@ -279,21 +277,9 @@ struct Coordinator {
 #[async_trait]
 impl Source for KinesisSource {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
-        let cfg = self.cfg;
-        let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
-        let kinesis = aws_sdk_kinesis::Client::new(&sdk);
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        if cfg.create_lease_table {
-            create_lease_table(&ddb, &cfg.lease_table).await?;
-        }
+        let KinesisSource { cfg, kinesis, ddb } = *self;
         let me = cfg.worker_id.clone().unwrap_or_else(default_worker_id);
         tracing::info!(stream = %cfg.stream, worker = %me, lease_table = %cfg.lease_table, "kinesis source starting");
-
-        let acks = Arc::new(KinesisAcks {
-            outer: ctx.emitter.replace_acks(Arc::new(NoAcks)),
-            current: Mutex::new(None),
-        });
-        ctx.emitter.replace_acks(acks.clone());
 
         let (chunks_tx, mut chunks_rx) = mpsc::channel::<Chunk>(4);
         let mut coord = Coordinator {
@@ -336,16 +322,14 @@ impl Source for KinesisSource {
                             ctx.emitter.push(record)
                         };
                         if full {
-                            *acks.current.lock().expect("acks lock") = Some((shard.clone(), last.clone()));
-                            ctx.emitter.flush().await?;
+                            ctx.emitter.flush_with(shard.acks.ack_for(last.clone())).await?;
                         }
                     }
                     if ctx.emitter.buffered() > 0 {
-                        *acks.current.lock().expect("acks lock") = Some((shard.clone(), last.clone()));
-                        ctx.emitter.flush().await?;
+                        ctx.emitter.flush_with(shard.acks.ack_for(last.clone())).await?;
                     }
                     if end {
-                        shard.inner.lock().expect("shard ack lock").reached_end = true;
+                        shard.reached_end.store(true, Ordering::Release);
                     }
                 }
             }
@@ -365,22 +349,11 @@ impl Source for KinesisSource {
     }
 }
 
-/// Placeholder while the emitter's acks are swapped.
-struct NoAcks;
-impl EmitAcks for NoAcks {
-    fn ack_for(&self, _records: usize) -> Ack {
-        Ack::none()
-    }
-}
-
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "weir".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!("{host}-{}-{nanos:08x}", std::process::id())
+    format!("{host}-{}-{:08x}", std::process::id(), fastrand::u32(..))
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -446,7 +419,7 @@ impl Coordinator {
         for shard in held {
             let (finished, cp) = {
                 let h = &self.held[&shard];
-                let committable = h.acks.inner.lock().expect("lock").committable.clone();
+                let committable = h.acks.committable();
                 (h.acks.finished(), committable)
             };
             let checkpoint = if finished {
@@ -694,7 +667,7 @@ impl Coordinator {
             Err(e) => anyhow::bail!("taking lease {}: {}", l.key, aws::describe(&e)),
         }
         tracing::info!(shard = %l.shard, previous_owner = %l.owner, checkpoint = %l.checkpoint, "lease taken");
-        let acks = Arc::new(ShardAcks::default());
+        let acks = Arc::new(ShardAcks::new(&l.shard));
         let stop = CancellationToken::new();
         // A child shard (its parents read) starts from its first record whatever the
         // initial position: nothing written to it after the split may be skipped.
@@ -737,7 +710,7 @@ impl Coordinator {
         for shard in held {
             let (finished, cp) = {
                 let h = &self.held[&shard];
-                let committable = h.acks.inner.lock().expect("lock").committable.clone();
+                let committable = h.acks.committable();
                 (h.acks.finished(), committable)
             };
             let cp = if finished {
@@ -816,7 +789,7 @@ impl Reader {
                     Err(e) => {
                         attempt += 1;
                         tracing::warn!(shard = %self.shard, error = %format!("{e:#}"), "retrying");
-                        self.pause(aws::backoff(attempt)).await;
+                        self.pause(crate::retry::REQUEST.delay(attempt)).await;
                         continue;
                     }
                 },
@@ -841,7 +814,7 @@ impl Reader {
                         iterator = Some(it);
                     }
                     tracing::debug!(shard = %self.shard, error = %msg, "GetRecords failed; retrying");
-                    self.pause(aws::backoff(attempt)).await;
+                    self.pause(crate::retry::REQUEST.delay(attempt)).await;
                     continue;
                 }
             };
@@ -934,30 +907,13 @@ pub async fn create_lease_table(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
 ) -> anyhow::Result<()> {
-    let r = client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("lease_key")
-                .attribute_type(ScalarAttributeType::S)
-                .build()?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("lease_key")
-                .key_type(KeyType::Hash)
-                .build()?,
-        )
-        .send()
-        .await;
-    match r {
-        Ok(_) => tracing::info!(table, "created lease table"),
-        Err(e) if aws::describe(&e).starts_with("ResourceInUseException") => {}
-        Err(e) => anyhow::bail!("creating lease table {table}: {}", aws::describe(&e)),
+    if aws::create_table(client, table, &[("lease_key", KeyType::Hash)])
+        .await
+        .context("creating the lease table")?
+    {
+        tracing::info!(table, "created lease table");
     }
-    crate::sinks::dynamodb::wait_active(client, table).await
+    Ok(())
 }
 
 #[cfg(test)]

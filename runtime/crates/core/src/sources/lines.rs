@@ -155,8 +155,9 @@ async fn emit_oversized(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ack::AckCounter;
     use crate::observe::Stats;
-    use crate::sources::{BatchLimits, CountingAcks};
+    use crate::sources::BatchLimits;
     use std::sync::Arc;
     use tokio::sync::mpsc;
 
@@ -168,12 +169,7 @@ mod tests {
             max_bytes: 1 << 20,
             flush_interval: std::time::Duration::from_secs(10),
         };
-        let mut em = Emitter::new(
-            tx,
-            limits,
-            Arc::new(CountingAcks::new(stats.clone())),
-            stats,
-        );
+        let mut em = Emitter::new(tx, limits, AckCounter::new(stats.clone()), stats);
         let token = CancellationToken::new();
         // A reader that yields tiny pieces exercises lines split across reads.
         let reader = tokio_test_reader(input);

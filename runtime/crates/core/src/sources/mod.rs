@@ -1,7 +1,7 @@
 //! Sources: where records come from. One file per source, its config struct beside its code.
 
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -9,11 +9,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ack::{Ack, AckHandler, OrderedAcks};
+use crate::ack::{Ack, AckCounter};
 use crate::config::{ConfigError, Origin};
 use crate::observe::Stats;
 use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
+use crate::setup::{BuildContext, SetupError};
 
 pub mod collector;
 pub mod file;
@@ -33,12 +34,16 @@ pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
 ];
 
 /// A source's validated settings.
+#[async_trait]
 pub trait SourceConfig: Debug + Send + Sync {
-    /// Checks that need more than the types (e.g. a glob that matches nothing).
+    /// Checks that need more than the types; offline (`weir validate` calls it).
     fn check(&self, _origin: &Origin) -> Result<(), ConfigError> {
         Ok(())
     }
-    fn build(&self) -> anyhow::Result<Box<dyn Source>>;
+    /// Builds the source for `weir run`: creates its clients and checks, once, that it can
+    /// reach its input with its credentials (see [`crate::setup`]). Reads nothing yet and
+    /// starts nothing that serves others: that is [`Source::run`].
+    async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>>;
     /// Whether this source checkpoints transform state with its positions (`[state] backend =
     /// "disk"` needs one).
     fn checkpoints_state(&self) -> bool {
@@ -77,7 +82,18 @@ pub trait Source: Send {
     async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()>;
 }
 
-/// What a source gets from the pipeline.
+/// Builds a source; a failure is a [`SetupError`] naming it (`ctx.path`).
+pub async fn build(
+    config: &dyn SourceConfig,
+    ctx: &BuildContext,
+) -> Result<Box<dyn Source>, SetupError> {
+    config
+        .build(ctx)
+        .await
+        .map_err(|e| SetupError::of(&ctx.path, e))
+}
+
+/// What a running source gets from the pipeline.
 pub struct SourceContext {
     pub emitter: Emitter,
     pub shutdown: CancellationToken,
@@ -85,8 +101,6 @@ pub struct SourceContext {
     pub max_record_bytes: usize,
     /// Told the address a listening source (e.g. `collector`) is bound to.
     pub on_listen: Option<Arc<dyn Fn(std::net::SocketAddr) + Send + Sync>>,
-    /// The pipeline's durable transform state, to checkpoint before committing positions.
-    pub state: Option<Arc<dyn crate::wasm::Checkpointed>>,
 }
 
 /// Batch limits, from the `[batch]` config section.
@@ -99,6 +113,10 @@ pub struct BatchLimits {
 
 /// Builds batches for a source and sends them into the pipeline's bounded queue: when the queue is
 /// full, [`Emitter::flush`] waits, which is how a slow sink slows the source down.
+///
+/// Every batch goes with the source's own acknowledgement of it ([`Emitter::flush_with`],
+/// [`Emitter::send`]; see [`crate::ack`]); the emitter wraps it in the pipeline's, which counts
+/// the batch's records once it is delivered.
 pub struct Emitter {
     tx: mpsc::Sender<Batch>,
     limits: BatchLimits,
@@ -106,21 +124,15 @@ pub struct Emitter {
     failed: Vec<Failed>,
     bytes: usize,
     opened: Option<Instant>,
-    acks: Arc<dyn EmitAcks>,
+    counter: Arc<AckCounter>,
     stats: Arc<Stats>,
-}
-
-/// How an emitter obtains the [`Ack`] for a batch it is about to send. Sources that commit
-/// positions supply their own; line sources use [`CountingAcks`].
-pub trait EmitAcks: Send + Sync {
-    fn ack_for(&self, records: usize) -> Ack;
 }
 
 impl Emitter {
     pub fn new(
         tx: mpsc::Sender<Batch>,
         limits: BatchLimits,
-        acks: Arc<dyn EmitAcks>,
+        counter: Arc<AckCounter>,
         stats: Arc<Stats>,
     ) -> Self {
         Emitter {
@@ -130,7 +142,7 @@ impl Emitter {
             failed: Vec::new(),
             bytes: 0,
             opened: None,
-            acks,
+            counter,
             stats,
         }
     }
@@ -168,13 +180,6 @@ impl Emitter {
             .map(|t| tokio::time::Instant::from_std(t + self.limits.flush_interval))
     }
 
-    /// Puts `acks` in charge of the acknowledgements of the batches sent from now on, and returns
-    /// the ones it replaces. A source that commits positions (Kinesis) wraps the pipeline's own
-    /// acks in its own, so that both hear every outcome.
-    pub fn replace_acks(&mut self, acks: Arc<dyn EmitAcks>) -> Arc<dyn EmitAcks> {
-        std::mem::replace(&mut self.acks, acks)
-    }
-
     /// The `[batch]` limits.
     pub fn limits(&self) -> BatchLimits {
         self.limits
@@ -184,99 +189,59 @@ impl Emitter {
         self.records.len() + self.failed.len()
     }
 
-    /// Sends a batch the source assembled itself (e.g. one partition's records), waiting for
-    /// room in the queue. Errors only if the pipeline is gone.
+    /// Sends a batch the source assembled itself (e.g. one partition's records), with the
+    /// source's acknowledgement of it and, for a partitioned source, the batch's partition and
+    /// end position; waits for room in the queue. Errors only if the pipeline is gone.
     pub async fn send(
         &mut self,
         records: Vec<Record>,
         failed: Vec<Failed>,
         position: Option<crate::record::SourcePosition>,
+        ack: Ack,
     ) -> anyhow::Result<()> {
         let n = records.len() + failed.len();
         if n == 0 {
+            ack.delivered();
             return Ok(());
         }
-        let mut batch = Batch::new(records, self.acks.ack_for(n));
+        let mut batch = Batch::new(records, self.counter.track(n, ack));
         batch.failed = failed;
         batch.position = position;
-        self.stats.record_read(n as u64);
-        self.tx
-            .send(batch)
-            .await
-            .map_err(|_| anyhow::anyhow!("pipeline stopped while the source was sending"))
+        self.dispatch(batch, n).await
     }
 
-    /// Sends the open batch, waiting for room in the queue. Errors only if the pipeline is gone.
+    /// Sends the open batch, waiting for room in the queue, for a source that does not listen
+    /// for its outcome (it cannot commit: stdin, files, the collector). Errors only if the
+    /// pipeline is gone.
     pub async fn flush(&mut self) -> anyhow::Result<()> {
+        self.flush_with(Ack::none()).await
+    }
+
+    /// Sends the open batch with the source's acknowledgement of it (see [`crate::ack`]),
+    /// waiting for room in the queue. Errors only if the pipeline is gone. An empty batch is not
+    /// sent: its `ack` is delivered at once (there is nothing to lose).
+    pub async fn flush_with(&mut self, ack: Ack) -> anyhow::Result<()> {
         let n = self.buffered();
         if n == 0 {
+            ack.delivered();
             return Ok(());
         }
         let records = std::mem::replace(
             &mut self.records,
             Vec::with_capacity(self.limits.max_records),
         );
-        let mut batch = Batch::new(records, self.acks.ack_for(n));
+        let mut batch = Batch::new(records, self.counter.track(n, ack));
         batch.failed = std::mem::take(&mut self.failed);
         self.bytes = 0;
         self.opened = None;
+        self.dispatch(batch, n).await
+    }
+
+    async fn dispatch(&mut self, batch: Batch, n: usize) -> anyhow::Result<()> {
         self.stats.record_read(n as u64);
         self.tx
             .send(batch)
             .await
             .map_err(|_| anyhow::anyhow!("pipeline stopped while the source was sending"))
-    }
-}
-
-/// Acknowledgements for sources that cannot commit (stdin, files): counts records as they are
-/// acknowledged, in order, so the pipeline can report exactly how many were delivered.
-#[derive(Default)]
-pub struct CountingAcks {
-    inner: Mutex<CountingInner>,
-    stats: Option<Arc<Stats>>,
-}
-
-#[derive(Default)]
-struct CountingInner {
-    order: OrderedAcks<u64>,
-    emitted: u64,
-    acknowledged: u64,
-}
-
-impl CountingAcks {
-    pub fn new(stats: Arc<Stats>) -> Arc<Self> {
-        Arc::new(CountingAcks {
-            inner: Mutex::default(),
-            stats: Some(stats),
-        })
-    }
-
-    /// Records acknowledged in order from the start.
-    pub fn acknowledged(&self) -> u64 {
-        self.inner.lock().expect("ack lock").acknowledged
-    }
-}
-
-impl EmitAcks for Arc<CountingAcks> {
-    fn ack_for(&self, records: usize) -> Ack {
-        let mut inner = self.inner.lock().expect("ack lock");
-        inner.emitted += records as u64;
-        let pos = inner.emitted;
-        let token = inner.order.push(pos);
-        Ack::new(token, self.clone() as Arc<dyn AckHandler>)
-    }
-}
-
-impl AckHandler for CountingAcks {
-    fn acked(&self, token: u64, delivered: bool) {
-        let mut inner = self.inner.lock().expect("ack lock");
-        inner.order.ack(token, delivered);
-        if let Some(pos) = inner.order.committable() {
-            let newly = pos - inner.acknowledged;
-            inner.acknowledged = pos;
-            if let Some(s) = &self.stats {
-                s.record_acked(newly);
-            }
-        }
     }
 }

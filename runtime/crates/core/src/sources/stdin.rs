@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{lines, Source, SourceConfig, SourceContext, SourceType};
+use crate::setup::BuildContext;
 
 /// ```toml
 /// [source]
@@ -17,8 +18,9 @@ impl SourceType for StdinConfig {
     const TYPE: &'static str = "stdin";
 }
 
+#[async_trait]
 impl SourceConfig for StdinConfig {
-    fn build(&self) -> anyhow::Result<Box<dyn Source>> {
+    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
         Ok(Box::new(Stdin))
     }
 }

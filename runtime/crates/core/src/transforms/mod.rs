@@ -34,7 +34,7 @@ pub trait TransformConfig: Debug + Send + Sync {
     /// `label` names this transform in bad rows and metrics, e.g. `transforms[1] (spEnrichedFilter)`.
     fn build(&self, label: &str, origin: &Origin) -> Result<Box<dyn Transform>, ConfigError>;
     /// Hands a transform that keeps keyed state the pipeline's state backend (`[state]`).
-    fn set_state(&mut self, _backend: std::sync::Arc<dyn crate::wasm::StateBackend>) {}
+    fn set_state(&mut self, _backend: std::sync::Arc<dyn crate::state::StateBackend>) {}
 }
 
 /// Implemented by each transform's config struct to register it.

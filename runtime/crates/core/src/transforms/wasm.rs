@@ -15,8 +15,9 @@ use super::{Transform, TransformConfig, TransformType};
 use crate::config::{self, ByteSize, ConfigError, Origin};
 use crate::record::Batch;
 use crate::record::PartitionId;
+use crate::state::{At, MemoryBackend, StateBackend};
 use crate::wasm::guest::BuildError;
-use crate::wasm::{At, Guest, GuestOptions, Limits, MemoryBackend, StateBackend};
+use crate::wasm::{Guest, GuestOptions, Limits};
 
 /// ```toml
 /// [[transforms]]

@@ -1,5 +1,6 @@
 //! Engines, the epoch ticker, and loading (compiling or fetching from cache) transforms.
 
+use anyhow::Context as _;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
@@ -137,8 +138,7 @@ pub fn load(
     path: &Path,
     cache_dir: &Path,
 ) -> anyhow::Result<Loaded> {
-    let bytes =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     load_bytes(engine, max_stack, &bytes, cache_dir)
 }
 

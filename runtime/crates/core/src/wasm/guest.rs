@@ -24,8 +24,8 @@ use super::bindings::weir::transform::types as wit;
 use super::bindings::{WeirTransform, WeirTransformPre};
 use super::engine::{self, LoadKind};
 use super::host::HostState;
-use super::state::{At, StateBackend, StateScope, StateStore};
 use crate::record::{Batch, Failed, PartitionId, Record};
+use crate::state::{At, StateBackend, StateScope, StateStore};
 
 /// Limits of one transform; see the `limits` table of the `wasm` transform config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,7 +279,7 @@ impl Guest {
     pub fn backoff(&self) -> Duration {
         match self.bad_batches {
             0 => Duration::ZERO,
-            n => Duration::from_millis((10u64 << (n - 1).min(9)).min(5_000)),
+            n => crate::retry::GUEST.delay(n),
         }
     }
 
@@ -516,7 +516,7 @@ fn new_store(
 
 /// When the batch was read, in ms since the Unix epoch.
 fn batch_time_ms(batch: &Batch) -> i64 {
-    let now = super::host::now_ms();
+    let now = crate::snowplow::now_ms();
     match batch.created {
         Some(t) => now - t.elapsed().as_millis() as i64,
         None => now,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::bindings::weir::transform::{host, state, types};
-use super::state::{At, StateStore, Write};
+use crate::snowplow::now_ms;
+use crate::state::{At, StateStore, Write};
 
 /// Longest guest log line or panic message kept (longer ones are cut).
 const MAX_MESSAGE: usize = 4096;
@@ -173,8 +174,6 @@ impl LogLimiter {
     }
 }
 
-pub(crate) use crate::snowplow::now_ms;
-
 fn cut(mut s: String) -> String {
     if s.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE;
@@ -315,7 +314,7 @@ impl host::Host for HostState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wasm::state::{MemoryBackend, StateBackend, StateScope};
+    use crate::state::{MemoryBackend, StateBackend, StateScope};
     use state::Host as _;
 
     #[test]

@@ -15,17 +15,16 @@
 //!   the trap message and the guest backtrace.
 //! * [`host`]: what the guest may call: keyed state (per guest call, as one transaction),
 //!   rate-limited logging, the clock. There is no WASI: no files, no network, no environment.
-//! * [`state`]: keyed state owned by the host behind [`state::StateBackend`]: in memory, or on
-//!   disk checkpointed with the source positions ([`durable`], `docs/state.md`).
+//!
+//! The keyed state itself lives in [`crate::state`] (in memory, or on disk checkpointed with the
+//! source positions): the host only opens the store of the batch's partition and commits the
+//! writes of each successful guest call.
 
 pub mod abi;
 pub mod cache;
-pub mod changelog;
-pub mod durable;
 pub mod engine;
 pub mod guest;
 pub mod host;
-pub mod state;
 
 /// The WIT world weir serves, as bindings.
 pub mod bindings {
@@ -39,8 +38,4 @@ pub mod bindings {
 /// The WIT package version weir serves.
 pub const WIT_VERSION: &str = "weir:transform@0.1.0";
 
-pub use durable::DiskState;
 pub use guest::{Guest, GuestOptions, Limits, Outcome};
-pub use state::{
-    At, CheckpointFailed, Checkpointed, MemoryBackend, StateBackend, StateScope, StateStore,
-};

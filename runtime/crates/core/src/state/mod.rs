@@ -1,23 +1,36 @@
-//! Keyed state owned by the host.
+//! Keyed transform state, owned by the host (not by the transforms that use it).
 //!
 //! A [`StateBackend`] opens one [`StateStore`] per [`StateScope`]: a transform of a pipeline and
 //! a partition of its input. Batches of a partitioned source (Kafka) each hold records of one
-//! partition ([`crate::record::Batch::position`]), so each guest call works on the state of that
-//! partition; unpartitioned sources use one scope (topic "", partition 0).
+//! partition ([`crate::record::Batch::position`]), so each transform call works on the state of
+//! that partition; unpartitioned sources use one scope (topic "", partition 0).
 //!
-//! The guest never writes to a store directly: the host collects the writes of one guest call
-//! and [`StateStore::commit`]s them only if the call succeeds, so a trap (and the retries that
-//! isolate the poison record) never leaves half of a batch's writes behind. Each commit carries
+//! A transform never writes to a store directly: its host (e.g. the WebAssembly host, which
+//! collects the writes of one guest call) [`StateStore::commit`]s the writes of a call only if
+//! the call succeeds, so a trap never leaves half of a batch's writes behind. Each commit carries
 //! the input position ([`At`]) of the batch that produced it: a durable backend
-//! ([`super::durable::DiskState`], also a [`Checkpointed`]) keeps writes in memory until the
-//! source asks it to make the effects of its acknowledged input durable, before the source
-//! commits that position. See `docs/state.md`.
+//! ([`disk::DiskState`], also a [`Checkpointed`]) keeps writes in memory until the source asks
+//! it to make the effects of its acknowledged input durable, before the source commits that
+//! position. See `docs/state.md`.
+//!
+//! * [`MemoryBackend`]: in process memory (the default).
+//! * [`disk`]: on disk (redb), checkpointed with the source's positions, optionally mirrored to
+//!   a [`changelog::Changelog`] so that a partition's state follows it to another instance.
+//!
+//! Nothing here knows where input or changelog live: the source that drives a [`Checkpointed`]
+//! backend connects its changelog (the Kafka source: [`crate::kafka::changelog`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
 use crate::record::PartitionId;
+
+pub mod changelog;
+pub mod disk;
+
+pub use changelog::Changelog;
+pub use disk::{DiskState, StateConfig};
 
 /// Which state: one transform of one pipeline, one partition of its input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -77,22 +90,11 @@ pub trait StateStore: Send + Sync + Debug {
 
 /// A checkpoint that could not be made for some partitions (it was made for the others): the
 /// source must not commit their offsets.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("state checkpoint failed for{}", .partitions.iter().map(|(p, e)| format!(" {}[{}] ({e})", p.topic, p.partition)).collect::<String>())]
 pub struct CheckpointFailed {
     pub partitions: Vec<(PartitionId, String)>,
 }
-
-impl std::fmt::Display for CheckpointFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "state checkpoint failed for")?;
-        for (p, e) in &self.partitions {
-            write!(f, " {}[{}] ({e})", p.topic, p.partition)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for CheckpointFailed {}
 
 /// A backend whose state is checkpointed together with the source's positions: what a source
 /// that commits positions (Kafka) drives. Positions are per partition and only grow within an
@@ -108,14 +110,15 @@ pub trait Checkpointed: Send + Sync + Debug {
     fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
     /// `partition` is no longer ours: drop its effects that were not checkpointed.
     fn revoke(&self, partition: &PartitionId);
-    /// The source's Kafka cluster (its consumer settings) and input topics, for a backend that
-    /// keeps a changelog there. Called once, before the first assignment.
-    fn attach_kafka(
-        &self,
-        _client: &rdkafka::ClientConfig,
-        _inputs: &[String],
-    ) -> anyhow::Result<()> {
-        Ok(())
+    /// The name of the changelog this backend mirrors its checkpoints to (`[state]
+    /// changelog_topic`), if it has one: the source connects it where its input lives and hands
+    /// it over with [`Checkpointed::attach_changelog`] before the first assignment.
+    fn changelog_name(&self) -> Option<&str> {
+        None
+    }
+    /// The connected changelog (see [`Checkpointed::changelog_name`]). Called once.
+    fn attach_changelog(&self, _changelog: Box<dyn Changelog>) -> anyhow::Result<()> {
+        anyhow::bail!("this state backend keeps no changelog")
     }
     /// Whether a partition's state follows it to any instance (a changelog), so that an
     /// assignment always gets the partition's latest state.

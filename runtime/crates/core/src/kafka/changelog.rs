@@ -3,10 +3,12 @@
 //! Every checkpoint of input partition `p` appends the keys it changed to partition `p` of a
 //! compacted changelog topic, followed by a *marker* holding the input position, before the
 //! offsets are committed; an instance that is assigned `p` replays that partition of the
-//! changelog into its local state file first (see [`super::durable`] and `docs/state.md`).
+//! changelog into its local state file first (see [`crate::state::disk`] and `docs/state.md`).
 //!
-//! This module is only the Kafka I/O: creating or checking the topic, appending a checkpoint's
-//! records and waiting for their delivery, and reading a range back.
+//! This module is only the Kafka I/O behind [`crate::state::Changelog`]: creating or checking
+//! the topic on the source's cluster, appending a checkpoint's records and waiting for their
+//! delivery, and reading a range back; and [`attach`], which the Kafka source calls to connect
+//! the changelog its state backend asks for.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -22,47 +23,45 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::ClientLog;
+use crate::state::changelog::{Append, Changelog, Visit};
+use crate::state::Checkpointed;
+
 /// Kafka's default `delete.retention.ms` (one day).
 const DEFAULT_TOMBSTONE_MS: u64 = 24 * 3600 * 1000;
 
 /// How long a checkpoint may wait for its records to be delivered, and a restore for the broker.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The settings of the source's consumer that also apply to the changelog's clients
-/// (connection, security, debugging), by key prefix.
-const SHARED_SETTINGS: &[&str] = &[
-    "bootstrap.servers",
-    "security.",
-    "sasl.",
-    "ssl.",
-    "client.",
-    "socket.",
-    "broker.",
-    "reconnect.",
-    "debug",
-];
-
-/// One partition's part of a checkpoint: changed keys (`None`: deleted), then the marker.
-pub struct Append {
-    pub partition: i32,
-    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    pub marker: (Vec<u8>, Vec<u8>),
+/// Connects the changelog `state` asks for (if any) on the cluster of the source's consumer
+/// (`consumer`: its settings; only the connection and security ones are used), for the input
+/// topics `inputs`. Blocking. Called once, before the first assignment.
+pub fn attach(
+    state: &dyn Checkpointed,
+    consumer: &ClientConfig,
+    inputs: &[String],
+) -> anyhow::Result<()> {
+    if let Some(topic) = state.changelog_name() {
+        let changelog = KafkaChangelog::connect(consumer, topic, inputs)?;
+        state.attach_changelog(Box::new(changelog))?;
+    }
+    Ok(())
 }
 
 /// A connected changelog topic.
-pub struct Changelog {
+pub struct KafkaChangelog {
     topic: String,
     /// Connection settings, to recreate the producer after a fatal error.
     base: ClientConfig,
-    producer: std::sync::Mutex<FutureProducer>,
-    reader: std::sync::Mutex<BaseConsumer>,
+    producer: std::sync::Mutex<FutureProducer<ClientLog>>,
+    reader: std::sync::Mutex<BaseConsumer<ClientLog>>,
     partitions: AtomicI32,
     /// The topic's `delete.retention.ms` (ms): how long compaction keeps a deletion readable.
     /// Read in the background (Kafka's default until then).
     tombstone_retention: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Changelog {
+impl std::fmt::Debug for KafkaChangelog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -73,7 +72,7 @@ impl std::fmt::Debug for Changelog {
     }
 }
 
-fn producer(base: &ClientConfig) -> anyhow::Result<FutureProducer> {
+fn producer(base: &ClientConfig) -> anyhow::Result<FutureProducer<ClientLog>> {
     base.clone()
         .set("enable.idempotence", "true")
         // A gap in a partition (a message lost while later ones were written) is a fatal error
@@ -83,31 +82,25 @@ fn producer(base: &ClientConfig) -> anyhow::Result<FutureProducer> {
         .set("linger.ms", "2")
         .set("allow.auto.create.topics", "false")
         .set("message.timeout.ms", TIMEOUT.as_millis().to_string())
-        .create()
+        .create_with_context(ClientLog::default())
         .context("cannot create the changelog producer")
 }
 
-impl Changelog {
+impl KafkaChangelog {
     /// Connects to `topic` on the cluster of `source` (the source consumer's settings; only
     /// connection and security ones are used), creating it compacted with as many partitions as
     /// the largest of `inputs` if it does not exist.
     pub fn connect(source: &ClientConfig, topic: &str, inputs: &[String]) -> anyhow::Result<Self> {
-        let mut base = ClientConfig::new();
-        for (k, v) in source.config_map() {
-            if SHARED_SETTINGS.iter().any(|p| k.starts_with(p)) {
-                base.set(k, v);
-            }
-        }
-        base.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        let base = super::connection_settings(source);
         let producer = producer(&base)?;
-        let reader: BaseConsumer = base
+        let reader: BaseConsumer<ClientLog> = base
             .clone()
             .set("group.id", "weir-state-restore")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .create()
+            .create_with_context(ClientLog::default())
             .context("cannot create the changelog reader")?;
 
         let needed = inputs
@@ -117,8 +110,8 @@ impl Changelog {
             .into_iter()
             .max()
             .unwrap_or(1);
-        let admin: AdminClient<DefaultClientContext> = base
-            .create()
+        let admin: AdminClient<ClientLog> = base
+            .create_with_context(ClientLog::default())
             .context("cannot create the admin client for the changelog topic")?;
         let mut partitions = partition_count(producer.client(), topic).unwrap_or(0);
         if partitions == 0 {
@@ -185,7 +178,7 @@ impl Changelog {
                 }
             });
         }
-        Ok(Changelog {
+        Ok(KafkaChangelog {
             topic: topic.to_string(),
             tombstone_retention,
             base,
@@ -193,17 +186,6 @@ impl Changelog {
             reader: std::sync::Mutex::new(reader),
             partitions: AtomicI32::new(partitions),
         })
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// How long a deletion stays readable in the changelog (`delete.retention.ms`; Kafka's
-    /// default when it cannot be read). A file that last caught up longer ago than this may
-    /// have missed deletions, so it is replayed from the start.
-    pub fn tombstone_retention(&self) -> Duration {
-        Duration::from_millis(self.tombstone_retention.load(Ordering::Relaxed))
     }
 
     /// Input partition `p` has changelog partition `p` (read the topic's partitions again if
@@ -228,11 +210,50 @@ impl Changelog {
         Ok(())
     }
 
+    fn send(
+        &self,
+        producer: &FutureProducer<ClientLog>,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> anyhow::Result<DeliveryFuture> {
+        let start = Instant::now();
+        loop {
+            let mut r = FutureRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(partition)
+                .key(key);
+            if let Some(v) = value {
+                r = r.payload(v);
+            }
+            match producer.send_result(r) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if start.elapsed() < TIMEOUT =>
+                {
+                    // The producer's own thread delivers; wait for room.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("cannot append to the changelog {:?}: {e}", self.topic),
+            }
+        }
+    }
+}
+
+impl Changelog for KafkaChangelog {
+    fn name(&self) -> &str {
+        &self.topic
+    }
+
+    /// `delete.retention.ms` of the topic (Kafka's default when it cannot be read).
+    fn tombstone_retention(&self) -> Duration {
+        Duration::from_millis(self.tombstone_retention.load(Ordering::Relaxed))
+    }
+
     /// Appends each partition's records then its marker and waits until every one of them is
     /// delivered or failed; returns, per append, its marker's offset or why it failed. A marker
     /// is sent only after all its records were queued, and an append is `Ok` only if every one
     /// of its records was delivered. Nothing sent is left in flight when this returns.
-    pub fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+    fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
         let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
         // Per append: its futures (the marker's last) or the error that stopped it.
         let mut sent: Vec<(Vec<DeliveryFuture>, Option<anyhow::Error>)> = Vec::new();
@@ -277,36 +298,8 @@ impl Changelog {
         results
     }
 
-    fn send(
-        &self,
-        producer: &FutureProducer,
-        partition: i32,
-        key: &[u8],
-        value: Option<&[u8]>,
-    ) -> anyhow::Result<DeliveryFuture> {
-        let start = Instant::now();
-        loop {
-            let mut r = FutureRecord::<[u8], [u8]>::to(&self.topic)
-                .partition(partition)
-                .key(key);
-            if let Some(v) = value {
-                r = r.payload(v);
-            }
-            match producer.send_result(r) {
-                Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if start.elapsed() < TIMEOUT =>
-                {
-                    // The producer's own thread delivers; wait for room.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => bail!("cannot append to the changelog {:?}: {e}", self.topic),
-            }
-        }
-    }
-
     /// The (low, high) offsets of a changelog partition.
-    pub fn watermarks(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
+    fn watermarks(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
         self.check_partition(partition)?;
         let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         r.fetch_watermarks(&self.topic, partition, TIMEOUT)
@@ -314,13 +307,7 @@ impl Changelog {
     }
 
     /// Calls `f(offset, key, value)` for every record of `partition` in `[from, to)`.
-    pub fn read(
-        &self,
-        partition: i32,
-        from: i64,
-        to: i64,
-        mut f: impl FnMut(i64, &[u8], Option<&[u8]>) -> anyhow::Result<()>,
-    ) -> anyhow::Result<usize> {
+    fn read(&self, partition: i32, from: i64, to: i64, f: &mut Visit<'_>) -> anyhow::Result<usize> {
         if from >= to {
             return Ok(0);
         }
@@ -380,7 +367,224 @@ fn partition_count<C: rdkafka::client::ClientContext>(
 fn wait(f: DeliveryFuture) -> anyhow::Result<i64> {
     match futures::executor::block_on(f) {
         Ok(Ok(d)) => Ok(d.offset),
-        Ok(Err((e, _))) => Err(anyhow!("a changelog record was not delivered: {e}")),
+        Ok(Err((e, _))) => {
+            Err(anyhow::Error::new(e).context("a changelog record was not delivered"))
+        }
         Err(_) => Err(anyhow!("the changelog producer went away")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The disk state backend with its changelog on Kafka: librdkafka's mock cluster (the real
+    //! protocol, in process).
+    use super::*;
+    use crate::record::PartitionId;
+    use crate::state::{
+        At, CheckpointFailed, DiskState, StateBackend, StateScope, StateStore, Write,
+    };
+    use std::sync::Arc;
+
+    fn pid(p: i32) -> PartitionId {
+        PartitionId {
+            topic: "in".into(),
+            partition: p,
+        }
+    }
+
+    fn scope(t: &str, p: i32) -> StateScope {
+        StateScope {
+            transform: t.into(),
+            partition: pid(p),
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Write {
+        Write {
+            key: k.as_bytes().to_vec(),
+            value: Some(v.as_bytes().to_vec()),
+            expires_at_ms: None,
+        }
+    }
+
+    fn at(epoch: u64, end: u64) -> Option<At> {
+        Some(At { epoch, end })
+    }
+
+    fn get(s: &Arc<dyn StateStore>, k: &str) -> Option<String> {
+        s.get(k.as_bytes(), 0)
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    /// librdkafka's mock cluster (the real protocol, in process) with an input topic "in" and a
+    /// changelog "cl" of `partitions` each, and the settings to reach it.
+    fn kafka(
+        partitions: i32,
+    ) -> (
+        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        rdkafka::ClientConfig,
+    ) {
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("in", partitions, 1).unwrap();
+        mock.create_topic("cl", partitions, 1).unwrap();
+        let mut client = rdkafka::ClientConfig::new();
+        client.set("bootstrap.servers", mock.bootstrap_servers());
+        (mock, client)
+    }
+
+    /// Against librdkafka's mock cluster (the real protocol, in process).
+    #[test]
+    fn state_follows_its_partition_through_the_changelog() {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let (_mock, client) = kafka(2);
+        let dir = tempfile::tempdir().unwrap();
+        let instance = |name: &str| {
+            let st = DiskState::with_changelog(&dir.path().join(name), Some("cl".into()));
+            attach(&*st, &client, &["in".to_string()]).unwrap();
+            st
+        };
+
+        // A processes p0 and checkpoints twice; p1 once.
+        let a = instance("a.redb");
+        a.assign(&pid(0), 1).unwrap();
+        a.assign(&pid(1), 1).unwrap();
+        let s = a.open(&scope("t", 0)).unwrap();
+        s.commit(vec![put("a", "1"), put("gone", "x")], at(1, 10), 0)
+            .unwrap();
+        a.checkpoint(&[(pid(0), 10)]).unwrap();
+        s.commit(vec![put("a", "2"), put("b", "1")], at(1, 20), 0)
+            .unwrap();
+        s.commit(
+            vec![Write {
+                key: b"gone".to_vec(),
+                value: None,
+                expires_at_ms: None,
+            }],
+            at(1, 20),
+            0,
+        )
+        .unwrap();
+        a.open(&scope("t", 1))
+            .unwrap()
+            .commit(vec![put("a", "p1")], at(1, 5), 0)
+            .unwrap();
+        a.checkpoint(&[(pid(0), 20), (pid(1), 5)]).unwrap();
+        // Not checkpointed: must not follow the partition.
+        s.commit(vec![put("a", "3")], at(1, 30), 0).unwrap();
+
+        // B, with an empty file, is assigned p0: it gets exactly the checkpointed state.
+        let b = instance("b.redb");
+        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(20), "resume position");
+        let sb = b.open(&scope("t", 0)).unwrap();
+        assert_eq!(get(&sb, "a").as_deref(), Some("2"));
+        assert_eq!(get(&sb, "b").as_deref(), Some("1"));
+        assert_eq!(get(&sb, "gone"), None, "a deletion follows too");
+        assert_eq!(get(&b.open(&scope("u", 0)).unwrap(), "a"), None);
+        assert_eq!(b.assign(&pid(1), 1).unwrap(), Some(5));
+        assert_eq!(
+            get(&b.open(&scope("t", 1)).unwrap(), "a").as_deref(),
+            Some("p1")
+        );
+
+        // A checkpoint interrupted by a crash: entries in the changelog without their marker.
+        let p: BaseProducer = client.create().unwrap();
+        let (k, v) = crate::state::disk::changelog_record("t", &pid(0), b"a", b"torn");
+        p.send(BaseRecord::to("cl").partition(0).key(&k).payload(&v))
+            .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+        let c = instance("c.redb");
+        assert_eq!(c.assign(&pid(0), 1).unwrap(), Some(20));
+        assert_eq!(
+            get(&c.open(&scope("t", 0)).unwrap(), "a").as_deref(),
+            Some("2"),
+            "torn entry not applied"
+        );
+        // It was overwritten in the changelog: a later full replay and A's incremental one agree.
+        let d = instance("d.redb");
+        d.assign(&pid(0), 1).unwrap();
+        assert_eq!(
+            get(&d.open(&scope("t", 0)).unwrap(), "a").as_deref(),
+            Some("2")
+        );
+        b.revoke(&pid(0));
+        drop((a, s));
+        let a = instance("a.redb");
+        assert_eq!(a.assign(&pid(0), 2).unwrap(), Some(20));
+        assert_eq!(
+            get(&a.open(&scope("t", 0)).unwrap(), "a").as_deref(),
+            Some("2")
+        );
+
+        // D moves p0 on; B gets it back: it catches up from where its file was.
+        let sd = d.open(&scope("t", 0)).unwrap();
+        sd.commit(vec![put("b", "2")], at(1, 40), 0).unwrap();
+        d.checkpoint(&[(pid(0), 40)]).unwrap();
+        d.revoke(&pid(0));
+        assert_eq!(b.assign(&pid(0), 2).unwrap(), Some(40));
+        let sb = b.open(&scope("t", 0)).unwrap();
+        assert_eq!(
+            (get(&sb, "a").as_deref(), get(&sb, "b").as_deref()),
+            (Some("2"), Some("2"))
+        );
+    }
+
+    /// A partition whose changes cannot be appended is not checkpointed; the others are.
+    #[test]
+    fn a_failed_append_holds_back_only_its_partition() {
+        let (_mock, client) = kafka(2);
+        let dir = tempfile::tempdir().unwrap();
+        let st = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
+        attach(&*st, &client, &["in".to_string()]).unwrap();
+        // Partition 5 has no changelog partition (as if the input grew and the changelog not).
+        for p in [0, 5] {
+            st.assign(&pid(p), 1).unwrap_or_default();
+            st.open(&scope("t", p))
+                .unwrap()
+                .commit(vec![put("k", "v")], at(1, 3), 0)
+                .unwrap();
+        }
+        let e = st.checkpoint(&[(pid(0), 3), (pid(5), 3)]).unwrap_err();
+        let failed = &e
+            .downcast_ref::<CheckpointFailed>()
+            .expect("per partition")
+            .partitions;
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, pid(5));
+        assert!(
+            failed[0].1.contains("no partition in the changelog"),
+            "{}",
+            failed[0].1
+        );
+        assert_eq!(st.checkpoint_of(&pid(0)).unwrap(), Some(3));
+        assert_eq!(st.checkpoint_of(&pid(5)).unwrap(), None);
+        assert_eq!(st.pending_writes(&pid(5)), 1, "kept for the next try");
+        assert_eq!(st.pending_writes(&pid(0)), 0);
+    }
+
+    /// State written before the changelog was configured is seeded into it.
+    #[test]
+    fn an_empty_changelog_is_seeded_from_local_state() {
+        let (_mock, client) = kafka(1);
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = DiskState::new(&dir.path().join("a.redb"));
+            old.assign(&pid(0), 1).unwrap();
+            old.open(&scope("t", 0))
+                .unwrap()
+                .commit(vec![put("k", "v")], at(1, 7), 0)
+                .unwrap();
+            old.checkpoint(&[(pid(0), 7)]).unwrap();
+        }
+        let a = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
+        attach(&*a, &client, &["in".to_string()]).unwrap();
+        assert_eq!(a.assign(&pid(0), 1).unwrap(), Some(7));
+        let b = DiskState::with_changelog(&dir.path().join("b.redb"), Some("cl".into()));
+        attach(&*b, &client, &["in".to_string()]).unwrap();
+        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(7));
+        assert_eq!(
+            get(&b.open(&scope("t", 0)).unwrap(), "k").as_deref(),
+            Some("v")
+        );
     }
 }

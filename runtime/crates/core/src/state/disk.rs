@@ -19,8 +19,8 @@
 //!
 //! With `changelog_topic`, state follows its partition to any instance: each checkpoint first
 //! appends the partition's changed entries and a marker with its position to that partition of a
-//! compacted Kafka topic ([`super::changelog`]), and an assignment first replays what the local
-//! file lacks of it. Entries after the last marker (a crash mid-checkpoint) are not applied, and
+//! [`Changelog`] (on Kafka, a compacted topic the source connects), and an assignment first
+//! replays what the local file lacks of it. Entries after the last marker (a crash mid-checkpoint) are not applied, and
 //! are overwritten in the changelog with the restored values so that compaction can never let them
 //! shadow an older, checkpointed value.
 
@@ -34,10 +34,10 @@ use redb::ReadableTableMetadata;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Deserialize;
 
+use anyhow::Context as _;
+
 use super::changelog::{Append, Changelog};
-use super::state::{
-    At, CheckpointFailed, Checkpointed, StateBackend, StateScope, StateStore, Write,
-};
+use super::{At, CheckpointFailed, Checkpointed, StateBackend, StateScope, StateStore, Write};
 use crate::config::{ConfigError, Origin};
 use crate::record::PartitionId;
 
@@ -147,11 +147,10 @@ impl Db {
 
 fn open(path: &Path) -> anyhow::Result<Arc<Database>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let db = Database::create(path)
-        .map_err(|e| anyhow::anyhow!("cannot open the state file {}: {e}", path.display()))?;
+        .with_context(|| format!("cannot open the state file {}", path.display()))?;
     let txn = db.begin_write()?;
     txn.open_table(ENTRIES)?;
     txn.open_table(EXPIRY)?;
@@ -175,7 +174,7 @@ pub struct DiskState {
     lifecycle: Mutex<()>,
     /// `changelog_topic`, and the topic once the source connected it.
     changelog_topic: Option<String>,
-    changelog: OnceLock<Changelog>,
+    changelog: OnceLock<Box<dyn Changelog>>,
 }
 
 impl fmt::Debug for DiskState {
@@ -228,10 +227,10 @@ impl DiskState {
     }
 
     /// The connected changelog, if one is configured (an error if it is not connected yet).
-    fn changelog(&self) -> anyhow::Result<Option<&Changelog>> {
+    fn changelog(&self) -> anyhow::Result<Option<&dyn Changelog>> {
         match (&self.changelog_topic, self.changelog.get()) {
             (None, _) => Ok(None),
-            (Some(_), Some(c)) => Ok(Some(c)),
+            (Some(_), Some(c)) => Ok(Some(c.as_ref())),
             (Some(t), None) => Err(anyhow::anyhow!(
                 "the changelog topic {t:?} is not connected"
             )),
@@ -242,7 +241,7 @@ impl DiskState {
     /// it, after wiping `p`, if the file has never seen this changelog or is too far behind),
     /// and overwrites entries after the last marker (an interrupted checkpoint) with the
     /// restored values. With an empty changelog and local state, seeds the changelog from it.
-    fn restore(&self, cl: &Changelog, p: &PartitionId) -> anyhow::Result<()> {
+    fn restore(&self, cl: &dyn Changelog, p: &PartitionId) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let db = self.db.get()?;
         let pk = part_key(p);
@@ -259,7 +258,7 @@ impl DiskState {
             (pos, ck)
         };
         let (low, high) = cl.watermarks(p.partition)?;
-        let now = super::host::now_ms();
+        let now = crate::snowplow::now_ms();
         // A file that caught up longer ago than deletions stay readable may have missed some.
         let fresh =
             |at: i64| now.saturating_sub(at) < cl.tombstone_retention().as_millis() as i64 * 9 / 10;
@@ -290,7 +289,7 @@ impl DiskState {
                     )?;
                     txn.open_table(CHANGELOG_POS)?
                         .insert(pk.as_slice(), ((m + 1) as u64, now))?;
-                    tracing::info!(topic = %p.topic, partition = p.partition, entries = n, changelog = cl.topic(), "changelog seeded from the local state");
+                    tracing::info!(topic = %p.topic, partition = p.partition, entries = n, changelog = cl.name(), "changelog seeded from the local state");
                 } else {
                     txn.open_table(CHANGELOG_POS)?
                         .insert(pk.as_slice(), (high as u64, now))?;
@@ -316,7 +315,7 @@ impl DiskState {
             }
             // Entries of a checkpoint apply only once its marker is seen.
             let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-            let read = cl.read(p.partition, from, high, |_, key, value| {
+            let read = cl.read(p.partition, from, high, &mut |_, key, value| {
                 let Some(rest) = key.strip_prefix(pk.as_slice()) else {
                     return Ok(()); // another input topic's partition of the same number
                 };
@@ -368,7 +367,7 @@ impl DiskState {
             .insert(pk.as_slice(), (pos, now))?;
         txn.commit()?;
         tracing::info!(
-            topic = %p.topic, partition = p.partition, changelog = cl.topic(), from, to = high,
+            topic = %p.topic, partition = p.partition, changelog = cl.name(), from, to = high,
             records = read, full = wipe, checkpoint = ?ckpt, ms = started.elapsed().as_millis() as u64,
             "state restored from the changelog"
         );
@@ -454,19 +453,19 @@ impl Checkpointed for DiskState {
         self.checkpoint_of(partition)
     }
 
-    fn attach_kafka(
-        &self,
-        client: &rdkafka::ClientConfig,
-        inputs: &[String],
-    ) -> anyhow::Result<()> {
-        if let Some(topic) = &self.changelog_topic {
-            if self.changelog.get().is_none() {
-                let c = Changelog::connect(client, topic, inputs)?;
-                tracing::info!(changelog = ?c, "state changelog connected");
-                let _ = self.changelog.set(c);
-            }
-        }
-        Ok(())
+    fn changelog_name(&self) -> Option<&str> {
+        self.changelog_topic.as_deref()
+    }
+
+    fn attach_changelog(&self, changelog: Box<dyn Changelog>) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.changelog_topic.is_some(),
+            "no changelog_topic is configured"
+        );
+        tracing::info!(changelog = ?changelog, "state changelog connected");
+        self.changelog
+            .set(changelog)
+            .map_err(|_| anyhow::anyhow!("the state changelog is already connected"))
     }
 
     fn follows_partitions(&self) -> bool {
@@ -543,7 +542,7 @@ impl Checkpointed for DiskState {
                 due.retain(|(p, ..)| !failed.iter().any(|(f, _)| f == *p));
             }
         }
-        let now = super::host::now_ms();
+        let now = crate::snowplow::now_ms();
         let txn = db.begin_write()?;
         {
             let mut entries = txn.open_table(ENTRIES)?;
@@ -741,12 +740,12 @@ fn part_key(p: &PartitionId) -> Vec<u8> {
 fn set_pos(db: &Database, pk: &[u8], pos: u64) -> anyhow::Result<()> {
     let txn = db.begin_write()?;
     txn.open_table(CHANGELOG_POS)?
-        .insert(pk, (pos, super::host::now_ms()))?;
+        .insert(pk, (pos, crate::snowplow::now_ms()))?;
     txn.commit()?;
     Ok(())
 }
 
-fn append_one(cl: &Changelog, a: Append) -> anyhow::Result<i64> {
+fn append_one(cl: &dyn Changelog, a: Append) -> anyhow::Result<i64> {
     cl.append(std::slice::from_ref(&a))
         .pop()
         .unwrap_or_else(|| Err(anyhow::anyhow!("nothing was appended")))
@@ -819,6 +818,20 @@ fn prefixed(
     Ok(out)
 }
 
+/// The changelog record (key, value) that stores `key` = `value` of a transform's state of `p`
+/// (for tests that forge changelog contents).
+#[cfg(test)]
+pub(crate) fn changelog_record(
+    transform: &str,
+    p: &PartitionId,
+    key: &[u8],
+    value: &[u8],
+) -> (Vec<u8>, Vec<u8>) {
+    let mut k = scope_prefix(transform, p);
+    k.extend_from_slice(key);
+    (k, encode(None, value))
+}
+
 fn scope_prefix(transform: &str, p: &PartitionId) -> Vec<u8> {
     let mut k = part_key(p);
     k.extend_from_slice(&(transform.len() as u32).to_be_bytes());
@@ -844,7 +857,6 @@ fn decode(v: &[u8]) -> (i64, &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn pid(p: i32) -> PartitionId {
         PartitionId {
@@ -952,7 +964,7 @@ mod tests {
         let st = DiskState::new(&dir.path().join("s.redb"));
         st.assign(&pid(0), 1).unwrap();
         let s = st.open(&scope("t", 0)).unwrap();
-        let now = super::super::host::now_ms();
+        let now = crate::snowplow::now_ms();
         s.commit(
             vec![
                 Write {
@@ -992,240 +1004,5 @@ mod tests {
         let entries = txn.open_table(ENTRIES).unwrap();
         assert_eq!(entries.len().unwrap(), 1, "the expired entry was swept");
         assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
-    }
-
-    /// librdkafka's mock cluster (the real protocol, in process) with an input topic "in" and a
-    /// changelog "cl" of `partitions` each, and the settings to reach it.
-    fn kafka(
-        partitions: i32,
-    ) -> (
-        rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-        rdkafka::ClientConfig,
-    ) {
-        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-        mock.create_topic("in", partitions, 1).unwrap();
-        mock.create_topic("cl", partitions, 1).unwrap();
-        let mut client = rdkafka::ClientConfig::new();
-        client.set("bootstrap.servers", mock.bootstrap_servers());
-        (mock, client)
-    }
-
-    /// Against librdkafka's mock cluster (the real protocol, in process).
-    #[test]
-    fn state_follows_its_partition_through_the_changelog() {
-        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-        let (_mock, client) = kafka(2);
-        let dir = tempfile::tempdir().unwrap();
-        let instance = |name: &str| {
-            let st = DiskState::with_changelog(&dir.path().join(name), Some("cl".into()));
-            st.attach_kafka(&client, &["in".to_string()]).unwrap();
-            st
-        };
-
-        // A processes p0 and checkpoints twice; p1 once.
-        let a = instance("a.redb");
-        a.assign(&pid(0), 1).unwrap();
-        a.assign(&pid(1), 1).unwrap();
-        let s = a.open(&scope("t", 0)).unwrap();
-        s.commit(vec![put("a", "1"), put("gone", "x")], at(1, 10), 0)
-            .unwrap();
-        a.checkpoint(&[(pid(0), 10)]).unwrap();
-        s.commit(vec![put("a", "2"), put("b", "1")], at(1, 20), 0)
-            .unwrap();
-        s.commit(
-            vec![Write {
-                key: b"gone".to_vec(),
-                value: None,
-                expires_at_ms: None,
-            }],
-            at(1, 20),
-            0,
-        )
-        .unwrap();
-        a.open(&scope("t", 1))
-            .unwrap()
-            .commit(vec![put("a", "p1")], at(1, 5), 0)
-            .unwrap();
-        a.checkpoint(&[(pid(0), 20), (pid(1), 5)]).unwrap();
-        // Not checkpointed: must not follow the partition.
-        s.commit(vec![put("a", "3")], at(1, 30), 0).unwrap();
-
-        // B, with an empty file, is assigned p0: it gets exactly the checkpointed state.
-        let b = instance("b.redb");
-        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(20), "resume position");
-        let sb = b.open(&scope("t", 0)).unwrap();
-        assert_eq!(get(&sb, "a").as_deref(), Some("2"));
-        assert_eq!(get(&sb, "b").as_deref(), Some("1"));
-        assert_eq!(get(&sb, "gone"), None, "a deletion follows too");
-        assert_eq!(get(&b.open(&scope("u", 0)).unwrap(), "a"), None);
-        assert_eq!(b.assign(&pid(1), 1).unwrap(), Some(5));
-        assert_eq!(
-            get(&b.open(&scope("t", 1)).unwrap(), "a").as_deref(),
-            Some("p1")
-        );
-
-        // A checkpoint interrupted by a crash: entries in the changelog without their marker.
-        let p: BaseProducer = client.create().unwrap();
-        let mut k = scope_prefix("t", &pid(0));
-        k.extend_from_slice(b"a");
-        let v = encode(None, b"torn");
-        p.send(BaseRecord::to("cl").partition(0).key(&k).payload(&v))
-            .unwrap();
-        p.flush(Duration::from_secs(10)).unwrap();
-        let c = instance("c.redb");
-        assert_eq!(c.assign(&pid(0), 1).unwrap(), Some(20));
-        assert_eq!(
-            get(&c.open(&scope("t", 0)).unwrap(), "a").as_deref(),
-            Some("2"),
-            "torn entry not applied"
-        );
-        // It was overwritten in the changelog: a later full replay and A's incremental one agree.
-        let d = instance("d.redb");
-        d.assign(&pid(0), 1).unwrap();
-        assert_eq!(
-            get(&d.open(&scope("t", 0)).unwrap(), "a").as_deref(),
-            Some("2")
-        );
-        b.revoke(&pid(0));
-        drop((a, s));
-        let a = instance("a.redb");
-        assert_eq!(a.assign(&pid(0), 2).unwrap(), Some(20));
-        assert_eq!(
-            get(&a.open(&scope("t", 0)).unwrap(), "a").as_deref(),
-            Some("2")
-        );
-
-        // D moves p0 on; B gets it back: it catches up from where its file was.
-        let sd = d.open(&scope("t", 0)).unwrap();
-        sd.commit(vec![put("b", "2")], at(1, 40), 0).unwrap();
-        d.checkpoint(&[(pid(0), 40)]).unwrap();
-        d.revoke(&pid(0));
-        assert_eq!(b.assign(&pid(0), 2).unwrap(), Some(40));
-        let sb = b.open(&scope("t", 0)).unwrap();
-        assert_eq!(
-            (get(&sb, "a").as_deref(), get(&sb, "b").as_deref()),
-            (Some("2"), Some("2"))
-        );
-    }
-
-    /// A partition whose changes cannot be appended is not checkpointed; the others are.
-    #[test]
-    fn a_failed_append_holds_back_only_its_partition() {
-        let (_mock, client) = kafka(2);
-        let dir = tempfile::tempdir().unwrap();
-        let st = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
-        st.attach_kafka(&client, &["in".to_string()]).unwrap();
-        // Partition 5 has no changelog partition (as if the input grew and the changelog not).
-        for p in [0, 5] {
-            st.assign(&pid(p), 1).unwrap_or_default();
-            st.open(&scope("t", p))
-                .unwrap()
-                .commit(vec![put("k", "v")], at(1, 3), 0)
-                .unwrap();
-        }
-        let e = st.checkpoint(&[(pid(0), 3), (pid(5), 3)]).unwrap_err();
-        let failed = &e
-            .downcast_ref::<CheckpointFailed>()
-            .expect("per partition")
-            .partitions;
-        assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].0, pid(5));
-        assert!(
-            failed[0].1.contains("no partition in the changelog"),
-            "{}",
-            failed[0].1
-        );
-        assert_eq!(st.checkpoint_of(&pid(0)).unwrap(), Some(3));
-        assert_eq!(st.checkpoint_of(&pid(5)).unwrap(), None);
-        assert_eq!(st.pending_writes(&pid(5)), 1, "kept for the next try");
-        assert_eq!(st.pending_writes(&pid(0)), 0);
-    }
-
-    /// State written before the changelog was configured is seeded into it.
-    #[test]
-    fn an_empty_changelog_is_seeded_from_local_state() {
-        let (_mock, client) = kafka(1);
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let old = DiskState::new(&dir.path().join("a.redb"));
-            old.assign(&pid(0), 1).unwrap();
-            old.open(&scope("t", 0))
-                .unwrap()
-                .commit(vec![put("k", "v")], at(1, 7), 0)
-                .unwrap();
-            old.checkpoint(&[(pid(0), 7)]).unwrap();
-        }
-        let a = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
-        a.attach_kafka(&client, &["in".to_string()]).unwrap();
-        assert_eq!(a.assign(&pid(0), 1).unwrap(), Some(7));
-        let b = DiskState::with_changelog(&dir.path().join("b.redb"), Some("cl".into()));
-        b.attach_kafka(&client, &["in".to_string()]).unwrap();
-        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(7));
-        assert_eq!(
-            get(&b.open(&scope("t", 0)).unwrap(), "k").as_deref(),
-            Some("v")
-        );
-    }
-
-    #[test]
-    fn config_errors_name_the_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |source: &str, state: &str| {
-            let p = dir.path().join("p.toml");
-            std::fs::write(
-                &p,
-                format!("{source}\n[sink]\ntype = \"null\"\n\n[state]\n{state}\n"),
-            )
-            .unwrap();
-            crate::pipeline::PipelineConfig::load(&p)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
-        let stdin = "[source]\ntype = \"stdin\"\n";
-        let e = load(stdin, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
-        assert!(
-            e.contains("state.backend") && e.contains("checkpoints state"),
-            "{e}"
-        );
-        let kafka = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
-        let file = dir.path().join("st/x.redb");
-        let ok = format!(
-            "backend = \"disk\"\npath = {:?}",
-            file.display().to_string()
-        );
-        assert_eq!(load(kafka, &ok), "");
-        assert!(!file.exists(), "checking a config creates no state file");
-        let e = load(kafka, "backend = \"disk\"");
-        assert!(e.contains("state.path") && e.contains("missing"), "{e}");
-        let e = load(kafka, "backend = \"dsk\"");
-        assert!(e.contains("state.backend"), "{e}");
-        let e = load(kafka, "path = \"/tmp/x.redb\"");
-        assert!(e.contains("state.path"), "{e}");
-        let e = load(kafka, "changelog_topic = \"cl\"");
-        assert!(
-            e.contains("state.changelog_topic") && e.contains("memory"),
-            "{e}"
-        );
-        let e = load(kafka, &format!("{ok}\nchangelog_topic = \"\""));
-        assert!(
-            e.contains("state.changelog_topic") && e.contains("empty"),
-            "{e}"
-        );
-        assert_eq!(load(kafka, &format!("{ok}\nchangelog_topic = \"cl\"")), "");
-        let two = kafka.replace("[\"in\"]", "[\"in\", \"in2\"]");
-        let e = load(&two, &format!("{ok}\nchangelog_topic = \"cl\""));
-        assert!(
-            e.contains("state.changelog_topic") && e.contains("2 topics"),
-            "{e}"
-        );
-        assert_eq!(
-            load(&two, &ok),
-            "",
-            "without a changelog, several topics are fine"
-        );
-        let on_read = format!("{kafka}commit = \"on-read\"\n");
-        let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
-        assert!(e.contains("state.backend"), "{e}");
     }
 }

@@ -1,0 +1,193 @@
+//! What weir's Kafka clients share: the Kafka source's consumer, the Kafka sink's producer (also
+//! as a dead-letter topic, when it is the failure sink) and the clients of the state changelog
+//! ([`changelog`]).
+//!
+//! * [`client_config`]: the settings every client starts from, the component's own, then the
+//!   user's `options` table applied last (so security settings, or anything else librdkafka
+//!   knows, pass through untouched); [`check_options`] lets librdkafka vet them offline.
+//! * [`connection_settings`]: the connection and security settings of one client, for another
+//!   client on the same cluster (the changelog's, from the source's consumer).
+//! * [`ClientLog`]: librdkafka's logs and errors into `tracing`, remembering the last error so
+//!   that a start-up check can say why the cluster cannot be had ([`check_cluster`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::{Client, ClientContext};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::config::{ConfigError, Origin};
+
+pub mod changelog;
+
+/// The settings of a client that connect and authenticate it, by key prefix.
+const CONNECTION_SETTINGS: &[&str] = &[
+    "bootstrap.servers",
+    "security.",
+    "sasl.",
+    "ssl.",
+    "client.",
+    "socket.",
+    "broker.",
+    "reconnect.",
+    "debug",
+];
+
+/// A client's settings: `bootstrap.servers` and weir's log level, then what `own` sets (the
+/// component's settings), then every entry of `options` (the config's `options` table), which
+/// may override anything before it.
+pub fn client_config(
+    bootstrap_servers: &str,
+    own: impl FnOnce(&mut ClientConfig),
+    options: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap_servers)
+        .set_log_level(RDKafkaLogLevel::Warning);
+    own(&mut c);
+    for (k, v) in options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Whether librdkafka accepts the settings (unknown keys, bad values), without connecting.
+pub fn check_options(c: &ClientConfig, origin: &Origin) -> Result<(), ConfigError> {
+    c.create_native_config()
+        .map(drop)
+        .map_err(|e| origin.error("options", format!("librdkafka rejected the settings: {e}")))
+}
+
+/// The connection and security settings of `from` (bootstrap servers, TLS, SASL, socket and
+/// client settings, debug), for another client of the same cluster.
+pub fn connection_settings(from: &ClientConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in from.config_map() {
+        if CONNECTION_SETTINGS.iter().any(|p| k.starts_with(p)) {
+            c.set(k, v);
+        }
+    }
+    c.set_log_level(RDKafkaLogLevel::Warning);
+    c
+}
+
+/// librdkafka's logs into `tracing` (target `librdkafka`).
+pub fn log(level: RDKafkaLogLevel, fac: &str, msg: &str) {
+    use RDKafkaLogLevel::*;
+    match level {
+        Emerg | Alert | Critical | Error => tracing::error!(target: "librdkafka", fac, "{msg}"),
+        Warning => tracing::warn!(target: "librdkafka", fac, "{msg}"),
+        Notice | Info => tracing::info!(target: "librdkafka", fac, "{msg}"),
+        Debug => tracing::debug!(target: "librdkafka", fac, "{msg}"),
+    }
+}
+
+/// A client context that logs into `tracing` and remembers the client's last error. Clones
+/// share it: keep one to ask a client that owns the other ([`check_cluster`]).
+#[derive(Debug, Default, Clone)]
+pub struct ClientLog {
+    last_error: Arc<Mutex<Option<(KafkaError, String)>>>,
+}
+
+impl ClientLog {
+    /// The last error librdkafka reported for this client (e.g. brokers down, a refused SASL
+    /// authentication), as text.
+    pub fn last_error(&self) -> Option<String> {
+        self.lock()
+            .as_ref()
+            .map(|(e, reason)| format!("{e} ({reason})"))
+    }
+
+    /// Whether the last error is the cluster refusing this client (authentication or
+    /// authorisation): waiting longer will not help.
+    fn refused(&self) -> bool {
+        self.lock()
+            .as_ref()
+            .and_then(|(e, _)| e.rdkafka_error_code())
+            .is_some_and(refusal)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(KafkaError, String)>> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn refusal(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        Authentication
+            | SaslAuthenticationFailed
+            | IllegalSASLState
+            | UnsupportedSASLMechanism
+            | TopicAuthorizationFailed
+            | GroupAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | SSL
+    )
+}
+
+impl ClientContext for ClientLog {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log(level, fac, log_message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+        *self.lock() = Some((error, reason.to_string()));
+    }
+}
+
+impl ConsumerContext for ClientLog {}
+
+/// Asks the cluster for the metadata of `topics`: whether its brokers can be reached and accept
+/// this client (`log`: the client's [`ClientLog`]). Blocking (call it off the async threads).
+/// Gives up after `timeout`, or at once when the cluster refuses the client's credentials; the
+/// error names the cause. A topic that does not exist (yet) is only logged.
+pub fn check_cluster<C: ClientContext>(
+    client: &Client<C>,
+    log: &ClientLog,
+    topics: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    for topic in topics {
+        loop {
+            let slice = Duration::from_millis(500).min(timeout.saturating_sub(start.elapsed()));
+            match client.fetch_metadata(Some(topic), slice) {
+                Ok(md) => {
+                    if let Some(e) = md
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == *topic)
+                        .and_then(|t| t.error())
+                    {
+                        tracing::warn!(topic, error = %RDKafkaErrorCode::from(e), "kafka: the topic cannot be used (yet)");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let refused = log.refused() || e.rdkafka_error_code().is_some_and(refusal);
+                    if refused || start.elapsed() >= timeout {
+                        let why = if refused {
+                            "the cluster refused this client"
+                        } else {
+                            "cannot reach the cluster"
+                        };
+                        return Err(match log.last_error() {
+                            Some(last) => anyhow::anyhow!(
+                                "{why} within {timeout:?}: {e}; last client error: {last}"
+                            ),
+                            None => anyhow::anyhow!("{why} within {timeout:?}: {e}"),
+                        });
+                    }
+                    // Some failures come back at once (no broker up): do not spin.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    Ok(())
+}
