@@ -141,7 +141,10 @@ fn measure(runs: usize, cmd: impl Fn() -> Command) -> Measure {
         let mut out = Vec::new();
         std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
         let mut status = 0;
+        // SAFETY: `rusage` is a plain C struct of integers, for which all-zero bytes are valid.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `child` is our unreaped child process, and both out-pointers are to live locals
+        // of the right types.
         let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
         assert!(r > 0, "wait4");
         secs.push(t.elapsed().as_secs_f64());

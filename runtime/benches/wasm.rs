@@ -118,7 +118,9 @@ fn media(root: &Path, guests: &Path, cache: &Path, mb: usize) {
                     match v {
                         0 => {
                             weir_core::transforms::partition(&mut b, &mut scratch, "native", |r| {
-                                native.keep(&weir_transform_sdk::Record::new(&r.value))
+                                native
+                                    .keep(&weir_transform_sdk::Record::new(&r.value))
+                                    .map_err(|e| e.message())
                             })
                         }
                         1 => wasm_fields.process_batch(&mut b),

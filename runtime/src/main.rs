@@ -1,3 +1,5 @@
+#![deny(unsafe_op_in_unsafe_fn)]
+
 mod cli;
 
 fn main() -> std::process::ExitCode {

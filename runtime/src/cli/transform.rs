@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use bytes::Bytes;
 
 use weir_core::record::Record;
@@ -96,7 +97,7 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
     for kv in &a.config {
         let (k, v) = kv
             .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--config {kv:?}: expected KEY=VALUE"))?;
+            .with_context(|| format!("--config {kv:?}: expected KEY=VALUE"))?;
         config.push((k.to_string(), v.to_string()));
     }
     anyhow::ensure!(a.batch > 0, "--batch: expected at least 1");
@@ -116,7 +117,7 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
             cache_dir: weir_core::wasm::cache::default_dir(),
         },
     )
-    .map_err(|e| anyhow::anyhow!("{}: {e}", a.wasm.display()))?;
+    .with_context(|| a.wasm.display().to_string())?;
     let (kind, took) = g.load;
     let mut out = std::io::stdout().lock();
     writeln!(
@@ -217,10 +218,10 @@ fn test(a: TestArgs) -> anyhow::Result<ExitCode> {
 fn read_lines(path: &Path) -> anyhow::Result<Vec<Bytes>> {
     let mut data = Vec::new();
     if path == Path::new("-") {
-        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut data)?;
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut data)
+            .context("cannot read stdin")?;
     } else {
-        data = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     }
     let data = Bytes::from(data);
     let mut out = Vec::new();
@@ -273,8 +274,7 @@ fn new(a: NewArgs) -> anyhow::Result<ExitCode> {
     };
     let sdk_dep = match sdk {
         Some(p) => {
-            let p = std::fs::canonicalize(&p)
-                .map_err(|e| anyhow::anyhow!("--sdk {}: {e}", p.display()))?;
+            let p = std::fs::canonicalize(&p).with_context(|| format!("--sdk {}", p.display()))?;
             format!(
                 "weir-transform-sdk = {{ path = {:?} }}",
                 p.display().to_string()

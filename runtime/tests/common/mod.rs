@@ -117,6 +117,8 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
 }
 
 pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; an unknown pid or
+    // signal is an error return, not undefined behaviour.
     unsafe {
         libc::kill(pid as i32, sig);
     }
@@ -125,6 +127,7 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn mkfifo(path: &Path) {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
 }
 

@@ -7,7 +7,11 @@
 //! The ids live in weir's keyed state (with the window as TTL), not in the guest: they survive
 //! the instance being rebuilt after a trap and, with a durable state backend, a restart.
 
-use weir_transform_sdk::{fields, parse_duration_ms, Config, Emit, Record, State, Stateful};
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use weir_transform_sdk::{
+    fields, parse_duration_ms, Config, Context, Emit, Error, Record, State, Stateful,
+};
 
 pub struct Dedup {
     window_ms: u64,
@@ -15,13 +19,13 @@ pub struct Dedup {
 }
 
 impl Stateful for Dedup {
-    fn new(config: &Config) -> Result<Self, String> {
+    fn new(config: &Config) -> Result<Self, Error> {
         config.check_keys(&["window", "field"])?;
-        let window_ms = parse_duration_ms(config.get("window").unwrap_or("1h"))
-            .map_err(|e| format!("setting `window`: {e}"))?;
+        let window_ms =
+            parse_duration_ms(config.get("window").unwrap_or("1h")).context("setting `window`")?;
         let name = config.get("field").unwrap_or("event_id");
         let field = fields::index(name)
-            .ok_or_else(|| format!("setting `field`: there is no enriched field `{name}`"))?;
+            .with_context(|| format!("setting `field`: there is no enriched field `{name}`"))?;
         Ok(Dedup {
             window_ms,
             field: [field],
@@ -41,13 +45,10 @@ impl Stateful for Dedup {
         event: &Record<'_>,
         state: &mut State<'_>,
         out: &mut Emit<'_>,
-    ) -> Result<(), String> {
-        let Some(id) = event.field(self.field[0]) else {
-            return Err(format!(
-                "no {} to deduplicate on",
-                fields::NAMES[self.field[0]]
-            ));
-        };
+    ) -> Result<(), Error> {
+        let id = event
+            .field(self.field[0])
+            .with_context(|| format!("no {} to deduplicate on", fields::NAMES[self.field[0]]))?;
         if !state.contains(id) {
             state.put_with_ttl(id, b"", self.window_ms);
             out.keep();

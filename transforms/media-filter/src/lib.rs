@@ -7,8 +7,10 @@
 //! * `send`: what weir sends the transform: `fields` (default: only `event_vendor` and
 //!   `event_name`) or `payload` (whole events; slower, for comparison).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use regex::Regex;
-use weir_transform_sdk::{fields, Config, Filter, Record};
+use weir_transform_sdk::{fields, Config, Context, Error, Filter, Record};
 
 pub struct MediaFilter {
     vendor: String,
@@ -17,7 +19,7 @@ pub struct MediaFilter {
 }
 
 impl Filter for MediaFilter {
-    fn new(config: &Config) -> Result<Self, String> {
+    fn new(config: &Config) -> Result<Self, Error> {
         config.check_keys(&["vendor", "event_name", "send"])?;
         let fields = match config.get("send").unwrap_or("fields") {
             "fields" => vec![fields::EVENT_VENDOR, fields::EVENT_NAME],
@@ -25,7 +27,8 @@ impl Filter for MediaFilter {
             other => {
                 return Err(format!(
                     "setting `send`: expected `fields` or `payload`, found `{other}`"
-                ))
+                )
+                .into())
             }
         };
         let pattern = config.get("event_name").unwrap_or("_event$");
@@ -34,8 +37,7 @@ impl Filter for MediaFilter {
                 .get("vendor")
                 .unwrap_or("com.snowplowanalytics.snowplow.media")
                 .to_string(),
-            event_name: Regex::new(pattern)
-                .map_err(|e| format!("setting `event_name`: invalid regex: {e}"))?,
+            event_name: Regex::new(pattern).context("setting `event_name`: invalid regex")?,
             fields,
         })
     }
@@ -45,7 +47,7 @@ impl Filter for MediaFilter {
         &self.fields
     }
 
-    fn keep(&mut self, event: &Record<'_>) -> Result<bool, String> {
+    fn keep(&mut self, event: &Record<'_>) -> Result<bool, Error> {
         if event.field(fields::EVENT_VENDOR) != Some(self.vendor.as_bytes()) {
             return Ok(false);
         }
@@ -108,11 +110,13 @@ mod tests {
     fn bad_settings_are_config_errors() {
         let bad = testing::filter::<MediaFilter>(&[("event_name", "(")])
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(bad.contains("invalid regex"), "{bad}");
         let typo = testing::filter::<MediaFilter>(&[("vendr", "x")])
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(typo.contains("unknown setting `vendr`"), "{typo}");
     }
 

@@ -4,15 +4,17 @@
 //!
 //! | trait | you write | macro |
 //! |---|---|---|
-//! | [`Filter`] | `keep(record) -> Result<bool, String>` | [`export_filter!`] |
-//! | [`Map`] | `map(record, out_payload) -> Result<(), String>` | [`export_map!`] |
-//! | [`FlatMap`] | `flat_map(record, emit) -> Result<(), String>` (0..n outputs) | [`export_flat_map!`] |
+//! | [`Filter`] | `keep(record) -> Result<bool, Error>` | [`export_filter!`] |
+//! | [`Map`] | `map(record, out_payload) -> Result<(), Error>` | [`export_map!`] |
+//! | [`FlatMap`] | `flat_map(record, emit) -> Result<(), Error>` (0..n outputs) | [`export_flat_map!`] |
 //! | [`Stateful`] | `process(record, state, emit)` with host-owned keyed state | [`export_stateful!`] |
 //!
 //! The SDK generates the batch loop: weir hands the guest a whole batch in one call as flat
 //! buffers (see `transforms/wit/weir-transform.wit`), and the SDK calls your function once per
-//! record. An `Err(message)` sends that record to weir's failure sink with the message; a panic
-//! does too (weir rebuilds the instance and isolates the record), but costs far more.
+//! record. An `Err` sends that record to weir's failure sink with the error's message; a panic
+//! does too (weir rebuilds the instance and isolates the record), but costs far more. [`Error`]
+//! takes `?` on any error type (UTF-8, number parsing, `serde_json`, …) and on `String` / `&str`
+//! messages: `record.field(fields::EVENT_ID).ok_or("no event_id")?`.
 //!
 //! Snowplow helpers ([`Record::field`], [`Record::unstruct`], [`Record::entity`]) read an enriched
 //! TSV line without parsing all of it. Declare the fields you read in `fields()` and weir sends
@@ -22,19 +24,19 @@
 //! [`testing`].
 //!
 //! ```
-//! use weir_transform_sdk::{fields, Config, Filter, Record};
+//! use weir_transform_sdk::{fields, Config, Error, Filter, Record};
 //!
 //! struct PageViews;
 //!
 //! impl Filter for PageViews {
-//!     fn new(config: &Config) -> Result<Self, String> {
+//!     fn new(config: &Config) -> Result<Self, Error> {
 //!         config.check_keys(&[])?;
 //!         Ok(PageViews)
 //!     }
 //!     fn fields(&self) -> &[usize] {
 //!         &[fields::EVENT]
 //!     }
-//!     fn keep(&mut self, record: &Record<'_>) -> Result<bool, String> {
+//!     fn keep(&mut self, record: &Record<'_>) -> Result<bool, Error> {
 //!         Ok(record.field(fields::EVENT) == Some(b"page_view"))
 //!     }
 //! }
@@ -45,10 +47,13 @@
 //! assert_eq!(t.process(&[line.as_bytes()]).filtered, vec![0]);
 //! ```
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 extern crate self as weir_transform_sdk;
 
 mod batch;
 mod config;
+mod error;
 pub mod fields;
 mod host;
 mod json;
@@ -78,6 +83,7 @@ pub mod bindings {
 
 pub use batch::{Emit, Emitted, Record};
 pub use config::{parse_duration_ms, Config};
+pub use error::{Context, Error};
 pub use host::{log, now_ms, Level};
 pub use json::Json;
 pub use snowplow::SelfDescribing;
@@ -86,39 +92,40 @@ pub use state::State;
 /// Keeps or drops each record.
 pub trait Filter: Sized + 'static {
     /// Builds the transform from the `config` map of its pipeline config. An error is shown to
-    /// the user as a config error.
-    fn new(config: &Config) -> Result<Self, String>;
+    /// the user as a config error. `?` works on the [`Config`] helpers and on any error type.
+    fn new(config: &Config) -> Result<Self, Error>;
     /// The Snowplow enriched fields ([`fields`]) this transform reads. If not empty, weir sends
     /// only these fields, not whole payloads, and [`Record::value`] is not available.
     fn fields(&self) -> &[usize] {
         &[]
     }
-    /// `Ok(true)` keeps the record, `Ok(false)` drops it (to the `filtered` sink), `Err` fails it.
-    fn keep(&mut self, record: &Record<'_>) -> Result<bool, String>;
+    /// `Ok(true)` keeps the record, `Ok(false)` drops it (to the `filtered` sink), `Err` fails it
+    /// (to the failure sink, with the error's message).
+    fn keep(&mut self, record: &Record<'_>) -> Result<bool, Error>;
 }
 
 /// Replaces each record's payload.
 pub trait Map: Sized + 'static {
     /// See [`Filter::new`].
-    fn new(config: &Config) -> Result<Self, String>;
+    fn new(config: &Config) -> Result<Self, Error>;
     /// See [`Filter::fields`].
     fn fields(&self) -> &[usize] {
         &[]
     }
     /// Writes the new payload of `record` into `out` (empty when called).
-    fn map(&mut self, record: &Record<'_>, out: &mut Vec<u8>) -> Result<(), String>;
+    fn map(&mut self, record: &Record<'_>, out: &mut Vec<u8>) -> Result<(), Error>;
 }
 
 /// Turns each record into zero, one or many records.
 pub trait FlatMap: Sized + 'static {
     /// See [`Filter::new`].
-    fn new(config: &Config) -> Result<Self, String>;
+    fn new(config: &Config) -> Result<Self, Error>;
     /// See [`Filter::fields`].
     fn fields(&self) -> &[usize] {
         &[]
     }
     /// Emits what `record` becomes through `out`; emitting nothing drops it.
-    fn flat_map(&mut self, record: &Record<'_>, out: &mut Emit<'_>) -> Result<(), String>;
+    fn flat_map(&mut self, record: &Record<'_>, out: &mut Emit<'_>) -> Result<(), Error>;
     /// Emits what the transform held back (windowed output); called when the input ends.
     fn flush(&mut self, out: &mut Emitted) {
         let _ = out;
@@ -129,7 +136,7 @@ pub trait FlatMap: Sized + 'static {
 /// durable backend, restarts).
 pub trait Stateful: Sized + 'static {
     /// See [`Filter::new`].
-    fn new(config: &Config) -> Result<Self, String>;
+    fn new(config: &Config) -> Result<Self, Error>;
     /// See [`Filter::fields`].
     fn fields(&self) -> &[usize] {
         &[]
@@ -147,7 +154,7 @@ pub trait Stateful: Sized + 'static {
         record: &Record<'_>,
         state: &mut State<'_>,
         out: &mut Emit<'_>,
-    ) -> Result<(), String>;
+    ) -> Result<(), Error>;
     /// Emits what the transform held back (windowed output); called when the input ends.
     fn flush(&mut self, state: &mut State<'_>, out: &mut Emitted) {
         let _ = (state, out);

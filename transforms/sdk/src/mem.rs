@@ -15,7 +15,7 @@
 /// (compared up to the shorter length, as `memcmp` over `min(a.len(), b.len())` bytes).
 pub fn compare(a: &[u8], b: &[u8]) -> i32 {
     let n = a.len().min(b.len());
-    // SAFETY: both slices hold at least `n` bytes.
+    // SAFETY: both slices are readable for `n = min(a.len(), b.len())` bytes.
     unsafe { compare_raw(a.as_ptr(), b.as_ptr(), n) }
 }
 
@@ -25,7 +25,8 @@ pub fn compare(a: &[u8], b: &[u8]) -> i32 {
 unsafe fn compare_raw(a: *const u8, b: *const u8, n: usize) -> i32 {
     let mut i = 0;
     while i + 8 <= n {
-        // SAFETY: `i + 8 <= n`; unaligned reads.
+        // SAFETY: bytes `i..i + 8` of both, within the `n` readable ones (`i + 8 <= n`);
+        // `read_unaligned` has no alignment requirement.
         let (x, y) = unsafe {
             (
                 a.add(i).cast::<u64>().read_unaligned(),
@@ -44,7 +45,7 @@ unsafe fn compare_raw(a: *const u8, b: *const u8, n: usize) -> i32 {
     }
     // At most 7 bytes left: no loop, so the compiler cannot turn this back into a `memcmp` call.
     let rest = n - i;
-    // SAFETY: `rest` bytes are left from `i` (the helper reads only those).
+    // SAFETY: `a + i` and `b + i` are readable for `rest = n - i < 8` bytes, `tail`'s contract.
     let (x, y) = unsafe { (tail(a.add(i), rest), tail(b.add(i), rest)) };
     match x.cmp(&y) {
         std::cmp::Ordering::Less => -1,
@@ -61,16 +62,19 @@ unsafe fn compare_raw(a: *const u8, b: *const u8, n: usize) -> i32 {
 unsafe fn tail(p: *const u8, n: usize) -> u64 {
     let mut v = 0u64;
     let mut at = 0;
-    // SAFETY (all three reads): `at + size <= n`.
+    // `at` counts the bytes read so far; each read takes a size bit of `n`, so `at + size <= n`.
     if n & 4 != 0 {
+        // SAFETY: bytes 0..4 of `p`, within the `n >= 4` readable ones; unaligned read.
         v = u32::from_be(unsafe { p.cast::<u32>().read_unaligned() }) as u64;
         at = 4;
     }
     if n & 2 != 0 {
+        // SAFETY: bytes `at..at + 2`, and `at + 2 <= n` (`at` is 4 only if bit 4 of `n` is set).
         v = (v << 16) | u16::from_be(unsafe { p.add(at).cast::<u16>().read_unaligned() }) as u64;
         at += 2;
     }
     if n & 1 != 0 {
+        // SAFETY: byte `at`, the last of the `n` readable ones (`at == n - 1` here).
         v = (v << 8) | unsafe { *p.add(at) } as u64;
     }
     v
@@ -82,7 +86,8 @@ mod symbols {
     /// As C's `memcmp`.
     #[no_mangle]
     pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-        // SAFETY: the caller's contract.
+        // SAFETY: C's `memcmp` contract, which the caller keeps: `a` and `b` are readable for
+        // `n` bytes; that is `compare_raw`'s contract.
         unsafe { super::compare_raw(a, b, n) }
     }
 
@@ -90,7 +95,8 @@ mod symbols {
     /// As C's `bcmp`.
     #[no_mangle]
     pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-        // SAFETY: the caller's contract.
+        // SAFETY: C's `bcmp` contract, which the caller keeps: `a` and `b` are readable for
+        // `n` bytes; that is `compare_raw`'s contract.
         unsafe { super::compare_raw(a, b, n) }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::batch::{BatchView, Emit, Emitted, OutputBuf, Record};
 use crate::config::Config;
+use crate::error::Error;
 use crate::state::{State, StateCache, StateHost};
 use crate::{Filter, FlatMap, Map, Stateful};
 
@@ -14,7 +15,7 @@ pub struct StateCtx<'s> {
 
 /// A transform as the host sees it: a whole batch at a time.
 pub trait Guest: Sized + 'static {
-    fn init(config: &Config) -> Result<Self, String>;
+    fn init(config: &Config) -> Result<Self, Error>;
     fn fields(&self) -> &[usize];
     fn process(&mut self, batch: &BatchView<'_>, out: &mut OutputBuf, state: StateCtx<'_>);
     fn flush(&mut self, out: &mut Emitted, state: StateCtx<'_>);
@@ -30,7 +31,7 @@ pub struct AsFlatMap<T>(pub T);
 pub struct AsStateful<T>(pub T);
 
 impl<T: Filter> Guest for AsFilter<T> {
-    fn init(config: &Config) -> Result<Self, String> {
+    fn init(config: &Config) -> Result<Self, Error> {
         T::new(config).map(AsFilter)
     }
     fn fields(&self) -> &[usize] {
@@ -40,14 +41,14 @@ impl<T: Filter> Guest for AsFilter<T> {
         batch.for_each(|r| match self.0.keep(r) {
             Ok(true) => out.push(r.index() as u32, None, None),
             Ok(false) => {}
-            Err(e) => out.errors.push((r.index() as u32, e)),
+            Err(e) => out.errors.push((r.index() as u32, e.message())),
         });
     }
     fn flush(&mut self, _: &mut Emitted, _: StateCtx<'_>) {}
 }
 
 impl<T: Map> Guest for AsMap<T> {
-    fn init(config: &Config) -> Result<Self, String> {
+    fn init(config: &Config) -> Result<Self, Error> {
         T::new(config).map(|t| AsMap(t, Vec::new()))
     }
     fn fields(&self) -> &[usize] {
@@ -59,7 +60,7 @@ impl<T: Map> Guest for AsMap<T> {
             scratch.clear();
             match t.map(r, scratch) {
                 Ok(()) => out.push(r.index() as u32, Some(scratch), None),
-                Err(e) => out.errors.push((r.index() as u32, e)),
+                Err(e) => out.errors.push((r.index() as u32, e.message())),
             }
         });
     }
@@ -67,7 +68,7 @@ impl<T: Map> Guest for AsMap<T> {
 }
 
 impl<T: FlatMap> Guest for AsFlatMap<T> {
-    fn init(config: &Config) -> Result<Self, String> {
+    fn init(config: &Config) -> Result<Self, Error> {
         T::new(config).map(AsFlatMap)
     }
     fn fields(&self) -> &[usize] {
@@ -79,7 +80,7 @@ impl<T: FlatMap> Guest for AsFlatMap<T> {
             let source = r.index() as u32;
             if let Err(e) = self.0.flat_map(r, &mut Emit { out, source }) {
                 out.rollback(mark);
-                out.errors.push((source, e));
+                out.errors.push((source, e.message()));
             }
         });
     }
@@ -89,7 +90,7 @@ impl<T: FlatMap> Guest for AsFlatMap<T> {
 }
 
 impl<T: Stateful> Guest for AsStateful<T> {
-    fn init(config: &Config) -> Result<Self, String> {
+    fn init(config: &Config) -> Result<Self, Error> {
         T::new(config).map(AsStateful)
     }
     fn fields(&self) -> &[usize] {
@@ -114,7 +115,7 @@ impl<T: Stateful> Guest for AsStateful<T> {
             let source = r.index() as u32;
             if let Err(e) = t.process(r, &mut state, &mut Emit { out, source }) {
                 out.rollback(mark);
-                out.errors.push((source, e));
+                out.errors.push((source, e.message()));
             }
         });
         state.cache.write_back(state.host);
@@ -170,12 +171,15 @@ pub mod wasm {
     }
 
     struct Slot(UnsafeCell<Option<Instance>>);
-    // SAFETY: a core wasm instance is single-threaded.
+    // SAFETY: a wasm32 guest instance runs on one thread (no threads proposal, no shared
+    // memory), so the static is never reached from two threads at once.
     unsafe impl Sync for Slot {}
     static INSTANCE: Slot = Slot(UnsafeCell::new(None));
 
     fn instance() -> &'static mut Instance {
-        // SAFETY: single-threaded, and exports are not re-entered.
+        // SAFETY: one thread (see `Slot`); the host never calls an export while another runs, and
+        // each export takes this reference once and drops it before returning, so no other
+        // reference to the instance is alive while it is used.
         unsafe { (*INSTANCE.0.get()).as_mut() }.expect("weir called the transform before init")
     }
 
@@ -205,14 +209,15 @@ pub mod wasm {
 
     pub fn init<G: Guest>(config: Vec<(String, String)>) -> Result<wit::Settings, String> {
         crate::host::install_panic_hook();
-        let guest = G::init(&Config::new(config))?;
+        let guest = G::init(&Config::new(config)).map_err(|e| e.message())?;
         let fields = settings_fields(guest.fields())?;
         let inst = Instance {
             fields: guest.fields().to_vec(),
             guest: Box::new(guest),
             cache: StateCache::default(),
         };
-        // SAFETY: single-threaded; no reference from `instance()` is alive during init.
+        // SAFETY: one thread (see `Slot`), and `init` is an export of its own: no reference from
+        // `instance()` is alive while the slot is written.
         unsafe { *INSTANCE.0.get() = Some(inst) };
         Ok(wit::Settings { fields })
     }

@@ -3,14 +3,14 @@
 //! memory.
 //!
 //! ```
-//! use weir_transform_sdk::{Config, Filter, Record};
+//! use weir_transform_sdk::{Config, Error, Filter, Record};
 //!
 //! struct NonEmpty;
 //! impl Filter for NonEmpty {
-//!     fn new(_: &Config) -> Result<Self, String> {
+//!     fn new(_: &Config) -> Result<Self, Error> {
 //!         Ok(NonEmpty)
 //!     }
-//!     fn keep(&mut self, r: &Record<'_>) -> Result<bool, String> {
+//!     fn keep(&mut self, r: &Record<'_>) -> Result<bool, Error> {
 //!         Ok(!r.value().is_empty())
 //!     }
 //! }
@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 
 use crate::batch::{BatchView, ColumnBuf, ColumnRef, Emitted, OutputBuf};
 use crate::config::Config;
+use crate::error::Error;
 use crate::host::Level;
 use crate::rt::{settings_fields, AsFilter, AsFlatMap, AsMap, AsStateful, Guest, StateCtx};
 use crate::snowplow;
@@ -172,28 +173,28 @@ pub struct Harness<G: Guest> {
 }
 
 /// A [`Filter`] under test, built from `config` pairs.
-pub fn filter<T: Filter>(config: &[(&str, &str)]) -> Result<Harness<AsFilter<T>>, String> {
+pub fn filter<T: Filter>(config: &[(&str, &str)]) -> Result<Harness<AsFilter<T>>, Error> {
     Harness::new(config)
 }
 
 /// A [`Map`] under test.
-pub fn map<T: Map>(config: &[(&str, &str)]) -> Result<Harness<AsMap<T>>, String> {
+pub fn map<T: Map>(config: &[(&str, &str)]) -> Result<Harness<AsMap<T>>, Error> {
     Harness::new(config)
 }
 
 /// A [`FlatMap`] under test.
-pub fn flat_map<T: FlatMap>(config: &[(&str, &str)]) -> Result<Harness<AsFlatMap<T>>, String> {
+pub fn flat_map<T: FlatMap>(config: &[(&str, &str)]) -> Result<Harness<AsFlatMap<T>>, Error> {
     Harness::new(config)
 }
 
 /// A [`Stateful`] transform under test.
-pub fn stateful<T: Stateful>(config: &[(&str, &str)]) -> Result<Harness<AsStateful<T>>, String> {
+pub fn stateful<T: Stateful>(config: &[(&str, &str)]) -> Result<Harness<AsStateful<T>>, Error> {
     Harness::new(config)
 }
 
 impl<G: Guest> Harness<G> {
     /// Runs `init` with `config`, as weir does when it builds the transform.
-    pub fn new(config: &[(&str, &str)]) -> Result<Self, String> {
+    pub fn new(config: &[(&str, &str)]) -> Result<Self, Error> {
         let guest = G::init(&Config::from_pairs(config))?;
         settings_fields(guest.fields())?;
         Ok(Harness {

@@ -19,10 +19,13 @@
 //!
 //! Settings: `ttl` (default `30m`), `dedup_window` (default `24h`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use weir_transform_sdk::{
-    fields, now_ms, parse_duration_ms, Config, Emit, Emitted, Json, Record, State, Stateful,
+    fields, now_ms, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State,
+    Stateful,
 };
 
 const MEDIA_VENDOR: &[u8] = b"com.snowplowanalytics.snowplow.media";
@@ -67,12 +70,12 @@ struct Stored {
 }
 
 impl Stateful for ViewerState {
-    fn new(config: &Config) -> Result<Self, String> {
+    fn new(config: &Config) -> Result<Self, Error> {
         config.check_keys(&["ttl", "dedup_window"])?;
-        let ttl_ms = parse_duration_ms(config.get("ttl").unwrap_or("30m"))
-            .map_err(|e| format!("setting `ttl`: {e}"))?;
+        let ttl_ms =
+            parse_duration_ms(config.get("ttl").unwrap_or("30m")).context("setting `ttl`")?;
         let dedup_ms = parse_duration_ms(config.get("dedup_window").unwrap_or("24h"))
-            .map_err(|e| format!("setting `dedup_window`: {e}"))?;
+            .context("setting `dedup_window`")?;
         Ok(ViewerState {
             ttl_ms,
             dedup_ms,
@@ -93,13 +96,13 @@ impl Stateful for ViewerState {
         event: &Record<'_>,
         state: &mut State<'_>,
         out: &mut Emit<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         if event.field(fields::EVENT_VENDOR) != Some(MEDIA_VENDOR) {
             return Ok(()); // not a media event: filtered
         }
         let viewer = viewer_id(event)
             .ok_or("no user_id, domain_userid or network_userid to identify the viewer")?;
-        let viewer_str = std::str::from_utf8(viewer).map_err(|_| "viewer id is not UTF-8")?;
+        let viewer_str = std::str::from_utf8(viewer).context("viewer id is not UTF-8")?;
         let event_id = event.field(fields::EVENT_ID).ok_or("no event_id")?;
         let mut seen_key = b"\0e/".to_vec();
         seen_key.extend_from_slice(event_id);
@@ -119,7 +122,7 @@ impl Stateful for ViewerState {
 
         let mut stored: Stored = match state.get(viewer) {
             Some(bytes) => serde_json::from_slice(bytes)
-                .map_err(|e| format!("corrupt state for {viewer_str}: {e}"))?,
+                .with_context(|| format!("corrupt state for {viewer_str}"))?,
             None => {
                 let bucket = bucket_of(viewer_str);
                 let mut index = read_index(state, bucket).unwrap_or_default();
@@ -163,10 +166,10 @@ impl Stateful for ViewerState {
 
         state.put_with_ttl(&seen_key, b"", self.dedup_ms);
         let changed = !same_but_volatile(&before, &stored.profile);
-        let bytes = serde_json::to_vec(&stored).map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&stored)?;
         state.put_with_ttl(viewer, &bytes, self.ttl_ms.saturating_mul(2));
         if changed {
-            let doc = serde_json::to_vec(&stored.profile).map_err(|e| e.to_string())?;
+            let doc = serde_json::to_vec(&stored.profile)?;
             out.emit_with_key(&doc, viewer);
         }
         Ok(())

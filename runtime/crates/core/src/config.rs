@@ -18,25 +18,23 @@ use serde::Deserialize;
 /// Prefix of environment variables that override config values.
 pub const ENV_PREFIX: &str = "WEIR__";
 
-/// A configuration error, rendered as `file: key.path: message`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A configuration error, rendered as `file: key `key.path`: message` (without the key part when
+/// the error is about the whole file).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {}{message}", key_label(.key))]
 pub struct ConfigError {
     pub file: String,
     pub key: String,
     pub message: String,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file, self.message)
-        } else {
-            write!(f, "{}: key `{}`: {}", self.file, self.key, self.message)
-        }
+fn key_label(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("key `{key}`: ")
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 /// Where a component's settings came from, threaded into the builders so their own checks
 /// (a regex that does not compile, a path that does not exist) report the same way.
@@ -237,17 +235,9 @@ pub fn load(
             .set_override(key.clone(), value)
             .map_err(|e| err(format!("environment variable {name} (key `{key}`): {e}")))?;
     }
-    let cfg = builder
-        .build()
-        .map_err(|e| err(strip_origin(&e.to_string())))?;
-    let root: config::Value = cfg
-        .try_deserialize()
-        .map_err(|e| err(strip_origin(&e.to_string())))?;
+    let cfg = builder.build().map_err(|e| err(e.to_string()))?;
+    let root: config::Value = cfg.try_deserialize().map_err(|e| err(e.to_string()))?;
     Ok(Loaded { file, root })
-}
-
-fn strip_origin(s: &str) -> String {
-    s.to_string()
 }
 
 /// `TRANSFORMS__0__REGEX` → `transforms[0].regex`.

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse};
@@ -106,7 +107,7 @@ impl Hub {
 /// Starts the dashboard server in the background.
 pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind(cfg.address)
-        .map_err(|e| anyhow::anyhow!("dashboard.address {}: cannot listen: {e}", cfg.address))?;
+        .with_context(|| format!("dashboard.address {}: cannot listen", cfg.address))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let mut app = Router::new()

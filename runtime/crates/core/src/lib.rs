@@ -5,6 +5,17 @@
 //! ([`pipeline::PipelineConfig`]). Records travel in batches with one end-to-end
 //! [acknowledgement](ack) each; failures become Snowplow [bad rows](badrow).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
+// Locks: a poisoned `std::sync::Mutex` is a bug, not an error to recover from. A thread that
+// panicked while holding a lock may have left what it guards (acknowledgement counts, positions
+// to commit, state) half-updated, and carrying on could commit a position whose records were
+// never written. So every lock is taken with `.lock().expect("<what> lock poisoned")`: the
+// panic spreads to the lock's next user instead of being hidden, a source or sink task that
+// panics ends the run with an error (see `pipeline::run`), and the next run resumes from the
+// last committed positions. Not used: `unwrap_or_else(PoisonError::into_inner)`, and lock types
+// without poisoning (parking_lot).
+
 pub mod ack;
 pub mod aws;
 pub mod badrow;

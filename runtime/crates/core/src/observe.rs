@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -134,7 +135,7 @@ pub async fn serve_http(
         );
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| anyhow::anyhow!("http.address {address}: cannot listen: {e}"))?;
+        .with_context(|| format!("http.address {address}: cannot listen"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "serving /healthz, /readyz, /metrics");
     tokio::spawn(async move {

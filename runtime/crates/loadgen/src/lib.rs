@@ -15,13 +15,16 @@
 //!
 //! Trackers retry on 429/503: so does the load generator (after `Retry-After`, `--retries` times).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
+use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
 
 /// `weir loadgen` options.
@@ -124,34 +127,55 @@ pub fn main(args: Args) -> std::process::ExitCode {
     }
 }
 
+/// Where the load goes: `host:port` to connect to and the path to post to.
+#[derive(Debug)]
 struct Target {
+    /// The host as the URL writes it (IPv6 addresses in brackets), for the `Host` header.
     host: String,
     port: u16,
+    /// Path and query.
     path: String,
 }
 
+impl Target {
+    /// The host to connect to (IPv6 addresses without brackets).
+    fn connect_host(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
 fn parse_url(url: &str) -> anyhow::Result<Target> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("expected an http:// URL, found `{url}`"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("expected an http:// URL, found `{url}`"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "expected an http:// URL, found `{url}`"
+    );
+    let authority = uri
+        .authority()
+        .with_context(|| format!("expected an http:// URL with a host, found `{url}`"))?;
+    let path = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => weir_snowplow::tracker::TP2_PATH.to_string(),
+        Some(p) => p.to_string(),
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (
-            h.to_string(),
-            p.parse()
-                .map_err(|_| anyhow::anyhow!("`{p}` is not a port"))?,
-        ),
-        None => (authority.to_string(), 80),
+    // `Uri` does not check the port: a port that is not a number reads as none.
+    let host = authority.host();
+    let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
+    let port = match host_port
+        .strip_prefix(host)
+        .and_then(|p| p.strip_prefix(':'))
+    {
+        None | Some("") => 80,
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("`{p}` in `{url}` is not a port"))?,
     };
-    let path = if path.is_empty() || path == "/" {
-        weir_snowplow::tracker::TP2_PATH.to_string()
-    } else {
-        path.to_string()
-    };
-    Ok(Target { host, port, path })
+    Ok(Target {
+        host: host.to_string(),
+        port,
+        path,
+    })
 }
 
 /// Runs `args.viewers` viewers for `args.duration` and adds up what they did.
@@ -837,7 +861,7 @@ impl Viewer {
     async fn post(&mut self, target: &Target, body: Bytes) -> anyhow::Result<(u16, Duration)> {
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
             let stream =
-                tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+                tokio::net::TcpStream::connect((target.connect_host(), target.port)).await?;
             stream.set_nodelay(true)?;
             let (sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -868,8 +892,8 @@ impl Viewer {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .map_or(Duration::from_secs(1), Duration::from_secs);
+            .and_then(retry_after)
+            .unwrap_or(Duration::from_secs(1));
         if let Some(c) = resp
             .headers()
             .get("set-cookie")
@@ -887,11 +911,25 @@ impl Viewer {
     }
 }
 
-/// ms since the epoch as RFC 3339 with milliseconds.
+/// ms since the epoch as RFC 3339 with milliseconds, e.g. `2024-11-16T13:33:22.625Z`.
 fn rfc3339(ms: i64) -> String {
-    let mut s = String::with_capacity(24);
-    weir_snowplow::tracker::format_tstamp(ms, &mut s);
-    s.replace(' ', "T") + "Z"
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP date (the wait until then).
+fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    match v.parse() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => {
+            let at = httpdate::parse_http_date(v).ok()?;
+            Some(
+                at.duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -905,9 +943,47 @@ mod tests {
             (t.host.as_str(), t.port, t.path.as_str()),
             ("127.0.0.1", 9090, "/com.snowplowanalytics.snowplow/tp2")
         );
-        let t = parse_url("http://collector.test/com.acme/track").unwrap();
-        assert_eq!((t.port, t.path.as_str()), (80, "/com.acme/track"));
-        assert!(parse_url("https://x").is_err());
+        let t = parse_url("http://collector.test/com.acme/track?x=1").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("collector.test", 80, "/com.acme/track?x=1")
+        );
+        let t = parse_url("http://[::1]:9090/").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.connect_host(), t.port),
+            ("[::1]", "::1", 9090)
+        );
+        for bad in [
+            "https://x",
+            "127.0.0.1:9090",
+            "http://x:port",
+            "http://",
+            "",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_and_retry_after() {
+        assert_eq!(rfc3339(1_731_764_002_625), "2024-11-16T13:33:22.625Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past: no wait"
+        );
+        let t0 = Instant::now();
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(30));
+        let wait = retry_after(&soon).unwrap();
+        // HTTP dates have whole seconds: up to 1 s less, and less by the time this took.
+        let least = Duration::from_secs(29).saturating_sub(t0.elapsed());
+        assert!(
+            (least..=Duration::from_secs(30)).contains(&wait),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after("soon"), None);
     }
 
     #[test]

@@ -29,7 +29,6 @@
 //! or hostile record is an error, never a panic or a large allocation.
 
 use std::borrow::Cow;
-use std::fmt;
 
 /// The schema every payload carries.
 pub const SCHEMA: &str = "iglu:com.snowplowanalytics.snowplow/CollectorPayload/thrift/1-0-0";
@@ -73,20 +72,13 @@ pub struct CollectorPayload<'a> {
 }
 
 /// Why bytes are not a `CollectorPayload`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
 pub struct DecodeError {
     /// The payload field concerned (`schema`, `timestamp`, …), or `"payload"` for the framing.
     pub field: &'static str,
     pub message: String,
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 fn err(field: &'static str, message: impl Into<String>) -> DecodeError {
     DecodeError {

@@ -17,6 +17,8 @@
 //!   configurable enrichments; [`collector_payload`] reads and writes the Thrift form a Snowplow
 //!   collector writes to its raw stream.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod badrow;
 pub mod collector_payload;
 mod fields;

@@ -64,7 +64,8 @@ impl Default for Options {
 }
 
 /// Why a payload was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
 pub struct ConvertError {
     /// The payload field or tracker parameter at fault (`path`, `body`, `e`, `ue_px`, …).
     pub field: &'static str,
@@ -73,14 +74,6 @@ pub struct ConvertError {
     /// The payload held more events than [`Options::max_events`].
     pub too_many_events: bool,
 }
-
-impl fmt::Display for ConvertError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConvertError {}
 
 fn fail(field: &'static str, message: impl Into<String>) -> ConvertError {
     ConvertError {

@@ -4,12 +4,14 @@
 //! in input order, the n-th record of a key always comes out with count n, even when it is read
 //! (and emitted) again after a crash. A gap or a repeated count means state and input disagree.
 
-use weir_transform_sdk::{Config, Emit, Record, State, Stateful};
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use weir_transform_sdk::{Config, Emit, Error, Record, State, Stateful};
 
 pub struct Counter;
 
 impl Stateful for Counter {
-    fn new(config: &Config) -> Result<Self, String> {
+    fn new(config: &Config) -> Result<Self, Error> {
         config.check_keys(&[])?;
         Ok(Counter)
     }
@@ -23,7 +25,7 @@ impl Stateful for Counter {
         event: &Record<'_>,
         state: &mut State<'_>,
         out: &mut Emit<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let key = event.key().ok_or("a record without a key")?;
         let n = match state.get(key) {
             Some(v) => u64::from_le_bytes(v.try_into().map_err(|_| "a corrupt count")?),

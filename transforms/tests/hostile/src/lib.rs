@@ -19,7 +19,11 @@
 //! | `hold:X` | emits nothing now; `flush` emits X (windowed output) |
 //! | anything else | keeps the record |
 
-use weir_transform_sdk::{log, now_ms, Config, Emit, Emitted, Level, Record, State, Stateful};
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use weir_transform_sdk::{
+    log, now_ms, Config, Emit, Emitted, Error, Level, Record, State, Stateful,
+};
 
 pub struct Hostile {
     huge_bytes: usize,
@@ -27,10 +31,10 @@ pub struct Hostile {
 }
 
 impl Stateful for Hostile {
-    fn new(config: &Config) -> Result<Self, String> {
+    fn new(config: &Config) -> Result<Self, Error> {
         config.check_keys(&["huge_bytes", "fail_init"])?;
         if let Some(msg) = config.get("fail_init") {
-            return Err(msg.to_string());
+            return Err(msg.into());
         }
         Ok(Hostile {
             huge_bytes: config.parse("huge_bytes")?.unwrap_or(32 << 20),
@@ -43,7 +47,7 @@ impl Stateful for Hostile {
         r: &Record<'_>,
         state: &mut State<'_>,
         out: &mut Emit<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         let v = r.value();
         match v {
             b"loop" => loop {
@@ -78,7 +82,7 @@ impl Stateful for Hostile {
                     e.extend_from_slice(got.as_deref().unwrap_or(b"none"));
                     out.emit(&e);
                 } else if let Some(m) = v.strip_prefix(b"fail:") {
-                    return Err(String::from_utf8_lossy(m).into_owned());
+                    return Err(String::from_utf8_lossy(m).into());
                 } else if let Some(parts) = v.strip_prefix(b"split:") {
                     for p in parts.split(|&b| b == b',') {
                         out.emit(p);

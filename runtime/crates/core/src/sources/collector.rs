@@ -32,13 +32,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+use cookie::time::{self, OffsetDateTime, PrimitiveDateTime};
+use cookie::Cookie;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -167,6 +170,16 @@ impl TryFrom<String> for SameSite {
     }
 }
 
+impl From<SameSite> for cookie::SameSite {
+    fn from(s: SameSite) -> Self {
+        match s {
+            SameSite::None => cookie::SameSite::None,
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+        }
+    }
+}
+
 fn default_address() -> SocketAddr {
     "127.0.0.1:9090".parse().expect("a valid address")
 }
@@ -265,9 +278,7 @@ impl SourceConfig for CollectorConfig {
     }
 
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
-        let options = self
-            .options(&Origin::new("", "source"))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let options = self.options(&Origin::new("", "source"))?;
         Ok(Box::new(Collector {
             config: self.clone(),
             options,
@@ -331,9 +342,7 @@ impl Source for Collector {
     async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(self.config.address)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!("source.address {}: cannot listen: {e}", self.config.address)
-            })?;
+            .with_context(|| format!("source.address {}: cannot listen", self.config.address))?;
         let bound = listener.local_addr()?;
         tracing::info!(address = %bound, "collector listening");
         if let Some(cb) = &ctx.on_listen {
@@ -438,7 +447,11 @@ struct ClientSlot<'a> {
 
 impl Drop for ClientSlot<'_> {
     fn drop(&mut self) {
-        let mut clients = self.shared.clients.lock().expect("clients lock");
+        let mut clients = self
+            .shared
+            .clients
+            .lock()
+            .expect("collector clients lock poisoned");
         if let Some(n) = clients.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -508,7 +521,10 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
     // One client may hold only so many requests in flight.
     let _slot = {
         let limit = shared.config.max_inflight_per_client;
-        let mut clients = shared.clients.lock().expect("clients lock");
+        let mut clients = shared
+            .clients
+            .lock()
+            .expect("collector clients lock poisoned");
         let n = clients.entry(client_ip).or_insert(0);
         if limit > 0 && *n >= limit {
             drop(clients);
@@ -855,6 +871,14 @@ fn busy(status: StatusCode, cors: HeaderMap) -> Response {
     r
 }
 
+// CORS, answered as the Snowplow collector answers it: every tracker response carries
+// `Access-Control-Allow-Origin` (the request's first Origin, else `*`) with credentials allowed,
+// and an OPTIONS request to any path is a preflight. tower-http's `CorsLayer` does not reproduce
+// this: it refuses `*` together with credentials (so a request without Origin would get no
+// header), echoes the whole Origin header rather than its first origin, lower-cases the allowed
+// headers (`content-type,sp-anonymous`), and adds its headers to every answer of the service it
+// wraps, where these go only on the tracker's answers (not on `/health` or a 404).
+
 /// `Access-Control-Allow-Origin` (the request's Origin, else `*`) and `-Allow-Credentials`.
 fn cors_headers(req: &HeaderMap) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -872,6 +896,7 @@ fn cors_headers(req: &HeaderMap) -> HeaderMap {
     h
 }
 
+/// The answer to a CORS preflight (`OPTIONS` on any path).
 fn preflight(shared: &Shared, req: &HeaderMap) -> Response {
     let mut r = Response::new(Body::empty());
     let h = r.headers_mut();
@@ -907,15 +932,17 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The value of the first non-empty cookie `name` in the request's `Cookie` headers (without
+/// surrounding double quotes).
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v.trim_matches('"').to_string())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name && !c.value_trimmed().is_empty())
+        .map(|c| c.value_trimmed().to_string())
 }
 
 /// The `Set-Cookie` header for the network user id, as the Snowplow collector builds it.
@@ -923,55 +950,45 @@ fn set_cookie(c: &CookieConfig, req: &HeaderMap, nuid: &str) -> Option<HeaderVal
     if !c.enabled {
         return None;
     }
-    let expires = std::time::SystemTime::now() + c.expiration.0;
-    let mut v = format!("{}={nuid}; Expires={}; Path=/", c.name, http_date(expires));
-    let origin_host = req
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|o| o.split("://").nth(1))
-        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host));
-    let domain = c
-        .domains
-        .iter()
-        .find(|d| origin_host.is_some_and(|h| h == d.as_str() || h.ends_with(&format!(".{d}"))))
-        .or(c.fallback_domain.as_ref());
-    if let Some(d) = domain {
-        v.push_str(&format!("; Domain={d}"));
+    let mut cookie = Cookie::build((c.name.as_str(), nuid))
+        .expires(expiry(c.expiration.0))
+        .path("/")
+        .same_site(c.same_site.into())
+        .secure(c.secure)
+        .http_only(c.http_only);
+    if let Some(domain) = cookie_domain(c, req) {
+        cookie = cookie.domain(domain);
     }
-    v.push_str(match c.same_site {
-        SameSite::None => "; SameSite=None",
-        SameSite::Lax => "; SameSite=Lax",
-        SameSite::Strict => "; SameSite=Strict",
-    });
-    if c.secure {
-        v.push_str("; Secure");
-    }
-    if c.http_only {
-        v.push_str("; HttpOnly");
-    }
-    HeaderValue::from_str(&v).ok()
+    HeaderValue::from_str(&cookie.build().to_string()).ok()
 }
 
-/// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn http_date(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    let days = secs.div_euclid(86_400);
-    let (y, m, d) = tracker::civil_from_days(days);
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
-        WEEKDAYS[days.rem_euclid(7) as usize],
-        MONTHS[m as usize - 1],
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+/// `after` from now (the cookie crate caps it at the end of year 9999, as RFC 6265 asks).
+fn expiry(after: Duration) -> OffsetDateTime {
+    time::Duration::try_from(after)
+        .ok()
+        .and_then(|d| OffsetDateTime::now_utc().checked_add(d))
+        .unwrap_or(PrimitiveDateTime::MAX.assume_utc())
+}
+
+/// The first of `domains` that the host of one of the request's origins equals or is a
+/// subdomain of, else `fallback_domain` (none: a host-only cookie).
+fn cookie_domain<'c>(c: &'c CookieConfig, req: &HeaderMap) -> Option<&'c str> {
+    let origin_hosts: Vec<String> = req
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .into_iter()
+        .flat_map(str::split_whitespace)
+        .filter_map(|o| o.parse::<Uri>().ok()?.host().map(str::to_string))
+        .collect();
+    c.domains
+        .iter()
+        .find(|d| {
+            origin_hosts
+                .iter()
+                .any(|h| h == *d || h.ends_with(&format!(".{d}")))
+        })
+        .or(c.fallback_domain.as_ref())
+        .map(String::as_str)
 }
 
 #[cfg(test)]
@@ -979,45 +996,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_dates() {
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
-    }
-
-    #[test]
     fn cookies_are_read_and_written_like_the_snowplow_collector() {
         let mut req = HeaderMap::new();
         req.insert(
             header::COOKIE,
-            HeaderValue::from_static("_sp_id.1=abc; sp=d8aae409-b64d; other=1"),
+            HeaderValue::from_static("_sp_id.1=abc; sp=; sp=\"d8aae409-b64d\"; other=1"),
         );
         req.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://www.acme.com:8443"),
         );
         assert_eq!(cookie_value(&req, "sp").as_deref(), Some("d8aae409-b64d"));
+        assert_eq!(cookie_value(&req, "nuid"), None);
         let mut c = CookieConfig {
             domains: vec!["other.org".into(), "acme.com".into()],
             ..CookieConfig::default()
         };
+        let before = OffsetDateTime::now_utc().unix_timestamp();
         let v = set_cookie(&c, &req, "n1").unwrap();
+        let after = OffsetDateTime::now_utc().unix_timestamp();
         let v = v.to_str().unwrap();
-        assert!(v.starts_with("sp=n1; Expires="), "{v}");
-        assert!(
-            v.ends_with("; Path=/; Domain=acme.com; SameSite=None; Secure; HttpOnly"),
+        let parsed = Cookie::parse(v).unwrap();
+        assert_eq!((parsed.name(), parsed.value()), ("sp", "n1"), "{v}");
+        assert_eq!(parsed.path(), Some("/"), "{v}");
+        assert_eq!(parsed.domain(), Some("acme.com"), "{v}");
+        assert_eq!(parsed.same_site(), Some(cookie::SameSite::None), "{v}");
+        assert_eq!(
+            (parsed.secure(), parsed.http_only()),
+            (Some(true), Some(true)),
             "{v}"
         );
+        // `Expires` is an IMF-fixdate one year (the default expiration) from now.
+        let expires = parsed.expires_datetime().unwrap().unix_timestamp();
+        let year = 365 * 24 * 3600;
+        assert!(
+            (before + year..=after + year).contains(&expires),
+            "{v}: {expires} not within [{before}, {after}] + 1 year"
+        );
+        let date = v
+            .split("Expires=")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap();
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date}");
+
         c.domains = vec!["cme.com".into()];
         c.fallback_domain = Some("fallback.net".into());
         c.same_site = SameSite::Lax;
         c.secure = false;
         let v = set_cookie(&c, &req, "n1").unwrap();
-        assert!(v
-            .to_str()
-            .unwrap()
-            .ends_with("; Domain=fallback.net; SameSite=Lax; HttpOnly"));
+        let parsed = Cookie::parse(v.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.domain(), Some("fallback.net"));
+        assert_eq!(parsed.same_site(), Some(cookie::SameSite::Lax));
+        assert_eq!((parsed.secure(), parsed.http_only()), (None, Some(true)));
+        assert!(!v.to_str().unwrap().contains("Secure"));
+
+        // No Origin, no fallback: a host-only cookie. An expiration past year 9999 is capped.
+        c.fallback_domain = None;
+        c.expiration = config::Duration(Duration::from_secs(u64::MAX));
+        let v = set_cookie(&c, &HeaderMap::new(), "n1").unwrap();
+        let v = v.to_str().unwrap();
+        assert!(!v.contains("Domain="), "{v}");
+        assert!(v.contains("Expires=Fri, 31 Dec 9999 23:59:59 GMT"), "{v}");
+
         c.enabled = false;
         assert!(set_cookie(&c, &req, "n1").is_none());
+    }
+
+    #[test]
+    fn cors_echoes_the_first_origin_else_any() {
+        let mut req = HeaderMap::new();
+        let h = cors_headers(&req);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        req.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://a.example https://b.example"),
+        );
+        let h = cors_headers(&req);
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
     }
 
     #[test]
