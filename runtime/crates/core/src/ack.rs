@@ -120,7 +120,7 @@ impl fmt::Debug for Ack {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().expect("the engine map lock poisoned")
 }
 
 /// The acknowledgements of one stream of positions a source reads (a Kafka partition under one
@@ -319,7 +319,10 @@ mod tests {
     struct Log(Mutex<Vec<(u64, bool)>>);
     impl AckHandler for Log {
         fn acked(&self, token: u64, delivered: bool) {
-            self.0.lock().unwrap().push((token, delivered));
+            self.0
+                .lock()
+                .expect("lock poisoned")
+                .push((token, delivered));
         }
     }
 
@@ -331,9 +334,12 @@ mod tests {
         let b = ack.clone();
         ack.delivered();
         a.delivered();
-        assert!(log.0.lock().unwrap().is_empty(), "one share still out");
+        assert!(
+            log.0.lock().expect("lock poisoned").is_empty(),
+            "one share still out"
+        );
         b.delivered();
-        assert_eq!(*log.0.lock().unwrap(), vec![(7, true)]);
+        assert_eq!(*log.0.lock().expect("lock poisoned"), vec![(7, true)]);
     }
 
     #[test]
@@ -343,7 +349,7 @@ mod tests {
         let a = ack.clone();
         ack.delivered();
         drop(a);
-        assert_eq!(*log.0.lock().unwrap(), vec![(1, false)]);
+        assert_eq!(*log.0.lock().expect("lock poisoned"), vec![(1, false)]);
     }
 
     #[test]
@@ -373,14 +379,20 @@ mod tests {
         let ack = Ack::chained(2, log.clone(), source);
         let part = ack.clone();
         ack.delivered();
-        assert!(log.0.lock().unwrap().is_empty());
+        assert!(log.0.lock().expect("lock poisoned").is_empty());
         part.delivered();
-        assert_eq!(*log.0.lock().unwrap(), vec![(2, true), (1, true)]);
+        assert_eq!(
+            *log.0.lock().expect("lock poisoned"),
+            vec![(2, true), (1, true)]
+        );
 
         let log = Arc::new(Log::default());
         let ack = Ack::chained(2, log.clone(), Ack::new(1, log.clone()));
         ack.failed();
-        assert_eq!(*log.0.lock().unwrap(), vec![(2, false), (1, false)]);
+        assert_eq!(
+            *log.0.lock().expect("lock poisoned"),
+            vec![(2, false), (1, false)]
+        );
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl KafkaChangelog {
         }
         // (The reader's client: `append` holds the producer.)
         let n = {
-            let reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+            let reader = self.reader.lock().expect("reader lock poisoned");
             partition_count(reader.client(), &self.topic)?
         };
         self.partitions.store(n, Ordering::Relaxed);
@@ -254,7 +254,7 @@ impl Changelog for KafkaChangelog {
     /// is sent only after all its records were queued, and an append is `Ok` only if every one
     /// of its records was delivered. Nothing sent is left in flight when this returns.
     fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
-        let mut producer = self.producer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut producer = self.producer.lock().expect("producer lock poisoned");
         // Per append: its futures (the marker's last) or the error that stopped it.
         let mut sent: Vec<(Vec<DeliveryFuture>, Option<anyhow::Error>)> = Vec::new();
         for a in appends {
@@ -301,7 +301,7 @@ impl Changelog for KafkaChangelog {
     /// The (low, high) offsets of a changelog partition.
     fn watermarks(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
         self.check_partition(partition)?;
-        let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.reader.lock().expect("reader lock poisoned");
         r.fetch_watermarks(&self.topic, partition, TIMEOUT)
             .with_context(|| format!("cannot read the offsets of changelog {:?}", self.topic))
     }
@@ -311,7 +311,7 @@ impl Changelog for KafkaChangelog {
         if from >= to {
             return Ok(0);
         }
-        let r = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let r = self.reader.lock().expect("reader lock poisoned");
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Offset(from))?;
         r.assign(&tpl)?;

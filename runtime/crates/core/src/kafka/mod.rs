@@ -111,7 +111,7 @@ impl ClientLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(KafkaError, String)>> {
-        self.last_error.lock().unwrap_or_else(|e| e.into_inner())
+        self.last_error.lock().expect("last_error lock poisoned")
     }
 }
 

@@ -252,7 +252,7 @@ mod tests {
             _records: &[Record],
             _progress: &mut Progress,
         ) -> Result<(), SinkError> {
-            *self.writes.lock().unwrap() += 1;
+            *self.writes.lock().expect("lock poisoned") += 1;
             self.script.pop_front().map_or(Ok(()), |f| f())
         }
     }
@@ -282,7 +282,7 @@ mod tests {
     }
 
     fn count(c: &Arc<Mutex<usize>>) -> usize {
-        *c.lock().unwrap()
+        *c.lock().expect("lock poisoned")
     }
 
     #[tokio::test]

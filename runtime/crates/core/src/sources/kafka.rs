@@ -270,7 +270,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
-        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+        self.tracker.lock().expect("tracker lock poisoned")
     }
 
     /// Takes the partitions on; returns each one's epoch.

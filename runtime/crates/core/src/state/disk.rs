@@ -162,7 +162,7 @@ fn open(path: &Path) -> anyhow::Result<Arc<Database>> {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().expect("the engine map lock poisoned")
 }
 
 /// The pipeline's state on disk: a [`StateBackend`] for the transforms and a [`Checkpointed`]

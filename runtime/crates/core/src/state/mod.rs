@@ -141,7 +141,7 @@ impl MemoryBackend {
 
 impl StateBackend for MemoryBackend {
     fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>> {
-        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stores = self.stores.lock().expect("stores lock poisoned");
         let s = stores.entry(scope.clone()).or_default().clone();
         Ok(s)
     }
@@ -173,11 +173,7 @@ impl MemoryInner {
 impl MemoryStore {
     /// Number of entries held, expired ones not yet swept included.
     pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map
-            .len()
+        self.inner.lock().expect("inner lock poisoned").map.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -190,17 +186,17 @@ impl StateStore for MemoryStore {
         Ok(self
             .inner
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .expect("inner lock poisoned")
             .live(key, now_ms))
     }
 
     fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.inner.lock().expect("inner lock poisoned");
         Ok(keys.iter().map(|k| inner.live(k, now_ms)).collect())
     }
 
     fn commit(&self, writes: Vec<Write>, _at: Option<At>, now_ms: i64) -> anyhow::Result<()> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock().expect("inner lock poisoned");
         for w in writes {
             match w.value {
                 Some(v) => {

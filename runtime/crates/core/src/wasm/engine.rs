@@ -27,7 +27,7 @@ pub fn engine(max_stack: usize) -> anyhow::Result<Engine> {
         start_ticker();
         Mutex::new(HashMap::new())
     });
-    let mut map = engines.lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = engines.lock().expect("the engine map lock poisoned");
     if let Some(e) = map.get(&max_stack) {
         return Ok(e.clone());
     }
@@ -82,7 +82,7 @@ fn start_ticker() {
         .spawn(|| loop {
             std::thread::sleep(EPOCH_TICK);
             if let Some(engines) = ENGINES.get() {
-                let map = engines.lock().unwrap_or_else(|e| e.into_inner());
+                let map = engines.lock().expect("the engine map lock poisoned");
                 for e in map.values() {
                     e.increment_epoch();
                 }
@@ -124,7 +124,7 @@ static LOADED: OnceLock<Mutex<HashMap<MemKey, Component>>> = OnceLock::new();
 /// measuring cached loads, as after a restart).
 pub fn forget_loaded() {
     if let Some(m) = LOADED.get() {
-        m.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        m.lock().expect("the engine map lock poisoned").clear();
     }
 }
 
@@ -154,7 +154,7 @@ pub fn load_bytes(
     let mem = LOADED.get_or_init(Default::default);
     if let Some(c) = mem
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .expect("the memory lock poisoned")
         .get(&(hash, max_stack))
     {
         return Ok(Loaded {
@@ -200,7 +200,7 @@ pub fn load_bytes(
         }
     };
     mem.lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .expect("the memory lock poisoned")
         .insert((hash, max_stack), component.clone());
     Ok(Loaded {
         component,
