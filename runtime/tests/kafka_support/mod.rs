@@ -226,7 +226,7 @@ impl Kafka {
             .tempdir()
             .unwrap();
         let certs = Certs::make(dir.path());
-        let cluster_id = storage_tool(&["random-uuid"]).trim().to_string();
+        let cluster_id = random_uuid();
         let mut kafka = Kafka {
             nodes: Vec::new(),
             certs,
@@ -248,8 +248,10 @@ impl Kafka {
                     child: None,
                 })
                 .collect();
-            for i in 0..n {
-                kafka.format(i);
+            // Formatting is a JVM start each: all at once.
+            let formats: Vec<_> = (0..n).map(|i| kafka.format(i)).collect();
+            for f in formats {
+                finish_tool(f);
             }
             for i in 0..n {
                 kafka.launch(i);
@@ -370,11 +372,12 @@ impl Kafka {
         .unwrap();
     }
 
-    fn format(&mut self, i: usize) {
+    /// Starts formatting node `i`'s log dir (with the SCRAM credentials); [`finish_tool`] waits.
+    fn format(&mut self, i: usize) -> (Vec<String>, Child) {
         self.write_props(i);
         let props = self.nodes[i].props().display().to_string();
         let scram = format!("SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]");
-        storage_tool(&[
+        let args = [
             "format",
             "-t",
             &self.cluster_id,
@@ -382,7 +385,11 @@ impl Kafka {
             &props,
             "--add-scram",
             &scram,
-        ]);
+        ];
+        (
+            args.iter().map(|a| a.to_string()).collect(),
+            spawn_tool(&args),
+        )
     }
 
     fn launch(&mut self, i: usize) {
@@ -621,15 +628,33 @@ fn java() -> Command {
     c
 }
 
-/// Runs `kafka.tools.StorageTool` with `args`; its stdout.
-fn storage_tool(args: &[&str]) -> String {
-    let out = java()
-        .arg("-Dlog4j2.level=WARN")
+/// A Kafka cluster id, as `kafka-storage random-uuid` makes one (16 random bytes, base64url
+/// without padding), without starting a JVM for it.
+fn random_uuid() -> String {
+    use base64::Engine;
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut b)
+        .unwrap();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn spawn_tool(args: &[&str]) -> Child {
+    java()
         .arg("kafka.tools.StorageTool")
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("java runs (is a JDK >= 17 installed? runtime/tests/setup.sh installs one)");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("java runs (is a JDK >= 17 installed? runtime/tests/setup.sh installs one)")
+}
+
+/// Waits for a StorageTool run; its stdout.
+fn finish_tool((args, child): (Vec<String>, Child)) -> String {
+    let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
