@@ -739,7 +739,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
         kafka_support::shared(),
         "crash",
         kills,
-        1500,
+        600,
         true,
         KillAt::Random(1500),
     );
