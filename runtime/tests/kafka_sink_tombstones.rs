@@ -1,26 +1,23 @@
-//! The `kafka` sink's tombstones against a real Kafka-protocol broker (librdkafka's mock cluster
-//! on a real TCP port): a removal record (viewer-state's expiry) becomes a null value under the
+//! The `kafka` sink's tombstones against a real Apache Kafka broker (started by
+//! `kafka_support`): a removal record (viewer-state's expiry) becomes a null value under the
 //! viewer's key, so a compacted profiles topic forgets the viewer.
+
+mod kafka_support;
 
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, Producer};
 use weir_core::record::Record;
 use weir_core::setup::BuildContext;
 use weir_core::sinks::{Progress, SinkError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removals_become_tombstones_keyed_by_viewer() {
-    let owner: BaseProducer = ClientConfig::new()
-        .set("test.mock.num.brokers", "1")
-        .create()
-        .expect("mock cluster");
-    let mock = owner.client().mock_cluster().expect("a mock cluster");
-    let bootstrap = mock.bootstrap_servers();
-    mock.create_topic("profiles", 1, 1).unwrap();
+    let kafka = kafka_support::shared();
+    let bootstrap = kafka.bootstrap();
+    kafka.create_topic("profiles", 1, 1, &[("cleanup.policy", "compact")]);
 
     let cfg: weir_core::sinks::kafka::KafkaConfig = serde_json::from_value(serde_json::json!({
         "bootstrap_servers": bootstrap,
@@ -96,5 +93,4 @@ async fn removals_become_tombstones_keyed_by_viewer() {
             Some(r#"{"viewer_id":"v2","removed":false}"#.to_string())
         )
     );
-    drop(owner.flush(Duration::from_secs(1)));
 }

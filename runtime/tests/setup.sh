@@ -40,8 +40,43 @@ if ! "$EMU_DIR/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ 
   python3 -m venv "$EMU_DIR/venv"
   "$EMU_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
-# The Kafka tests run librdkafka's mock cluster in-process (rdkafka builds librdkafka from source
-# with gcc, make and perl, all present on the base image): nothing to install.
+# Apache Kafka for the Kafka tests and benches (runtime/tests/kafka_support): a pinned release's
+# jars (the KRaft broker, its tools and a log4j2 binding) from Maven Central, fetched once into
+# `<target dir>/kafka-<version>/libs` and run with `java -cp 'libs/*' kafka.Kafka`. Needs a JDK
+# >= 17 and Maven. (rdkafka builds librdkafka and OpenSSL from source with gcc, make and perl, all
+# present on the base image.) The tests read KAFKA_VERSION from this line.
+KAFKA_VERSION=4.1.1
+KAFKA_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/kafka-$KAFKA_VERSION"
+if [ ! -f "$KAFKA_DIR/libs/.complete" ]; then
+  java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
+  if ! have java || [ "$(java_major)" -lt 17 ] || ! have mvn; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven
+  fi
+  mkdir -p "$KAFKA_DIR"
+  cat >"$KAFKA_DIR/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>weir.tests</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>$KAFKA_VERSION</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <!-- Kafka logs through slf4j 1.x: log4j2's binding for it. -->
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>2.25.3</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>2.25.3</version></dependency>
+  </dependencies>
+</project>
+POM
+  rm -rf "$KAFKA_DIR/libs.tmp"
+  mvn -q -B -Dstyle.color=never -f "$KAFKA_DIR/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_DIR/libs.tmp"
+  touch "$KAFKA_DIR/libs.tmp/.complete"
+  rm -rf "$KAFKA_DIR/libs"
+  mv "$KAFKA_DIR/libs.tmp" "$KAFKA_DIR/libs"
+fi
 # The collector and SDK tests run real Snowplow software: the Python tracker (GET/POST, base64,
 # batches), a real Thrift library (thriftpy2) to encode raw CollectorPayload records, and the
 # Python analytics SDK whose JSON is the expectation for weir's. Installed into their own
