@@ -9,6 +9,8 @@ use crate::config::{ConfigError, Origin};
 use crate::record::{Batch, Failed, Record};
 use crate::registry::Registration;
 
+pub mod base64_decode;
+pub mod base64_encode;
 pub mod sp_collector_payload;
 pub mod sp_enriched_filter;
 pub mod sp_enriched_filter_context;
@@ -19,6 +21,8 @@ pub mod wasm;
 
 /// Every transform type weir knows, by its config `type`.
 pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
+    transform::<base64_decode::Config>(),
+    transform::<base64_encode::Config>(),
     transform::<sp_collector_payload::Config>(),
     transform::<sp_enriched_filter::Config>(),
     transform::<sp_enriched_filter_context::Config>(),
