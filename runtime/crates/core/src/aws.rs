@@ -52,6 +52,9 @@ pub fn check_requests(
 pub enum ErrorClass {
     /// Throttling or capacity: retry later, with backoff.
     Throttled,
+    /// The service refuses the credentials or permissions, or does not know the table or
+    /// stream: an operator must act (`[retry.setup]`).
+    Setup,
     /// Network, timeouts, 5xx, setup problems that may clear (a table being created): retry.
     Transient,
     /// The request itself is invalid (item too large, bad key): retrying will not help.
@@ -70,6 +73,18 @@ const THROTTLING: &[&str] = &[
     "TooManyRequestsException",
 ];
 
+impl ErrorClass {
+    /// The `[retry]` class of a write that failed this way and is worth retrying.
+    pub fn retry_class(self) -> crate::retry::FailureClass {
+        use crate::retry::FailureClass;
+        match self {
+            ErrorClass::Throttled => FailureClass::Throttle,
+            ErrorClass::Setup => FailureClass::Setup,
+            _ => FailureClass::Transient,
+        }
+    }
+}
+
 /// Sorts an SDK error by its service error code.
 pub fn classify<E, R>(err: &SdkError<E, R>) -> ErrorClass
 where
@@ -86,6 +101,7 @@ where
 pub fn classify_code(code: Option<&str>) -> ErrorClass {
     match code {
         Some(c) if THROTTLING.contains(&c) => ErrorClass::Throttled,
+        Some(c) if REFUSED.contains(&c) || c == "ResourceNotFoundException" => ErrorClass::Setup,
         Some("ConditionalCheckFailedException") => ErrorClass::ConditionFailed,
         Some("ValidationException" | "InvalidArgumentException" | "SerializationException") => {
             ErrorClass::Invalid

@@ -97,6 +97,8 @@ pub struct PipelineConfig {
     pub batch: BatchConfig,
     pub limits: LimitsConfig,
     pub http: Option<HttpConfig>,
+    /// `[retry]`: how failed sink writes are retried, per kind of failure.
+    pub retry: crate::retry::RetryConfig,
     /// Transform worker threads (each with its own instance of the chain); output order is kept.
     pub workers: usize,
     /// `[state]`: transform state on disk, checkpointed by the source (none: in memory).
@@ -114,6 +116,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "workers",
     "state",
+    "retry",
 ];
 
 impl PipelineConfig {
@@ -233,6 +236,7 @@ impl PipelineConfig {
         let http: Option<HttpConfig> = section("http")
             .map(|v| top.child("http").deserialize(v))
             .transpose()?;
+        let retry = crate::retry::RetryConfig::from_value(section("retry"), &top.child("retry"))?;
         let workers: usize = section("workers")
             .map(|v| top.child("workers").deserialize(v))
             .transpose()?
@@ -262,6 +266,7 @@ impl PipelineConfig {
             batch,
             limits,
             http,
+            retry,
             workers,
             state,
         })
@@ -416,12 +421,13 @@ pub async fn run(
     }
 
     // The failure sink also takes the records the other sinks reject.
-    let (failure_tx, failure_task) = spawn_sink("failure", failure, q, &stats, &abort, None);
+    let (failure_tx, failure_task) =
+        spawn_sink("failure", failure, q, &cfg.retry, &stats, &abort, None);
     let reject_to = || Some((failure_tx.clone(), bad_rows.clone()));
-    let (main_tx, main_task) = spawn_sink("sink", main, q, &stats, &abort, reject_to());
+    let (main_tx, main_task) = spawn_sink("sink", main, q, &cfg.retry, &stats, &abort, reject_to());
     let (filtered_tx, filtered_task) = match filtered {
         Some(f) => {
-            let (tx, t) = spawn_sink("filtered", f, q, &stats, &abort, reject_to());
+            let (tx, t) = spawn_sink("filtered", f, q, &cfg.retry, &stats, &abort, reject_to());
             (Some(tx), Some(t))
         }
         None => (None, None),
@@ -683,9 +689,11 @@ async fn route(
     ack.delivered();
 }
 
-/// Starts a sink's task: it writes each batch, retrying retriable errors with capped exponential
-/// backoff (the queue in front of it fills meanwhile, holding the source back), acknowledges what
-/// was written, and on a fatal error stops the pipeline.
+/// Starts a sink's task: it writes each batch, retrying failed writes under the `[retry]` policy
+/// of their class (the queue in front of it fills meanwhile, holding the source back),
+/// acknowledges what was written, and on a fatal error stops the pipeline. A batch whose class's
+/// `max_attempts` run out goes to the failure sink if that class has `invalid_after_max` (its
+/// records not yet taken, as bad rows naming the error), otherwise the pipeline stops.
 ///
 /// Records the sink rejects ([`SinkError::Rejected`]) go to `rejects` (the failure sink) as bad
 /// rows, holding a share of the batch's ack; the failure sink itself has no `rejects`, so a
@@ -694,11 +702,13 @@ fn spawn_sink(
     role: &'static str,
     mut sink: Box<dyn Sink>,
     queue: usize,
+    retry: &crate::retry::RetryConfig,
     stats: &Arc<Stats>,
     abort: &CancellationToken,
     reject_to: Option<(mpsc::Sender<SinkBatch>, BadRows)>,
 ) -> (mpsc::Sender<SinkBatch>, JoinHandle<anyhow::Result<()>>) {
     let (tx, mut rx) = mpsc::channel::<SinkBatch>(queue);
+    let retry = *retry;
     let stats = stats.clone();
     let abort = abort.clone();
     let task = tokio::spawn(async move {
@@ -707,7 +717,8 @@ fn spawn_sink(
         let seconds = metrics::histogram!("weir_sink_write_seconds", "sink" => role);
         let sizes = metrics::histogram!("weir_batch_records", "stage" => role);
         while let Some(SinkBatch { records, ack }) = rx.recv().await {
-            let mut attempt: u32 = 0;
+            // Failed writes of this batch so far, per failure class.
+            let mut attempts = [0u32; 3];
             // What the sink took of this batch, kept across its retries.
             let mut progress = Progress::default();
             loop {
@@ -726,11 +737,64 @@ fn spawn_sink(
                         ack.delivered();
                         break;
                     }
-                    Err(SinkError::Retriable(e)) => {
-                        attempt += 1;
+                    Err(
+                        e @ (SinkError::Retriable(_)
+                        | SinkError::Throttled(_)
+                        | SinkError::Setup(_)),
+                    ) => {
+                        let class = e.class().expect("a retriable class");
+                        let policy = retry.policy(class);
+                        let attempt = &mut attempts[class as usize];
+                        *attempt += 1;
+                        let attempt = *attempt;
+                        if policy.exhausted(attempt) {
+                            let why = format!(
+                                "{role}: {} error, gave up after {attempt} attempts: {e:#}",
+                                class.as_str()
+                            );
+                            match reject_to.as_ref().filter(|_| policy.invalid_after_max) {
+                                Some((failure, bad_rows)) => {
+                                    tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good: sending the batch to the failure sink (invalid_after_max)");
+                                    let component = format!("{role} (sink)");
+                                    let mut rejected: std::collections::HashMap<usize, String> =
+                                        progress.take_rejected().into_iter().collect();
+                                    let rows: Vec<Record> = records
+                                        .iter()
+                                        .enumerate()
+                                        .filter_map(|(i, r)| {
+                                            let reason = match rejected.remove(&i) {
+                                                Some(reason) => reason,
+                                                None if progress.is_settled(i) => return None,
+                                                None => why.clone(),
+                                            };
+                                            Some(bad_rows.encode(&Failed::invalid(
+                                                r.clone(),
+                                                &component,
+                                                reason,
+                                            )))
+                                        })
+                                        .collect();
+                                    let ordering = std::sync::atomic::Ordering::Relaxed;
+                                    stats.failed.fetch_add(rows.len() as u64, ordering);
+                                    let _ = failure
+                                        .send(SinkBatch {
+                                            records: rows,
+                                            ack: ack.clone(),
+                                        })
+                                        .await;
+                                    ack.delivered();
+                                    break;
+                                }
+                                None => {
+                                    tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good after the retry policy's max_attempts; stopping without acknowledging");
+                                    abort.cancel();
+                                    return Err(anyhow::anyhow!("{why}"));
+                                }
+                            }
+                        }
                         retries.increment(1);
-                        let wait = crate::retry::PIPELINE.delay(attempt);
-                        tracing::warn!(sink = role, attempt, error = %format!("{e:#}"), retry_in = ?wait, "write failed, retrying");
+                        let wait = policy.backoff().delay(attempt);
+                        tracing::warn!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), retry_in = ?wait, "write failed, retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(wait) => {}
                             _ = abort.cancelled() => return Err(anyhow::anyhow!("{role}: gave up on a write while stopping: {e:#}")),

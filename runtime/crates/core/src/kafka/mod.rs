@@ -115,7 +115,8 @@ impl ClientLog {
     }
 }
 
-fn refusal(code: RDKafkaErrorCode) -> bool {
+/// Whether `code` is the cluster refusing this client (authentication, authorisation, TLS).
+pub fn refusal(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         code,

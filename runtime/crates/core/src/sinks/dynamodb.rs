@@ -521,13 +521,22 @@ impl DynamoDbSink {
                     return Ok(None);
                 }
                 ErrorClass::Invalid => return Ok(Some((op.index, message))),
+                ErrorClass::Setup => {
+                    return Err(SinkError::Setup(anyhow::anyhow!(
+                        "dynamodb {}: {message}",
+                        cfg.table
+                    )))
+                }
                 ErrorClass::Throttled | ErrorClass::Transient => {
                     metrics::counter!("weir_dynamodb_retries_total", "reason" => if class == ErrorClass::Throttled { "throttled" } else { "transient" }).increment(1);
                     if attempt >= cfg.max_attempts {
-                        return Err(SinkError::Retriable(anyhow::anyhow!(
-                            "dynamodb {}: {message} (after {attempt} attempts)",
-                            cfg.table
-                        )));
+                        return Err(SinkError::of_class(
+                            class.retry_class(),
+                            anyhow::anyhow!(
+                                "dynamodb {}: {message} (after {attempt} attempts)",
+                                cfg.table
+                            ),
+                        ));
                     }
                     tokio::time::sleep(crate::retry::REQUEST.delay(attempt)).await;
                 }
@@ -701,15 +710,25 @@ impl DynamoDbSink {
                         }
                         return Ok(rejected);
                     }
+                    ErrorClass::Setup => {
+                        return Err(SinkError::Setup(anyhow::anyhow!(
+                            "dynamodb {}: {}",
+                            cfg.table,
+                            aws::describe(&e)
+                        )))
+                    }
                     class => {
                         // Nothing of this request was written: `pending` goes again as it is.
                         metrics::counter!("weir_dynamodb_retries_total", "reason" => if class == ErrorClass::Throttled { "throttled" } else { "transient" }).increment(1);
                         if attempt >= cfg.max_attempts {
-                            return Err(SinkError::Retriable(anyhow::anyhow!(
-                                "dynamodb {}: {} (after {attempt} attempts)",
-                                cfg.table,
-                                aws::describe(&e)
-                            )));
+                            return Err(SinkError::of_class(
+                                class.retry_class(),
+                                anyhow::anyhow!(
+                                    "dynamodb {}: {} (after {attempt} attempts)",
+                                    cfg.table,
+                                    aws::describe(&e)
+                                ),
+                            ));
                         }
                     }
                 },

@@ -148,16 +148,23 @@ impl Sink for FanoutSink {
         let parts = progress.parts(self.children.len());
         let mut fatal = Vec::new();
         let mut retriable = Vec::new();
+        // The most serious class among the children still to write: setup, then throttle.
+        let mut class = crate::retry::FailureClass::Transient;
         for (i, result) in results {
             let label = &self.children[i].label;
             match result {
                 Ok(()) => parts[i].finish(Vec::new()),
                 Err(SinkError::Rejected(rejected)) => parts[i].finish(rejected),
-                Err(SinkError::Retriable(e)) => {
+                Err(SinkError::Fatal(e)) => fatal.push(format!("{label}: {e:#}")),
+                Err(e) => {
+                    use crate::retry::FailureClass::*;
+                    let c = e.class().unwrap_or(Transient);
+                    if c == Setup || (c == Throttle && class == Transient) {
+                        class = c;
+                    }
                     self.children[i].retries.increment(1);
                     retriable.push(format!("{label}: {e:#}"));
                 }
-                Err(SinkError::Fatal(e)) => fatal.push(format!("{label}: {e:#}")),
             }
         }
         if !fatal.is_empty() {
@@ -168,11 +175,14 @@ impl Sink for FanoutSink {
         }
         if !retriable.is_empty() {
             let waiting = retriable.len();
-            return Err(SinkError::Retriable(anyhow::anyhow!(
-                "fanout: {waiting} of {} sink(s) still to write the batch: {}",
-                self.children.len(),
-                retriable.join("; ")
-            )));
+            return Err(SinkError::of_class(
+                class,
+                anyhow::anyhow!(
+                    "fanout: {waiting} of {} sink(s) still to write the batch: {}",
+                    self.children.len(),
+                    retriable.join("; ")
+                ),
+            ));
         }
         // Every child accepted the batch; what some rejected goes to the failure sink, each
         // record once, with every child's reason.

@@ -314,9 +314,28 @@ impl Sink for KafkaSink {
                 self.producer = self.cfg.producer().map_err(SinkError::Retriable)?;
             }
             let left = progress.unsettled(len);
-            return Err(SinkError::Retriable(anyhow::Error::new(e).context(
-                format!("kafka sink: {left} of {len} record(s) not delivered"),
-            )));
+            let class = match e.rdkafka_error_code() {
+                Some(c)
+                    if crate::kafka::refusal(c)
+                        || matches!(
+                            c,
+                            RDKafkaErrorCode::UnknownTopicOrPartition
+                                | RDKafkaErrorCode::UnknownTopic
+                        ) =>
+                {
+                    crate::retry::FailureClass::Setup
+                }
+                Some(RDKafkaErrorCode::QueueFull | RDKafkaErrorCode::ThrottlingQuotaExceeded) => {
+                    crate::retry::FailureClass::Throttle
+                }
+                _ => crate::retry::FailureClass::Transient,
+            };
+            return Err(SinkError::of_class(
+                class,
+                anyhow::Error::new(e).context(format!(
+                    "kafka sink: {left} of {len} record(s) not delivered"
+                )),
+            ));
         }
         let rejected = progress.take_rejected();
         if rejected.is_empty() {

@@ -200,6 +200,8 @@ impl KinesisSink {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // Whether the last failure was the stream throttling us (request or records).
+            let throttled;
             let entries: Vec<PutRecordsRequestEntry> =
                 pending.iter().map(|(_, e)| e.clone()).collect();
             let failure = match client
@@ -230,6 +232,7 @@ impl KinesisSink {
                     metrics::counter!("weir_kinesis_failed_records_total")
                         .increment(pending.len() as u64);
                     tracing::debug!(stream = %cfg.stream, failed = pending.len(), attempt, error = %first_error, "retrying failed records");
+                    throttled = first_error.starts_with("ProvisionedThroughputExceeded");
                     first_error
                 }
                 Err(e) => match aws::classify(&e) {
@@ -240,18 +243,36 @@ impl KinesisSink {
                             aws::describe(&e)
                         )))
                     }
-                    _ => aws::describe(&e),
+                    ErrorClass::Setup => {
+                        return Err(SinkError::Setup(anyhow::anyhow!(
+                            "kinesis {}: {}",
+                            cfg.stream,
+                            aws::describe(&e)
+                        )))
+                    }
+                    class => {
+                        throttled = class == ErrorClass::Throttled;
+                        aws::describe(&e)
+                    }
                 },
             };
             if pending.is_empty() {
                 return Ok(());
             }
             if attempt >= cfg.max_attempts {
-                return Err(SinkError::Retriable(anyhow::anyhow!(
-                    "kinesis {}: {} records not written after {attempt} attempts: {failure}",
-                    cfg.stream,
-                    pending.len()
-                )));
+                let class = if throttled {
+                    crate::retry::FailureClass::Throttle
+                } else {
+                    crate::retry::FailureClass::Transient
+                };
+                return Err(SinkError::of_class(
+                    class,
+                    anyhow::anyhow!(
+                        "kinesis {}: {} records not written after {attempt} attempts: {failure}",
+                        cfg.stream,
+                        pending.len()
+                    ),
+                ));
             }
             tokio::time::sleep(crate::retry::REQUEST.delay(attempt)).await;
         }

@@ -82,10 +82,18 @@ const fn sink<C: SinkType>() -> Registration<dyn SinkConfig> {
 /// Why a write failed, which decides what the pipeline does next.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Worth trying again (network, throttling, a full disk that may clear): retried with backoff,
-    /// holding back the source meanwhile.
+    /// Worth trying again (network, a timeout, a full disk that may clear): retried with
+    /// backoff under `[retry.transient]`, holding back the source meanwhile.
     #[error("{0:#}")]
     Retriable(anyhow::Error),
+    /// The service asks weir to slow down (throttling, a full producer queue): retried under
+    /// `[retry.throttle]`.
+    #[error("{0:#}")]
+    Throttled(anyhow::Error),
+    /// The target is misconfigured or refuses weir (credentials, permissions, a missing table,
+    /// stream or topic): retried under `[retry.setup]` (by default a few times, then weir stops).
+    #[error("{0:#}")]
+    Setup(anyhow::Error),
     /// Will not succeed however often it is tried: the pipeline stops without acknowledging.
     #[error("{0:#}")]
     Fatal(anyhow::Error),
@@ -95,6 +103,29 @@ pub enum SinkError {
     /// Returned by the failure sink itself, it stops the pipeline like `Fatal`.
     #[error("{} record(s) rejected, first: {}", .0.len(), .0.first().map_or("", |r| r.1.as_str()))]
     Rejected(Vec<(usize, String)>),
+}
+
+impl SinkError {
+    /// The retry policy class of an error worth retrying; `None` for `Fatal` and `Rejected`.
+    pub fn class(&self) -> Option<crate::retry::FailureClass> {
+        use crate::retry::FailureClass;
+        match self {
+            SinkError::Retriable(_) => Some(FailureClass::Transient),
+            SinkError::Throttled(_) => Some(FailureClass::Throttle),
+            SinkError::Setup(_) => Some(FailureClass::Setup),
+            SinkError::Fatal(_) | SinkError::Rejected(_) => None,
+        }
+    }
+
+    /// An error of `class` (what a composite sink returns for its children's).
+    pub fn of_class(class: crate::retry::FailureClass, e: anyhow::Error) -> SinkError {
+        use crate::retry::FailureClass;
+        match class {
+            FailureClass::Transient => SinkError::Retriable(e),
+            FailureClass::Throttle => SinkError::Throttled(e),
+            FailureClass::Setup => SinkError::Setup(e),
+        }
+    }
 }
 
 /// A running sink.
