@@ -752,45 +752,26 @@ fn spawn_sink(
                                 "{role}: {} error, gave up after {attempt} attempts: {e:#}",
                                 class.as_str()
                             );
-                            match reject_to.as_ref().filter(|_| policy.invalid_after_max) {
-                                Some((failure, bad_rows)) => {
-                                    tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good: sending the batch to the failure sink (invalid_after_max)");
-                                    let component = format!("{role} (sink)");
-                                    let mut rejected: std::collections::HashMap<usize, String> =
-                                        progress.take_rejected().into_iter().collect();
-                                    let rows: Vec<Record> = records
-                                        .iter()
-                                        .enumerate()
-                                        .filter_map(|(i, r)| {
-                                            let reason = match rejected.remove(&i) {
-                                                Some(reason) => reason,
-                                                None if progress.is_settled(i) => return None,
-                                                None => why.clone(),
-                                            };
-                                            Some(bad_rows.encode(&Failed::invalid(
-                                                r.clone(),
-                                                &component,
-                                                reason,
-                                            )))
-                                        })
-                                        .collect();
-                                    let ordering = std::sync::atomic::Ordering::Relaxed;
-                                    stats.failed.fetch_add(rows.len() as u64, ordering);
-                                    let _ = failure
-                                        .send(SinkBatch {
-                                            records: rows,
-                                            ack: ack.clone(),
-                                        })
-                                        .await;
-                                    ack.delivered();
-                                    break;
-                                }
-                                None => {
-                                    tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good after the retry policy's max_attempts; stopping without acknowledging");
-                                    abort.cancel();
-                                    return Err(anyhow::anyhow!("{why}"));
-                                }
-                            }
+                            let Some(to) = reject_to.as_ref().filter(|_| policy.invalid_after_max)
+                            else {
+                                tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good after the retry policy's max_attempts; stopping without acknowledging");
+                                abort.cancel();
+                                return Err(anyhow::anyhow!("{why}"));
+                            };
+                            tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good: sending the batch to the failure sink (invalid_after_max)");
+                            // Records the sink refused keep their reason; those it took stay out.
+                            let mut rejected: std::collections::HashMap<usize, String> =
+                                progress.take_rejected().into_iter().collect();
+                            let failed = records.iter().enumerate().filter_map(|(i, r)| {
+                                let reason = match rejected.remove(&i) {
+                                    Some(reason) => reason,
+                                    None if progress.is_settled(i) => return None,
+                                    None => why.clone(),
+                                };
+                                Some((r, reason))
+                            });
+                            to_failure_sink((&to.0, &to.1), role, &stats, ack, failed).await;
+                            break;
                         }
                         retries.increment(1);
                         let wait = policy.backoff().delay(attempt);
@@ -805,28 +786,16 @@ fn spawn_sink(
                         seconds.record(t.elapsed().as_secs_f64());
                         let accepted = records.len().saturating_sub(rejected.len());
                         records_total.increment(accepted as u64);
-                        let component = format!("{role} (sink)");
-                        let rows: Vec<Record> = rejected
-                            .iter()
-                            .filter_map(|(i, reason)| {
-                                tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
-                                let r = records.get(*i)?.clone();
-                                Some(bad_rows.encode(&Failed::invalid(r, &component, reason.clone())))
-                            })
-                            .collect();
-                        let ordering = std::sync::atomic::Ordering::Relaxed;
-                        stats.failed.fetch_add(rows.len() as u64, ordering);
                         if role == "sink" {
-                            stats.written.fetch_add(accepted as u64, ordering);
+                            stats
+                                .written
+                                .fetch_add(accepted as u64, std::sync::atomic::Ordering::Relaxed);
                         }
-                        // The failure sink's part holds a share of the ack; ours is delivered.
-                        let _ = failure
-                            .send(SinkBatch {
-                                records: rows,
-                                ack: ack.clone(),
-                            })
-                            .await;
-                        ack.delivered();
+                        let failed = rejected.into_iter().filter_map(|(i, reason)| {
+                            tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
+                            Some((records.get(i)?, reason))
+                        });
+                        to_failure_sink((failure, bad_rows), role, &stats, ack, failed).await;
                         break;
                     }
                     Err(e @ (SinkError::Fatal(_) | SinkError::Rejected(_))) => {
@@ -842,6 +811,31 @@ fn spawn_sink(
             .map_err(|e| anyhow::Error::new(e).context(format!("{role}: closing")))
     });
     (tx, task)
+}
+
+/// Sends `failed` (records of a batch, each with its reason) to the failure sink as bad rows of
+/// sink `role`, holding a share of the batch's `ack`, and delivers this sink's share.
+async fn to_failure_sink<'a>(
+    (failure, bad_rows): (&mpsc::Sender<SinkBatch>, &BadRows),
+    role: &str,
+    stats: &Stats,
+    ack: Ack,
+    failed: impl Iterator<Item = (&'a Record, String)>,
+) {
+    let component = format!("{role} (sink)");
+    let rows: Vec<Record> = failed
+        .map(|(r, reason)| bad_rows.encode(&Failed::invalid(r.clone(), &component, reason)))
+        .collect();
+    stats
+        .failed
+        .fetch_add(rows.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    let _ = failure
+        .send(SinkBatch {
+            records: rows,
+            ack: ack.clone(),
+        })
+        .await;
+    ack.delivered();
 }
 
 #[cfg(test)]

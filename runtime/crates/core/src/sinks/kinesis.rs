@@ -218,10 +218,12 @@ impl KinesisSink {
                     }
                     // Results are in request order; keep only the entries that failed.
                     let mut first_error = String::new();
+                    let mut first_code: Option<String> = None;
                     let mut kept = Vec::with_capacity(failed as usize);
                     for (entry, result) in pending.into_iter().zip(out.records) {
                         if let Some(code) = result.error_code {
                             if first_error.is_empty() {
+                                first_code = Some(code.clone());
                                 first_error =
                                     format!("{code}: {}", result.error_message.unwrap_or_default());
                             }
@@ -232,7 +234,9 @@ impl KinesisSink {
                     metrics::counter!("weir_kinesis_failed_records_total")
                         .increment(pending.len() as u64);
                     tracing::debug!(stream = %cfg.stream, failed = pending.len(), attempt, error = %first_error, "retrying failed records");
-                    throttled = first_error.starts_with("ProvisionedThroughputExceeded");
+                    throttled = first_code.is_some_and(|c| {
+                        aws::classify_code(Some(c.as_str())) == ErrorClass::Throttled
+                    });
                     first_error
                 }
                 Err(e) => match aws::classify(&e) {
