@@ -629,16 +629,20 @@ fn java() -> Command {
 }
 
 /// A Kafka cluster id, as `kafka-storage random-uuid` makes one (16 random bytes, base64url
-/// without padding), without starting a JVM for it.
+/// without padding), without starting a JVM for it. Like Kafka's `Uuid.randomUuid`, it never
+/// starts with `-`: StorageTool would read such an id (1 in 64) as an option and fail to format.
 fn random_uuid() -> String {
     use base64::Engine;
     use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut b)
-        .unwrap();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    loop {
+        let mut b = [0u8; 16];
+        urandom.read_exact(&mut b).unwrap();
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 fn spawn_tool(args: &[&str]) -> Child {
