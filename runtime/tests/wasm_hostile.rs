@@ -261,3 +261,197 @@ fn init_errors_and_non_transforms_are_build_errors() {
         .unwrap();
     assert!(e.to_string().contains("not a WebAssembly"), "{e}");
 }
+
+/// The state attack of issue 15 (one 500 KiB value, `get-many` of 8,000 copies of its key) on
+/// the real binary: the record fails with the reason, the others go through, and weir's peak
+/// RSS stays far below the 4 GB the unbounded answer took.
+#[test]
+fn get_many_of_thousands_of_copies_of_a_large_value_is_refused_within_the_guests_memory() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, bad) = (dir.path().join("out"), dir.path().join("bad"));
+    let cfg = dir.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[source]\ntype = \"stdin\"\n\
+             [[transforms]]\ntype = \"wasm\"\npath = \"{}\"\ncache_dir = \"{}\"\n\
+             [transforms.limits]\nmax_memory = \"64 MiB\"\n\
+             [sink]\ntype = \"file\"\npath = \"{}\"\n[failure]\ntype = \"file\"\npath = \"{}\"\n\
+             [batch]\nmax_records = 3\nflush_interval = \"20ms\"\n[http]\naddress = \"127.0.0.1:0\"\n",
+            rust_guest("hostile").display(),
+            cache_dir().display(),
+            out.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let mut child = weir()
+        .args(["--log-format", "json", "run", "--progress=never"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The JSON log line announcing the HTTP endpoint carries its address.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weir exited early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if let Some(a) = v["fields"]["address"].as_str() {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"bigput:big:512000\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin
+        .write_all(b"a\ngetmany:big:8000\ngetmany:big:100\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let text = std::fs::read_to_string(&bad).unwrap_or_default();
+        if text.contains("getmany:big:8000") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the attack never failed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    // What the transform holds, against its budget, is in /metrics.
+    let metrics = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    };
+    for expected in [
+        "weir_state_bytes{transform=\"transforms[0] (wasm)\"} 512003",
+        "weir_state_keys{transform=\"transforms[0] (wasm)\"} 1",
+        "weir_state_budget_bytes{transform=\"transforms[0] (wasm)\"} 1073741824",
+        "weir_state_budget_keys{transform=\"transforms[0] (wasm)\"} 10000000",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in\n{metrics}"
+        );
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    eprintln!("peak RSS of weir: {} MiB", hwm_kib >> 10);
+    assert!(
+        failed.contains("get-many of 8000 keys refused"),
+        "the reason reaches the failure sink: {failed}"
+    );
+    assert!(hwm_kib < 512 << 10, "peak RSS {hwm_kib} KiB");
+    let kept = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        kept.contains("bigput:big:512000") && kept.contains("\na\n"),
+        "{kept}"
+    );
+    assert!(
+        kept.contains(&format!("got {} bytes", 100 * 512000)),
+        "{kept}"
+    );
+}
+
+#[test]
+fn state_calls_with_malformed_columns_or_oversized_keys_fail_their_record() {
+    let mut g = hostile(Limits {
+        max_state_key_bytes: 16,
+        ..Limits::default()
+    });
+    let (out, failed, _) = run(
+        &mut g,
+        &[
+            "a",
+            "badoffsets",
+            "overlap:8",
+            "bigkey:17",
+            "bigkey:16",
+            "b",
+        ],
+    );
+    assert_eq!(out, vec!["a", "bigkey:16", "b"]);
+    let reasons: Vec<(&str, &str)> = failed
+        .iter()
+        .map(|(p, r)| (p.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0]
+            .1
+            .contains("get-many refused: keys offsets end at 1000000"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1]
+            .1
+            .contains("put-many refused: values offsets go down"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].1.contains(
+            "a key of 17 bytes refused: over the limit of 16 (limits.max_state_key_bytes)"
+        ),
+        "{reasons:?}"
+    );
+    still_works(&mut g);
+}
+
+#[test]
+fn past_the_state_budget_new_keys_fail_while_existing_keys_keep_updating() {
+    let mut g = hostile(Limits {
+        max_traps_per_batch: 2,
+        state_budget: weir_core::state::Budget {
+            max_bytes: 1 << 20,
+            max_keys: 4,
+        },
+        ..Limits::default()
+    });
+    let (out, failed, _) = run(&mut g, &["put:k1", "put:k2", "put:k3", "put:k4"]);
+    assert_eq!((out.len(), failed.len()), (4, 0));
+    // More new keys than max_traps_per_batch, mixed with updates: refusals are not traps of a
+    // failing guest, so every update goes through and only the new keys fail.
+    let batch = [
+        "put:k1", "put:n1", "put:k2", "put:n2", "put:n3", "put:k3", "put:k4", "get:k1",
+    ];
+    let (out, failed, _) = run(&mut g, &batch);
+    assert_eq!(out, vec!["put:k1", "put:k2", "put:k3", "put:k4", "k1=v"]);
+    let names: Vec<&str> = failed.iter().map(|f| f.0.as_str()).collect();
+    assert_eq!(names, vec!["put:n1", "put:n2", "put:n3"]);
+    for (_, r) in &failed {
+        assert!(
+            r.contains("state budget exceeded") && r.contains("max_state_keys"),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        g.backoff(),
+        Duration::ZERO,
+        "no backoff: the pipeline is not stalled"
+    );
+    let (out, _, _) = run(&mut g, &["get:n1", "get:k4"]);
+    assert_eq!(out, vec!["n1=none", "k4=v"]);
+}

@@ -152,6 +152,33 @@ fn config_errors_name_the_key() {
     let e = err("[transforms.limits]\nmax_memory = \"1 KiB\"");
     assert_eq!(e.key, "transforms[0].limits.max_memory");
 
+    // The state limits: file, key path, expected, found.
+    for (rest, key, says) in [
+        (
+            "max_state_keys = 0",
+            "max_state_keys",
+            "expected at least 1, found 0",
+        ),
+        (
+            "max_state_key_bytes = \"1 MiB\"",
+            "max_state_key_bytes",
+            "expected 1 byte to 256 KiB, found 1048576 bytes",
+        ),
+        (
+            "max_state_bytes = \"2048 GiB\"",
+            "max_state_bytes",
+            "expected 1 KiB to 1 TiB, found 2199023255552 bytes",
+        ),
+    ] {
+        let e = err(&format!("[transforms.limits]\n{rest}"));
+        assert_eq!(e.key, format!("transforms[0].limits.{key}"), "{e}");
+        assert_eq!(e.message, says, "{e}");
+        assert!(
+            e.to_string().contains("pipeline.toml"),
+            "names the file: {e}"
+        );
+    }
+
     let e = err("[transforms.limits]\ntimout = \"1s\"");
     assert!(e.message.contains("did you mean `timeout`"), "{e}");
 

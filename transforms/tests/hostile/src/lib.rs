@@ -17,6 +17,11 @@
 //! | `putpanic:K` | stores K, then panics (the write must not survive) |
 //! | `get:K` | emits `K=<value>` or `K=none` |
 //! | `hold:X` | emits nothing now; `flush` emits X (windowed output) |
+//! | `bigput:K:N` | stores N bytes under K, keeps the record |
+//! | `bigkey:N` | stores `v` under a key of N bytes, keeps the record |
+//! | `getmany:K:N` | calls `get-many` itself with N copies of K; emits `got B bytes` |
+//! | `badoffsets` | calls `get-many` with a key column whose offsets run past its data |
+//! | `overlap:N` | calls `put-many` with N keys whose values all name the same 64 KiB (offsets that go back) |
 //! | anything else | keeps the record |
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -67,7 +72,26 @@ impl Stateful for Hostile {
             b"huge" => out.emit(&vec![b'x'; self.huge_bytes]),
             b"clock" => out.emit(now_ms().to_string().as_bytes()),
             _ => {
-                if let Some(x) = v.strip_prefix(b"hold:") {
+                if let Some(arg) = v.strip_prefix(b"bigput:") {
+                    let (k, n) = key_and_count(arg)?;
+                    state.put(k, &vec![b'x'; n]);
+                    out.keep();
+                } else if let Some(arg) = v.strip_prefix(b"bigkey:") {
+                    let (_, n) = key_and_count(arg)?;
+                    state.put(&vec![b'k'; n], b"v");
+                    out.keep();
+                } else if let Some(arg) = v.strip_prefix(b"getmany:") {
+                    let (k, n) = key_and_count(arg)?;
+                    let got = raw::get_many_copies(k, n);
+                    out.emit(format!("got {got} bytes").as_bytes());
+                } else if v == b"badoffsets" {
+                    raw::bad_offsets();
+                    out.keep();
+                } else if let Some(arg) = v.strip_prefix(b"overlap:") {
+                    let (_, n) = key_and_count(arg)?;
+                    raw::overlapping_values(n);
+                    out.keep();
+                } else if let Some(x) = v.strip_prefix(b"hold:") {
                     self.held.push(x.to_vec());
                 } else if let Some(k) = v.strip_prefix(b"put:") {
                     state.put(k, b"v");
@@ -109,6 +133,74 @@ impl Stateful for Hostile {
             out.emit(&x);
         }
     }
+}
+
+/// `K:N` (or just `N`) → (K, N).
+fn key_and_count(arg: &[u8]) -> Result<(&[u8], usize), Error> {
+    let (k, n) = match arg.iter().rposition(|&b| b == b':') {
+        Some(i) => (&arg[..i], &arg[i + 1..]),
+        None => (&b""[..], arg),
+    };
+    let n = std::str::from_utf8(n)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::from("expected a count"))?;
+    Ok((k, n))
+}
+
+/// State calls made directly through the WIT imports (what a hostile guest could send, which
+/// the SDK never does).
+#[cfg(target_arch = "wasm32")]
+mod raw {
+    use weir_transform_sdk::bindings::weir::transform::state;
+    use weir_transform_sdk::bindings::weir::transform::types::Column;
+
+    /// `get-many` of `n` copies of `key` (well-formed offsets); the bytes answered.
+    pub fn get_many_copies(key: &[u8], n: usize) -> usize {
+        let keys = Column {
+            data: key.repeat(n),
+            offsets: (0..=n).map(|i| (i * key.len()) as u32).collect(),
+            absent: Vec::new(),
+        };
+        state::get_many(&keys).data.len()
+    }
+
+    pub fn bad_offsets() {
+        let keys = Column {
+            data: b"k".to_vec(),
+            offsets: vec![0, 1_000_000],
+            absent: Vec::new(),
+        };
+        state::get_many(&keys);
+    }
+
+    /// `put-many` of `n` keys whose value offsets go back to the start each time, so that
+    /// every value would be the same 64 KiB.
+    pub fn overlapping_values(n: usize) {
+        let len = 64u32 << 10;
+        let keys: Vec<u8> = (0..n).flat_map(|i| (i as u32).to_be_bytes()).collect();
+        let key_col = Column {
+            data: keys,
+            offsets: (0..=n).map(|i| (i * 4) as u32).collect(),
+            absent: Vec::new(),
+        };
+        let values = Column {
+            data: vec![b'x'; len as usize],
+            offsets: (0..=n).map(|i| if i % 2 == 1 { len } else { 0 }).collect(),
+            absent: Vec::new(),
+        };
+        state::put_many(&key_col, &values, None);
+    }
+}
+
+/// Natively (the SDK's test harness) there is no host to abuse.
+#[cfg(not(target_arch = "wasm32"))]
+mod raw {
+    pub fn get_many_copies(_: &[u8], _: usize) -> usize {
+        0
+    }
+    pub fn bad_offsets() {}
+    pub fn overlapping_values(_: usize) {}
 }
 
 /// Deep recursion on the wasm call stack itself (no locals in linear memory).

@@ -37,7 +37,10 @@ use serde::Deserialize;
 use anyhow::Context as _;
 
 use super::changelog::{Append, Changelog};
-use super::{At, CheckpointFailed, Checkpointed, StateBackend, StateScope, StateStore, Write};
+use super::{
+    entry_bytes, At, CheckpointFailed, Checkpointed, StateBackend, StateScope, StateStore, Usage,
+    Usages, Write,
+};
 use crate::config::{ConfigError, Origin};
 use crate::record::PartitionId;
 
@@ -175,6 +178,8 @@ pub struct DiskState {
     /// `changelog_topic`, and the topic once the source connected it.
     changelog_topic: Option<String>,
     changelog: OnceLock<Box<dyn Changelog>>,
+    /// What each transform holds (the stores open on this instance) against its budget.
+    usages: Usages,
 }
 
 impl fmt::Debug for DiskState {
@@ -199,6 +204,9 @@ impl Part {
             o.closed = true;
             o.log.clear();
             o.index.clear();
+            // No longer ours: it no longer counts against the budget.
+            let (bytes, keys) = std::mem::take(&mut o.held);
+            s.usage.apply(-bytes, -keys);
         }
     }
 }
@@ -218,6 +226,7 @@ impl DiskState {
             lifecycle: Mutex::new(()),
             changelog_topic,
             changelog: OnceLock::new(),
+            usages: Usages::default(),
         })
     }
 
@@ -374,6 +383,34 @@ impl DiskState {
         Ok(())
     }
 
+    /// Takes expired entries removed from the file off the budgets of the stores open, unless
+    /// a newer write of the key, not yet checkpointed, is what the store counts.
+    fn credit_swept(&self, swept: &[(Vec<u8>, usize)]) {
+        if swept.is_empty() {
+            return;
+        }
+        let mut stores: HashMap<Vec<u8>, Arc<DiskStore>> = HashMap::new();
+        for part in lock(&self.parts).values() {
+            for s in lock(&part.stores).values() {
+                stores.insert(s.prefix.clone(), s.clone());
+            }
+        }
+        for (k, len) in swept {
+            let Some((s, key)) = split_scope(k).and_then(|(p, key)| Some((stores.get(p)?, key)))
+            else {
+                continue;
+            };
+            let mut o = lock(&s.overlay);
+            if o.closed || o.index.contains_key(key) {
+                continue;
+            }
+            let bytes = (key.len() + len) as i64;
+            o.held.0 -= bytes;
+            o.held.1 -= 1;
+            s.usage.apply(-bytes, -1);
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.db.path
     }
@@ -404,10 +441,10 @@ impl DiskState {
     }
 }
 
-impl StateBackend for DiskState {
-    fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>> {
-        let part = lock(&self.parts)
-            .entry(scope.partition.clone())
+impl DiskState {
+    fn part(&self, p: &PartitionId) -> Arc<Part> {
+        lock(&self.parts)
+            .entry(p.clone())
             .or_insert_with(|| {
                 Arc::new(Part {
                     epoch: 0,
@@ -415,21 +452,62 @@ impl StateBackend for DiskState {
                     stores: Mutex::default(),
                 })
             })
-            .clone();
+            .clone()
+    }
+
+    /// (bytes, keys) of the durable entries under `prefix` (expired ones not yet swept
+    /// included), as [`entry_bytes`] counts them.
+    fn count(&self, prefix: &[u8]) -> anyhow::Result<(i64, i64)> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let (mut bytes, mut keys) = (0i64, 0i64);
+        for r in entries.range::<&[u8]>(prefix..)? {
+            let (k, v) = r?;
+            let Some(key) = k.value().strip_prefix(prefix) else {
+                break;
+            };
+            bytes += entry_bytes(key, decode(v.value()).1) as i64;
+            keys += 1;
+        }
+        Ok((bytes, keys))
+    }
+}
+
+impl StateBackend for DiskState {
+    fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>> {
+        if let Some(s) = lock(&self.part(&scope.partition).stores).get(&scope.transform) {
+            return Ok(s.clone());
+        }
+        // A new store counts its durable entries against the budget: serialised with
+        // checkpoints (their sweeps credit the stores open) and (re)assignments.
+        let _l = lock(&self.lifecycle);
+        let part = self.part(&scope.partition);
         let mut stores = lock(&part.stores);
-        let store = stores
-            .entry(scope.transform.clone())
-            .or_insert_with(|| {
-                Arc::new(DiskStore {
-                    db: self.db.clone(),
-                    prefix: scope_prefix(&scope.transform, &scope.partition),
-                    epoch: part.epoch,
-                    owned: part.owned,
-                    overlay: Mutex::default(),
-                })
-            })
-            .clone();
+        if let Some(s) = stores.get(&scope.transform) {
+            return Ok(s.clone());
+        }
+        let prefix = scope_prefix(&scope.transform, &scope.partition);
+        let held = self.count(&prefix)?;
+        let usage = self.usages.of(&scope.transform);
+        usage.apply(held.0, held.1);
+        let store = Arc::new(DiskStore {
+            db: self.db.clone(),
+            prefix,
+            epoch: part.epoch,
+            owned: part.owned,
+            usage,
+            overlay: Mutex::new(Overlay {
+                held,
+                ..Overlay::default()
+            }),
+        });
+        stores.insert(scope.transform.clone(), store.clone());
         Ok(store)
+    }
+
+    fn usage(&self, transform: &str) -> Arc<Usage> {
+        self.usages.of(transform)
     }
 }
 
@@ -543,6 +621,8 @@ impl Checkpointed for DiskState {
             }
         }
         let now = crate::snowplow::now_ms();
+        // Expired entries removed: (entry key, value length).
+        let mut swept: Vec<(Vec<u8>, usize)> = Vec::new();
         let txn = db.begin_write()?;
         {
             let mut entries = txn.open_table(ENTRIES)?;
@@ -572,9 +652,11 @@ impl Checkpointed for DiskState {
                 let k = &ek[8..];
                 let stale = entries
                     .get(k)?
-                    .is_some_and(|v| exp_key(decode(v.value()).0, k) == ek);
-                if stale {
+                    .filter(|v| exp_key(decode(v.value()).0, k) == ek)
+                    .map(|v| decode(v.value()).1.len());
+                if let Some(len) = stale {
                     entries.remove(k)?;
+                    swept.push((k.to_vec(), len));
                 }
             }
         }
@@ -589,6 +671,7 @@ impl Checkpointed for DiskState {
             o.log.drain(..n);
             o.index.retain(|_, e| e.pos > upto);
         }
+        self.credit_swept(&swept);
         if failed.is_empty() {
             Ok(())
         } else {
@@ -597,6 +680,7 @@ impl Checkpointed for DiskState {
     }
 
     fn revoke(&self, partition: &PartitionId) {
+        // (Closing the partition's stores takes their entries off the budgets.)
         let _l = lock(&self.lifecycle);
         if let Some(old) = lock(&self.parts).remove(partition) {
             old.close();
@@ -611,6 +695,8 @@ pub struct DiskStore {
     prefix: Vec<u8>,
     epoch: u64,
     owned: bool,
+    /// The transform's budget (shared by its stores).
+    usage: Arc<Usage>,
     overlay: Mutex<Overlay>,
 }
 
@@ -630,6 +716,9 @@ struct Overlay {
     head: u64,
     /// The partition was revoked or reassigned: writes are dropped.
     closed: bool,
+    /// (bytes, keys) this store counts against its transform's budget: every entry a read sees,
+    /// overlay over base, expired ones not yet swept included.
+    held: (i64, i64),
 }
 
 #[derive(Debug)]
@@ -648,7 +737,8 @@ impl Entry {
 }
 
 impl DiskStore {
-    fn read_base(&self, keys: &[&[u8]], now: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+    /// The sizes ([`entry_bytes`]) of the durable entries of `keys`, expired ones included.
+    fn base_sizes(&self, keys: &[&[u8]]) -> anyhow::Result<Vec<Option<u64>>> {
         let db = self.db.get()?;
         let txn = db.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
@@ -657,10 +747,36 @@ impl DiskStore {
             .map(|key| {
                 k.truncate(self.prefix.len());
                 k.extend_from_slice(key);
-                Ok(t.get(k.as_slice())?.and_then(|v| {
+                Ok(t.get(k.as_slice())?
+                    .map(|v| entry_bytes(key, decode(v.value()).1)))
+            })
+            .collect()
+    }
+
+    /// Fails with [`super::TooLarge`] once the values read hold more than `max_bytes` (of an
+    /// answer for `asked` keys).
+    fn read_base(
+        &self,
+        keys: &[&[u8]],
+        now: i64,
+        max_bytes: usize,
+        asked: usize,
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut k = self.prefix.clone();
+        let mut total = 0;
+        keys.iter()
+            .map(|key| {
+                k.truncate(self.prefix.len());
+                k.extend_from_slice(key);
+                let v = t.get(k.as_slice())?.and_then(|v| {
                     let (exp, val) = decode(v.value());
                     (exp > now).then(|| val.to_vec())
-                }))
+                });
+                super::count_answer(&mut total, &v, asked, max_bytes)?;
+                Ok(v)
             })
             .collect()
     }
@@ -668,17 +784,27 @@ impl DiskStore {
 
 impl StateStore for DiskStore {
     fn get(&self, key: &[u8], now_ms: i64) -> anyhow::Result<Option<Vec<u8>>> {
-        Ok(self.get_many(&[key], now_ms)?.pop().flatten())
+        Ok(self.get_many(&[key], now_ms, usize::MAX)?.pop().flatten())
     }
 
-    fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+    fn get_many(
+        &self,
+        keys: &[&[u8]],
+        now_ms: i64,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
         let mut out: Vec<Option<Option<Vec<u8>>>> = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
+        let mut total = 0;
         {
             let o = lock(&self.overlay);
             for k in keys {
                 match o.index.get(*k) {
-                    Some(e) => out.push(Some(e.live(now_ms))),
+                    Some(e) => {
+                        let v = e.live(now_ms);
+                        super::count_answer(&mut total, &v, keys.len(), max_bytes)?;
+                        out.push(Some(v));
+                    }
                     None => {
                         out.push(None);
                         misses.push(*k);
@@ -689,7 +815,7 @@ impl StateStore for DiskStore {
         let mut base = if misses.is_empty() {
             Vec::new()
         } else {
-            self.read_base(&misses, now_ms)?
+            self.read_base(&misses, now_ms, max_bytes - total, keys.len())?
         }
         .into_iter();
         Ok(out
@@ -708,6 +834,33 @@ impl StateStore for DiskStore {
             );
             return Ok(());
         }
+        // What the writes change of the bytes and keys counted (against what reads see).
+        let (mut bytes, mut keys) = (0i64, 0i64);
+        let mut misses: Vec<&[u8]> = Vec::new();
+        for w in &writes {
+            match o.index.get(&w.key) {
+                Some(e) => {
+                    if let Some(v) = &e.value {
+                        bytes -= entry_bytes(&w.key, v) as i64;
+                        keys -= 1;
+                    }
+                }
+                None => misses.push(&w.key),
+            }
+            if let Some(v) = &w.value {
+                bytes += entry_bytes(&w.key, v) as i64;
+                keys += 1;
+            }
+        }
+        if !misses.is_empty() {
+            for size in self.base_sizes(&misses)?.into_iter().flatten() {
+                bytes -= size as i64;
+                keys -= 1;
+            }
+        }
+        self.usage.try_apply(bytes, keys)?;
+        o.held.0 += bytes;
+        o.held.1 += keys;
         let pos = at.map_or(o.head, |a| a.end.max(o.head));
         o.head = pos;
         for w in &writes {
@@ -830,6 +983,16 @@ pub(crate) fn changelog_record(
     let mut k = scope_prefix(transform, p);
     k.extend_from_slice(key);
     (k, encode(None, value))
+}
+
+/// An entry key as (its scope's prefix, the key within the scope).
+fn split_scope(k: &[u8]) -> Option<(&[u8], &[u8])> {
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(*k.get(at..)?.first_chunk::<4>()?) as usize)
+    };
+    let transform_at = 4 + word(0)? + 4;
+    let end = transform_at + 4 + word(transform_at)?;
+    (end <= k.len()).then(|| k.split_at(end))
 }
 
 fn scope_prefix(transform: &str, p: &PartitionId) -> Vec<u8> {
@@ -1004,5 +1167,75 @@ mod tests {
         let entries = txn.open_table(ENTRIES).unwrap();
         assert_eq!(entries.len().unwrap(), 1, "the expired entry was swept");
         assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
+        assert_eq!(
+            st.usage("t").held(),
+            (4, 1),
+            "the swept entry no longer counts against the budget: only new=y"
+        );
+    }
+
+    #[test]
+    fn the_budget_refuses_growth_counts_the_file_and_is_given_back_on_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let budget = crate::state::Budget {
+            max_bytes: 1 << 20,
+            max_keys: 2,
+        };
+        {
+            let st = DiskState::new(&path);
+            st.usage("t").set_budget(budget);
+            st.assign(&pid(0), 1).unwrap();
+            st.assign(&pid(1), 1).unwrap();
+            let s0 = st.open(&scope("t", 0)).unwrap();
+            let s1 = st.open(&scope("t", 1)).unwrap();
+            s0.commit(vec![put("a", "1")], at(1, 1), 0).unwrap();
+            // The budget is the transform's, over its partitions.
+            s1.commit(vec![put("b", "1")], at(1, 1), 0).unwrap();
+            let e = s0.commit(vec![put("c", "1")], at(1, 2), 0).unwrap_err();
+            assert!(e.is::<crate::state::OverBudget>(), "{e:#}");
+            assert!(e.to_string().contains("max_state_keys"), "{e:#}");
+            assert_eq!(get(&s0, "c"), None, "a refused commit applies nothing");
+            // Updates of existing keys go on; another transform has its own budget.
+            s0.commit(vec![put("a", "2")], at(1, 3), 0).unwrap();
+            st.open(&scope("u", 0))
+                .unwrap()
+                .commit(vec![put("c", "1")], at(1, 3), 0)
+                .unwrap();
+            st.checkpoint(&[(pid(0), 3), (pid(1), 1)]).unwrap();
+            assert_eq!(st.usage("t").held(), (4, 2));
+            // An overlay deletion makes room, counted against the durable entry it hides.
+            s1.commit(
+                vec![Write {
+                    key: b"b".to_vec(),
+                    value: None,
+                    expires_at_ms: None,
+                }],
+                at(1, 2),
+                0,
+            )
+            .unwrap();
+            s0.commit(vec![put("c", "1")], at(1, 4), 0).unwrap();
+            assert_eq!(st.usage("t").held(), (4, 2));
+            // Revoked: its entries no longer count on this instance.
+            st.revoke(&pid(1));
+            assert_eq!(
+                st.usage("t").held(),
+                (4, 2),
+                "b was deleted: nothing left of p1"
+            );
+            st.checkpoint(&[(pid(0), 4)]).unwrap();
+            st.revoke(&pid(0));
+            assert_eq!(st.usage("t").held(), (0, 0));
+        }
+        // Another instance counts what the file holds when it opens the store.
+        let st = DiskState::new(&path);
+        st.usage("t").set_budget(budget);
+        st.assign(&pid(0), 2).unwrap();
+        let s = st.open(&scope("t", 0)).unwrap();
+        assert_eq!(st.usage("t").held(), (4, 2), "a=2 and c=1 from the file");
+        let e = s.commit(vec![put("d", "1")], at(2, 5), 0).unwrap_err();
+        assert!(e.is::<crate::state::OverBudget>(), "{e:#}");
+        s.commit(vec![put("a", "3")], at(2, 5), 0).unwrap();
     }
 }

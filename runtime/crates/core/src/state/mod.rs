@@ -17,12 +17,20 @@
 //! * [`disk`]: on disk (redb), checkpointed with the source's positions, optionally mirrored to
 //!   a [`changelog::Changelog`] so that a partition's state follows it to another instance.
 //!
+//! Every transform has a [`Budget`] (bytes and keys it may keep on this instance, over all its
+//! partitions), enforced by the backends at [`StateStore::commit`]: a commit that would take the
+//! transform over it is refused whole ([`OverBudget`]), and a commit that does not grow the state
+//! (updates of existing keys of the same size, deletions) always goes through. What each
+//! transform holds is its [`Usage`], published as the gauges `weir_state_bytes` and
+//! `weir_state_keys` (label `transform`), beside `weir_state_budget_bytes` and
+//! `weir_state_budget_keys`.
+//!
 //! Nothing here knows where input or changelog live: the source that drives a [`Checkpointed`]
 //! backend connects its changelog (the Kafka source: [`crate::kafka::changelog`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::record::PartitionId;
 
@@ -62,6 +70,13 @@ pub struct Write {
     pub expires_at_ms: Option<i64>,
 }
 
+impl Write {
+    /// Bytes of its key and value.
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// The input position a guest call's writes reflect: the batch's partition assignment
 /// generation and the position after its last record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,17 +89,194 @@ pub struct At {
 pub trait StateBackend: Send + Sync + Debug {
     /// The store of `scope`, created empty if new. Cheap: called once per batch.
     fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>>;
+    /// What `transform` holds (all its scopes on this instance) against its budget; set the
+    /// budget there ([`Usage::set_budget`]) before its first commit.
+    fn usage(&self, transform: &str) -> Arc<Usage>;
+}
+
+/// What a transform may keep in state on this instance, over all its partitions.
+///
+/// The defaults hold a transform to what a typical instance can spare without one tenant
+/// starving the others: 1 GiB of keys and values (the memory backend adds about 100 bytes per
+/// key of its own, so at most ~2 GiB of RAM with every key counted), and 10 million keys (the
+/// per-key overhead of 10M keys is about the same size as the byte budget; 1M viewers of the
+/// live-viewer profile at ≤ 1 KiB each fit in both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes of keys and values (expired entries not yet swept included).
+    pub max_bytes: u64,
+    pub max_keys: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            max_bytes: 1 << 30,
+            max_keys: 10_000_000,
+        }
+    }
+}
+
+/// A commit refused because it would take the transform's state over its budget.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "state budget exceeded: this would make {held} {what} for transform `{transform}`, over its \
+     budget of {max} (max_state_{what}); existing keys can still be updated or deleted"
+)]
+pub struct OverBudget {
+    pub transform: String,
+    /// "bytes" or "keys".
+    pub what: &'static str,
+    pub held: u64,
+    pub max: u64,
+}
+
+/// The bytes and keys a transform holds on this instance, against its [`Budget`]; shared by the
+/// stores of all its scopes.
+#[derive(Debug)]
+pub struct Usage {
+    transform: String,
+    inner: Mutex<UsageInner>,
+}
+
+#[derive(Debug, Default)]
+struct UsageInner {
+    budget: Budget,
+    bytes: u64,
+    keys: u64,
+}
+
+/// The size an entry counts for in a budget.
+pub fn entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+impl Usage {
+    pub fn new(transform: &str) -> Usage {
+        let u = Usage {
+            transform: transform.to_string(),
+            inner: Mutex::default(),
+        };
+        u.publish(&u.lock());
+        u
+    }
+
+    fn lock(&self) -> MutexGuard<'_, UsageInner> {
+        self.inner.lock().expect("usage lock poisoned")
+    }
+
+    pub fn set_budget(&self, budget: Budget) {
+        let mut g = self.lock();
+        g.budget = budget;
+        self.publish(&g);
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.lock().budget
+    }
+
+    /// (bytes, keys) held.
+    pub fn held(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.bytes, g.keys)
+    }
+
+    /// Applies a change of the bytes and keys held if the result is within budget, or if the
+    /// change does not grow what it would take over (deleting and shrinking always work).
+    pub fn try_apply(&self, bytes: i64, keys: i64) -> Result<(), OverBudget> {
+        let mut g = self.lock();
+        let nb = g.bytes.saturating_add_signed(bytes);
+        let nk = g.keys.saturating_add_signed(keys);
+        let over = |what, held, max| OverBudget {
+            transform: self.transform.clone(),
+            what,
+            held,
+            max,
+        };
+        if keys > 0 && nk > g.budget.max_keys {
+            return Err(over("keys", nk, g.budget.max_keys));
+        }
+        if bytes > 0 && nb > g.budget.max_bytes {
+            return Err(over("bytes", nb, g.budget.max_bytes));
+        }
+        (g.bytes, g.keys) = (nb, nk);
+        self.publish(&g);
+        Ok(())
+    }
+
+    /// Applies a change that happened anyway (expiry, a store opened or closed).
+    pub fn apply(&self, bytes: i64, keys: i64) {
+        let mut g = self.lock();
+        g.bytes = g.bytes.saturating_add_signed(bytes);
+        g.keys = g.keys.saturating_add_signed(keys);
+        self.publish(&g);
+    }
+
+    fn publish(&self, g: &UsageInner) {
+        let t = self.transform.clone();
+        metrics::gauge!("weir_state_bytes", "transform" => t.clone()).set(g.bytes as f64);
+        metrics::gauge!("weir_state_keys", "transform" => t.clone()).set(g.keys as f64);
+        metrics::gauge!("weir_state_budget_bytes", "transform" => t.clone())
+            .set(g.budget.max_bytes as f64);
+        metrics::gauge!("weir_state_budget_keys", "transform" => t).set(g.budget.max_keys as f64);
+    }
+}
+
+/// The [`Usage`] of each transform of a backend.
+#[derive(Debug, Default)]
+pub struct Usages(Mutex<HashMap<String, Arc<Usage>>>);
+
+impl Usages {
+    pub fn of(&self, transform: &str) -> Arc<Usage> {
+        let mut m = self.0.lock().expect("usages lock poisoned");
+        if let Some(u) = m.get(transform) {
+            return u.clone();
+        }
+        let u = Arc::new(Usage::new(transform));
+        m.insert(transform.to_string(), u.clone());
+        u
+    }
+}
+
+/// The answer of a [`StateStore::get_many`] would hold more bytes than its caller allows.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the values of {keys} keys hold more than {max} bytes")]
+pub struct TooLarge {
+    pub keys: usize,
+    pub max: usize,
+}
+
+/// Adds `v` to the bytes of a `get_many` answer, or fails once it holds more than `max`.
+fn count_answer(
+    total: &mut usize,
+    v: &Option<Vec<u8>>,
+    keys: usize,
+    max: usize,
+) -> anyhow::Result<()> {
+    *total = total.saturating_add(v.as_ref().map_or(0, Vec::len));
+    if *total > max {
+        return Err(TooLarge { keys, max }.into());
+    }
+    Ok(())
 }
 
 /// The state of one scope.
 pub trait StateStore: Send + Sync + Debug {
     /// The live value of `key` at `now_ms`.
     fn get(&self, key: &[u8], now_ms: i64) -> anyhow::Result<Option<Vec<u8>>>;
-    /// The live values of many keys, in order (one lock or one round trip).
-    fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
-    /// Applies the writes of one successful guest call, atomically. `at`: the input the call
-    /// processed (`None`: not tied to input, e.g. the guest's `flush`; such writes count as
-    /// part of the latest input applied).
+    /// The live values of many keys, in order (one lock or one round trip). Fails with
+    /// [`TooLarge`] as soon as the values read so far hold more than `max_bytes`, so that the
+    /// caller never holds more than it allows (whatever repeated keys it asks for).
+    fn get_many(
+        &self,
+        keys: &[&[u8]],
+        now_ms: i64,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>>;
+    /// Applies the writes of one successful guest call (each key at most once), atomically.
+    /// `at`: the input the call processed (`None`: not tied to input, e.g. the guest's `flush`;
+    /// such writes count as part of the latest input applied). Fails with [`OverBudget`], and
+    /// applies nothing, if the writes would take the transform over its budget.
     fn commit(&self, writes: Vec<Write>, at: Option<At>, now_ms: i64) -> anyhow::Result<()>;
 }
 
@@ -131,6 +323,7 @@ pub trait Checkpointed: Send + Sync + Debug {
 #[derive(Debug, Default)]
 pub struct MemoryBackend {
     stores: Mutex<HashMap<StateScope, Arc<MemoryStore>>>,
+    usages: Usages,
 }
 
 impl MemoryBackend {
@@ -142,15 +335,28 @@ impl MemoryBackend {
 impl StateBackend for MemoryBackend {
     fn open(&self, scope: &StateScope) -> anyhow::Result<Arc<dyn StateStore>> {
         let mut stores = self.stores.lock().expect("stores lock poisoned");
-        let s = stores.entry(scope.clone()).or_default().clone();
+        let s = stores
+            .entry(scope.clone())
+            .or_insert_with(|| {
+                Arc::new(MemoryStore {
+                    inner: Mutex::default(),
+                    usage: self.usages.of(&scope.transform),
+                })
+            })
+            .clone();
         Ok(s)
+    }
+
+    fn usage(&self, transform: &str) -> Arc<Usage> {
+        self.usages.of(transform)
     }
 }
 
 /// One scope's state in memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<MemoryInner>,
+    usage: Arc<Usage>,
 }
 
 #[derive(Debug, Default)]
@@ -159,6 +365,8 @@ struct MemoryInner {
     /// Entries with an expiry; when the map doubles past the size after the last sweep,
     /// expired entries are removed (amortised O(1) per write).
     sweep_at: usize,
+    /// When a commit over budget last swept expired entries to make room.
+    pressure_sweep_ms: Option<i64>,
 }
 
 impl MemoryInner {
@@ -167,6 +375,37 @@ impl MemoryInner {
             Some((v, exp)) if exp.is_none_or(|e| e > now) => Some(v.clone()),
             _ => None,
         }
+    }
+
+    /// Removes expired entries; returns the (bytes, keys) they held.
+    fn sweep(&mut self, now: i64) -> (i64, i64) {
+        let (mut bytes, mut keys) = (0i64, 0i64);
+        self.map.retain(|k, (v, exp)| {
+            let keep = exp.is_none_or(|e| e > now);
+            if !keep {
+                bytes += entry_bytes(k, v) as i64;
+                keys += 1;
+            }
+            keep
+        });
+        self.sweep_at = self.map.len() * 2;
+        (bytes, keys)
+    }
+
+    /// How `writes` would change the (bytes, keys) held.
+    fn delta(&self, writes: &[Write]) -> (i64, i64) {
+        let (mut bytes, mut keys) = (0i64, 0i64);
+        for w in writes {
+            if let Some((old, _)) = self.map.get(&w.key) {
+                bytes -= entry_bytes(&w.key, old) as i64;
+                keys -= 1;
+            }
+            if let Some(v) = &w.value {
+                bytes += entry_bytes(&w.key, v) as i64;
+                keys += 1;
+            }
+        }
+        (bytes, keys)
     }
 }
 
@@ -190,13 +429,41 @@ impl StateStore for MemoryStore {
             .live(key, now_ms))
     }
 
-    fn get_many(&self, keys: &[&[u8]], now_ms: i64) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+    fn get_many(
+        &self,
+        keys: &[&[u8]],
+        now_ms: i64,
+        max_bytes: usize,
+    ) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
         let inner = self.inner.lock().expect("inner lock poisoned");
-        Ok(keys.iter().map(|k| inner.live(k, now_ms)).collect())
+        let mut total = 0;
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let v = inner.live(k, now_ms);
+            count_answer(&mut total, &v, keys.len(), max_bytes)?;
+            out.push(v);
+        }
+        Ok(out)
     }
 
     fn commit(&self, writes: Vec<Write>, _at: Option<At>, now_ms: i64) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().expect("inner lock poisoned");
+        let (bytes, keys) = inner.delta(&writes);
+        if let Err(over) = self.usage.try_apply(bytes, keys) {
+            // Expired entries count until swept: sweep (at most once a second, so that commits
+            // refused in a row do not each scan the map), then try again.
+            if inner
+                .pressure_sweep_ms
+                .is_some_and(|t| now_ms < t.saturating_add(1000))
+            {
+                return Err(over.into());
+            }
+            inner.pressure_sweep_ms = Some(now_ms);
+            let (b, k) = inner.sweep(now_ms);
+            self.usage.apply(-b, -k);
+            let (bytes, keys) = inner.delta(&writes);
+            self.usage.try_apply(bytes, keys)?;
+        }
         for w in writes {
             match w.value {
                 Some(v) => {
@@ -208,10 +475,8 @@ impl StateStore for MemoryStore {
             }
         }
         if inner.map.len() >= inner.sweep_at.max(1024) {
-            inner
-                .map
-                .retain(|_, (_, exp)| exp.is_none_or(|e| e > now_ms));
-            inner.sweep_at = inner.map.len() * 2;
+            let (b, k) = inner.sweep(now_ms);
+            self.usage.apply(-b, -k);
         }
         Ok(())
     }
@@ -254,7 +519,7 @@ mod tests {
         assert_eq!(s0.get(b"a", 100).unwrap(), None);
         assert_eq!(s1.get(b"b", 0).unwrap(), None);
         assert_eq!(
-            s0.get_many(&[b"b", b"zz"], 0).unwrap(),
+            s0.get_many(&[b"b", b"zz"], 0, 1).unwrap(),
             vec![Some(b"2".to_vec()), None]
         );
         // Same scope, same store.
@@ -262,5 +527,83 @@ mod tests {
             b.open(&scope(0)).unwrap().get(b"b", 0).unwrap(),
             Some(b"2".to_vec())
         );
+    }
+
+    fn put(k: &str, v: &str, exp: Option<i64>) -> Write {
+        Write {
+            key: k.as_bytes().to_vec(),
+            value: Some(v.as_bytes().to_vec()),
+            expires_at_ms: exp,
+        }
+    }
+
+    #[test]
+    fn the_budget_refuses_growth_but_not_updates_and_expired_entries_make_room() {
+        let b = MemoryBackend::new();
+        b.usage("t").set_budget(Budget {
+            max_bytes: 100,
+            max_keys: 2,
+        });
+        let s = b.open(&StateScope::unpartitioned("t")).unwrap();
+        s.commit(vec![put("a", "1", None), put("b", "1", Some(50))], None, 0)
+            .unwrap();
+        assert_eq!(b.usage("t").held(), (4, 2));
+        // A new key past the key budget: refused whole, nothing applied.
+        let e = s
+            .commit(vec![put("a", "2", None), put("c", "1", None)], None, 10)
+            .unwrap_err();
+        let over = e.downcast_ref::<OverBudget>().expect("an OverBudget");
+        assert_eq!((over.what, over.held, over.max), ("keys", 3, 2));
+        assert_eq!(s.get(b"a", 10).unwrap(), Some(b"1".to_vec()));
+        // Existing keys keep updating; a deletion makes room for a new key in the same commit.
+        s.commit(vec![put("a", "2", None)], None, 10).unwrap();
+        s.commit(
+            vec![
+                Write {
+                    key: b"a".to_vec(),
+                    value: None,
+                    expires_at_ms: None,
+                },
+                put("c", "1", None),
+            ],
+            None,
+            10,
+        )
+        .unwrap();
+        assert_eq!(b.usage("t").held(), (4, 2));
+        // The byte budget: growing an existing value past it is refused too.
+        let e = s.commit(vec![put("c", &"x".repeat(99), None)], None, 10);
+        assert!(e.unwrap_err().to_string().contains("max_state_bytes"));
+        // b expired at 50: later, a commit over budget sweeps it and goes through (such sweeps
+        // happen at most once a second: the one at 10 was the last).
+        s.commit(vec![put("d", "1", None)], None, 5_000).unwrap();
+        assert_eq!(b.usage("t").held(), (4, 2));
+        assert_eq!(s.get(b"b", 0).unwrap(), None, "swept");
+        // Scopes of one transform share its budget; other transforms have their own.
+        let s1 = b
+            .open(&StateScope {
+                transform: "t".into(),
+                partition: PartitionId {
+                    topic: "in".into(),
+                    partition: 1,
+                },
+            })
+            .unwrap();
+        assert!(s1.commit(vec![put("e", "1", None)], None, 5_000).is_err());
+        let u = b.open(&StateScope::unpartitioned("u")).unwrap();
+        u.commit(vec![put("e", "1", None)], None, 5_000).unwrap();
+        assert_eq!(b.usage("u").held(), (2, 1));
+    }
+
+    #[test]
+    fn get_many_stops_at_its_byte_limit() {
+        let b = MemoryBackend::new();
+        let s = b.open(&StateScope::unpartitioned("t")).unwrap();
+        s.commit(vec![put("k", &"x".repeat(1000), None)], None, 0)
+            .unwrap();
+        let keys: Vec<&[u8]> = vec![b"k"; 10];
+        assert_eq!(s.get_many(&keys, 0, 10_000).unwrap().len(), 10);
+        let e = s.get_many(&keys, 0, 9_999).unwrap_err();
+        assert!(e.is::<TooLarge>(), "{e:#}");
     }
 }

@@ -15,7 +15,7 @@ use super::{Transform, TransformConfig, TransformType};
 use crate::config::{self, ByteSize, ConfigError, Origin};
 use crate::record::Batch;
 use crate::record::PartitionId;
-use crate::state::{At, MemoryBackend, StateBackend};
+use crate::state::{At, Budget, MemoryBackend, StateBackend};
 use crate::wasm::guest::BuildError;
 use crate::wasm::{Guest, GuestOptions, Limits};
 
@@ -35,6 +35,10 @@ use crate::wasm::{Guest, GuestOptions, Limits};
 /// max_output_bytes = "16 MiB"    # per batch
 /// log_lines_per_second = 10      # guest log lines (bursts of 10x)
 /// max_traps_per_batch = 64       # then the rest of the batch fails and weir backs off
+/// max_state_key_bytes = "1 KiB"  # longest key a state call may name (else the record fails)
+/// max_state_bytes = "1 GiB"      # state kept (keys + values, all partitions on this instance)
+/// max_state_keys = 10000000      # keys kept; past either budget, writes that would grow the
+///                                # state fail their record, updates of existing keys go on
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +95,9 @@ pub struct LimitsConfig {
     pub max_output_bytes: ByteSize,
     pub log_lines_per_second: u32,
     pub max_traps_per_batch: u32,
+    pub max_state_key_bytes: ByteSize,
+    pub max_state_bytes: ByteSize,
+    pub max_state_keys: u64,
 }
 
 impl Default for LimitsConfig {
@@ -103,6 +110,9 @@ impl Default for LimitsConfig {
             max_output_bytes: ByteSize(d.max_output_bytes as u64),
             log_lines_per_second: d.log_lines_per_second,
             max_traps_per_batch: d.max_traps_per_batch,
+            max_state_key_bytes: ByteSize(d.max_state_key_bytes as u64),
+            max_state_bytes: ByteSize(d.state_budget.max_bytes),
+            max_state_keys: d.state_budget.max_keys,
         }
     }
 }
@@ -124,6 +134,9 @@ impl LimitsConfig {
         }
         if self.max_traps_per_batch == 0 {
             return Err(o.error("limits.max_traps_per_batch", "expected at least 1, found 0"));
+        }
+        if self.max_state_keys == 0 {
+            return Err(o.error("limits.max_state_keys", "expected at least 1, found 0"));
         }
         Ok(Limits {
             timeout: self.timeout.0,
@@ -150,6 +163,24 @@ impl LimitsConfig {
             )?,
             log_lines_per_second: self.log_lines_per_second,
             max_traps_per_batch: self.max_traps_per_batch,
+            // A key is at most half an entry (crate::wasm::host::MAX_ENTRY_BYTES).
+            max_state_key_bytes: range(
+                "max_state_key_bytes",
+                self.max_state_key_bytes.0,
+                1,
+                256 << 10,
+                "1 byte to 256 KiB",
+            )?,
+            state_budget: Budget {
+                max_bytes: range(
+                    "max_state_bytes",
+                    self.max_state_bytes.0,
+                    1 << 10,
+                    1 << 40,
+                    "1 KiB to 1 TiB",
+                )? as u64,
+                max_keys: self.max_state_keys,
+            },
         })
     }
 }

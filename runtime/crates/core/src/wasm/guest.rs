@@ -25,7 +25,7 @@ use super::bindings::{WeirTransform, WeirTransformPre};
 use super::engine::{self, LoadKind};
 use super::host::HostState;
 use crate::record::{Batch, Failed, PartitionId, Record};
-use crate::state::{At, StateBackend, StateScope, StateStore};
+use crate::state::{At, Budget, OverBudget, StateBackend, StateScope, StateStore};
 
 /// Limits of one transform; see the `limits` table of the `wasm` transform config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,13 @@ pub struct Limits {
     pub max_output_bytes: usize,
     /// Guest log lines per second (bursts of 10×).
     pub log_lines_per_second: u32,
-    /// Traps tolerated while isolating poison records of one batch.
+    /// Traps tolerated while isolating poison records of one batch (refusals of a state limit
+    /// are not counted: they are the host's, deterministic, and bisection ends on its own).
     pub max_traps_per_batch: u32,
+    /// The longest key a state call may name.
+    pub max_state_key_bytes: usize,
+    /// What the transform may keep in state on this instance (all its partitions).
+    pub state_budget: Budget,
 }
 
 impl Default for Limits {
@@ -53,6 +58,8 @@ impl Default for Limits {
             max_output_bytes: 16 << 20,
             log_lines_per_second: 10,
             max_traps_per_batch: 64,
+            max_state_key_bytes: 1024,
+            state_budget: Budget::default(),
         }
     }
 }
@@ -127,8 +134,14 @@ pub struct Guest {
     bad_batches: u32,
 }
 
-/// One failed call.
-struct Failure(String);
+/// One failed call: why, and whether a state limit refused it (not the guest misbehaving).
+struct Failure(String, bool);
+
+impl Failure {
+    fn guest(msg: String) -> Failure {
+        Failure(msg, false)
+    }
+}
 
 /// A validated column of a call's output; `None` where the guest omitted it.
 struct Col {
@@ -184,6 +197,9 @@ impl Guest {
                 ))
             })?;
         let label: Arc<str> = Arc::from(opts.label.as_str());
+        opts.state
+            .usage(&opts.label)
+            .set_budget(opts.limits.state_budget);
         let state = opts
             .state
             .open(&StateScope::unpartitioned(&opts.label))
@@ -327,9 +343,11 @@ impl Guest {
                 out.base = lo as u32;
                 col.calls.push(out);
             }
-            Err(Failure(msg)) => {
+            Err(Failure(msg, refused)) => {
                 self.stats.traps += 1;
-                col.traps += 1;
+                if !refused {
+                    col.traps += 1;
+                }
                 if let Err(e) = self.rebuild() {
                     col.gave_up = Some(format!("transform unavailable after a trap: {e}"));
                 }
@@ -354,7 +372,7 @@ impl Guest {
     /// One guest call over `records` (indices in the result are local to the slice).
     fn call(&mut self, records: &[Record], ts: i64) -> Result<CallOut, Failure> {
         let Some(process) = self.process else {
-            return Err(Failure("transform unavailable".into()));
+            return Err(Failure::guest("transform unavailable".into()));
         };
         fill_batch(&mut self.input, records, self.fields.as_deref(), ts)?;
         self.stats.calls += 1;
@@ -383,19 +401,25 @@ impl Guest {
         let out = match res {
             Ok(out) => out,
             Err(e) => {
-                self.store.data_mut().txn.clear();
-                return Err(Failure(describe(&e, &mut self.store, &self.limits)));
+                let refused = self.store.data().refused.is_some();
+                self.store.data_mut().drop_writes();
+                return Err(Failure(
+                    describe(&e, &mut self.store, &self.limits),
+                    refused,
+                ));
             }
         };
         let parsed =
             check_output(out, records.len(), self.limits.max_output_bytes).map_err(|m| {
-                self.store.data_mut().txn.clear();
-                Failure(m)
+                self.store.data_mut().drop_writes();
+                Failure::guest(m)
             })?;
         if let Err(e) = self.store.data_mut().commit() {
-            return Err(Failure(format!(
-                "cannot store the transform's state: {e:#}"
-            )));
+            let over = e.is::<OverBudget>();
+            return Err(Failure(
+                format!("cannot store the transform's state: {e:#}"),
+                over,
+            ));
         }
         Ok(parsed)
     }
@@ -505,6 +529,7 @@ fn new_store(
         HostState::new(
             label.clone(),
             limits.max_memory,
+            limits.max_state_key_bytes,
             state.clone(),
             limits.log_lines_per_second,
         ),
@@ -555,7 +580,7 @@ fn fill_batch(
     fields: Option<&[usize]>,
     ts: i64,
 ) -> Result<(), Failure> {
-    let too_big = || Failure("batch too large for one guest call (over 4 GiB)".into());
+    let too_big = || Failure::guest("batch too large for one guest call (over 4 GiB)".into());
     clear(&mut b.values);
     clear(&mut b.fields);
     clear(&mut b.keys);
@@ -883,7 +908,10 @@ fn assemble(inputs: &mut [Record], mut col: Collected) -> Outcome {
 /// A trap as a failure reason: what the guest said, what stopped it, and where it was.
 fn describe(e: &wasmtime::Error, store: &mut Store<HostState>, limits: &Limits) -> String {
     let data = store.data_mut();
-    let mut msg = if let Some(p) = data.panic.take() {
+    let mut msg = if let Some(r) = data.refused.take() {
+        // The host refused a state call (a limit): that is the reason, not the trap it caused.
+        return r;
+    } else if let Some(p) = data.panic.take() {
         format!("guest {p}")
     } else if let Some(asked) = data.memory.exceeded.take() {
         format!(
