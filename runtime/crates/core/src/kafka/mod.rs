@@ -171,7 +171,13 @@ impl ClientContext for ClientLog {
     }
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
-        *self.lock() = Some((error, reason.to_string()));
+        let mut last = self.lock();
+        // A refusal (bad credentials, an untrusted certificate) is the cause of the "all
+        // brokers down" that follows it: keep it.
+        let refused = |e: &KafkaError| e.rdkafka_error_code().is_some_and(refusal);
+        if !(last.as_ref().is_some_and(|(e, _)| refused(e)) && !refused(&error)) {
+            *last = Some((error, reason.to_string()));
+        }
     }
 }
 
