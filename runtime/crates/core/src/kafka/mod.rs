@@ -99,9 +99,25 @@ pub fn creation_error(what: &str, e: KafkaError) -> anyhow::Error {
 /// client settings, debug), for another client of the same cluster.
 pub fn connection_settings(from: &ClientConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
-    for (k, v) in from.config_map() {
-        if CONNECTION_SETTINGS.iter().any(|p| k.starts_with(p)) {
-            c.set(k, v);
+    // `config_map` leaves out the settings rdkafka deems secret: take those by name (`get`
+    // gives them).
+    const HIDDEN: &[&str] = &[
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.keystore.password",
+        "ssl.truststore.password",
+        "sasl.oauthbearer.client.secret",
+    ];
+    let keys: Vec<&str> = from
+        .config_map()
+        .into_keys()
+        .chain(HIDDEN.iter().copied())
+        .collect();
+    for k in keys {
+        if let Some(v) = from.get(k) {
+            if CONNECTION_SETTINGS.iter().any(|p| k.starts_with(p)) {
+                c.set(k, v);
+            }
         }
     }
     c.set_log_level(RDKafkaLogLevel::Warning);
@@ -175,7 +191,7 @@ impl ClientContext for ClientLog {
         // A refusal (bad credentials, an untrusted certificate) is the cause of the "all
         // brokers down" that follows it: keep it.
         let refused = |e: &KafkaError| e.rdkafka_error_code().is_some_and(refusal);
-        if !(last.as_ref().is_some_and(|(e, _)| refused(e)) && !refused(&error)) {
+        if refused(&error) || !last.as_ref().is_some_and(|(e, _)| refused(e)) {
             *last = Some((error, reason.to_string()));
         }
     }
@@ -247,5 +263,33 @@ fn hint(error: &str) -> &'static str {
         " (TLS: the handshake failed: check `tls` and that the listener speaks TLS)"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_settings_keep_secrets_and_tls_switches() {
+        let mut c = ClientConfig::new();
+        for (k, v) in [
+            ("bootstrap.servers", "b:9093"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.password", "pw-for-changelog"),
+            ("ssl.key.password", "key-pw"),
+            ("enable.ssl.certificate.verification", "false"),
+            ("group.id", "g"),
+        ] {
+            c.set(k, v);
+        }
+        let out = connection_settings(&c);
+        assert_eq!(out.get("sasl.password"), Some("pw-for-changelog"));
+        assert_eq!(out.get("ssl.key.password"), Some("key-pw"));
+        assert_eq!(
+            out.get("enable.ssl.certificate.verification"),
+            Some("false")
+        );
+        assert_eq!(out.get("group.id"), None);
     }
 }
