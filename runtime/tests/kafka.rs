@@ -1815,6 +1815,8 @@ fn secrets_appear_in_no_validate_output_run_log_stats_or_metrics() {
     let ca = kafka.certs.ca.display().to_string();
     let http = free_addr();
     let mut pipe = Pipe::new("secret", &bs, &t, "g-secret");
+    // librdkafka's own debug output (its SASL exchange included) goes to the log too.
+    pipe.source_options = "debug = \"security,broker,conf\"".into();
     pipe.sink = format!(
         "\n[sink.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{}\"\n\"sasl.password\" = \"{secret}\"\n\"ssl.ca.location\" = {ca:?}\n",
         kafka_support::SCRAM_USER
@@ -1881,6 +1883,10 @@ fn secrets_appear_in_no_validate_output_run_log_stats_or_metrics() {
     assert!(
         log.contains("changelog"),
         "the changelog was connected: {log}"
+    );
+    assert!(
+        log.contains("DEBUG") && log.contains("SASLSCRAM"),
+        "librdkafka's debug output is in the log"
     );
     assert!(!log.contains(secret), "the run's log holds the secret");
     let stdout = std::fs::read_to_string(cfg.with_extension("out")).unwrap_or_default();
