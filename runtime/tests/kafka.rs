@@ -453,16 +453,23 @@ fn backtraces(pid: u32) -> String {
 /// `WEIR_KAFKA_TEST_LOG` sets its log filter (e.g. `info,librdkafka=debug`, with
 /// `WEIR_KAFKA_TEST_RDKAFKA_DEBUG=cgrp` for the stateful crash test's consumer).
 fn spawn(cfg: &Path) -> Child {
+    spawn_env(cfg, &[])
+}
+
+/// [`spawn`] with extra environment variables (stdout goes to a file beside the config too).
+fn spawn_env(cfg: &Path, env: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(cfg.with_extension("log")).unwrap();
+    let out = std::fs::File::create(cfg.with_extension("out")).unwrap();
     let mut weir = weir();
     if let Ok(filter) = std::env::var("WEIR_KAFKA_TEST_LOG") {
         weir.env("WEIR_LOG", filter);
     }
+    weir.envs(env.iter().copied());
     weir.arg("run")
         .arg(cfg)
         .arg("--progress=never")
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
+        .stdout(out)
         .stderr(log)
         .spawn()
         .expect("weir starts")
@@ -507,7 +514,18 @@ fn log_tail(cfg: &Path, n: usize) -> String {
 
 /// Runs until every expected id is in the output (or `limit`), then SIGTERM.
 fn run_until_complete(cfg: &Path, out: &mut OutIds, expected: &HashSet<String>, limit: Duration) {
-    let mut child = Reaper(spawn(cfg));
+    run_until_complete_env(cfg, out, expected, limit, &[])
+}
+
+/// [`run_until_complete`] with extra environment variables.
+fn run_until_complete_env(
+    cfg: &Path,
+    out: &mut OutIds,
+    expected: &HashSet<String>,
+    limit: Duration,
+    env: &[(&str, &str)],
+) {
+    let mut child = Reaper(spawn_env(cfg, env));
     out.wait_all(expected, limit, || log_tail(cfg, 40));
     signal(child.0.id(), libc::SIGTERM);
     let status = wait_exit(&mut child.0, Duration::from_secs(60));
@@ -1516,9 +1534,16 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     assert_eq!(ids, produced);
 }
 
-/// weir's Kafka source and sink through a secured listener, configured through their `options`
-/// passthrough (`options` lines go to both); input is produced and output read on PLAINTEXT.
-fn secured_pipeline(tag: &str, bootstrap: &str, options: &str) {
+/// weir's Kafka source and sink through a secured listener. `source_security` and
+/// `sink_security` are TOML tables (`[source.tls]`, `[sink.sasl]`, …) added to the config; `env`
+/// goes to weir's environment. Input is produced and output read on PLAINTEXT.
+fn secured_pipeline(
+    tag: &str,
+    bootstrap: &str,
+    source_security: &str,
+    sink_security: &str,
+    env: &[(&str, &str)],
+) {
     let kafka = kafka_support::shared();
     let bs = kafka.bootstrap();
     let t = topics(kafka, tag);
@@ -1526,11 +1551,11 @@ fn secured_pipeline(tag: &str, bootstrap: &str, options: &str) {
     let expected = produce(&bs, &t.input, 0..4000);
     let group = format!("g-{tag}");
     let mut pipe = Pipe::new(tag, bootstrap, &t, &group);
-    pipe.source_options = options.to_string();
-    pipe.sink = format!("\n[sink.options]\n{options}");
+    pipe.sink = format!("\n{sink_security}");
+    pipe.extra = source_security.to_string();
     let cfg = pipe.write(dir.path());
     let mut out = OutIds::new(&bs, &t.output);
-    run_until_complete(&cfg, &mut out, &expected, Duration::from_secs(120));
+    run_until_complete_env(&cfg, &mut out, &expected, Duration::from_secs(120), env);
     assert_eq!(out.ids.len(), expected.len());
     assert_eq!(out.dups(), 0, "a clean run writes each record once");
     let log = log_of(&cfg);
@@ -1550,7 +1575,37 @@ fn can_connect(settings: &[(&str, &str)]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// SASL_SSL with SCRAM-SHA-512 (and the broker checks the password: a wrong one is refused).
+/// `[<component>.tls]` and `[<component>.sasl]` for the SASL_SSL listener with SCRAM-SHA-512;
+/// `password`: the TOML of the password's value.
+fn scram_tables(component: &str, ca: &Path, password: &str) -> String {
+    format!(
+        "[{component}.tls]\nca_file = {ca:?}\n\n[{component}.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"{user}\"\npassword = {password}\n",
+        ca = ca.display().to_string(),
+        user = kafka_support::SCRAM_USER,
+    )
+}
+
+/// The test client key encrypted with `password` (PKCS#8, AES-256), by the `openssl` command.
+fn encrypted_client_key(kafka: &Kafka, dir: &Path, password: &str) -> PathBuf {
+    let out = dir.join("client-encrypted.key");
+    let st = Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-in"])
+        .arg(&kafka.certs.client_key)
+        .arg("-out")
+        .arg(&out)
+        .arg("-passout")
+        .arg(format!("pass:{password}"))
+        .status()
+        .expect("the openssl command runs (apt-get install openssl)");
+    assert!(st.success(), "openssl pkcs8 failed");
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("ENCRYPTED PRIVATE KEY"), "{text}");
+    out
+}
+
+/// SASL_SSL with SCRAM-SHA-512 through the typed `tls` and `sasl` tables: the source's password
+/// from an environment variable, the sink's from a file (the broker checks the password: a
+/// wrong one is refused).
 #[test]
 fn sasl_ssl_scram_sha_512_source_and_sink() {
     let _serial = serial();
@@ -1574,18 +1629,29 @@ fn sasl_ssl_scram_sha_512_source_and_sink() {
         with("wrong-password").is_err(),
         "the listener checks the password"
     );
+    let secrets = tempfile::tempdir().unwrap();
+    let pw_file = secrets.path().join("kafka-password");
+    std::fs::write(&pw_file, format!("{}\n", kafka_support::SCRAM_PASSWORD)).unwrap();
     secured_pipeline(
         "scram",
         &bs,
-        &format!(
-            "\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{}\"\n\"sasl.password\" = \"{}\"\n\"ssl.ca.location\" = {ca:?}\n",
-            kafka_support::SCRAM_USER,
-            kafka_support::SCRAM_PASSWORD
+        &scram_tables(
+            "source",
+            &kafka.certs.ca,
+            "{ env = \"WEIR_TEST_KAFKA_PASSWORD\" }",
         ),
+        &scram_tables(
+            "sink",
+            &kafka.certs.ca,
+            &format!("{{ file = {:?} }}", pw_file.display().to_string()),
+        ),
+        &[("WEIR_TEST_KAFKA_PASSWORD", kafka_support::SCRAM_PASSWORD)],
     );
 }
 
-/// Mutual TLS: the listener requires a client certificate signed by the CA it trusts.
+/// Mutual TLS through the typed `tls` table: the listener requires a client certificate signed
+/// by the CA it trusts. The source's key is encrypted (its password from an environment
+/// variable), the sink's is not.
 #[test]
 fn mutual_tls_source_and_sink() {
     let _serial = serial();
@@ -1612,13 +1678,219 @@ fn mutual_tls_source_and_sink() {
         ("ssl.key.location", key.as_str()),
     ]);
     can_connect(&full).expect("a client with its certificate connects");
+    let keys = tempfile::tempdir().unwrap();
+    let key_pw = "mtls-Key-Secret-9e1";
+    let encrypted = encrypted_client_key(kafka, keys.path(), key_pw)
+        .display()
+        .to_string();
     secured_pipeline(
         "mtls",
         &bs,
         &format!(
-            "\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = {ca:?}\n\"ssl.certificate.location\" = {cert:?}\n\"ssl.key.location\" = {key:?}\n"
+            "[source.tls]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {encrypted:?}\nkey_password = {{ env = \"WEIR_TEST_KEY_PASSWORD\" }}\n"
         ),
+        &format!("[sink.tls]\nca_file = {ca:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n"),
+        &[("WEIR_TEST_KEY_PASSWORD", key_pw)],
     );
+}
+
+/// Runs weir on `cfg` (with `env`) and expects it to fail at start-up within a minute; returns
+/// its log.
+fn fails_at_start_up(cfg: &Path, env: &[(&str, &str)]) -> String {
+    let mut child = Reaper(spawn_env(cfg, env));
+    let status = wait_exit(&mut child.0, Duration::from_secs(60));
+    let log = log_of(cfg);
+    assert!(!status.success(), "weir ran: {log}");
+    assert!(!log.contains("partitions assigned"), "{log}");
+    log
+}
+
+/// A wrong SASL password, a broker certificate from a CA the client does not trust (a different
+/// CA, or no `ca_file` at all: the system's CAs) and a wrong key password each stop `weir run`
+/// at start-up, with an error naming the cause and not the secret.
+#[test]
+fn wrong_password_untrusted_ca_and_wrong_key_password_fail_at_start_up() {
+    let _serial = serial();
+    let kafka = kafka_support::shared();
+    let t = topics(kafka, "startup-fail");
+    let dir = tempfile::tempdir().unwrap();
+    // The same security tables for the source and the sink.
+    let config = |name: &str, bootstrap: &str, tables: &dyn Fn(&str) -> String| {
+        let mut pipe = Pipe::new(name, bootstrap, &t, "g-startup-fail");
+        pipe.sink = format!("\n{}", tables("sink"));
+        pipe.extra = tables("source");
+        pipe.write(dir.path())
+    };
+    let c = &kafka.certs;
+    let path = |p: &Path| p.display().to_string();
+
+    let wrong = "Wrong-Scram-Secret-31";
+    let cfg = config(
+        "wrong-password",
+        &kafka.bootstrap_sasl_ssl(),
+        &|component| scram_tables(component, &c.ca, "{ env = \"WEIR_TEST_KAFKA_PASSWORD\" }"),
+    );
+    let log = fails_at_start_up(&cfg, &[("WEIR_TEST_KAFKA_PASSWORD", wrong)]);
+    assert!(
+        log.contains("the cluster refused this client") && log.contains("sasl.password"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(wrong),
+        "the wrong password is in the log: {log}"
+    );
+
+    let untrusted =
+        |component: &str| format!("[{component}.tls]\nca_file = {:?}\n", path(&c.untrusted_ca));
+    let system = |component: &str| format!("[{component}.tls]\n");
+    for (name, tables) in [
+        ("untrusted-ca", &untrusted as &dyn Fn(&str) -> String),
+        ("system-cas", &system),
+    ] {
+        let cfg = config(name, &kafka.bootstrap_ssl(), tables);
+        let log = fails_at_start_up(&cfg, &[]);
+        assert!(
+            log.contains("certificate verify failed") && log.contains("tls.ca_file"),
+            "{name}: {log}"
+        );
+    }
+
+    let keys = tempfile::tempdir().unwrap();
+    let key = encrypted_client_key(kafka, keys.path(), "right-Key-Password-1");
+    let wrong_key = "Wrong-Key-Password-2";
+    let cfg = config(
+        "wrong-key-password",
+        &kafka.bootstrap_mtls(),
+        &|component| {
+            format!(
+            "[{component}.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\nkey_password = \"{wrong_key}\"\n",
+            path(&c.ca),
+            path(&c.client_cert),
+            path(&key),
+        )
+        },
+    );
+    let log = fails_at_start_up(&cfg, &[]);
+    assert!(
+        log.contains("cannot create the") && log.contains("ssl.key"),
+        "{log}"
+    );
+    assert!(!log.contains(wrong_key), "{log}");
+}
+
+/// Output of a `weir validate`.
+fn validate(cfg: &Path, env: &[(&str, &str)]) -> (bool, String) {
+    let out = weir()
+        .envs(env.iter().copied())
+        .arg("validate")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let text = strip_ansi(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
+    (out.status.success(), text)
+}
+
+/// A secret weir is given in each of the ways it takes one (an environment variable in the
+/// typed `sasl` table, an inline value in the raw `options` table, a file for the dead-letter
+/// sink; used by the source, its state changelog, the sink and the dead-letter sink) appears
+/// in no output: `weir validate`'s (also when a misspelt key holds it), `weir run`'s log at
+/// debug level with librdkafka's own debug output on, `/stats` and `/metrics`.
+#[test]
+fn secrets_appear_in_no_validate_output_run_log_stats_or_metrics() {
+    let _serial = serial();
+    let kafka = kafka_support::shared();
+    let plain = kafka.bootstrap();
+    let bs = kafka.bootstrap_sasl_ssl();
+    let t = topics(kafka, "secret");
+    kafka.create_topic("dlq-secret", PARTITIONS, 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = kafka_support::SCRAM_PASSWORD;
+    let pw_file = dir.path().join("kafka-password");
+    std::fs::write(&pw_file, secret).unwrap();
+    let env = [("WEIR_TEST_KAFKA_PASSWORD", secret)];
+    let ca = kafka.certs.ca.display().to_string();
+    let http = free_addr();
+    let mut pipe = Pipe::new("secret", &bs, &t, "g-secret");
+    // librdkafka's own debug output (its SASL exchange included) goes to the log too.
+    pipe.source_options = "debug = \"security,broker,conf\"".into();
+    pipe.sink = format!(
+        "\n[sink.options]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"{}\"\n\"sasl.password\" = \"{secret}\"\n\"ssl.ca.location\" = {ca:?}\n",
+        kafka_support::SCRAM_USER
+    );
+    pipe.extra = format!(
+        "{source}\n[failure]\ntype = \"kafka\"\nbootstrap_servers = \"{bs}\"\ntopic = \"dlq-secret\"\n\n{failure}\n[state]\nbackend = \"disk\"\npath = {state:?}\nchangelog_topic = \"cl-secret\"\n\n[http]\naddress = \"{http}\"\n",
+        source = scram_tables(
+            "source",
+            &kafka.certs.ca,
+            "{ env = \"WEIR_TEST_KAFKA_PASSWORD\" }"
+        ),
+        failure = scram_tables(
+            "failure",
+            &kafka.certs.ca,
+            &format!("{{ file = {:?} }}", pw_file.display().to_string())
+        ),
+        state = dir.path().join("state.redb").display().to_string(),
+    );
+    let cfg = pipe.write(dir.path());
+
+    let (ok, text) = validate(&cfg, &env);
+    assert!(ok, "{text}");
+    assert!(!text.contains(secret), "validate: {text}");
+
+    // A misspelt key, in the raw options and in the typed table, holding the secret.
+    let text_of = |from: &str, to: &str| {
+        let bad = std::fs::read_to_string(&cfg).unwrap().replacen(from, to, 1);
+        let bad_cfg = write(dir.path(), "misspelt.toml", &bad);
+        let (ok, text) = validate(&bad_cfg, &env);
+        assert!(!ok, "{text}");
+        assert!(!text.contains(secret), "validate: {text}");
+        text
+    };
+    let text = text_of("\"sasl.password\" =", "\"sasl.pasword\" =");
+    assert!(text.contains("sasl.pasword"), "{text}");
+    let text = text_of(
+        "[failure.sasl]\nmechanism = \"SCRAM-SHA-512\"",
+        &format!("[failure.sasl]\npasword = \"{secret}\"\nmechanism = \"SCRAM-SHA-512\""),
+    );
+    assert!(
+        text.contains("failure.sasl") && text.contains("pasword"),
+        "{text}"
+    );
+
+    let expected = produce(&plain, &t.input, 0..2000);
+    let mut out = OutIds::new(&plain, &t.output);
+    let log_env = [env[0], ("WEIR_LOG", "debug")];
+    let mut child = Reaper(spawn_env(&cfg, &log_env));
+    out.wait_all(&expected, Duration::from_secs(90), || {
+        log_of(&cfg)
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let stats = common::http_get(&http, "/stats").expect("/stats answers");
+    let metrics = common::http_get(&http, "/metrics").expect("/metrics answers");
+    assert!(stats.contains("\"read\""), "{stats}");
+    assert!(!stats.contains(secret), "/stats: {stats}");
+    assert!(!metrics.contains(secret), "/metrics: {metrics}");
+    signal(child.0.id(), libc::SIGTERM);
+    assert!(wait_exit(&mut child.0, Duration::from_secs(60)).success());
+    let log = log_of(&cfg);
+    assert!(
+        log.contains("changelog"),
+        "the changelog was connected: {log}"
+    );
+    assert!(
+        log.contains("DEBUG") && log.contains("SASLSCRAM"),
+        "librdkafka's debug output is in the log"
+    );
+    assert!(!log.contains(secret), "the run's log holds the secret");
+    let stdout = std::fs::read_to_string(cfg.with_extension("out")).unwrap_or_default();
+    assert!(!stdout.contains(secret), "stdout: {stdout}");
 }
 
 /// A three-node cluster, topics replicated three times (`min.insync.replicas = 2`): the broker

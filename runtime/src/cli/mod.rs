@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
+use weir_core::kafka::security::redact;
 use weir_core::pipeline::{self, PipelineConfig, RunOptions};
 
 /// weir: read events from a source, run them through transforms (built-in or WebAssembly), write
@@ -66,7 +67,7 @@ pub fn main() -> ExitCode {
                 match PipelineConfig::load(path) {
                     Ok(_) => println!("{}: ok", path.display()),
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        eprintln!("error: {}", redact(&e.to_string()));
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 }
@@ -77,7 +78,7 @@ pub fn main() -> ExitCode {
             let cfg = match PipelineConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", redact(&e.to_string()));
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -145,16 +146,32 @@ pub enum LogFormat {
 }
 
 /// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir_core=debug`).
+/// Every line goes through [`redact`] (no secret weir knows of is ever logged).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactingStderr);
     let _ = match format {
         LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().with_current_span(false).try_init(),
     };
+}
+
+/// stderr, with every secret weir knows of taken out (the log formatter writes each event in
+/// one call).
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// When to print the progress line.

@@ -23,7 +23,7 @@
 //! As the failure sink (a dead-letter topic), each bad row carries the error in the headers
 //! `weir.error`, `weir.component` and `weir.schema`, followed by the original record's headers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -36,6 +36,7 @@ use serde::Deserialize;
 
 use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
+use crate::kafka::security::{self, Options, Resolved, Sasl, Tls};
 use crate::kafka::{self, ClientLog};
 use crate::record::Record;
 use crate::setup::{self, BuildContext};
@@ -52,8 +53,16 @@ use crate::setup::{self, BuildContext};
 /// max_message_bytes = "1 MiB"  # larger records go to the failure sink
 /// removal_field = "removed"    # optional: `"removed": true` → a tombstone (key, null value)
 ///
+/// [sink.tls]                   # optional: TLS (see crate::kafka::security)
+/// ca_file = "/etc/kafka/ca.pem"
+///
+/// [sink.sasl]                  # optional: SASL
+/// mechanism = "SCRAM-SHA-512"
+/// username = "weir"
+/// password = { file = "/run/secrets/kafka" }
+///
 /// [sink.options]               # any librdkafka producer setting, applied last
-/// "security.protocol" = "SSL"
+/// "request.timeout.ms" = "30000"
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,7 +81,11 @@ pub struct KafkaConfig {
     pub max_message_bytes: ByteSize,
     pub removal_field: Option<String>,
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub sasl: Option<Sasl>,
+    #[serde(default)]
+    pub options: Options,
 }
 
 fn yes() -> bool {
@@ -120,13 +133,16 @@ impl SinkConfig for KafkaConfig {
                 "expected a JSON field name, found an empty string",
             ));
         }
-        kafka::check_options(&self.client_config(), origin)
+        let security = self.security(origin)?;
+        security.warn(&origin.key);
+        kafka::check_options(&self.client_config(&security), &security, origin)
     }
 
     /// Creates the producer and checks that the brokers answer and accept it.
-    async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
+    async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         let log = ClientLog::default();
-        let producer = self.producer_with(log.clone())?;
+        let security = self.security(&Origin::new("", &ctx.path))?;
+        let producer = self.producer_with(&security, log.clone())?;
         let (client, topic) = (producer.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
             kafka::check_cluster(client.client(), &log, &[&topic], setup::CHECK_TIMEOUT)
@@ -136,12 +152,18 @@ impl SinkConfig for KafkaConfig {
         Ok(Box::new(KafkaSink {
             producer,
             cfg: self.clone(),
+            security,
         }))
     }
 }
 
 impl KafkaConfig {
-    fn client_config(&self) -> ClientConfig {
+    /// The security and `options` settings, resolved (secrets read, files checked).
+    fn security(&self, origin: &Origin) -> Result<Resolved, ConfigError> {
+        security::resolve(self.tls.as_ref(), self.sasl.as_ref(), &self.options, origin)
+    }
+
+    fn client_config(&self, security: &Resolved) -> ClientConfig {
         kafka::client_config(
             &self.bootstrap_servers,
             |c| {
@@ -165,18 +187,18 @@ impl KafkaConfig {
                     c.set("acks", "all");
                 }
             },
-            &self.options,
+            security,
         )
     }
 
-    fn producer(&self) -> anyhow::Result<FutureProducer<ClientLog>> {
-        self.producer_with(ClientLog::default())
-    }
-
-    fn producer_with(&self, log: ClientLog) -> anyhow::Result<FutureProducer<ClientLog>> {
-        self.client_config()
+    fn producer_with(
+        &self,
+        security: &Resolved,
+        log: ClientLog,
+    ) -> anyhow::Result<FutureProducer<ClientLog>> {
+        self.client_config(security)
             .create_with_context(log)
-            .context("kafka sink: cannot create the producer")
+            .map_err(|e| kafka::creation_error("kafka sink: cannot create the producer", e))
     }
 }
 
@@ -201,6 +223,8 @@ fn classify(e: &KafkaError) -> Class {
 struct KafkaSink {
     producer: FutureProducer<ClientLog>,
     cfg: KafkaConfig,
+    /// The resolved security settings, for rebuilding the producer.
+    security: Resolved,
 }
 
 impl KafkaSink {
@@ -311,7 +335,10 @@ impl Sink for KafkaSink {
                     reason,
                     "kafka sink: fatal producer error; rebuilding the producer"
                 );
-                self.producer = self.cfg.producer().map_err(SinkError::Retriable)?;
+                self.producer = self
+                    .cfg
+                    .producer_with(&self.security, ClientLog::default())
+                    .map_err(SinkError::Retriable)?;
             }
             let left = progress.unsettled(len);
             let class = match e.rdkafka_error_code() {

@@ -33,7 +33,7 @@
 //! a crash, a rebalance or a restart, state and input agree exactly: no update is lost and none
 //! is applied twice, even for non-idempotent state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ use serde::Deserialize;
 use super::{Source, SourceConfig, SourceContext, SourceType};
 use crate::ack::{Ack, PositionAcks};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
+use crate::kafka::security::{self, Options, Resolved, Sasl, Tls};
 use crate::kafka::{self, ClientLog};
 use crate::record::{Failed, FailureKind, Meta, PartitionId, Record, SourcePosition};
 use crate::setup::{self, BuildContext};
@@ -73,10 +74,19 @@ use crate::state::{CheckpointFailed, Checkpointed};
 /// shutdown_wait = "30s"          # on shutdown, wait this long for in-flight batches
 /// prefetch = "2 MiB"             # bytes librdkafka may prefetch
 ///
+/// [source.tls]                   # optional: TLS (see crate::kafka::security)
+/// ca_file = "/etc/kafka/ca.pem"
+///
+/// [source.sasl]                  # optional: SASL
+/// mechanism = "SCRAM-SHA-512"
+/// username = "weir"
+/// password = { env = "KAFKA_PASSWORD" }
+///
 /// [source.options]               # any librdkafka consumer setting, applied last
-/// "security.protocol" = "SASL_SSL"
-/// "sasl.mechanism" = "PLAIN"
+/// "session.timeout.ms" = "10000"
 /// ```
+///
+/// The state changelog's clients copy the consumer's connection and security settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -98,7 +108,11 @@ pub struct KafkaConfig {
     #[serde(default = "default_prefetch")]
     pub prefetch: ByteSize,
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub sasl: Option<Sasl>,
+    #[serde(default)]
+    pub options: Options,
 }
 
 fn default_commit_interval() -> CfgDuration {
@@ -157,7 +171,9 @@ impl SourceConfig for KafkaConfig {
                 "expected a consumer group id, found an empty string",
             ));
         }
-        kafka::check_options(&self.client_config(), origin)
+        let security = self.security(origin)?;
+        security.warn(&origin.key);
+        kafka::check_options(&self.client_config(&security), &security, origin)
     }
 
     /// Creates the consumer, checks that the brokers answer and accept it, and connects the
@@ -171,14 +187,14 @@ impl SourceConfig for KafkaConfig {
                 state: ctx.state.clone(),
             })
         });
-        let client = self.client_config();
+        let client = self.client_config(&self.security(&Origin::new("", &ctx.path))?);
         let consumer: StreamConsumer<Context> = client
             .create_with_context(Context {
                 shared: shared.clone(),
                 revoke_wait: self.revoke_wait.0,
                 log: ClientLog::default(),
             })
-            .context("kafka source: cannot create the consumer")?;
+            .map_err(|e| kafka::creation_error("kafka source: cannot create the consumer", e))?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         let log = &consumer.context().log;
         blocking(|| kafka::check_cluster(consumer.client(), log, &topics, setup::CHECK_TIMEOUT))
@@ -204,12 +220,13 @@ impl SourceConfig for KafkaConfig {
 }
 
 impl KafkaConfig {
-    fn client_config(&self) -> ClientConfig {
-        kafka::client_config(
-            &self.bootstrap_servers,
-            |c| self.own_settings(c),
-            &self.options,
-        )
+    /// The security and `options` settings, resolved (secrets read, files checked).
+    fn security(&self, origin: &Origin) -> Result<Resolved, ConfigError> {
+        security::resolve(self.tls.as_ref(), self.sasl.as_ref(), &self.options, origin)
+    }
+
+    fn client_config(&self, security: &Resolved) -> ClientConfig {
+        kafka::client_config(&self.bootstrap_servers, |c| self.own_settings(c), security)
     }
 
     /// The consumer's settings (before the config's `options`).
