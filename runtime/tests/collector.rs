@@ -357,7 +357,12 @@ fn enrich_output_turned_back_into_requests_comes_out_field_for_field() {
     assert_eq!(micro.len(), 73);
     let micro_json = to_json_all(&micro);
     let dir = tempfile::tempdir().unwrap();
-    let w = start(dir.path(), "", &file_sinks(dir.path()));
+    // The requests come as through a load balancer at 127.0.0.1 naming the client.
+    let w = start(
+        dir.path(),
+        "trusted_proxies = [\"127.0.0.1\"]",
+        &file_sinks(dir.path()),
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut conn = Conn::open(w.addr, None).await.unwrap();
@@ -897,11 +902,13 @@ fn a_stalled_pipeline_refuses_with_503_says_so_on_sink_health_and_loses_nothing(
         (eids, body)
     }
     let stop_sending = Instant::now() + Duration::from_secs(4);
+    // 32 clients, each from its own address (one client alone would meet its share, 429).
     let clients: Vec<_> = (0..32)
         .map(|c| {
             rt.spawn(async move {
                 let mut seen = Vec::new();
-                let mut conn = Conn::open(addr, None).await.unwrap();
+                let from: IpAddr = format!("127.0.1.{}", c + 1).parse().unwrap();
+                let mut conn = Conn::open(addr, Some(from)).await.unwrap();
                 let mut i = 0;
                 while Instant::now() < stop_sending {
                     let (eids, body) = body_for(c, i);
@@ -1093,7 +1100,7 @@ fn health_cookie_settings_custom_paths_and_anonymous_requests() {
     let dir = tempfile::tempdir().unwrap();
     let w = start(
         dir.path(),
-        "paths = { \"/com.acme/collect\" = \"/com.snowplowanalytics.snowplow/tp2\", \"/p.gif\" = \"/i\" }\nanon_ip_octets = 1\n[source.cookie]\nname = \"nuid\"\ndomains = [\"acme.test\"]\nsame_site = \"Lax\"\nsecure = false",
+        "paths = { \"/com.acme/collect\" = \"/com.snowplowanalytics.snowplow/tp2\", \"/p.gif\" = \"/i\" }\nanon_ip_octets = 1\ntrusted_proxies = [\"127.0.0.0/8\"]\n[source.cookie]\nname = \"nuid\"\ndomains = [\"acme.test\"]\nsame_site = \"Lax\"\nsecure = false",
         &file_sinks(dir.path()),
     );
     let health = send_blocking(w.addr, "GET", "/health", &[], "");
@@ -1194,6 +1201,16 @@ fn collector_config_mistakes_are_reported_at_their_key() {
             "max_inflight_bytes = \"1 KiB\"",
             "source.max_inflight_bytes",
             "expected at least max_body_bytes",
+        ),
+        (
+            "trusted_proxies = [\"10.0.0.0/33\"]",
+            "source.trusted_proxies[0]",
+            "expected an address or CIDR range such as `10.0.0.0/8`",
+        ),
+        (
+            "max_inflight_per_client_bytes = \"64 MiB\"",
+            "source.max_inflight_per_client_bytes",
+            "expected less than max_inflight_bytes, found 67108864 bytes",
         ),
         (
             "max_body_byte = 5",

@@ -51,7 +51,15 @@ pub struct Options {
     pub anon_ipv6_segments: u8,
     /// Most events one payload may hold.
     pub max_events: usize,
+    /// Longest query string that may be merged into the events of a POSTed body. Every
+    /// parameter of the query string is copied into every event of the body (as Enrich does),
+    /// so a long one multiplies the output: a payload whose query string is longer is refused
+    /// ([`Limit::Query`]). A GET's query string is one event and is not limited here.
+    pub max_query_bytes: usize,
 }
+
+/// The default of [`Options::max_query_bytes`]: 8 KiB, more than any tracker sends.
+pub const DEFAULT_MAX_QUERY_BYTES: usize = 8 << 10;
 
 impl Default for Options {
     fn default() -> Self {
@@ -59,6 +67,7 @@ impl Default for Options {
             anon_ipv4_octets: 0,
             anon_ipv6_segments: 0,
             max_events: 1000,
+            max_query_bytes: DEFAULT_MAX_QUERY_BYTES,
         }
     }
 }
@@ -71,15 +80,26 @@ pub struct ConvertError {
     pub field: &'static str,
     /// What was expected (and where: "event 2 of 3: …").
     pub message: String,
-    /// The payload held more events than [`Options::max_events`].
-    pub too_many_events: bool,
+    /// The limit the payload went over, if that is why it was refused.
+    pub limit: Option<Limit>,
+}
+
+/// A limit on what one payload may hold or expand to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// More events than [`Options::max_events`].
+    Events,
+    /// A query string longer than [`Options::max_query_bytes`] merged into POSTed events.
+    Query,
+    /// The output budget given to [`convert_within`] refused to grow.
+    Output,
 }
 
 fn fail(field: &'static str, message: impl Into<String>) -> ConvertError {
     ConvertError {
         field,
         message: message.into(),
-        too_many_events: false,
+        limit: None,
     }
 }
 
@@ -115,8 +135,24 @@ pub fn convert(
     out: &mut Vec<u8>,
     ends: &mut Vec<usize>,
 ) -> Result<(), ConvertError> {
+    convert_within(payload, options, etl_ms, out, ends, &mut |_| Ok(()))
+}
+
+/// [`convert`] within an output budget: before each line is written, `budget` is told how many
+/// bytes this payload's lines will then take in `out` (the line included); if it answers
+/// `Err(reason)`, the payload is refused with [`Limit::Output`] and that reason, and nothing of
+/// it is left in `out`. This bounds what a payload expands to (a small body of many events
+/// with a long query string merged into each, say) while it is being converted, not after.
+pub fn convert_within(
+    payload: &CollectorPayload<'_>,
+    options: &Options,
+    etl_ms: i64,
+    out: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+    budget: &mut dyn FnMut(usize) -> Result<(), String>,
+) -> Result<(), ConvertError> {
     let (len, n_ends) = (out.len(), ends.len());
-    let result = convert_inner(payload, options, etl_ms, out, ends);
+    let result = convert_inner(payload, options, etl_ms, out, ends, budget);
     if result.is_err() {
         out.truncate(len);
         ends.truncate(n_ends);
@@ -130,7 +166,9 @@ fn convert_inner(
     etl_ms: i64,
     out: &mut Vec<u8>,
     ends: &mut Vec<usize>,
+    budget: &mut dyn FnMut(usize) -> Result<(), String>,
 ) -> Result<(), ConvertError> {
+    let start = out.len();
     let path = payload.path.as_deref().unwrap_or("");
     let api = api_for_path(path).ok_or_else(|| {
         fail(
@@ -162,10 +200,29 @@ fn convert_inner(
             }
             vec![Vec::new()]
         }
-        (Api::Tp2, Some(body)) => parse_payload_data(body, options.max_events)?,
+        (Api::Tp2, Some(body)) => {
+            let q = payload.querystring.as_deref().map_or(0, str::len);
+            if q > options.max_query_bytes {
+                return Err(ConvertError {
+                    field: "querystring",
+                    message: format!(
+                        "a query string of {q} bytes would be merged into every event of the \
+                         body; at most {} bytes are accepted (max_query_bytes)",
+                        options.max_query_bytes
+                    ),
+                    limit: Some(Limit::Query),
+                });
+            }
+            parse_payload_data(body, options.max_events)?
+        }
     };
     let ctx = Context::new(payload, options, etl_ms)?;
     let n = events.len();
+    let source = if n > 1 || body.is_some() && api == Api::Tp2 {
+        "body"
+    } else {
+        "querystring"
+    };
     let mut fields: Vec<Cow<'_, str>> = vec![Cow::Borrowed(""); FIELD_COUNT];
     for (i, body_params) in events.iter().enumerate() {
         for f in fields.iter_mut() {
@@ -183,6 +240,16 @@ fn convert_inner(
                 e.message = format!("event {} of {n}: {}", i + 1, e.message);
             }
             e
+        })?;
+        let line = fields.iter().map(|f| f.len() + 1).sum::<usize>();
+        budget(out.len() - start + line).map_err(|reason| ConvertError {
+            field: source,
+            message: if n > 1 {
+                format!("event {} of {n}: {reason}", i + 1)
+            } else {
+                reason
+            },
+            limit: Some(Limit::Output),
         })?;
         write_line(&fields, out);
         ends.push(out.len());
@@ -1154,7 +1221,7 @@ impl<'de> Visitor<'de> for EventsSeed<'_> {
                             "{n} events in one request; at most {} are accepted",
                             self.max_events
                         ),
-                        too_many_events: true,
+                        limit: Some(Limit::Events),
                     });
                     return Err(de::Error::custom("too many events"));
                 }

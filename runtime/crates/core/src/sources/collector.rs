@@ -8,7 +8,18 @@
 //!   every tracker response carries the same CORS headers.
 //! * The network user id comes from the `nuid` query parameter, else the `sp` cookie, else a new
 //!   UUID, and is set back as the cookie (name, domain, expiry, flags configurable; `enabled =
-//!   false` turns it off). `SP-Anonymous` requests get no cookie, no IP and an all-zero id.
+//!   false` turns it off). Only a plain id (1 to 64 letters, digits, `-` or `_`: a UUID is one)
+//!   is taken from the request; anything else is ignored as if absent, so what a request sends
+//!   can never add attributes to the `Set-Cookie` answer. `SP-Anonymous` requests get no
+//!   cookie, no IP and an all-zero id.
+//! * The client is the peer address of the connection. Only when the peer is in
+//!   `trusted_proxies` is the forwarding header (`forwarded_header`: `X-Forwarded-For` or
+//!   `Forwarded`) believed: walking it from the right (the hop nearest weir), trusted proxies are
+//!   skipped and the first address that is not one is the client. That address is what the
+//!   per-client limits count and what the event records as `user_ipaddress` (behind one load
+//!   balancer, the first `X-Forwarded-For` address, as the Snowplow collector records it; a
+//!   value the client itself put in front of it is not believed). IPv6 clients are limited by
+//!   their /64 network, which one host can otherwise walk through.
 //! * `/health` answers `ok`, `/sink-health` answers 503 while the request queue is full,
 //!   `/robots.txt` disallows crawlers.
 //!
@@ -19,16 +30,22 @@
 //! waiting, so batches grow with load and latency stays low when idle.
 //!
 //! **Limits.** A body over `max_body_bytes` is refused with 413 (a `size_violation` bad row);
-//! more than `max_events_per_request` events with 413; bodies in flight are held to
-//! `max_inflight_bytes` and queued requests to `queue`, beyond which requests get 503 (trackers
-//! retry) instead of growing memory; one client (by IP) may have `max_inflight_per_client`
-//! requests in flight, beyond which it gets 429, so a flood from one client leaves room for the
-//! others. A request that is not a valid tracker-protocol payload gets 400 and a
+//! more than `max_events_per_request` events with 413; a query string over `max_query_bytes` on
+//! a POST with a body (its parameters would be copied into every event) with 414. The memory a
+//! request holds, its body and the enriched events it expands to, counts against
+//! `max_inflight_bytes` while the request is in flight: the body as soon as its length is known,
+//! the events as they are produced. One client may hold at most `max_inflight_per_client_bytes`
+//! of it (default an eighth) and `max_inflight_per_client` requests; beyond its share a client
+//! gets 429, beyond the whole budget (or `queue` waiting requests) anyone gets 503 (trackers
+//! retry), so memory does not grow with the requests and one client cannot starve the others.
+//! A request that alone would expand past a client's share gets 413 and a bad row. All these
+//! refusals happen before or while events are produced, never after: nothing larger than the
+//! budget is built. A request that is not a valid tracker-protocol payload gets 400 and a
 //! `collector_payload_format_violation` bad row holding the request as a base64 Thrift
 //! `CollectorPayload`; none of its events are emitted.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,8 +60,9 @@ use bytes::{Bytes, BytesMut};
 use cookie::time::{self, OffsetDateTime, PrimitiveDateTime};
 use cookie::Cookie;
 use http_body_util::BodyExt;
+use ipnet::IpNet;
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{Emitter, Source, SourceConfig, SourceContext, SourceType};
 use crate::config::{self, ByteSize, ConfigError, Origin};
@@ -53,7 +71,7 @@ use crate::setup::BuildContext;
 use crate::snowplow::collector_payload::{CollectorPayload, SCHEMA};
 use crate::snowplow::now_ms;
 use crate::snowplow::tracker::{self, TP1_PATHS, TP2_PATH};
-use crate::transforms::sp_collector_payload::enrich_options;
+use crate::transforms::sp_collector_payload::{default_max_query, enrich_options};
 
 /// ```toml
 /// [source]
@@ -62,8 +80,12 @@ use crate::transforms::sp_collector_payload::enrich_options;
 /// paths = { "/com.acme/track" = "/com.snowplowanalytics.snowplow/tp2" }
 /// max_body_bytes = "1 MiB"
 /// max_events_per_request = 1000
+/// max_query_bytes = "8 KiB"
 /// max_inflight_bytes = "64 MiB"
+/// max_inflight_per_client_bytes = "8 MiB"
 /// max_inflight_per_client = 64
+/// trusted_proxies = ["10.0.0.0/8"]
+/// forwarded_header = "X-Forwarded-For"
 /// queue = 1024
 /// read_timeout = "10s"
 /// cors_max_age = "1h"
@@ -94,11 +116,26 @@ pub struct CollectorConfig {
     pub max_body_bytes: ByteSize,
     #[serde(default = "default_max_events")]
     pub max_events_per_request: usize,
+    /// Longest query string merged into the events of a POSTed body (414 beyond).
+    #[serde(default = "default_max_query")]
+    pub max_query_bytes: ByteSize,
+    /// Bytes of bodies and of the events they expand to that requests may hold at once.
     #[serde(default = "default_inflight_bytes")]
     pub max_inflight_bytes: ByteSize,
-    /// Requests one client IP may have in flight (0: no limit).
+    /// The share of `max_inflight_bytes` one client may hold (default: an eighth of it, at
+    /// least `max_body_bytes`).
+    #[serde(default)]
+    pub max_inflight_per_client_bytes: Option<ByteSize>,
+    /// Requests one client may have in flight (0: no limit).
     #[serde(default = "default_per_client")]
     pub max_inflight_per_client: usize,
+    /// Peers (CIDR ranges or addresses) whose `forwarded_header` names the client; from any
+    /// other peer the header is ignored. None by default: the peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// The header trusted proxies name the client in: `X-Forwarded-For` or `Forwarded`.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
     /// Requests waiting to be handed to the pipeline before new ones get 503.
     #[serde(default = "default_queue")]
     pub queue: usize,
@@ -180,6 +217,29 @@ impl From<SameSite> for cookie::SameSite {
     }
 }
 
+/// The header that trusted proxies name the client in (`X-Forwarded-For` or `Forwarded`, in
+/// any case). Only one is read, so a client cannot slip its own in beside the proxy's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ForwardedHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+impl TryFrom<String> for ForwardedHeader {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ForwardedHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardedHeader::Forwarded),
+            _ => Err(format!(
+                "expected `X-Forwarded-For` or `Forwarded`, found `{s}`"
+            )),
+        }
+    }
+}
+
 fn default_address() -> SocketAddr {
     "127.0.0.1:9090".parse().expect("a valid address")
 }
@@ -213,6 +273,7 @@ impl SourceType for CollectorConfig {
 impl SourceConfig for CollectorConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         self.options(origin)?;
+        self.proxies(origin)?;
         for (from, to) in &self.paths {
             if !from.starts_with('/') {
                 return Err(origin.error(
@@ -244,6 +305,18 @@ impl SourceConfig for CollectorConfig {
                 self.max_inflight_bytes.0 <= u32::MAX as u64,
                 "at most 4 GiB",
             ),
+            (
+                "max_inflight_per_client_bytes",
+                self.max_inflight_per_client_bytes
+                    .is_none_or(|b| b.0 >= self.max_body_bytes.0),
+                "at least max_body_bytes",
+            ),
+            (
+                "max_inflight_per_client_bytes",
+                self.max_inflight_per_client_bytes
+                    .is_none_or(|b| b.0 < self.max_inflight_bytes.0),
+                "less than max_inflight_bytes",
+            ),
         ] {
             if !ok {
                 return Err(origin.error(
@@ -253,6 +326,10 @@ impl SourceConfig for CollectorConfig {
                         match key {
                             "queue" => self.queue.to_string(),
                             "max_body_bytes" => self.max_body_bytes.0.to_string(),
+                            "max_inflight_per_client_bytes" => format!(
+                                "{} bytes",
+                                self.max_inflight_per_client_bytes.map_or(0, |b| b.0)
+                            ),
                             _ => format!("{} bytes", self.max_inflight_bytes.0),
                         }
                     ),
@@ -278,10 +355,13 @@ impl SourceConfig for CollectorConfig {
     }
 
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
-        let options = self.options(&Origin::new("", "source"))?;
+        let origin = Origin::new("", "source");
+        let options = self.options(&origin)?;
+        let proxies = self.proxies(&origin)?;
         Ok(Box::new(Collector {
             config: self.clone(),
             options,
+            proxies,
         }))
     }
 }
@@ -293,6 +373,7 @@ impl CollectorConfig {
             self.anon_ip_octets,
             self.anon_ipv6_segments,
             self.max_events_per_request,
+            self.max_query_bytes,
         )
         .map_err(|mut e| {
             if e.key.ends_with("max_events") {
@@ -300,6 +381,37 @@ impl CollectorConfig {
             }
             e
         })
+    }
+
+    /// `trusted_proxies` as networks (an address alone is a network of one).
+    fn proxies(&self, origin: &Origin) -> Result<Vec<IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = p.trim();
+                p.parse::<IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        origin.error(
+                            &format!("trusted_proxies[{i}]"),
+                            format!(
+                                "expected an address or CIDR range such as `10.0.0.0/8` or \
+                                 `2001:db8::/32`, found `{p}`"
+                            ),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// The bytes one client may hold: `max_inflight_per_client_bytes`, else an eighth of
+    /// `max_inflight_bytes` but at least `max_body_bytes` (so a client can always send one).
+    fn per_client_bytes(&self) -> usize {
+        let total = self.max_inflight_bytes.0;
+        self.max_inflight_per_client_bytes
+            .map_or((total / 8).max(self.max_body_bytes.0.min(total)), |b| b.0) as usize
     }
 }
 
@@ -318,6 +430,7 @@ const ANONYMOUS_NUID: &str = "00000000-0000-0000-0000-000000000000";
 struct Collector {
     config: CollectorConfig,
     options: tracker::Options,
+    proxies: Vec<IpNet>,
 }
 
 /// One request's outcome on its way to the pipeline.
@@ -331,10 +444,21 @@ struct Shared {
     config: CollectorConfig,
     options: tracker::Options,
     tx: mpsc::Sender<Job>,
-    /// Bytes of request bodies that may be held at once.
+    /// Bytes of request bodies and their events that may be held at once.
     budget: Arc<Semaphore>,
-    /// Requests in flight per client IP.
-    clients: Mutex<HashMap<IpAddr, usize>>,
+    /// The bytes of `budget` one client may hold.
+    per_client_bytes: usize,
+    /// What each client has in flight, by [`client_key`].
+    clients: Mutex<HashMap<IpAddr, Usage>>,
+    /// `trusted_proxies`.
+    proxies: Vec<IpNet>,
+}
+
+/// One client's requests and bytes in flight.
+#[derive(Debug, Default)]
+struct Usage {
+    requests: usize,
+    bytes: usize,
 }
 
 #[async_trait]
@@ -351,10 +475,12 @@ impl Source for Collector {
         let (tx, mut rx) = mpsc::channel::<Job>(self.config.queue);
         let shared = Arc::new(Shared {
             budget: Arc::new(Semaphore::new(self.config.max_inflight_bytes.0 as usize)),
+            per_client_bytes: self.config.per_client_bytes(),
             config: self.config.clone(),
             options: self.options,
             tx,
             clients: Mutex::new(HashMap::new()),
+            proxies: self.proxies,
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -439,23 +565,94 @@ fn answer(waiting: &mut Vec<oneshot::Sender<()>>) {
     }
 }
 
-/// Counts a request against its client until dropped.
-struct ClientSlot<'a> {
+/// A request's claim on the in-flight budget and on its client's share of it, released when
+/// dropped.
+struct Lease<'a> {
     shared: &'a Shared,
-    ip: IpAddr,
+    client: IpAddr,
+    bytes: usize,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Drop for ClientSlot<'_> {
+/// Why a lease could not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The client holds too many requests or bytes already (429).
+    Client,
+    /// The whole budget is taken (503).
+    Busy,
+    /// This request alone needs more than a client's share (413).
+    TooLarge { need: usize, limit: usize },
+}
+
+impl<'a> Lease<'a> {
+    /// Counts one more request of `client`, unless it has `max_inflight_per_client` already.
+    fn open(shared: &'a Shared, client: IpAddr) -> Result<Self, Refusal> {
+        let limit = shared.config.max_inflight_per_client;
+        let mut clients = shared
+            .clients
+            .lock()
+            .expect("collector clients lock poisoned");
+        let usage = clients.entry(client).or_default();
+        if limit > 0 && usage.requests >= limit {
+            return Err(Refusal::Client);
+        }
+        usage.requests += 1;
+        Ok(Lease {
+            shared,
+            client,
+            bytes: 0,
+            permit: None,
+        })
+    }
+
+    /// Grows the claim to `total` bytes, if the client's share and the budget allow it.
+    fn grow_to(&mut self, total: usize) -> Result<(), Refusal> {
+        let Some(extra) = total.checked_sub(self.bytes).filter(|&n| n > 0) else {
+            return Ok(());
+        };
+        let limit = self.shared.per_client_bytes;
+        if total > limit {
+            return Err(Refusal::TooLarge { need: total, limit });
+        }
+        let mut clients = self
+            .shared
+            .clients
+            .lock()
+            .expect("collector clients lock poisoned");
+        let usage = clients
+            .get_mut(&self.client)
+            .expect("a lease's client is counted");
+        if usage.bytes + extra > limit {
+            return Err(Refusal::Client);
+        }
+        let permit = u32::try_from(extra)
+            .ok()
+            .and_then(|n| self.shared.budget.clone().try_acquire_many_owned(n).ok())
+            .ok_or(Refusal::Busy)?;
+        usage.bytes += extra;
+        drop(clients);
+        self.bytes = total;
+        match &mut self.permit {
+            Some(p) => p.merge(permit),
+            None => self.permit = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut clients = self
             .shared
             .clients
             .lock()
             .expect("collector clients lock poisoned");
-        if let Some(n) = clients.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                clients.remove(&self.ip);
+        if let Some(usage) = clients.get_mut(&self.client) {
+            usage.requests -= 1;
+            usage.bytes -= self.bytes;
+            if usage.requests == 0 {
+                clients.remove(&self.client);
             }
         }
     }
@@ -515,26 +712,20 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
     let (parts, body) = req.into_parts();
     let headers = &parts.headers;
     let anonymous = headers.contains_key("sp-anonymous");
-    let client_ip = forwarded_for(headers).unwrap_or(peer.ip());
+    let client_ip = client_address(
+        peer.ip(),
+        headers,
+        &shared.proxies,
+        shared.config.forwarded_header,
+    );
     let cors = cors_headers(headers);
 
-    // One client may hold only so many requests in flight.
-    let _slot = {
-        let limit = shared.config.max_inflight_per_client;
-        let mut clients = shared
-            .clients
-            .lock()
-            .expect("collector clients lock poisoned");
-        let n = clients.entry(client_ip).or_insert(0);
-        if limit > 0 && *n >= limit {
-            drop(clients);
+    // One client may hold only so many requests, and so many bytes, in flight.
+    let mut lease = match Lease::open(&shared, client_key(client_ip)) {
+        Ok(l) => l,
+        Err(_) => {
             count("throttled");
             return busy(StatusCode::TOO_MANY_REQUESTS, cors);
-        }
-        *n += 1;
-        ClientSlot {
-            shared: &shared,
-            ip: client_ip,
         }
     };
 
@@ -570,17 +761,12 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
         return r;
     }
     let need = if pixel { 0 } else { declared.unwrap_or(max) };
-    let _permit = if need > 0 {
-        match shared.budget.clone().try_acquire_many_owned(need as u32) {
-            Ok(p) => Some(p),
-            Err(_) => {
-                count("busy");
-                return busy(StatusCode::SERVICE_UNAVAILABLE, cors);
-            }
-        }
-    } else {
-        None
-    };
+    if let Err(refusal) = lease.grow_to(need) {
+        let mut r = refused(refusal, cors);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     let body = if pixel {
         Bytes::new()
     } else {
@@ -608,12 +794,14 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
         }
     };
 
-    // The network user id: `nuid` parameter, else the cookie, else a new one.
+    // The network user id: `nuid` parameter, else the cookie, else a new one; only a plain id
+    // is taken from the request.
     request.nuid = if anonymous {
         ANONYMOUS_NUID.to_string()
     } else {
         query_param(parts.uri.query(), "nuid")
-            .or_else(|| cookie_value(headers, &shared.config.cookie.name))
+            .filter(|v| plain_id(v))
+            .or_else(|| cookie_value(headers, &shared.config.cookie.name).filter(|v| plain_id(v)))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
     };
     let body_text = match std::str::from_utf8(&body) {
@@ -637,13 +825,67 @@ async fn track(shared: Arc<Shared>, peer: SocketAddr, req: Request, path: String
         }
     };
     let payload = request.payload(Some(body_text).filter(|b| !b.is_empty()));
-    let (mut out, mut ends) = (Vec::with_capacity(body_text.len() * 2 + 1024), Vec::new());
+
+    // The events, produced within the lease: the body stays counted, and the buffer of events
+    // is counted as it grows (as a Vec grows: to the larger of twice its size and what it needs).
+    let mut out = Vec::with_capacity(body_text.len() * 2 + 1024);
+    let base = lease.bytes.max(body.len());
+    let mut reserved = out.capacity();
+    let mut refusal = lease.grow_to(base + reserved).err();
+    let mut ends = Vec::new();
     let etl_ms = now_ms();
-    if let Err(e) = tracker::convert(&payload, &shared.options, etl_ms, &mut out, &mut ends) {
-        let status = if e.too_many_events {
-            StatusCode::PAYLOAD_TOO_LARGE
+    let converted = match refusal {
+        Some(_) => Ok(()),
+        None => tracker::convert_within(
+            &payload,
+            &shared.options,
+            etl_ms,
+            &mut out,
+            &mut ends,
+            &mut |bytes| {
+                if bytes > reserved {
+                    let grown = bytes.max(reserved.saturating_mul(2));
+                    if let Err(r) = lease.grow_to(base + grown) {
+                        refusal = Some(r);
+                        return Err("no room in the in-flight budget".into());
+                    }
+                    reserved = grown;
+                }
+                Ok(())
+            },
+        ),
+    };
+    if let Some(r) = refusal {
+        drop(out);
+        let Refusal::TooLarge { limit, .. } = r else {
+            return refused(r, cors);
+        };
+        let field = if payload.body.is_some() {
+            "body"
         } else {
-            StatusCode::BAD_REQUEST
+            "querystring"
+        };
+        let reason = format!(
+            "the request expands to more than {limit} bytes of events, a client's share of the \
+             in-flight budget (max_inflight_per_client_bytes)"
+        );
+        return reject(
+            &shared,
+            &request,
+            payload,
+            field,
+            reason,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            cors,
+        )
+        .await;
+    }
+    if let Err(e) = converted {
+        drop(out);
+        let status = match e.limit {
+            Some(tracker::Limit::Events | tracker::Limit::Output) => StatusCode::PAYLOAD_TOO_LARGE,
+            Some(tracker::Limit::Query) => StatusCode::URI_TOO_LONG,
+            None => StatusCode::BAD_REQUEST,
         };
         return reject(
             &shared,
@@ -871,6 +1113,32 @@ fn busy(status: StatusCode, cors: HeaderMap) -> Response {
     r
 }
 
+/// The answer to a request whose lease could not grow: 429 when its client holds its share,
+/// 503 when the budget is taken, 413 when it alone needs more than a client's share.
+fn refused(r: Refusal, cors: HeaderMap) -> Response {
+    match r {
+        Refusal::Client => {
+            count("throttled");
+            busy(StatusCode::TOO_MANY_REQUESTS, cors)
+        }
+        Refusal::Busy => {
+            count("busy");
+            busy(StatusCode::SERVICE_UNAVAILABLE, cors)
+        }
+        Refusal::TooLarge { need, limit } => {
+            count("too_large");
+            let mut r = text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!(
+                    "the request needs {need} bytes, more than a client's share of {limit} bytes"
+                ),
+            );
+            r.headers_mut().extend(cors);
+            r
+        }
+    }
+}
+
 // CORS, answered as the Snowplow collector answers it: every tracker response carries
 // `Access-Control-Allow-Origin` (the request's first Origin, else `*`) with credentials allowed,
 // and an OPTIONS request to any path is a preflight. tower-http's `CorsLayer` does not reproduce
@@ -916,14 +1184,98 @@ fn preflight(shared: &Shared, req: &HeaderMap) -> Response {
     r
 }
 
-/// The first address of `X-Forwarded-For`, the client as the Snowplow collector records it.
-fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    let v = headers.get("x-forwarded-for")?.to_str().ok()?;
-    let first = v.split(',').next()?.trim();
-    first
-        .parse()
-        .ok()
-        .or_else(|| first.parse::<SocketAddr>().ok().map(|a| a.ip()))
+/// The client's address: the peer's, or, when the peer is one of the trusted `proxies`, the
+/// address the proxies received the request from: walking the forwarding header from the right
+/// (the hop nearest weir), the first address that is not a trusted proxy. Where the header ends,
+/// or holds something that is not an address (`unknown`, an obfuscated name), the walk stops at
+/// the last address it reached.
+fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxies: &[IpNet],
+    header: ForwardedHeader,
+) -> IpAddr {
+    let trusted = |ip: &IpAddr| proxies.iter().any(|n| n.contains(ip));
+    let mut client = peer.to_canonical();
+    if !trusted(&client) {
+        return client;
+    }
+    let hops = match header {
+        ForwardedHeader::XForwardedFor => forwarded_for(headers),
+        ForwardedHeader::Forwarded => forwarded(headers),
+    };
+    for hop in hops.into_iter().rev() {
+        let Some(ip) = hop else { break };
+        client = ip.to_canonical();
+        if !trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// The addresses of every `X-Forwarded-For` header, in order (`None` for what is not one).
+fn forwarded_for(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_node)
+        .collect()
+}
+
+/// The `for=` addresses of every `Forwarded` header (RFC 7239), in order.
+fn forwarded(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("for=?").split(','))
+        .filter_map(|element| {
+            element.split(';').find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("for")
+                    .then(|| parse_node(v.trim().trim_matches('"')))
+            })
+        })
+        .collect()
+}
+
+/// An address as forwarding headers write it: `192.0.2.1`, `192.0.2.1:80`, `2001:db8::1`,
+/// `[2001:db8::1]` or `[2001:db8::1]:80`.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(a.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(ip, _)| ip.parse::<Ipv6Addr>().ok())
+        .map(IpAddr::V6)
+}
+
+/// What the per-client limits count a client by: its IPv4 address, or its IPv6 /64 network
+/// (one host usually has a whole /64 to pick addresses from).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// A network user id as a tracker or this collector makes it (a UUID, or up to 64 letters,
+/// digits, `-` and `_`): nothing that could end a cookie value or add an attribute.
+fn plain_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
@@ -1079,15 +1431,137 @@ mod tests {
         assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.example");
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn client_address_from_forwarded_for() {
+    fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+        let xff = ForwardedHeader::XForwardedFor;
+        let proxies: Vec<IpNet> = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
         let mut h = HeaderMap::new();
-        assert_eq!(forwarded_for(&h), None);
-        h.insert(
+        h.append(
             "x-forwarded-for",
-            HeaderValue::from_static("198.51.100.4, 10.0.0.1"),
+            HeaderValue::from_static("203.0.113.66, 198.51.100.4"),
         );
-        assert_eq!(forwarded_for(&h), Some("198.51.100.4".parse().unwrap()));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.1.2.3"));
+        // An untrusted peer is the client, whatever it says.
+        assert_eq!(
+            client_address(ip("192.0.2.1"), &h, &proxies, xff),
+            ip("192.0.2.1")
+        );
+        assert_eq!(client_address(ip("10.0.0.1"), &h, &[], xff), ip("10.0.0.1"));
+        // Behind trusted proxies: the rightmost address that is not one of them, not the
+        // leftmost (which the client may have written itself).
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &h, &proxies, xff),
+            ip("198.51.100.4")
+        );
+        // No header: the proxy is all there is. Garbage stops the walk where it is.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &HeaderMap::new(), &proxies, xff),
+            ip("10.0.0.1")
+        );
+        let mut g = HeaderMap::new();
+        g.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.4, unknown, 10.9.9.9"),
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &g, &proxies, xff),
+            ip("10.9.9.9")
+        );
+        // An IPv4-mapped peer counts as IPv4.
+        assert_eq!(
+            client_address(ip("::ffff:10.0.0.1"), &h, &proxies, xff),
+            ip("198.51.100.4")
+        );
+
+        // `Forwarded`, read only when configured (and then X-Forwarded-For is not).
+        let mut f = HeaderMap::new();
+        f.insert(
+            header::FORWARDED,
+            HeaderValue::from_static(
+                "for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"",
+            ),
+        );
+        f.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.4"));
+        let fwd = ForwardedHeader::Forwarded;
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &f, &proxies, fwd),
+            ip("192.0.2.60")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &f, &proxies, xff),
+            ip("198.51.100.4")
+        );
+        assert_eq!(
+            forwarded(&f),
+            [Some(ip("192.0.2.60")), Some(ip("2001:db8:cafe::17"))]
+        );
+        assert_eq!(parse_node("192.0.2.1:80"), Some(ip("192.0.2.1")));
+        assert_eq!(parse_node("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_node("_hidden"), None);
+
+        // Clients are counted by IPv4 address or IPv6 /64.
+        assert_eq!(client_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(client_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn only_plain_ids_are_taken_as_network_user_ids() {
+        assert!(plain_id("d8aae409-b64d-40c0-99d7-5324fcb27735"));
+        assert!(plain_id("abc_DEF-123"));
+        for bad in [
+            "",
+            "evil; Max-Age=999999999; Path=/admin",
+            "a b",
+            "a\"b",
+            &"a".repeat(65),
+        ] {
+            assert!(!plain_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_client_share_are_checked() {
+        use serde_json::json;
+        let parse =
+            |v: serde_json::Value| -> CollectorConfig { serde_json::from_value(v).unwrap() };
+        let o = Origin::new("c.toml", "source");
+        let c = parse(json!({"trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]}));
+        let p = c.proxies(&o).unwrap();
+        assert!(p[1].contains(&ip("192.0.2.7")) && !p[1].contains(&ip("192.0.2.8")));
+        let e = parse(json!({"trusted_proxies": ["10.0.0.0/8", "10.0.0/8"]}))
+            .check(&o)
+            .unwrap_err();
+        assert_eq!(e.key, "source.trusted_proxies[1]");
+        assert!(e.message.contains("found `10.0.0/8`"), "{}", e.message);
+        assert_eq!(parse(json!({})).per_client_bytes(), 8 << 20);
+        assert_eq!(
+            parse(json!({"max_inflight_bytes": "1 MiB"})).per_client_bytes(),
+            1 << 20
+        );
+        for (v, says) in [
+            ("64 MiB", "less than max_inflight_bytes"),
+            ("1 KiB", "at least max_body_bytes"),
+        ] {
+            let e = parse(json!({ "max_inflight_per_client_bytes": v }))
+                .check(&o)
+                .unwrap_err();
+            assert_eq!(e.key, "source.max_inflight_per_client_bytes");
+            assert!(e.message.contains(says), "{}", e.message);
+        }
+        let e = serde_json::from_value::<CollectorConfig>(json!({"forwarded_header": "X-Real-IP"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected `X-Forwarded-For` or `Forwarded`"),
+            "{e}"
+        );
     }
 
     #[test]

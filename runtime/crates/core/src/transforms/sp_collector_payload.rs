@@ -7,13 +7,19 @@
 //! does. A payload becomes as many enriched events as it holds, through the same conversion as
 //! the `collector` source; a payload that cannot be read or converted goes to the failure sink as a
 //! `collector_payload_format_violation` bad row carrying it in base64.
+//!
+//! **Limits.** A payload's query-string parameters are merged into every event of its body, so a
+//! small payload can expand a thousandfold. A query string longer than `max_query_bytes` is not
+//! merged (the payload fails), and one payload may expand to at most `max_output_bytes` of
+//! enriched events: conversion stops as soon as it would go over, and the payload goes to the
+//! failure sink with the reason (it is never dropped silently).
 
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 
 use super::{Transform, TransformConfig, TransformType};
-use crate::config::{ConfigError, Origin};
+use crate::config::{ByteSize, ConfigError, Origin};
 use crate::record::{Batch, Failed, FailureKind, Meta, Record};
 use crate::snowplow::{collector_payload, tracker};
 
@@ -23,6 +29,8 @@ use crate::snowplow::{collector_payload, tracker};
 /// anon_ip_octets = 1          # optional: 0-4 trailing IPv4 octets replaced by x
 /// anon_ipv6_segments = 0      # optional: 0-8 trailing IPv6 segments replaced by x
 /// max_events = 10000          # optional: most events one payload may hold
+/// max_query_bytes = "8 KiB"   # optional: longest query string merged into POSTed events
+/// max_output_bytes = "16 MiB" # optional: most bytes of enriched events one payload yields
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,10 +41,22 @@ pub struct Config {
     pub anon_ipv6_segments: u8,
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+    #[serde(default = "default_max_query")]
+    pub max_query_bytes: ByteSize,
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: ByteSize,
 }
 
 fn default_max_events() -> usize {
     10_000
+}
+pub(crate) fn default_max_query() -> ByteSize {
+    ByteSize(tracker::DEFAULT_MAX_QUERY_BYTES as u64)
+}
+/// 16 MiB: a payload from a collector that takes bodies of up to 1 MB (10,000 tiny events, or
+/// 1,000 events with their entities) yields a few MiB.
+fn default_max_output() -> ByteSize {
+    ByteSize(16 << 20)
 }
 
 impl TransformType for Config {
@@ -50,10 +70,21 @@ impl TransformConfig for Config {
             self.anon_ip_octets,
             self.anon_ipv6_segments,
             self.max_events,
+            self.max_query_bytes,
         )?;
+        if self.max_output_bytes.0 == 0 || self.max_output_bytes.0 > u32::MAX as u64 {
+            return Err(origin.error(
+                "max_output_bytes",
+                format!(
+                    "expected 1 byte to 4 GiB, found {} bytes",
+                    self.max_output_bytes.0
+                ),
+            ));
+        }
         Ok(Box::new(ToEnriched {
             label: label.to_string(),
             options,
+            max_output: self.max_output_bytes.0 as usize,
             ends: Vec::new(),
             scratch: Vec::new(),
         }))
@@ -66,6 +97,7 @@ pub(crate) fn enrich_options(
     anon_ip_octets: u8,
     anon_ipv6_segments: u8,
     max_events: usize,
+    max_query_bytes: ByteSize,
 ) -> Result<tracker::Options, ConfigError> {
     if anon_ip_octets > 4 {
         return Err(origin.error(
@@ -86,6 +118,7 @@ pub(crate) fn enrich_options(
         anon_ipv4_octets: anon_ip_octets,
         anon_ipv6_segments,
         max_events,
+        max_query_bytes: usize::try_from(max_query_bytes.0).unwrap_or(usize::MAX),
     })
 }
 
@@ -94,6 +127,8 @@ use crate::snowplow::now_ms;
 struct ToEnriched {
     label: String,
     options: tracker::Options,
+    /// Most bytes of enriched events one payload may yield.
+    max_output: usize,
     ends: Vec<usize>,
     scratch: Vec<Record>,
 }
@@ -144,8 +179,25 @@ impl ToEnriched {
         };
         let payload = collector_payload::decode(bytes)
             .map_err(|e| (e.field, format!("not a Thrift CollectorPayload: {e}")))?;
-        tracker::convert(&payload, &self.options, etl_ms, out, &mut self.ends)
-            .map_err(|e| (e.field, e.to_string()))
+        let max = self.max_output;
+        tracker::convert_within(
+            &payload,
+            &self.options,
+            etl_ms,
+            out,
+            &mut self.ends,
+            &mut |bytes| {
+                if bytes > max {
+                    Err(format!(
+                        "the payload expands to more than {max} bytes of enriched events \
+                         (max_output_bytes)"
+                    ))
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .map_err(|e| (e.field, e.to_string()))
     }
 }
 
@@ -236,10 +288,16 @@ mod tests {
     }
 
     fn run(records: Vec<Record>, octets: u8) -> Batch {
+        run_with(records, octets, 16 << 20)
+    }
+
+    fn run_with(records: Vec<Record>, octets: u8, max_output: u64) -> Batch {
         let cfg = Config {
             anon_ip_octets: octets,
             anon_ipv6_segments: 0,
             max_events: 100,
+            max_query_bytes: default_max_query(),
+            max_output_bytes: ByteSize(max_output),
         };
         let mut t = cfg.build("t", &Origin::new("f", "transforms[0]")).unwrap();
         let mut batch = Batch::new(records, Ack::none());
@@ -338,10 +396,48 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         let o = Origin::new("p.toml", "transforms[0]");
-        let e = enrich_options(&o, 5, 0, 1).unwrap_err();
+        let q = default_max_query();
+        let e = enrich_options(&o, 5, 0, 1, q).unwrap_err();
         assert_eq!(e.key, "transforms[0].anon_ip_octets");
         assert!(e.message.contains("found 5"));
-        assert!(enrich_options(&o, 0, 9, 1).is_err());
-        assert!(enrich_options(&o, 0, 0, 0).is_err());
+        assert!(enrich_options(&o, 0, 9, 1, q).is_err());
+        assert!(enrich_options(&o, 0, 0, 0, q).is_err());
+    }
+
+    #[test]
+    fn a_payload_that_expands_past_its_budget_fails_with_the_reason() {
+        // 50 tiny events, each given a 2 KB `url` by the query string: about 250 KB of events
+        // from a payload of 4 KB. With a 64 KiB budget it fails; the next payload still passes.
+        let url = format!("url=http%3A%2F%2Fx.test%2F{}", "a".repeat(2000));
+        let big = CollectorPayload {
+            schema: SCHEMA.into(),
+            ip_address: "192.0.2.9".into(),
+            timestamp: 1_795_677_553_600,
+            encoding: "UTF-8".into(),
+            collector: "ssc-3.2.0-kinesis".into(),
+            path: Some("/com.snowplowanalytics.snowplow/tp2".into()),
+            querystring: Some(url.into()),
+            body: Some(body(50).into()),
+            ..Default::default()
+        }
+        .to_bytes();
+        let records = vec![Record::new(big), Record::new(payload(&body(2)))];
+        let batch = run_with(records, 0, 64 << 10);
+        assert_eq!(batch.records.len(), 2, "the small payload passes");
+        assert_eq!(batch.failed.len(), 1);
+        let f = &batch.failed[0];
+        assert_eq!(
+            f.kind,
+            FailureKind::CollectorPayloadFormat { field: "body" }
+        );
+        assert!(
+            f.reason.contains("more than 65536 bytes") && f.reason.contains("max_output_bytes"),
+            "{}",
+            f.reason
+        );
+        // Within a large enough budget the same payload yields its 50 events.
+        let big = batch.failed[0].record.value.clone();
+        let batch = run_with(vec![Record::new(big)], 0, 1 << 20);
+        assert_eq!((batch.records.len(), batch.failed.len()), (50, 0));
     }
 }

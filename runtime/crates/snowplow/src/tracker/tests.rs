@@ -370,6 +370,7 @@ fn ip_parameters_and_anonymization() {
         anon_ipv4_octets: 2,
         anon_ipv6_segments: 3,
         max_events: 10,
+        ..Options::default()
     };
     convert(&p, &o, 0, &mut out, &mut ends).unwrap();
     assert_eq!(
@@ -474,7 +475,7 @@ fn too_many_events_are_refused_as_such() {
         ..Options::default()
     };
     let e = convert(&p, &o, 0, &mut out, &mut ends).unwrap_err();
-    assert!(e.too_many_events);
+    assert_eq!(e.limit, Some(Limit::Events));
     assert!(e.message.starts_with("11 events"), "{e}");
     assert_eq!((out, ends), (b"keep".to_vec(), vec![4]), "left as it was");
 }
@@ -491,4 +492,87 @@ fn url_parts() {
     assert!(UrlParts::parse("not a url").is_none());
     assert!(UrlParts::parse("http://host:notaport/").is_none());
     assert!(UrlParts::parse("android-app://com.example/x").is_some());
+}
+
+#[test]
+fn a_long_query_string_is_not_merged_into_posted_events() {
+    let events: Vec<Value> = (0..3).map(|_| json!({"e": "pv"})).collect();
+    let b = body(Value::Array(events));
+    let url = format!("url=http%3A%2F%2Fx.test%2F{}", "a".repeat(200));
+    let p = payload(TP2, Some(&url), Some(&b));
+    let (mut out, mut ends) = (b"keep".to_vec(), vec![4]);
+    let o = Options {
+        max_query_bytes: 100,
+        ..Options::default()
+    };
+    let e = convert(&p, &o, 0, &mut out, &mut ends).unwrap_err();
+    assert_eq!((e.field, e.limit), ("querystring", Some(Limit::Query)));
+    assert!(e.message.contains("at most 100 bytes"), "{e}");
+    assert_eq!((out, ends), (b"keep".to_vec(), vec![4]), "left as it was");
+    // Within the limit, the query string is merged into every event; a GET's query string is
+    // one event and is not limited by it.
+    let o = Options {
+        max_query_bytes: url.len(),
+        ..Options::default()
+    };
+    let (mut out, mut ends) = (Vec::new(), Vec::new());
+    convert(&p, &o, 0, &mut out, &mut ends).unwrap();
+    assert_eq!(ends.len(), 3);
+    let get_pv = format!("e=pv&{url}");
+    let p = payload(TP2, Some(&get_pv), None);
+    let o = Options {
+        max_query_bytes: 1,
+        ..Options::default()
+    };
+    convert(&p, &o, 0, &mut Vec::new(), &mut Vec::new()).unwrap();
+}
+
+#[test]
+fn the_output_budget_is_asked_before_each_line_and_can_refuse() {
+    let events: Vec<Value> = (0..5).map(|_| json!({"e": "pv"})).collect();
+    let b = body(Value::Array(events));
+    let p = payload(TP2, None, Some(&b));
+    let (mut out, mut ends) = (b"keep".to_vec(), vec![4]);
+    let mut asked = Vec::new();
+    let e = convert_within(
+        &p,
+        &Options::default(),
+        0,
+        &mut out,
+        &mut ends,
+        &mut |bytes| {
+            asked.push(bytes);
+            if asked.len() > 3 {
+                Err(format!("{bytes} bytes is too much"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .unwrap_err();
+    assert_eq!((e.field, e.limit), ("body", Some(Limit::Output)));
+    assert!(e.message.starts_with("event 4 of 5: "), "{e}");
+    assert_eq!((out, ends), (b"keep".to_vec(), vec![4]), "left as it was");
+    // Each ask covers the lines so far plus the next one (never less than what is written).
+    assert_eq!(asked.len(), 4);
+    assert!(asked.windows(2).all(|w| w[1] > w[0]), "{asked:?}");
+    let (mut out, mut ends) = (Vec::new(), Vec::new());
+    let mut last = 0;
+    convert_within(
+        &p,
+        &Options::default(),
+        0,
+        &mut out,
+        &mut ends,
+        &mut |bytes| {
+            last = bytes;
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert!(
+        last >= out.len() && last <= out.len() + 8,
+        "{last} vs {}",
+        out.len()
+    );
 }
