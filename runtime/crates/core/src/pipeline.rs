@@ -233,6 +233,9 @@ impl PipelineConfig {
         let http: Option<HttpConfig> = section("http")
             .map(|v| top.child("http").deserialize(v))
             .transpose()?;
+        if let Some(h) = &http {
+            h.check(&top.child("http"))?;
+        }
         let workers: usize = section("workers")
             .map(|v| top.child("workers").deserialize(v))
             .transpose()?
@@ -358,13 +361,8 @@ pub async fn run(
     let ready = Arc::new(Readiness::default());
     let http_stop = CancellationToken::new();
     if let Some(http) = &cfg.http {
-        let bound = observe::serve_http(
-            http.address,
-            ready.clone(),
-            stats.clone(),
-            http_stop.clone(),
-        )
-        .await?;
+        let bound =
+            observe::serve_http(http, ready.clone(), stats.clone(), http_stop.clone()).await?;
         if let Some(cb) = &opts.on_http_bound {
             cb(bound);
         }

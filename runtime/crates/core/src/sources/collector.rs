@@ -360,19 +360,14 @@ impl Source for Collector {
             .fallback(handle)
             .with_state(shared.clone());
         drop(shared);
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let stop = ctx.shutdown.clone();
-        let mut server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        });
+        // Header and idle timeouts, a connection cap, header size (see `http_server`).
+        let mut server = tokio::spawn(crate::http_server::serve(
+            "collector",
+            listener,
+            app,
+            crate::http_server::ServerLimits::collector(),
+            ctx.shutdown.clone(),
+        ));
 
         // Hand requests to the pipeline until the server has stopped (on shutdown it finishes
         // the requests it has; a client slower than the grace period is cut off).
