@@ -10,8 +10,9 @@
 //! * `GET /demo/…` — static files (the tracker demo page), if `static_dir` is set.
 //! * `GET /healthz` — never behind `auth`.
 //!
-//! **Bounds.** One snapshot is built at a time, on a blocking thread, and shared by every client
-//! that needs it (each holds a reference, never a copy). Each stream client has its own queue of
+//! **Bounds.** One snapshot is built at a time (at most once a second), on a blocking thread,
+//! and shared by every client that needs it (each holds a reference, never a copy); at most
+//! three snapshots are in memory, a newer one disconnecting the clients still sent the oldest. Each stream client has its own queue of
 //! `client_buffer` events; a client that leaves an event (or the snapshot) untaken for
 //! `send_timeout` is dropped: its connection is closed and its browser reconnects to a fresh
 //! snapshot. At most `max_stream_clients` streams at once (503 beyond). The server itself has
@@ -284,11 +285,50 @@ async fn require_auth(State(cred): State<Arc<Credential>>, req: Request, next: N
         .into_response()
 }
 
-/// A full snapshot as served: the JSON document and the sequence number of the last change it
-/// is known to include.
+/// A full snapshot as served: the JSON document, the sequence number of the last change it is
+/// known to include, and the connections it was handed to (which may still hold it unsent).
 struct Built {
     seq: u64,
     json: Bytes,
+    holders: std::sync::Mutex<Vec<Connection>>,
+}
+
+impl Built {
+    /// Notes that `conn` was given this snapshot (so it can be closed to free it).
+    fn handed_to(&self, conn: Option<&Connection>) {
+        if let Some(c) = conn {
+            let mut h = self
+                .holders
+                .lock()
+                .expect("the snapshot holders lock poisoned");
+            h.retain(Connection::is_open);
+            h.push(c.clone());
+        }
+    }
+
+    fn held(&self) -> bool {
+        let mut h = self
+            .holders
+            .lock()
+            .expect("the snapshot holders lock poisoned");
+        h.retain(Connection::is_open);
+        !h.is_empty()
+    }
+}
+
+/// Snapshots kept at once: the newest and older ones that clients are still being sent. When a
+/// new one would make more, the clients holding the oldest are disconnected (their browsers
+/// reconnect to the newest), so however many slow clients connect at however many moments,
+/// at most this many snapshots are in memory.
+const MAX_GENERATIONS: usize = 3;
+/// Snapshots are built at most this often (clients that need a newer one wait for it).
+const MIN_REBUILD: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Generations {
+    /// Oldest first; the last is the newest.
+    live: std::collections::VecDeque<Arc<Built>>,
+    built_at: Option<tokio::time::Instant>,
 }
 
 /// Fans store changes out to every connected dashboard.
@@ -300,8 +340,8 @@ pub struct Hub {
     key_field: Arc<str>,
     /// Changes announced so far.
     seq: Arc<AtomicU64>,
-    /// The last snapshot built (one for every client; rebuilt when a client needs a newer one).
-    cache: Arc<tokio::sync::Mutex<Option<Arc<Built>>>>,
+    /// The snapshots in memory (one build at a time: the lock is held while building).
+    generations: Arc<tokio::sync::Mutex<Generations>>,
 }
 
 impl Hub {
@@ -312,7 +352,7 @@ impl Hub {
             tx,
             key_field: key_field.into(),
             seq: Arc::new(AtomicU64::new(0)),
-            cache: Arc::new(tokio::sync::Mutex::new(None)),
+            generations: Arc::new(tokio::sync::Mutex::new(Generations::default())),
         }
     }
 
@@ -339,15 +379,24 @@ impl Hub {
         (rx, self.seq.load(Ordering::Acquire))
     }
 
-    /// A snapshot that includes every change up to `min_seq`: the cached one if it does, else
-    /// a new one, read and serialised on a blocking thread (one build at a time; clients that
-    /// ask meanwhile share it). Never an empty snapshot in place of one the store cannot give:
-    /// that would wipe every viewer off the screens.
-    async fn snapshot(&self, min_seq: u64) -> Result<Arc<Built>, String> {
-        let mut cache = self.cache.lock().await;
-        if let Some(b) = cache.as_ref().filter(|b| b.seq >= min_seq) {
+    /// A snapshot that includes every change up to `min_seq`, handed to `conn`: the newest one
+    /// if it does, else a new one, read and serialised on a blocking thread. Never an empty
+    /// snapshot in place of one the store cannot give: that would wipe every viewer off the
+    /// screens.
+    async fn snapshot(
+        &self,
+        min_seq: u64,
+        conn: Option<&Connection>,
+    ) -> Result<Arc<Built>, String> {
+        let mut g = self.generations.lock().await;
+        if let Some(b) = g.live.back().filter(|b| b.seq >= min_seq) {
+            b.handed_to(conn);
             return Ok(b.clone());
         }
+        if let Some(at) = g.built_at {
+            tokio::time::sleep_until(at + MIN_REBUILD).await;
+        }
+        g.built_at = Some(tokio::time::Instant::now());
         let seq = self.seq.load(Ordering::Acquire);
         let store = self.store.clone();
         let key_field = self.key_field.clone();
@@ -360,24 +409,52 @@ impl Hub {
         .await
         .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))
         .and_then(|r| r);
-        match built {
-            Ok(json) => {
-                let b = Arc::new(Built { seq, json });
-                // The previous snapshot is dropped here (clients still sending it keep their
-                // reference until they are done).
-                *cache = Some(b.clone());
-                Ok(b)
-            }
+        let json = match built {
+            Ok(json) => json,
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard: cannot read the profile store");
-                Err(format!("cannot read the profile store: {e:#}"))
+                return Err(format!("cannot read the profile store: {e:#}"));
+            }
+        };
+        // Forget the older snapshots no connection holds any more; past the limit, disconnect
+        // the clients still holding the oldest.
+        let newest = g.live.pop_back();
+        g.live.retain(|b| b.held());
+        g.live.extend(newest);
+        while g.live.len() >= MAX_GENERATIONS {
+            let old = g.live.pop_front().expect("not empty");
+            let holders = std::mem::take(
+                &mut *old
+                    .holders
+                    .lock()
+                    .expect("the snapshot holders lock poisoned"),
+            );
+            let open: Vec<_> = holders.into_iter().filter(Connection::is_open).collect();
+            if !open.is_empty() {
+                metrics::counter!("weir_dashboard_stream_dropped_total")
+                    .increment(open.len() as u64);
+                tracing::debug!(
+                    clients = open.len(),
+                    "dashboard: disconnecting clients still sent an old snapshot"
+                );
+            }
+            for c in open {
+                c.close();
             }
         }
+        let b = Arc::new(Built {
+            seq,
+            json,
+            holders: Default::default(),
+        });
+        b.handed_to(conn);
+        g.live.push_back(b.clone());
+        Ok(b)
     }
 
     /// The snapshot as SSE frames: `snapshot` (the JSON shared, not copied) or `store-error`.
-    async fn snapshot_frames(&self, min_seq: u64) -> Vec<Bytes> {
-        match self.snapshot(min_seq).await {
+    async fn snapshot_frames(&self, min_seq: u64, conn: Option<&Connection>) -> Vec<Bytes> {
+        match self.snapshot(min_seq, conn).await {
             Ok(b) => vec![
                 Bytes::from_static(b"event: snapshot\ndata: "),
                 b.json.clone(),
@@ -456,9 +533,9 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
     Ok(bound)
 }
 
-async fn viewers(State(app): State<App>) -> Response {
+async fn viewers(State(app): State<App>, conn: Option<Extension<Connection>>) -> Response {
     let (_, seq) = app.hub.subscribe();
-    match app.hub.snapshot(seq).await {
+    match app.hub.snapshot(seq, conn.as_ref().map(|c| &c.0)).await {
         Ok(b) => (
             [(header::CONTENT_TYPE, "application/json")],
             Body::from(b.json.clone()),
@@ -494,11 +571,12 @@ async fn stream(State(app): State<App>, conn: Option<Extension<Connection>>) -> 
         progress: progress.clone(),
     };
     tokio::spawn(async move {
-        let dropped = feed(&app, tx, &progress).await;
+        let conn = conn.map(|c| c.0);
+        let dropped = feed(&app, tx, &progress, conn.as_ref()).await;
         if dropped {
             metrics::counter!("weir_dashboard_stream_dropped_total").increment(1);
             tracing::debug!("dashboard: dropped a stream client that stopped reading");
-            if let Some(Extension(c)) = conn {
+            if let Some(c) = conn {
                 c.close();
             }
         }
@@ -515,9 +593,15 @@ async fn stream(State(app): State<App>, conn: Option<Extension<Connection>>) -> 
 }
 
 /// Feeds one client until it goes away (false) or must be dropped for not reading (true).
-async fn feed(app: &App, tx: mpsc::Sender<Bytes>, progress: &Progress) -> bool {
+async fn feed(
+    app: &App,
+    tx: mpsc::Sender<Bytes>,
+    progress: &Progress,
+    conn: Option<&Connection>,
+) -> bool {
     let (mut rx, seq) = app.hub.subscribe();
-    let mut pending: std::collections::VecDeque<Bytes> = app.hub.snapshot_frames(seq).await.into();
+    let mut pending: std::collections::VecDeque<Bytes> =
+        app.hub.snapshot_frames(seq, conn).await.into();
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(app.send_timeout / 2));
     let mut last_sent = Instant::now();
     loop {
@@ -537,7 +621,7 @@ async fn feed(app: &App, tx: mpsc::Sender<Bytes>, progress: &Progress) -> bool {
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let (fresh, seq) = app.hub.subscribe();
                     rx = fresh;
-                    pending.extend(app.hub.snapshot_frames(seq).await);
+                    pending.extend(app.hub.snapshot_frames(seq, conn).await);
                 }
                 Err(broadcast::error::RecvError::Closed) => return false,
             },

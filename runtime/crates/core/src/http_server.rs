@@ -166,6 +166,7 @@ impl ServerConfig {
 #[derive(Debug, Clone)]
 pub struct Connection {
     close: CancellationToken,
+    ended: CancellationToken,
 }
 
 impl Connection {
@@ -173,6 +174,11 @@ impl Connection {
     /// the connection end).
     pub fn close(&self) {
         self.close.cancel();
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_open(&self) -> bool {
+        !self.ended.is_cancelled()
     }
 }
 
@@ -263,7 +269,9 @@ async fn connection(
     let activity = Arc::new(Activity::new());
     let handle = Connection {
         close: CancellationToken::new(),
+        ended: CancellationToken::new(),
     };
+    let _ended = handle.ended.clone().drop_guard();
     let service = Service {
         router,
         remote,
