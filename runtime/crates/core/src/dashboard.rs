@@ -289,6 +289,9 @@ async fn require_auth(State(cred): State<Arc<Credential>>, req: Request, next: N
 /// known to include, and the connections it was handed to (which may still hold it unsent).
 struct Built {
     seq: u64,
+    /// `event: snapshot` with the JSON as its data.
+    frame: Bytes,
+    /// The JSON alone (a slice of `frame`: the same memory).
     json: Bytes,
     holders: std::sync::Mutex<Vec<Connection>>,
 }
@@ -404,13 +407,17 @@ impl Hub {
         let built = tokio::task::spawn_blocking(move || -> anyhow::Result<Bytes> {
             let rows = rt.block_on(store.rows())?;
             let doc = serde_json::json!({ "key_field": &*key_field, "viewers": rows });
-            Ok(Bytes::from(serde_json::to_vec(&doc)?))
+            // The SSE event whole (one chunk on the wire), the JSON a slice of it.
+            let mut frame = SNAPSHOT_PREFIX.to_vec();
+            serde_json::to_writer(&mut frame, &doc)?;
+            frame.extend_from_slice(b"\n\n");
+            Ok(Bytes::from(frame))
         })
         .await
         .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))
         .and_then(|r| r);
-        let json = match built {
-            Ok(json) => json,
+        let frame = match built {
+            Ok(frame) => frame,
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard: cannot read the profile store");
                 return Err(format!("cannot read the profile store: {e:#}"));
@@ -444,7 +451,8 @@ impl Hub {
         }
         let b = Arc::new(Built {
             seq,
-            json,
+            json: frame.slice(SNAPSHOT_PREFIX.len()..frame.len() - 2),
+            frame,
             holders: Default::default(),
         });
         b.handed_to(conn);
@@ -455,15 +463,13 @@ impl Hub {
     /// The snapshot as SSE frames: `snapshot` (the JSON shared, not copied) or `store-error`.
     async fn snapshot_frames(&self, min_seq: u64, conn: Option<&Connection>) -> Vec<Bytes> {
         match self.snapshot(min_seq, conn).await {
-            Ok(b) => vec![
-                Bytes::from_static(b"event: snapshot\ndata: "),
-                b.json.clone(),
-                Bytes::from_static(b"\n\n"),
-            ],
+            Ok(b) => vec![b.frame.clone()],
             Err(e) => vec![sse_frame("store-error", &e)],
         }
     }
 }
+
+const SNAPSHOT_PREFIX: &[u8] = b"event: snapshot\ndata: ";
 
 /// One SSE event; `data` on one line (compact JSON has no newline; any other is replaced).
 fn sse_frame(event: &str, data: &str) -> Bytes {
