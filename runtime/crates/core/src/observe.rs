@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, Origin};
+use crate::http_server::{self, ServerConfig, ServerLimits};
+
 /// Running totals, cheap to bump once per batch; read by the progress line and the summary.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -70,11 +73,27 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 /// `[http]`: the observability endpoint.
+///
+/// ```toml
+/// [http]
+/// address = "127.0.0.1:9464"   # 0.0.0.0:9464 only where a scraper on another host needs it
+/// [http.server]                # optional: timeouts and caps (see `http_server`), defaults:
+/// max_connections = 64
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address to listen on, e.g. `127.0.0.1:9464` (port 0 picks a free port).
     pub address: SocketAddr,
+    /// Timeouts, connection cap and size limits (defaults: [`ServerLimits::admin`]).
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+impl HttpConfig {
+    pub fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        self.server.check(&origin.child("server"))
+    }
 }
 
 /// Readiness as reported by `/readyz`: ready once the pipeline runs, not ready while draining.
@@ -92,7 +111,7 @@ impl Readiness {
 
 /// Serves `/healthz`, `/readyz` and `/metrics` until `shutdown`. Returns the bound address.
 pub async fn serve_http(
-    address: SocketAddr,
+    cfg: &HttpConfig,
     ready: Arc<Readiness>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
@@ -133,16 +152,14 @@ pub async fn serve_http(
                 async move { axum::Json(stats.snapshot()) }
             }),
         );
+    let address = cfg.address;
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("http.address {address}: cannot listen"))?;
     let bound = listener.local_addr()?;
     tracing::info!(address = %bound, "serving /healthz, /readyz, /metrics");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
+    let limits = cfg.server.limits(ServerLimits::admin());
+    tokio::spawn(http_server::serve("http", listener, app, limits, shutdown));
     Ok(bound)
 }
 

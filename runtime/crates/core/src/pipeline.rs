@@ -237,6 +237,9 @@ impl PipelineConfig {
             .map(|v| top.child("http").deserialize(v))
             .transpose()?;
         let retry = crate::retry::RetryConfig::from_value(section("retry"), &top.child("retry"))?;
+        if let Some(h) = &http {
+            h.check(&top.child("http"))?;
+        }
         let workers: usize = section("workers")
             .map(|v| top.child("workers").deserialize(v))
             .transpose()?
@@ -363,13 +366,8 @@ pub async fn run(
     let ready = Arc::new(Readiness::default());
     let http_stop = CancellationToken::new();
     if let Some(http) = &cfg.http {
-        let bound = observe::serve_http(
-            http.address,
-            ready.clone(),
-            stats.clone(),
-            http_stop.clone(),
-        )
-        .await?;
+        let bound =
+            observe::serve_http(http, ready.clone(), stats.clone(), http_stop.clone()).await?;
         if let Some(cb) = &opts.on_http_bound {
             cb(bound);
         }

@@ -138,6 +138,9 @@ impl SinkConfig for DynamoDbConfig {
                 "`ttl_attribute` and `ttl` go together: set both or neither",
             ));
         }
+        if let Some(d) = &self.dashboard {
+            d.check(&origin.child("dashboard"))?;
+        }
         aws::check_requests(origin, self.concurrency, self.max_attempts)
     }
 

@@ -76,6 +76,9 @@ impl SinkConfig for ProfilesConfig {
                 "expected a JSON field name, found an empty string",
             ));
         }
+        if let Some(d) = &self.dashboard {
+            d.check(&origin.child("dashboard"))?;
+        }
         Ok(())
     }
 

@@ -151,6 +151,10 @@ pub struct CollectorConfig {
     pub anon_ipv6_segments: u8,
     #[serde(default)]
     pub cookie: CookieConfig,
+    /// `[source.server]`: header and idle timeouts, connection cap, header size (see
+    /// `http_server`). Bodies are bounded by `max_body_bytes` above.
+    #[serde(default)]
+    pub server: crate::http_server::ServerConfig,
 }
 
 /// `[source.cookie]`: the network user id cookie (Snowplow's third-party `sp` cookie).
@@ -274,6 +278,17 @@ impl SourceConfig for CollectorConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
         self.options(origin)?;
         self.proxies(origin)?;
+        let server = origin.child("server");
+        self.server.check(&server)?;
+        if let Some(b) = self.server.max_body_bytes {
+            return Err(server.error(
+                "max_body_bytes",
+                format!(
+                    "expected no body limit here (the collector's is `source.max_body_bytes`, which also writes the bad row), found {} bytes",
+                    b.0
+                ),
+            ));
+        }
         for (from, to) in &self.paths {
             if !from.starts_with('/') {
                 return Err(origin.error(
@@ -486,19 +501,16 @@ impl Source for Collector {
             .fallback(handle)
             .with_state(shared.clone());
         drop(shared);
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let stop = ctx.shutdown.clone();
-        let mut server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-        });
+        // Header and idle timeouts, a connection cap, header size (see `http_server`).
+        let mut server = tokio::spawn(crate::http_server::serve(
+            "collector",
+            listener,
+            app,
+            self.config
+                .server
+                .limits(crate::http_server::ServerLimits::collector()),
+            ctx.shutdown.clone(),
+        ));
 
         // Hand requests to the pipeline until the server has stopped (on shutdown it finishes
         // the requests it has; a client slower than the grace period is cut off).

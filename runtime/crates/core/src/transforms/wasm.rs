@@ -26,7 +26,8 @@ use crate::wasm::{Guest, GuestOptions, Limits};
 /// # The transform's own settings, passed to its `init` (values become strings).
 /// config = { vendor = "com.snowplowanalytics.snowplow.media", event_name = "^(play|pause)_event$" }
 /// # flush_interval = "10s"   # call the transform's `flush` this often (windowed output)
-/// # cache_dir = "/var/cache/weir/wasm"  # default: $WEIR_CACHE_DIR, $XDG_CACHE_HOME/weir/wasm
+/// # cache_dir = "/var/cache/weir/wasm"  # default: $WEIR_CACHE_DIR, $XDG_CACHE_HOME/weir/wasm,
+/// #                                     # ~/.cache/weir/wasm; must be private (0700, ours)
 ///
 /// [transforms.limits]            # all optional; these are the defaults
 /// timeout = "1s"                 # per batch (one guest call)
@@ -220,6 +221,7 @@ impl TransformConfig for Config {
                 origin.error("config", format!("the transform refused its config: {m}"))
             }
             BuildError::Load(m) => origin.error("path", m),
+            BuildError::Cache(m) => origin.error("cache_dir", m),
         })?;
         Ok(Box::new(WasmTransform {
             guest,

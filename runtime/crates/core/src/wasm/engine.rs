@@ -164,19 +164,30 @@ pub fn load_bytes(
             hash,
         });
     }
+    // Nothing is read from (or written to) a directory another user could write to.
+    cache::check_dir(cache_dir)?;
     let entry = cache::entry_path(cache_dir, &hash, engine);
     let mut kind = LoadKind::Compiled;
     let mut component = None;
-    if entry.is_file() {
-        // SAFETY: the cache directory is private to this user and holds only files this host
-        // serialised (named by content hash and engine compatibility hash); a file that does not
-        // load is compiled again below.
-        match unsafe { Component::deserialize_file(engine, &entry) } {
-            Ok(c) => {
-                component = Some(c);
-                kind = LoadKind::Cached;
-            }
-            Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e:#}", entry.display()),
+    if entry.exists() || entry.is_symlink() {
+        match cache::check_entry(&entry) {
+            // SAFETY: the cache directory was just checked to be private to this user, and the
+            // entry to be a regular file of ours that no one else can write: it holds what this
+            // host serialised (named by content hash and engine compatibility hash); a file that
+            // does not load is compiled again below.
+            Ok(()) => match unsafe { Component::deserialize_file(engine, &entry) } {
+                Ok(c) => {
+                    component = Some(c);
+                    kind = LoadKind::Cached;
+                }
+                Err(e) => {
+                    tracing::warn!("ignoring unusable cache entry {}: {e:#}", entry.display())
+                }
+            },
+            Err(why) => tracing::warn!(
+                "not loading cache entry {} ({why}); compiling again",
+                entry.display()
+            ),
         }
     }
     let component = match component {

@@ -83,6 +83,9 @@ pub enum BuildError {
     /// The file is missing, not WebAssembly, or not a transform of a world weir serves.
     #[error("{0}")]
     Load(String),
+    /// The compile cache directory is not private to this user (see [`super::cache`]).
+    #[error("{0}")]
+    Cache(String),
     /// The guest's `init` refused its config.
     #[error("the transform refused its config: {0}")]
     Init(String),
@@ -177,8 +180,12 @@ impl Guest {
     pub fn new(path: &Path, opts: GuestOptions) -> Result<Guest, BuildError> {
         let engine = engine::engine(opts.limits.max_stack)
             .map_err(|e| BuildError::Load(format!("{e:#}")))?;
-        let loaded = engine::load(&engine, opts.limits.max_stack, path, &opts.cache_dir)
-            .map_err(|e| BuildError::Load(format!("{e:#}")))?;
+        let loaded = engine::load(&engine, opts.limits.max_stack, path, &opts.cache_dir).map_err(
+            |e| match e.downcast_ref::<super::cache::UnsafeCacheDir>() {
+                Some(unsafe_dir) => BuildError::Cache(unsafe_dir.to_string()),
+                None => BuildError::Load(format!("{e:#}")),
+            },
+        )?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         WeirTransform::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
