@@ -185,7 +185,8 @@ pub enum LogFormat {
 }
 
 /// Replaces the log filter (set from `WEIR_LOG` or `info` at start), once the config is read.
-static SET_LEVEL: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>> = std::sync::OnceLock::new();
+type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
+static SET_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
 
 /// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir_core=debug`).
 pub fn init_logging(format: LogFormat) {

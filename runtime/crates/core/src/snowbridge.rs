@@ -936,18 +936,19 @@ fn source(cx: &mut Cx, u: &Use) -> Result<V, ConfigError> {
             cx.map("source.start", s.key("offsets_initial"));
             let mut options = V::table();
             if let Some(a) = s.string(cx, "assignor")? {
-                let strategy =
-                    match a.as_str() {
-                        "range" => "range",
-                        "roundrobin" => "roundrobin",
-                        "sticky" => "cooperative-sticky",
-                        other => return Err(cx.err(
+                let strategy = match a.as_str() {
+                    "range" => "range",
+                    "roundrobin" => "roundrobin",
+                    "sticky" => "cooperative-sticky",
+                    other => {
+                        return Err(cx.err(
                             &s.key("assignor"),
                             format!(
                                 "expected one of `range`, `roundrobin`, `sticky`, found `{other}`"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 options.set("partition.assignment.strategy", V::Str(strategy.into()));
                 cx.map("source.options", s.key("assignor"));
             } else {
