@@ -34,7 +34,7 @@ enum Command {
     /// Run the pipeline a config file describes, until its input ends or SIGTERM / SIGINT
     /// (then drain what was read and exit 0).
     Run {
-        /// Pipeline config (.toml, .yaml, .yml or .json).
+        /// Pipeline config (.toml, .yaml, .yml or .json, or a Snowbridge .hcl config).
         config: PathBuf,
         /// Print a progress line every 2 s.
         #[arg(long, value_enum, default_value_t = Progress::Auto)]
@@ -46,11 +46,24 @@ enum Command {
         #[arg(required = true)]
         configs: Vec<PathBuf>,
     },
+    /// Work with config files: convert a Snowbridge HCL config to weir's TOML.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Develop WebAssembly transforms: try one on a file, start a new one.
     #[command(subcommand)]
     Transform(transform::TransformCommand),
     /// Simulate viewers watching videos (Snowplow media events) against a collector endpoint.
     Loadgen(weir_loadgen::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the weir TOML equivalent to a Snowbridge 5.x HCL config (comments say what weir
+    /// does differently or ignores); `env(…)` and `env.X` are read from the environment.
+    Convert {
+        /// Snowbridge config (.hcl).
+        config: PathBuf,
+    },
 }
 
 /// Exit code for configuration errors.
@@ -62,6 +75,30 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Transform(cmd) => transform::main(cmd),
         Command::Loadgen(args) => weir_loadgen::main(args),
+        Command::Config(ConfigCommand::Convert { config }) => {
+            if !weir_core::snowbridge::is_hcl(&config) {
+                eprintln!(
+                    "error: {}: expected a Snowbridge config ending in .hcl",
+                    config.display()
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            // Validate as `weir validate` does, then print the translation.
+            if let Err(e) = PipelineConfig::load(&config) {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            match PipelineConfig::translate_hcl(&config) {
+                Ok(t) => {
+                    print!("{}", weir_core::snowbridge::to_toml(&t));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Validate { configs } => {
             for path in &configs {
                 match PipelineConfig::load(path) {
@@ -82,6 +119,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Some(level) = &cfg.log_level {
+                set_log_level(level);
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("weir")
@@ -145,6 +185,10 @@ pub enum LogFormat {
     Json,
 }
 
+/// Replaces the log filter (set from `WEIR_LOG` or `info` at start), once the config is read.
+type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
+static SET_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
 /// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir_core=debug`).
 /// Every line goes through [`redact`] (no secret weir knows of is ever logged).
 pub fn init_logging(format: LogFormat) {
@@ -153,9 +197,29 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| RedactingStderr);
+    fn keep<H: Fn(&str) + Send + Sync + 'static>(h: H) {
+        let _ = SET_LEVEL.set(Box::new(h));
+    }
     let _ = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
-        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+        LogFormat::Human => {
+            let b = builder.with_target(false).with_filter_reloading();
+            let handle = b.reload_handle();
+            keep(move |l: &str| {
+                let _ = handle.reload(tracing_subscriber::EnvFilter::new(l));
+            });
+            b.try_init()
+        }
+        LogFormat::Json => {
+            let b = builder
+                .json()
+                .with_current_span(false)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            keep(move |l: &str| {
+                let _ = handle.reload(tracing_subscriber::EnvFilter::new(l));
+            });
+            b.try_init()
+        }
     };
 }
 
@@ -171,6 +235,15 @@ impl std::io::Write for RedactingStderr {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
+    }
+}
+
+/// A config's log level (a Snowbridge config's `log_level`); `WEIR_LOG`, when set, wins.
+fn set_log_level(level: &str) {
+    if std::env::var_os("WEIR_LOG").is_none() {
+        if let Some(set) = SET_LEVEL.get() {
+            set(level);
+        }
     }
 }
 

@@ -216,7 +216,7 @@ pub fn load(
         Some("json") => config::FileFormat::Json,
         other => {
             return Err(err(format!(
-                "expected a file ending in .toml, .yaml, .yml or .json, found {}",
+                "expected a file ending in .toml, .yaml, .yml, .json or .hcl (a Snowbridge config), found {}",
                 other.map_or("no extension".to_string(), |e| format!("`.{e}`"))
             )))
         }

@@ -30,6 +30,7 @@ pub mod registry;
 pub mod retry;
 pub mod setup;
 pub mod sinks;
+pub mod snowbridge;
 pub mod sources;
 pub mod state;
 pub mod transforms;

@@ -103,9 +103,13 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// `[state]`: transform state on disk, checkpointed by the source (none: in memory).
     pub state: Option<Arc<crate::state::DiskState>>,
+    /// The log level a Snowbridge config's `log_level` asks for (weir's own configs leave the
+    /// log level to `WEIR_LOG`).
+    pub log_level: Option<String>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &[
+/// The sections of a weir config.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
     "source",
     "transforms",
     "sink",
@@ -122,8 +126,27 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 impl PipelineConfig {
     /// Reads, overrides from the environment and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if crate::snowbridge::is_hcl(path) {
+            let t = Self::translate_hcl(path)?;
+            for n in &t.notes {
+                if n.warn {
+                    tracing::warn!("{}: `{}`: {}", t.file, n.path, n.message);
+                } else {
+                    tracing::debug!("{}: `{}`: {}", t.file, n.path, n.message);
+                }
+            }
+            let mut cfg = Self::from_value(&t.file, t.root()).map_err(|e| t.map_error(e))?;
+            cfg.log_level = t.log_level.clone();
+            return Ok(cfg);
+        }
         let loaded = config::load(path, std::env::vars())?;
         Self::from_value(&loaded.file, loaded.root)
+    }
+
+    /// Reads a Snowbridge HCL config and translates it into weir's config tree (see
+    /// [`crate::snowbridge`]), with the process environment for `env(…)`.
+    pub fn translate_hcl(path: &Path) -> Result<crate::snowbridge::Translated, ConfigError> {
+        crate::snowbridge::load(path, std::env::vars(), TOP_LEVEL_KEYS)
     }
 
     /// Validates an already-read config tree.
@@ -272,6 +295,7 @@ impl PipelineConfig {
             retry,
             workers,
             state,
+            log_level: None,
         })
     }
 
@@ -850,6 +874,30 @@ mod tests {
             .try_deserialize()
             .unwrap();
         PipelineConfig::from_value("p.toml", root)
+    }
+
+    #[test]
+    fn snowbridge_configs_report_weirs_errors_at_their_hcl_paths() {
+        let t = crate::snowbridge::translate(
+            "t.hcl",
+            r#"
+            transform {
+              use "spEnrichedFilter" {
+                atomic_field = "app_id"
+                regex = "(["
+                filter_action = "keep"
+              }
+            }"#,
+            Default::default(),
+            TOP_LEVEL_KEYS,
+        )
+        .unwrap();
+        let e = PipelineConfig::from_value(&t.file, t.root())
+            .map(|_| ())
+            .map_err(|e| t.map_error(e))
+            .expect_err("a bad regex");
+        assert_eq!(e.key, r#"transform.use "spEnrichedFilter".regex"#, "{e}");
+        assert_eq!(e.file, "t.hcl");
     }
 
     #[test]

@@ -1,0 +1,603 @@
+//! Snowbridge 5.x HCL configs in weir: `weir validate` on Snowbridge's own documentation
+//! examples (read from a local copy of its repository when there is one), on the project's own
+//! HCL fixtures (tests/fixtures/snowbridge/), `weir config convert` round trips, and one
+//! end-to-end `weir run` of an HCL config against the same pipeline written in TOML.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use weir_core::pipeline::{PipelineConfig, TOP_LEVEL_KEYS};
+
+/// Where a copy of Snowbridge's repository may be (not in CI).
+const MIRROR: &str = "/work/.mirror/snowplow+snowbridge/repo";
+
+/// The environment Snowbridge's docs tests (docs/*_test.go) set.
+const DOCS_ENV: &[(&str, &str)] = &[
+    ("MY_AUTH_PASSWORD", "test"),
+    ("SASL_PASSWORD", "test"),
+    ("HOSTNAME", "hostname"),
+    ("CLIENT_ID", "client_id_test"),
+    ("CLIENT_SECRET", "client_secret_test"),
+    ("REFRESH_TOKEN", "refresh_token_test"),
+    ("SHA1_SALT", "testsalt"),
+    ("ACCEPT_LIMITED_USE_LICENSE", "true"),
+    ("JS_SCRIPT_PATH", "create-a-script-filter-example.js"),
+    (
+        "JS_NON_SNOWPLOW_SCRIPT_PATH",
+        "js-non-snowplow-script-example.js",
+    ),
+    ("JS_SNOWPLOW_SCRIPT_PATH", "js-snowplow-script-example.js"),
+];
+
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// `weir validate` passes.
+    Ok,
+    /// Refused, at this HCL key path, with this message.
+    Refused(&'static str, &'static str),
+    /// A transformation that weir takes by Snowbridge's name once it has it: passes if weir's
+    /// registry has it, else refused as not supported yet (issue #17).
+    Transform(&'static str, &'static str),
+}
+
+const HTTP18: &str = "is not supported by weir yet (issue #18)";
+
+/// Every docs example, by path under assets/docs/configuration/, and what weir does with it.
+const DOCS: &[(&str, Expect)] = &[
+    (
+        "failure-parser-full-example.hcl",
+        Expect::Refused(
+            "failure_parser.format",
+            "failure format `event_forwarding` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    ("failure-parser-minimal-example.hcl", Expect::Ok),
+    ("metrics/e2e-latency-example.hcl", Expect::Ok),
+    ("monitoring/log-level-example.hcl", Expect::Ok),
+    (
+        "monitoring/metadata-full-example.hcl",
+        Expect::Refused(
+            "monitoring.metadata_reporter",
+            "monitoring `metadata_reporter` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    (
+        "monitoring/metadata-minimal-example.hcl",
+        Expect::Refused(
+            "monitoring.metadata_reporter",
+            "monitoring `metadata_reporter` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    (
+        "monitoring/sentry-example.hcl",
+        Expect::Refused(
+            "sentry",
+            "monitoring `sentry` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    (
+        "monitoring/statsd-example.hcl",
+        Expect::Refused(
+            "stats_receiver.use \"statsd\"",
+            "stats receiver `statsd` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    (
+        "monitoring/webhook-full-example.hcl",
+        Expect::Refused(
+            "monitoring.webhook",
+            "monitoring `webhook` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    (
+        "monitoring/webhook-minimal-example.hcl",
+        Expect::Refused(
+            "monitoring.webhook",
+            "monitoring `webhook` is not supported by weir yet (issue #18)",
+        ),
+    ),
+    (
+        "overview-full-example.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+    ("retry-example.hcl", Expect::Ok),
+    (
+        "sources/http-full-example.hcl",
+        Expect::Refused("source.use \"http\"", "source `http` "),
+    ),
+    (
+        "sources/http-minimal-example.hcl",
+        Expect::Refused("source.use \"http\"", "source `http` "),
+    ),
+    ("sources/kafka-full-example.hcl", Expect::Ok),
+    ("sources/kafka-minimal-example.hcl", Expect::Ok),
+    ("sources/kinesis-full-example.hcl", Expect::Ok),
+    ("sources/kinesis-minimal-example.hcl", Expect::Ok),
+    (
+        "sources/pubsub-full-example.hcl",
+        Expect::Refused("source.use \"pubsub\"", "source `pubsub` "),
+    ),
+    (
+        "sources/pubsub-minimal-example.hcl",
+        Expect::Refused("source.use \"pubsub\"", "source `pubsub` "),
+    ),
+    (
+        "sources/sqs-full-example.hcl",
+        Expect::Refused("source.use \"sqs\"", "source `sqs` "),
+    ),
+    (
+        "sources/sqs-minimal-example.hcl",
+        Expect::Refused("source.use \"sqs\"", "source `sqs` "),
+    ),
+    ("sources/stdin-full-example.hcl", Expect::Ok),
+    ("sources/stdin-minimal-example.hcl", Expect::Ok),
+    (
+        "targets/eventhub-full-example.hcl",
+        Expect::Refused("target.use \"eventhub\"", "target `eventhub` "),
+    ),
+    (
+        "targets/eventhub-minimal-example.hcl",
+        Expect::Refused("target.use \"eventhub\"", "target `eventhub` "),
+    ),
+    (
+        "targets/http-full-example.hcl",
+        Expect::Refused("target.use \"http\"", "target `http` "),
+    ),
+    (
+        "targets/http-minimal-example.hcl",
+        Expect::Refused("target.use \"http\"", "target `http` "),
+    ),
+    ("targets/kafka-full-example.hcl", Expect::Ok),
+    ("targets/kafka-minimal-example.hcl", Expect::Ok),
+    ("targets/kinesis-full-example.hcl", Expect::Ok),
+    ("targets/kinesis-minimal-example.hcl", Expect::Ok),
+    (
+        "targets/pubsub-full-example.hcl",
+        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
+    ),
+    (
+        "targets/pubsub-minimal-example.hcl",
+        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
+    ),
+    (
+        "targets/sqs-full-example.hcl",
+        Expect::Refused("target.use \"sqs\"", "target `sqs` "),
+    ),
+    (
+        "targets/sqs-minimal-example.hcl",
+        Expect::Refused("target.use \"sqs\"", "target `sqs` "),
+    ),
+    ("targets/stdout-full-example.hcl", Expect::Ok),
+    ("targets/stdout-minimal-example.hcl", Expect::Ok),
+    (
+        "transformations/builtin/base64Decode-full-example.hcl",
+        Expect::Transform("transform.use \"base64Decode\"", "base64Decode"),
+    ),
+    (
+        "transformations/builtin/base64Decode-minimal-example.hcl",
+        Expect::Transform("transform.use \"base64Decode\"", "base64Decode"),
+    ),
+    (
+        "transformations/builtin/base64Encode-full-example.hcl",
+        Expect::Transform("transform.use \"base64Encode\"", "base64Encode"),
+    ),
+    (
+        "transformations/builtin/base64Encode-minimal-example.hcl",
+        Expect::Transform("transform.use \"base64Encode\"", "base64Encode"),
+    ),
+    (
+        "transformations/builtin/jq-full-example.hcl",
+        Expect::Transform("transform.use \"jq\"", "jq"),
+    ),
+    (
+        "transformations/builtin/jq-minimal-example.hcl",
+        Expect::Transform("transform.use \"jq\"", "jq"),
+    ),
+    (
+        "transformations/builtin/jqFilter-full-example.hcl",
+        Expect::Transform("transform.use \"jqFilter\"", "jqFilter"),
+    ),
+    (
+        "transformations/builtin/jqFilter-minimal-example.hcl",
+        Expect::Transform("transform.use \"jqFilter\"", "jqFilter"),
+    ),
+    (
+        "transformations/custom-scripts/examples/js-non-snowplow-config-example.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+    (
+        "transformations/custom-scripts/examples/js-snowplow-config-example.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+    (
+        "transformations/custom-scripts/js-configuration-full-example.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+    (
+        "transformations/custom-scripts/js-configuration-minimal-example.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedFilter-full-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedFilter-minimal-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedFilterContext-full-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedFilterContext-minimal-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedFilterUnstructEvent-full-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedFilterUnstructEvent-minimal-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedSetPk-full-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedSetPk-minimal-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedToJson-full-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spEnrichedToJson-minimal-example.hcl",
+        Expect::Ok,
+    ),
+    (
+        "transformations/snowplow-builtin/spGtmssPreview-full-example.hcl",
+        Expect::Transform("transform.use \"spGtmssPreview\"", "spGtmssPreview"),
+    ),
+    (
+        "transformations/snowplow-builtin/spGtmssPreview-minimal-example.hcl",
+        Expect::Transform("transform.use \"spGtmssPreview\"", "spGtmssPreview"),
+    ),
+    (
+        "transformations/transformations-overview-example.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+];
+
+/// The project's own HCL configs (tests/fixtures/snowbridge/), each following a docs example.
+const FIXTURES: &[(&str, Expect)] = &[
+    ("kafka-source.hcl", Expect::Ok),
+    ("kinesis-source.hcl", Expect::Ok),
+    ("kafka-target.hcl", Expect::Ok),
+    ("kinesis-target.hcl", Expect::Ok),
+    ("snowplow-transforms.hcl", Expect::Ok),
+    ("filter-stdin-stdout.hcl", Expect::Ok),
+    (
+        "http-target.hcl",
+        Expect::Refused("target.use \"http\"", "target `http` "),
+    ),
+    (
+        "js-transform.hcl",
+        Expect::Transform("transform.use \"js\"", "js"),
+    ),
+];
+
+fn weir_has_transform(name: &str) -> bool {
+    weir_core::transforms::REGISTRY
+        .iter()
+        .any(|r| r.name == name)
+}
+
+/// `weir validate PATH` with `env`: exit code and what it printed.
+fn validate(path: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = weir()
+        .arg("validate")
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// Checks one config against what is expected of it; returns a complaint or nothing.
+fn check(path: &Path, expect: Expect, env: &[(&str, &str)]) -> Option<String> {
+    let (code, text) = validate(path, env);
+    let file = path.display().to_string();
+    let (ok, key, msg) = match expect {
+        Expect::Ok => (true, "", String::new()),
+        Expect::Refused(key, msg) => (false, key, msg.to_string()),
+        Expect::Transform(key, name) if !weir_has_transform(name) => (
+            false,
+            key,
+            format!("transformation `{name}` is not supported by weir yet (issue #17)"),
+        ),
+        Expect::Transform(..) => (true, "", String::new()),
+    };
+    if ok {
+        if code != Some(0) || !text.contains(&format!("{file}: ok")) {
+            return Some(format!("{file}: expected ok, got {code:?}: {text}"));
+        }
+        return None;
+    }
+    // A refusal names the file, the HCL key path and the component.
+    let msg = if msg.ends_with(' ') {
+        format!("{msg}{HTTP18}")
+    } else {
+        msg
+    };
+    let want = format!("error: {file}: key `{key}`: {msg}");
+    if code != Some(2) || !text.contains(&want) {
+        return Some(format!(
+            "{file}: expected exit 2 and\n  {want}\ngot {code:?}:\n  {text}"
+        ));
+    }
+    None
+}
+
+/// The `git` directory of the mirror, if this machine has one.
+fn mirror() -> Option<PathBuf> {
+    let p = PathBuf::from(MIRROR);
+    p.exists().then_some(p)
+}
+
+fn git(repo: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?} failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn snowbridge_docs_examples_validate_or_are_refused_precisely() {
+    let Some(repo) = mirror() else {
+        eprintln!(
+            "skipped: no copy of Snowbridge's repository at {MIRROR}; the fixtures under \
+             tests/fixtures/snowbridge/ are checked by the other tests"
+        );
+        return;
+    };
+    let prefix = "assets/docs/configuration/";
+    let listed: Vec<String> = git(&repo, &["ls-tree", "-r", "--name-only", "HEAD", prefix])
+        .lines()
+        .filter(|l| l.ends_with(".hcl"))
+        .map(|l| l.trim_start_matches(prefix).to_string())
+        .collect();
+    // A docs example this test does not know (or one that has gone) fails it.
+    let mut known: Vec<&str> = DOCS.iter().map(|(p, _)| *p).collect();
+    known.sort();
+    let mut found: Vec<&str> = listed.iter().map(String::as_str).collect();
+    found.sort();
+    assert_eq!(found, known, "the docs examples changed: update DOCS");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let (mut valid, mut refused) = (0, 0);
+    for (rel, expect) in DOCS {
+        let text = git(&repo, &["show", &format!("HEAD:{prefix}{rel}")]);
+        let path = dir.path().join(rel.replace('/', "__"));
+        std::fs::write(&path, text).unwrap();
+        match expect {
+            Expect::Ok => valid += 1,
+            Expect::Transform(_, n) if weir_has_transform(n) => valid += 1,
+            _ => refused += 1,
+        }
+        match check(&path, *expect, DOCS_ENV) {
+            Some(p) => problems.push(p),
+            // Every example that validates converts to TOML that validates too.
+            None => problems.extend(round_trip_validates(&path, DOCS_ENV, *expect)),
+        }
+    }
+    eprintln!("Snowbridge docs examples: {valid} validate, {refused} refused");
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// `weir config convert` of a config that validates gives TOML that `weir validate` accepts.
+fn round_trip_validates(path: &Path, env: &[(&str, &str)], expect: Expect) -> Option<String> {
+    let ok = match expect {
+        Expect::Ok => true,
+        Expect::Transform(_, n) => weir_has_transform(n),
+        Expect::Refused(..) => false,
+    };
+    if !ok {
+        return None;
+    }
+    let out = weir()
+        .args(["config", "convert"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Some(format!(
+            "{}: convert failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let toml = path.with_extension("toml");
+    std::fs::write(&toml, &out.stdout).unwrap();
+    let (code, text) = validate(&toml, env);
+    (code != Some(0)).then(|| {
+        format!(
+            "{}: converted TOML does not validate: {text}\n{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn fixture_path(name: &str) -> PathBuf {
+    fixture("snowbridge").join(name)
+}
+
+const FIXTURE_ENV: &[(&str, &str)] = &[("HOSTNAME", "host-1"), ("JS_SCRIPT_PATH", "script.js")];
+
+#[test]
+fn snowbridge_fixtures_validate_or_are_refused_precisely() {
+    let problems: Vec<String> = FIXTURES
+        .iter()
+        .filter_map(|(name, expect)| check(&fixture_path(name), *expect, FIXTURE_ENV))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The pipeline weir builds from a config, as text (without the file name).
+fn pipeline_of(cfg: &PipelineConfig) -> String {
+    format!("{:?}", cfg.source)
+        + &format!(
+            "{:?}",
+            cfg.transforms
+                .iter()
+                .map(|t| (&t.label, &t.config))
+                .collect::<Vec<_>>()
+        )
+        + &format!("{:?}{:?}{:?}", cfg.sink, cfg.filtered, cfg.failure)
+        + &format!("{:?}{:?}{:?}", cfg.batch, cfg.limits, cfg.workers)
+}
+
+#[test]
+fn convert_then_validate_gives_the_same_pipeline() {
+    let env: HashMap<String, String> = FIXTURE_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, expect) in FIXTURES {
+        if !matches!(expect, Expect::Ok) {
+            continue;
+        }
+        let hcl = fixture_path(name);
+        let out = weir()
+            .args(["config", "convert"])
+            .arg(&hcl)
+            .envs(FIXTURE_ENV.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let toml = dir.path().join(name.replace(".hcl", ".toml"));
+        std::fs::write(&toml, &text).unwrap();
+        let (code, said) = validate(&toml, &[]);
+        assert_eq!(
+            code,
+            Some(0),
+            "{name}: the TOML does not validate: {said}\n{text}"
+        );
+
+        let t = weir_core::snowbridge::load(&hcl, env.clone(), TOP_LEVEL_KEYS).unwrap();
+        let from_hcl = PipelineConfig::from_value(&t.file, t.root()).unwrap();
+        let from_toml = PipelineConfig::load(&toml).unwrap();
+        assert_eq!(
+            pipeline_of(&from_hcl),
+            pipeline_of(&from_toml),
+            "{name}: HCL and converted TOML differ\n{text}"
+        );
+    }
+}
+
+#[test]
+fn convert_writes_what_it_drops_as_comments() {
+    let out = weir()
+        .args(["config", "convert"])
+        .arg(fixture_path("kinesis-source.hcl"))
+        .envs(FIXTURE_ENV.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("# - `source.use \"kinesis\".role_arn`: ignored"),
+        "{text}"
+    );
+    assert!(text.contains("worker_id = \"host-1\""), "{text}");
+    assert!(
+        text.contains("timestamp = \"2020-01-01T10:00:00Z\""),
+        "{text}"
+    );
+    // a refused config converts to nothing, with the same error as validate
+    let out = weir()
+        .args(["config", "convert"])
+        .arg(fixture_path("http-target.hcl"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("target `http` is not supported"));
+}
+
+#[test]
+fn a_missing_env_var_is_an_error_naming_it() {
+    let (code, text) = validate(&fixture_path("kinesis-source.hcl"), &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(
+            "key `source.use \"kinesis\".client_name`: environment variable `HOSTNAME` is not set"
+        ),
+        "{text}"
+    );
+}
+
+/// The same filter as HCL and as TOML on the enriched fixture: the same output, record for record.
+#[test]
+fn an_hcl_config_runs_like_its_toml_equivalent() {
+    let input = std::fs::read(fixture("sdk/micro-media-session.tsv")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = write(
+        dir.path(),
+        "filter.toml",
+        "[source]\ntype = \"stdin\"\n\n[[transforms]]\ntype = \"spEnrichedFilter\"\n\
+         atomic_field = \"event\"\nregex = \"^unstruct$\"\nfilter_action = \"keep\"\n\n\
+         [sink]\ntype = \"stdout\"\n\n[failure]\ntype = \"stdout\"\n",
+    );
+    let run_with = |config: &Path| {
+        use std::io::Write;
+        let mut child = weir()
+            .arg("run")
+            .arg(config)
+            .arg("--progress=never")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            config.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_hcl = run_with(&fixture_path("filter-stdin-stdout.hcl"));
+    let from_toml = run_with(&toml);
+    let unstruct = String::from_utf8_lossy(&input)
+        .lines()
+        .filter(|l| l.split('\t').nth(5) == Some("unstruct"))
+        .count();
+    assert_eq!(from_hcl.lines().count(), unstruct, "{from_hcl}");
+    assert!(unstruct > 0 && unstruct < input.split(|b| *b == b'\n').count());
+    assert_eq!(from_hcl, from_toml);
+}
