@@ -136,6 +136,35 @@ max_records = 50
     assert_eq!(bad_rows.lines().count(), 2, "{bad_rows}");
     assert!(bad_rows.contains("missing key field `viewer_id`"));
     assert!(bad_rows.contains("over DynamoDB's limit"));
+    // The oversized item is a size_violation with DynamoDB's limit; the keyless one a
+    // generic_error.
+    let rows: Vec<serde_json::Value> = bad_rows
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let oversized = rows
+        .iter()
+        .find(|r| r.to_string().contains("over DynamoDB's limit"))
+        .unwrap();
+    assert!(
+        oversized["schema"]
+            .as_str()
+            .unwrap()
+            .contains("/size_violation/"),
+        "{oversized}"
+    );
+    assert_eq!(
+        oversized["data"]["failure"]["maximumAllowedSizeBytes"],
+        400 * 1024
+    );
+    let keyless = rows
+        .iter()
+        .find(|r| r.to_string().contains("missing key field"))
+        .unwrap();
+    assert!(keyless["schema"]
+        .as_str()
+        .unwrap()
+        .contains("/generic_error/"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

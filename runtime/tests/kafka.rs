@@ -938,10 +938,24 @@ max_records = 30
             .any(|(c, e)| c.contains("sink") && e.contains("too large")),
         "{errors:?}"
     );
+    let mut size_violations = 0;
     for m in &dlq {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        assert!(v["schema"].as_str().unwrap().contains("badrows"));
+        let schema = v["schema"].as_str().unwrap();
+        assert!(schema.contains("badrows"));
+        // The broker refused it for its size: a size_violation with the sink's limit, as
+        // Snowbridge writes it (not a generic_error).
+        if header(m, "weir.component").unwrap().contains("sink") {
+            assert!(schema.contains("/size_violation/"), "{v}");
+            assert_eq!(v["data"]["failure"]["maximumAllowedSizeBytes"], 4000, "{v}");
+            assert!(
+                v["data"]["failure"]["actualSizeBytes"].as_u64().unwrap() > 4000,
+                "{v}"
+            );
+            size_violations += 1;
+        }
     }
+    assert!(size_violations > 0);
 }
 
 /// The broker is stopped (SIGKILL) for 30 s while weir works through a backlog many times its

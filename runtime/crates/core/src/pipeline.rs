@@ -782,13 +782,15 @@ fn spawn_sink(
                             };
                             tracing::error!(sink = role, class = class.as_str(), attempt, error = %format!("{e:#}"), "write failed for good: sending the batch to the failure sink (invalid_after_max)");
                             // Records the sink refused keep their reason; those it took stay out.
-                            let mut rejected: std::collections::HashMap<usize, String> =
-                                progress.take_rejected().into_iter().collect();
+                            let mut rejected: std::collections::HashMap<
+                                usize,
+                                crate::sinks::Refusal,
+                            > = progress.take_rejected().into_iter().collect();
                             let failed = records.iter().enumerate().filter_map(|(i, r)| {
                                 let reason = match rejected.remove(&i) {
                                     Some(reason) => reason,
                                     None if progress.is_settled(i) => return None,
-                                    None => why.clone(),
+                                    None => crate::sinks::Refusal::from(why.clone()),
                                 };
                                 Some((r, reason))
                             });
@@ -842,11 +844,18 @@ async fn to_failure_sink<'a>(
     role: &str,
     stats: &Stats,
     ack: Ack,
-    failed: impl Iterator<Item = (&'a Record, String)>,
+    failed: impl Iterator<Item = (&'a Record, crate::sinks::Refusal)>,
 ) {
     let component = format!("{role} (sink)");
     let rows: Vec<Record> = failed
-        .map(|(r, reason)| bad_rows.encode(&Failed::invalid(r.clone(), &component, reason)))
+        .map(|(r, refusal)| {
+            bad_rows.encode(&Failed {
+                record: r.clone(),
+                kind: refusal.kind(),
+                component: component.clone(),
+                reason: refusal.reason,
+            })
+        })
         .collect();
     stats
         .failed

@@ -45,7 +45,7 @@ use aws_sdk_dynamodb::Client;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 
-use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Refusal, Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass};
 use crate::config::{self, ConfigError, Origin};
 use crate::dashboard::{self, DashboardConfig, Hub};
@@ -255,7 +255,7 @@ impl DynamoDbSink {
     }
 
     /// Turns a record into an operation, or says why it cannot be one.
-    fn op(&self, index: usize, record: &Record, expires: Option<u64>) -> Result<Op, String> {
+    fn op(&self, index: usize, record: &Record, expires: Option<u64>) -> Result<Op, Refusal> {
         let cfg = &self.cfg;
         let value: serde_json::Value =
             serde_json::from_slice(&record.value).map_err(|e| format!("not JSON: {e}"))?;
@@ -295,11 +295,12 @@ impl DynamoDbSink {
                 Some(other) => {
                     return Err(format!(
                         "version field `{v}` must be a string or a number, found {other}"
-                    ))
+                    )
+                    .into())
                 }
                 // A removal without a version removes whatever version is stored.
                 None if removed => None,
-                None => return Err(format!("missing version field `{v}`")),
+                None => return Err(format!("missing version field `{v}`").into()),
             },
             None => None,
         };
@@ -328,8 +329,10 @@ impl DynamoDbSink {
             }
             let size = item_size(&item);
             if size > MAX_ITEM_BYTES {
-                return Err(format!(
-                    "item of {size} bytes is over DynamoDB's limit of {MAX_ITEM_BYTES}"
+                return Err(Refusal::oversized(
+                    format!("item of {size} bytes is over DynamoDB's limit of {MAX_ITEM_BYTES}"),
+                    size,
+                    MAX_ITEM_BYTES,
                 ));
             }
             OpKind::Put(item)
@@ -384,7 +387,7 @@ impl Sink for DynamoDbSink {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         });
-        let mut rejected: Vec<(usize, String)> = Vec::new();
+        let mut rejected: Vec<(usize, Refusal)> = Vec::new();
         // Newest operation per key: later records win ties, a higher version always wins.
         let mut latest: HashMap<(String, Option<String>), Op> = HashMap::new();
         for (i, r) in records.iter().enumerate() {
@@ -414,7 +417,7 @@ impl Sink for DynamoDbSink {
         } else {
             self.write_batches(&client, ops).await
         };
-        rejected.extend(outcome?);
+        rejected.extend(outcome?.into_iter().map(|(i, r)| (i, Refusal::from(r))));
         if rejected.is_empty() {
             Ok(())
         } else {
@@ -947,6 +950,7 @@ mod tests {
         assert!(sink
             .op(0, &Record::new(huge), None)
             .unwrap_err()
+            .reason
             .contains("over"));
     }
 

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Progress, Sink, SinkConfig, SinkError};
+use super::{Progress, Refusal, Sink, SinkConfig, SinkError};
 use crate::config::{kind_name, take_key, unknown_key_message, ConfigError, Origin};
 use crate::record::Record;
 use crate::setup::BuildContext;
@@ -185,14 +185,17 @@ impl Sink for FanoutSink {
             ));
         }
         // Every child accepted the batch; what some rejected goes to the failure sink, each
-        // record once, with every child's reason.
-        let mut reasons: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        // record once, with every child's reason; a size refusal stays one (the smallest limit).
+        let mut reasons: BTreeMap<usize, (Vec<String>, Option<(usize, usize)>)> = BTreeMap::new();
         for (child, part) in self.children.iter().zip(parts.iter_mut()) {
-            for (i, reason) in part.take_rejected() {
-                reasons
-                    .entry(i)
-                    .or_default()
-                    .push(format!("fanout {} rejected it: {reason}", child.label));
+            for (i, refusal) in part.take_rejected() {
+                let (texts, oversized) = reasons.entry(i).or_default();
+                texts.push(format!("fanout {} rejected it: {refusal}", child.label));
+                if let Some((actual, limit)) = refusal.oversized {
+                    if oversized.is_none_or(|(_, l)| limit < l) {
+                        *oversized = Some((actual, limit));
+                    }
+                }
             }
         }
         if reasons.is_empty() {
@@ -201,7 +204,15 @@ impl Sink for FanoutSink {
             Err(SinkError::Rejected(
                 reasons
                     .into_iter()
-                    .map(|(i, r)| (i, r.join("; ")))
+                    .map(|(i, (texts, oversized))| {
+                        (
+                            i,
+                            Refusal {
+                                reason: texts.join("; "),
+                                oversized,
+                            },
+                        )
+                    })
                     .collect(),
             ))
         }
@@ -330,7 +341,12 @@ mod tests {
     #[tokio::test]
     async fn rejected_records_name_the_children_that_rejected_them() {
         let (mut sink, writes) = fanout(vec![
-            vec![|| Err(SinkError::Rejected(vec![(1, "too large".into())]))],
+            vec![|| {
+                Err(SinkError::Rejected(vec![(
+                    1,
+                    Refusal::oversized("too large", 2000, 1000),
+                )]))
+            }],
             vec![],
             vec![
                 || Err(SinkError::Retriable(anyhow::anyhow!("timeout"))),
@@ -357,11 +373,15 @@ mod tests {
             vec![
                 (
                     1,
-                    "fanout sinks[0] (fake) rejected it: too large; \
-                     fanout sinks[2] (fake) rejected it: no key"
-                        .to_string()
+                    Refusal {
+                        reason: "fanout sinks[0] (fake) rejected it: too large; \
+                                 fanout sinks[2] (fake) rejected it: no key"
+                            .to_string(),
+                        // One child refused it for its size: a size violation, with that limit.
+                        oversized: Some((2000, 1000)),
+                    }
                 ),
-                (2, "fanout sinks[2] (fake) rejected it: bad".to_string()),
+                (2, Refusal::from("fanout sinks[2] (fake) rejected it: bad")),
             ]
         );
         let seen: Vec<usize> = writes.iter().map(count).collect();

@@ -34,7 +34,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 
-use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Refusal, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
 use crate::kafka::security::{self, Options, Resolved, Sasl, Tls};
 use crate::kafka::{self, ClientLog};
@@ -220,6 +220,19 @@ fn classify(e: &KafkaError) -> Class {
     }
 }
 
+/// Why the broker refuses `record` for good: a size violation (with the configured
+/// `max_message_bytes`) when it is too large, else the error.
+fn refusal(e: &KafkaError, record: Option<&Record>, max_message: usize) -> Refusal {
+    let reason = format!("kafka sink: {e}");
+    match (e.rdkafka_error_code(), record) {
+        (
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize),
+            Some(r),
+        ) => Refusal::oversized(reason, r.size(), max_message),
+        _ => Refusal::from(reason),
+    }
+}
+
 struct KafkaSink {
     producer: FutureProducer<ClientLog>,
     cfg: KafkaConfig,
@@ -272,6 +285,7 @@ impl Sink for KafkaSink {
         progress: &mut Progress,
     ) -> Result<(), SinkError> {
         let len = records.len();
+        let max_message = self.cfg.max_message_bytes.0 as usize;
         let mut retry_error: Option<KafkaError> = None;
         let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(len);
         let settle = |progress: &mut Progress,
@@ -280,7 +294,7 @@ impl Sink for KafkaSink {
                       outcome: Result<(), KafkaError>| match outcome {
             Ok(()) => progress.take(i),
             Err(e) => match classify(&e) {
-                Class::Reject => progress.reject(i, format!("kafka sink: {e}")),
+                Class::Reject => progress.reject(i, refusal(&e, records.get(i), max_message)),
                 Class::Retry => {
                     retry_error.get_or_insert(e);
                 }
@@ -295,8 +309,7 @@ impl Sink for KafkaSink {
             if r.key.is_none() && self.is_removal(r) {
                 progress.reject(
                     i,
-                    "kafka sink: a removal record without a key: there is no key to tombstone"
-                        .to_string(),
+                    "kafka sink: a removal record without a key: there is no key to tombstone",
                 );
                 continue;
             }

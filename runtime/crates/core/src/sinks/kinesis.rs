@@ -16,7 +16,7 @@ use aws_sdk_kinesis::Client;
 use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 
-use super::{Progress, Sink, SinkConfig, SinkError, SinkType};
+use super::{Progress, Refusal, Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass};
 use crate::config::{ConfigError, Origin};
 use crate::record::Record;
@@ -141,7 +141,7 @@ impl Sink for KinesisSink {
         _progress: &mut Progress,
     ) -> Result<(), SinkError> {
         let client = self.client.clone();
-        let mut rejected = Vec::new();
+        let mut rejected: Vec<(usize, Refusal)> = Vec::new();
         // Split into requests of ≤ 500 records and ≤ 5 MiB (data + partition keys).
         let mut requests: Vec<Vec<Entry>> = Vec::new();
         let mut current: Vec<Entry> = Vec::new();
@@ -150,7 +150,7 @@ impl Sink for KinesisSink {
             let key = match self.partition_key(r) {
                 Ok(k) => k,
                 Err(e) => {
-                    rejected.push((i, e));
+                    rejected.push((i, e.into()));
                     continue;
                 }
             };
@@ -158,7 +158,13 @@ impl Sink for KinesisSink {
             if size > MAX_RECORD_BYTES {
                 rejected.push((
                     i,
-                    format!("record of {size} bytes is over Kinesis's limit of {MAX_RECORD_BYTES}"),
+                    Refusal::oversized(
+                        format!(
+                            "record of {size} bytes is over Kinesis's limit of {MAX_RECORD_BYTES}"
+                        ),
+                        size,
+                        MAX_RECORD_BYTES,
+                    ),
                 ));
                 continue;
             }

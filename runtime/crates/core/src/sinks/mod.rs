@@ -101,8 +101,56 @@ pub enum SinkError {
     /// which never will be (too large for the target, refused by it for good). The pipeline sends
     /// them to the failure sink as bad rows and acknowledges the batch once those are written.
     /// Returned by the failure sink itself, it stops the pipeline like `Fatal`.
-    #[error("{} record(s) rejected, first: {}", .0.len(), .0.first().map_or("", |r| r.1.as_str()))]
-    Rejected(Vec<(usize, String)>),
+    #[error("{} record(s) rejected, first: {}", .0.len(), .0.first().map_or("", |r| r.1.reason.as_str()))]
+    Rejected(Vec<(usize, Refusal)>),
+}
+
+/// Why a sink refuses a record for good (see [`SinkError::Rejected`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: String,
+    /// The record's size and the target's limit, when it is refused for its size: it becomes a
+    /// `size_violation` bad row (as Snowbridge writes them), not a `generic_error`.
+    pub oversized: Option<(usize, usize)>,
+}
+
+impl Refusal {
+    /// A record of `actual` bytes over the target's `limit`.
+    pub fn oversized(reason: impl Into<String>, actual: usize, limit: usize) -> Refusal {
+        Refusal {
+            reason: reason.into(),
+            oversized: Some((actual, limit)),
+        }
+    }
+
+    /// The bad-row kind this refusal is written as.
+    pub fn kind(&self) -> crate::record::FailureKind {
+        match self.oversized {
+            Some((actual, limit)) => crate::record::FailureKind::Oversized { actual, limit },
+            None => crate::record::FailureKind::Invalid,
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        Refusal {
+            reason,
+            oversized: None,
+        }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Refusal {
+        Refusal::from(reason.to_string())
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
 }
 
 impl SinkError {
@@ -161,7 +209,7 @@ pub struct Progress {
     /// Per record (by index in the batch): taken, or refused for good. Grows on demand.
     settled: Vec<bool>,
     /// Records refused for good, with the reason.
-    rejected: Vec<(usize, String)>,
+    rejected: Vec<(usize, Refusal)>,
     /// The progress of each part of a composite sink (a fan-out's children), by index.
     parts: Vec<Progress>,
     /// This part of a composite sink has finished the batch (its rejections in `rejected`).
@@ -183,9 +231,9 @@ impl Progress {
     }
 
     /// Record `i` is refused for good, for `reason`.
-    pub fn reject(&mut self, i: usize, reason: String) {
+    pub fn reject(&mut self, i: usize, reason: impl Into<Refusal>) {
         self.take(i);
-        self.rejected.push((i, reason));
+        self.rejected.push((i, reason.into()));
     }
 
     /// How many of the first `len` records are neither taken nor refused.
@@ -195,7 +243,7 @@ impl Progress {
 
     /// The records refused so far, with their reasons (taken out: what the sink reports as
     /// [`SinkError::Rejected`] once the rest of the batch is written).
-    pub fn take_rejected(&mut self) -> Vec<(usize, String)> {
+    pub fn take_rejected(&mut self) -> Vec<(usize, Refusal)> {
         std::mem::take(&mut self.rejected)
     }
 
@@ -213,7 +261,7 @@ impl Progress {
     }
 
     /// This part finished the batch, refusing `rejected`.
-    pub fn finish(&mut self, rejected: Vec<(usize, String)>) {
+    pub fn finish(&mut self, rejected: Vec<(usize, Refusal)>) {
         self.done = true;
         self.rejected = rejected;
     }
@@ -267,10 +315,10 @@ mod tests {
         assert!(!p.is_settled(3));
         assert_eq!(p.unsettled(5), 5);
         p.take(3);
-        p.reject(0, "too large".into());
+        p.reject(0, "too large");
         assert!(p.is_settled(0) && p.is_settled(3) && !p.is_settled(1));
         assert_eq!(p.unsettled(5), 3);
-        assert_eq!(p.take_rejected(), vec![(0, "too large".to_string())]);
+        assert_eq!(p.take_rejected(), vec![(0, Refusal::from("too large"))]);
         assert!(p.take_rejected().is_empty(), "taken out once");
         let parts = p.parts(2);
         parts[1].finish(vec![(2, "no key".into())]);

@@ -218,7 +218,7 @@ impl Sink for ProfileSink {
         for (i, r) in records.iter().enumerate() {
             match self.change(r) {
                 Ok(c) => changes.push(c),
-                Err(e) => rejected.push((i, e)),
+                Err(e) => rejected.push((i, e.into())),
             }
         }
         let version_field = self.version_field.clone();
