@@ -52,7 +52,7 @@ async fn removals_become_tombstones_keyed_by_viewer() {
         Err(SinkError::Rejected(r)) => {
             assert_eq!(r.len(), 1, "{r:?}");
             assert_eq!(r[0].0, 4);
-            assert!(r[0].1.contains("without a key"), "{}", r[0].1);
+            assert!(r[0].1.reason.contains("without a key"), "{}", r[0].1);
         }
         other => panic!("expected the keyless removal rejected, got {other:?}"),
     }
