@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use wasm_support::*;
 use weir_core::record::Record;
-use weir_core::state::{MemoryBackend, StateBackend};
+use weir_core::state::{Budget, MemoryBackend, StateBackend};
 use weir_core::wasm::{Guest, Limits};
 use weir_transform_sdk::fields;
 
@@ -42,6 +42,11 @@ fn viewer_state(state: &std::sync::Arc<MemoryBackend>, ttl: &str, timeout: Durat
         &[("ttl", ttl), ("dedup_window", ttl)],
         Limits {
             timeout,
+            // Room for a million viewers (WEIR_EXPIRY_VIEWERS): budgets are not tested here.
+            state_budget: Budget {
+                max_bytes: 8 << 30,
+                max_keys: 10_000_000,
+            },
             ..Limits::default()
         },
     );
