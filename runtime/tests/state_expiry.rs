@@ -130,3 +130,38 @@ fn many_silent_viewers_expire_in_one_tick_with_a_removal_record_each() {
     assert_eq!(g.stats.traps, 0, "no guest memory errors");
     assert!(g.expire().is_empty());
 }
+
+/// The flood that broke viewer-state's own index (64 buckets of at most 512 KiB, which crafted
+/// uids filled, and whose sweep blew the guest's 64 MiB at ~60k viewers): 70,000 viewers with
+/// ~900-byte ids. Every event is processed, the flood expires in pages bounded in bytes without
+/// a guest memory error, and a viewer that keeps sending is not touched.
+#[test]
+fn a_crafted_uid_flood_expires_in_bounded_pages_and_leaves_an_active_viewer() {
+    let n = 70_000;
+    let state = MemoryBackend::new();
+    // A TTL far longer than the sweep takes (even in a debug build), so that the regular viewer,
+    // who sent just before it, cannot go silent for that long meanwhile.
+    let mut g = viewer_state(&state, "20s", Duration::from_secs(600));
+    let play = play_template();
+    let pad = "x".repeat(900);
+    for lo in (0..n).step_by(2_000) {
+        let records = (lo..(lo + 2_000).min(n))
+            .map(|i| play_event(&play, &format!("{pad}-{i:08}"), &format!("f-{i}")))
+            .collect();
+        let out = g.run(records, 0);
+        assert!(out.failed.is_empty(), "{:?}", &out.failed[..1]);
+    }
+    let loaded = Instant::now();
+    std::thread::sleep(Duration::from_millis(20_100).saturating_sub(loaded.elapsed()));
+    let out = g.run(vec![play_event(&play, "regular", "r-1")], 0);
+    assert!(out.failed.is_empty() && out.records.len() == 1);
+    let ids = removals(&g.expire());
+    assert_eq!(ids.len(), n);
+    assert!(ids.iter().all(|id| id.starts_with(&pad)), "only the flood");
+    assert_eq!(g.stats.traps, 0, "no guest memory errors");
+    assert_eq!(
+        state.usage(LABEL).held().1,
+        2,
+        "the regular viewer and its event id"
+    );
+}
