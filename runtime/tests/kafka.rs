@@ -2372,3 +2372,140 @@ fn delete_topics(bootstrap: &str, topics: &[&str]) {
         admin.delete_topics(topics, &rdkafka::admin::AdminOptions::new()),
     );
 }
+
+/// Expiry owned by weir, end to end: the real binary with viewer-state, disk state and a
+/// changelog, `flush_interval = "200ms"`, `ttl = "2s"`. A viewer that goes silent is removed
+/// within a tick or so after its TTL (while another viewer of the same partition keeps sending):
+/// a removal record keyed by the viewer on the output, and a tombstone of its profile on the
+/// changelog after the value it held. The busy viewer is never removed.
+#[test]
+fn a_silent_viewer_gets_a_removal_record_and_a_changelog_tombstone() {
+    let _serial = serial();
+    let kafka = kafka_support::shared();
+    let bs = kafka.bootstrap();
+    let (input, output, changelog) = ("in-expiry", "out-expiry", "cl-expiry");
+    kafka.create_topic(input, 1, 1, &[]);
+    kafka.create_topic(output, 1, 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "expiry.toml",
+        &format!(
+            r#"
+[source]
+type = "kafka"
+bootstrap_servers = "{bs}"
+topics = ["{input}"]
+group_id = "g-expiry"
+commit_interval = "200ms"
+
+[[transforms]]
+type = "wasm"
+path = {wasm:?}
+cache_dir = {cache:?}
+flush_interval = "200ms"
+config = {{ ttl = "2s" }}
+
+[state]
+backend = "disk"
+path = {state:?}
+changelog_topic = "{changelog}"
+
+[sink]
+type = "kafka"
+bootstrap_servers = "{bs}"
+topic = "{output}"
+"#,
+            wasm = wasm_support::rust_guest("viewer_state")
+                .display()
+                .to_string(),
+            cache = wasm_support::cache_dir().display().to_string(),
+            state = dir.path().join("state.redb").display().to_string(),
+        ),
+    );
+    let mut weir = Reaper(spawn(&cfg));
+    let (media, _) = templates();
+    let event = |viewer: &str, id: &str| {
+        let mut f: Vec<&str> = media.split('\t').collect();
+        f[6] = id; // event_id
+        f[12] = ""; // user_id
+        f[15] = viewer; // domain_userid
+        f[17] = ""; // network_userid
+        f.join("\t")
+    };
+    let p = producer(&bs);
+    let removed = |msgs: &[OwnedMessage], viewer: &str| {
+        msgs.iter().any(|m| {
+            m.key() == Some(viewer.as_bytes())
+                && m.payload().is_some_and(|v| {
+                    let doc: serde_json::Value = serde_json::from_slice(v).unwrap();
+                    doc["removed"] == true
+                })
+        })
+    };
+    let line = event("quiet", &id(0));
+    send(
+        &p,
+        BaseRecord::<(), _>::to(input).payload(&line).partition(0),
+    );
+    let start = Instant::now();
+    let mut found = None;
+    let mut i = 1;
+    while start.elapsed() < Duration::from_secs(60) {
+        let line = event("busy", &id(i));
+        send(
+            &p,
+            BaseRecord::<(), _>::to(input).payload(&line).partition(0),
+        );
+        p.flush(Duration::from_secs(5)).unwrap();
+        i += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        let msgs = read_all(&bs, output);
+        if removed(&msgs, "quiet") {
+            found = Some(msgs);
+            break;
+        }
+        assert!(
+            weir.0.try_wait().unwrap().is_none(),
+            "{}",
+            log_tail(&cfg, 30)
+        );
+    }
+    let msgs = found.unwrap_or_else(|| {
+        panic!(
+            "no removal record of the silent viewer\n{}",
+            log_tail(&cfg, 30)
+        )
+    });
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "not before its TTL"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.key() == Some(b"quiet".as_slice())
+                && !removed(std::slice::from_ref(m), "quiet")),
+        "its profile came first"
+    );
+    assert!(!removed(&msgs, "busy"), "the busy viewer stays");
+    // The tombstone reaches the changelog with the next checkpoint.
+    let tombstone = |cl: &[OwnedMessage]| {
+        let of_quiet: Vec<_> = cl
+            .iter()
+            .filter(|m| m.key().is_some_and(|k| k.ends_with(b"quiet")))
+            .collect();
+        of_quiet.first().is_some_and(|m| m.payload().is_some())
+            && of_quiet.last().is_some_and(|m| m.payload().is_none())
+    };
+    let waited = Instant::now();
+    while !tombstone(&read_all(&bs, changelog)) {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "no changelog tombstone for the silent viewer\n{}",
+            log_tail(&cfg, 30)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(weir.0.id(), libc::SIGTERM);
+    wait_exit(&mut weir.0, Duration::from_secs(30));
+}

@@ -220,6 +220,29 @@ fn state_is_host_owned_survives_rebuilds_and_a_failed_call_leaves_no_writes() {
 }
 
 #[test]
+fn expired_keys_reach_the_guest_once_and_a_trapping_expired_still_deletes_them() {
+    let mut g = hostile(Limits::default());
+    assert!(g.hears_expiry());
+    let (out, _, _) = run(&mut g, &["ttl:a:1", "ttl:keep:1", "ttl:later:3600000"]);
+    assert_eq!(out.len(), 3);
+    std::thread::sleep(Duration::from_millis(5));
+    // `a` is announced with its last value and deleted; `keep` is written again by the guest.
+    assert_eq!(texts(&g.expire()), vec!["expired:a=v"]);
+    assert!(g.expire().is_empty(), "once");
+    let (out, _, _) = run(&mut g, &["get:a", "get:keep", "get:later"]);
+    assert_eq!(out, vec!["a=none", "keep=v", "later=v"]);
+    // A guest whose `expired` traps: the keys are deleted all the same (no endless retry), the
+    // instance is rebuilt and keeps working.
+    run(&mut g, &["ttl:panic1:1", "ttl:panic2:1"]);
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(g.expire().is_empty());
+    assert!(g.expire().is_empty(), "not retried");
+    let (out, _, _) = run(&mut g, &["get:panic1", "get:panic2"]);
+    assert_eq!(out, vec!["panic1=none", "panic2=none"]);
+    still_works(&mut g);
+}
+
+#[test]
 fn guest_sees_the_host_clock_and_no_wasi() {
     let mut g = hostile(Limits::default());
     let (out, _, _) = run(&mut g, &["clock"]);

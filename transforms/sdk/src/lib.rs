@@ -71,7 +71,7 @@ pub mod rt;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "weir-transform",
+        world: "weir-transform-expiry",
         pub_export_macro: true,
         export_macro_name: "__wit_export",
         default_bindings_module: "weir_transform_sdk::bindings",
@@ -159,6 +159,14 @@ pub trait Stateful: Sized + 'static {
     fn flush(&mut self, state: &mut State<'_>, out: &mut Emitted) {
         let _ = (state, out);
     }
+    /// Called for each state entry whose TTL ran out (`put_with_ttl`), with the value it held:
+    /// weir keeps the expiry of every key and, at each `flush_interval` tick (every second
+    /// without one), hands the expired entries over in pages, then deletes them. No transform
+    /// needs an index of its own keys to find the stale ones. `state` no longer sees `key`;
+    /// writing it again keeps it. By default nothing is emitted.
+    fn expired(&mut self, key: &[u8], value: &[u8], state: &mut State<'_>, out: &mut Emitted) {
+        let _ = (key, value, state, out);
+    }
 }
 
 /// Exports a [`Filter`] as the transform of this crate.
@@ -216,6 +224,14 @@ macro_rules! __export {
                 }
                 fn flush() -> $crate::bindings::weir::transform::types::Emitted {
                     $crate::rt::wasm::flush::<$g>()
+                }
+            }
+            impl $crate::bindings::exports::weir::transform::expiry::Guest for __WeirGuest {
+                fn expired(
+                    keys: $crate::bindings::weir::transform::types::Column,
+                    values: $crate::bindings::weir::transform::types::Column,
+                ) -> $crate::bindings::weir::transform::types::Emitted {
+                    $crate::rt::wasm::expired::<$g>(keys, values)
                 }
             }
     $crate::bindings::__wit_export!(__WeirGuest with_types_in $crate::bindings);

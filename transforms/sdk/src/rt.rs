@@ -1,7 +1,7 @@
 //! The batch loop the export macros generate: one host call per batch, one author call per
 //! record. Not part of the author-facing API.
 
-use crate::batch::{BatchView, Emit, Emitted, OutputBuf, Record};
+use crate::batch::{BatchView, ColumnRef, Emit, Emitted, OutputBuf, Record};
 use crate::config::Config;
 use crate::error::Error;
 use crate::state::{State, StateCache, StateHost};
@@ -19,6 +19,16 @@ pub trait Guest: Sized + 'static {
     fn fields(&self) -> &[usize];
     fn process(&mut self, batch: &BatchView<'_>, out: &mut OutputBuf, state: StateCtx<'_>);
     fn flush(&mut self, out: &mut Emitted, state: StateCtx<'_>);
+    /// State entries that expired: `keys[i]` held `values[i]`.
+    fn expired(
+        &mut self,
+        keys: ColumnRef<'_>,
+        values: ColumnRef<'_>,
+        out: &mut Emitted,
+        state: StateCtx<'_>,
+    ) {
+        let _ = (keys, values, out, state);
+    }
 }
 
 /// A [`Filter`] as a [`Guest`].
@@ -126,6 +136,23 @@ impl<T: Stateful> Guest for AsStateful<T> {
             host: ctx.host,
         };
         self.0.flush(&mut state, out);
+        state.cache.write_back(state.host);
+    }
+    fn expired(
+        &mut self,
+        keys: ColumnRef<'_>,
+        values: ColumnRef<'_>,
+        out: &mut Emitted,
+        ctx: StateCtx<'_>,
+    ) {
+        let mut state = State {
+            cache: ctx.cache,
+            host: ctx.host,
+        };
+        for i in 0..keys.offsets.len().saturating_sub(1) {
+            let value = values.get(i).unwrap_or_default();
+            self.0.expired(keys.item(i), value, &mut state, out);
+        }
         state.cache.write_back(state.host);
     }
 }
@@ -250,6 +277,21 @@ pub mod wasm {
                 .into_iter()
                 .map(|(index, message)| wit::RecordError { index, message })
                 .collect(),
+        }
+    }
+
+    pub fn expired<G: Guest>(keys: wit::Column, values: wit::Column) -> wit::Emitted {
+        let inst = instance();
+        let guest = inst.guest.downcast_mut::<G>().expect("transform type");
+        let mut out = Emitted::default();
+        let ctx = StateCtx {
+            cache: &mut inst.cache,
+            host: &mut WasmState,
+        };
+        guest.expired(view(&keys), view(&values), &mut out, ctx);
+        wit::Emitted {
+            values: into_wit(out.values),
+            keys: into_wit(out.keys),
         }
     }
 

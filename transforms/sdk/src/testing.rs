@@ -84,6 +84,21 @@ impl MemoryState {
             .map(|(v, _)| v.as_slice())
     }
 
+    /// Removes the entries that expired by now (earliest deadline first), as weir's expiry does
+    /// before it calls the transform's `expired`.
+    pub fn take_expired(&mut self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let now = native_now_ms();
+        let mut due: Vec<(i64, Vec<u8>)> = self
+            .entries
+            .iter()
+            .filter_map(|(k, (_, exp))| exp.filter(|&e| e <= now).map(|e| (e, k.clone())))
+            .collect();
+        due.sort();
+        due.into_iter()
+            .filter_map(|(_, k)| self.entries.remove(&k).map(|(v, _)| (k, v)))
+            .collect()
+    }
+
     /// Number of live entries.
     pub fn len(&self) -> usize {
         let now = native_now_ms();
@@ -305,9 +320,31 @@ impl<G: Guest> Harness<G> {
         }
     }
 
-    /// Runs `flush` and returns what it emitted.
-    pub fn flush(&mut self) -> Emitted {
+    /// Expires state entries whose TTL ran out on the harness clock ([`advance_ms`]) and runs
+    /// the transform's `expired` with them, as weir does at each tick; returns what it emitted.
+    pub fn expire(&mut self) -> Emitted {
         let mut out = Emitted::default();
+        let expired = self.state.take_expired();
+        if expired.is_empty() {
+            return out;
+        }
+        let keys = ColumnBuf::from_items(expired.iter().map(|(k, _)| Some(k.as_slice())));
+        let values = ColumnBuf::from_items(expired.iter().map(|(_, v)| Some(v.as_slice())));
+        self.guest.expired(
+            keys.as_ref(),
+            values.as_ref(),
+            &mut out,
+            StateCtx {
+                cache: &mut self.cache,
+                host: &mut self.state,
+            },
+        );
+        out
+    }
+
+    /// One tick as weir runs it: [`Harness::expire`], then `flush`; returns what both emitted.
+    pub fn flush(&mut self) -> Emitted {
+        let mut out = self.expire();
         self.guest.flush(
             &mut out,
             StateCtx {

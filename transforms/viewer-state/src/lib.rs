@@ -14,8 +14,9 @@
 //!   regresses them (it still counts, and can lower `first_seen`).
 //! * **Idempotent**: each `event_id` is remembered (in state, with a TTL of `dedup_window`); a
 //!   redelivered event changes nothing and emits nothing.
-//! * **Expiry**: a viewer silent for longer than `ttl` is removed: the transform emits
-//!   `{"viewer_id": …, "removed": true}` from `flush`, which weir calls on idle ticks.
+//! * **Expiry**: a viewer silent for longer than `ttl` is removed: each event stores the profile
+//!   with a TTL of `ttl`, weir's state expires it (its time index, no index of viewers here) and
+//!   calls `expired`, which emits `{"viewer_id": …, "removed": true}`.
 //!
 //! Settings: `ttl` (default `30m`), `dedup_window` (default `24h`).
 
@@ -24,8 +25,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use weir_transform_sdk::{
-    fields, now_ms, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State,
-    Stateful,
+    fields, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State, Stateful,
 };
 
 const MEDIA_VENDOR: &[u8] = b"com.snowplowanalytics.snowplow.media";
@@ -33,10 +33,9 @@ const PLAYER: &str = "iglu:com.snowplowanalytics.snowplow/media_player/jsonschem
 const SESSION: &str = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/";
 const AD: &str = "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/";
 const AD_BREAK: &str = "iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/";
-/// The set of known viewers, read by `flush` to find expired ones, is kept in this many state
-/// entries (by a hash of the viewer id), each written only when one of its viewers appears or
-/// expires: a new viewer rewrites one small bucket, not a list of every viewer.
-const INDEX_BUCKETS: u32 = 64;
+/// Keys of the transform's own entries (event ids seen) start with this byte; viewer ids never
+/// do (a viewer id with it is refused).
+const INTERNAL: u8 = 0;
 const READS: [usize; 13] = [
     fields::APP_ID,
     fields::COLLECTOR_TSTAMP,
@@ -65,8 +64,6 @@ struct Stored {
     profile: Value,
     /// Device timestamp (ms) of the newest event applied to the current fields.
     newest_ms: i64,
-    /// When (host clock, ms) this viewer last sent an event: for expiry.
-    active_ms: i64,
 }
 
 impl Stateful for ViewerState {
@@ -103,6 +100,9 @@ impl Stateful for ViewerState {
         let viewer = viewer_id(event)
             .ok_or("no user_id, domain_userid or network_userid to identify the viewer")?;
         let viewer_str = std::str::from_utf8(viewer).context("viewer id is not UTF-8")?;
+        if viewer.first() == Some(&INTERNAL) {
+            return Err("a viewer id starting with a NUL byte".into());
+        }
         let event_id = event.field(fields::EVENT_ID).ok_or("no event_id")?;
         let mut seen_key = b"\0e/".to_vec();
         seen_key.extend_from_slice(event_id);
@@ -123,19 +123,11 @@ impl Stateful for ViewerState {
         let mut stored: Stored = match state.get(viewer) {
             Some(bytes) => serde_json::from_slice(bytes)
                 .with_context(|| format!("corrupt state for {viewer_str}"))?,
-            None => {
-                let bucket = bucket_of(viewer_str);
-                let mut index = read_index(state, bucket).unwrap_or_default();
-                index.insert(viewer_str.to_string());
-                write_index(state, bucket, &index);
-                Stored {
-                    profile: json!({ "viewer_id": viewer_str, "events": 0 }),
-                    newest_ms: i64::MIN,
-                    active_ms: 0,
-                }
-            }
+            None => Stored {
+                profile: json!({ "viewer_id": viewer_str, "events": 0 }),
+                newest_ms: i64::MIN,
+            },
         };
-        stored.active_ms = now_ms();
         let before = stored.profile.clone();
         let p = stored.profile.as_object_mut().ok_or("corrupt profile")?;
 
@@ -167,7 +159,8 @@ impl Stateful for ViewerState {
         state.put_with_ttl(&seen_key, b"", self.dedup_ms);
         let changed = !same_but_volatile(&before, &stored.profile);
         let bytes = serde_json::to_vec(&stored)?;
-        state.put_with_ttl(viewer, &bytes, self.ttl_ms.saturating_mul(2));
+        // Silent for `ttl`: weir expires the profile and calls `expired`.
+        state.put_with_ttl(viewer, &bytes, self.ttl_ms);
         if changed {
             let doc = serde_json::to_vec(&stored.profile)?;
             out.emit_with_key(&doc, viewer);
@@ -175,35 +168,14 @@ impl Stateful for ViewerState {
         Ok(())
     }
 
-    /// Removes viewers silent for longer than `ttl`, emitting a removal record for each.
-    fn flush(&mut self, state: &mut State<'_>, out: &mut Emitted) {
-        let now = now_ms();
-        for bucket in 0..INDEX_BUCKETS {
-            let Some(mut index) = read_index(state, bucket) else {
-                continue;
-            };
-            let mut expired = Vec::new();
-            for id in &index {
-                let active = state
-                    .get(id.as_bytes())
-                    .and_then(|b| serde_json::from_slice::<Stored>(b).ok())
-                    .map(|s| s.active_ms);
-                // Gone from state (its own TTL ran out) or silent too long.
-                if active.is_none_or(|a| now - a > self.ttl_ms as i64) {
-                    expired.push(id.clone());
-                }
-            }
-            if expired.is_empty() {
-                continue;
-            }
-            for id in &expired {
-                index.remove(id);
-                state.delete(id.as_bytes());
-                let doc = json!({ "viewer_id": id, "removed": true });
-                out.emit_with_key(doc.to_string().as_bytes(), id.as_bytes());
-            }
-            write_index(state, bucket, &index);
+    /// A viewer silent for longer than `ttl`: its removal record.
+    fn expired(&mut self, key: &[u8], _value: &[u8], _: &mut State<'_>, out: &mut Emitted) {
+        if key.first() == Some(&INTERNAL) {
+            return; // an event id's dedup window ended
         }
+        let id = String::from_utf8_lossy(key);
+        let doc = json!({ "viewer_id": id, "removed": true });
+        out.emit_with_key(doc.to_string().as_bytes(), key);
     }
 }
 
@@ -214,33 +186,6 @@ fn viewer_id<'r>(event: &Record<'r>) -> Option<&'r [u8]> {
         .field(fields::USER_ID)
         .or_else(|| event.field(fields::DOMAIN_USERID))
         .or_else(|| event.field(fields::NETWORK_USERID))
-}
-
-type Index = std::collections::BTreeSet<String>;
-
-fn bucket_of(viewer: &str) -> u32 {
-    // FNV-1a: stable across builds and platforms.
-    let h = viewer.bytes().fold(0x811c_9dc5u32, |h, b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    });
-    h % INDEX_BUCKETS
-}
-
-fn index_key(bucket: u32) -> Vec<u8> {
-    format!("\0viewers/{bucket:02x}").into_bytes()
-}
-
-fn read_index(state: &mut State<'_>, bucket: u32) -> Option<Index> {
-    state
-        .get(&index_key(bucket))
-        .and_then(|b| serde_json::from_slice(b).ok())
-}
-
-fn write_index(state: &mut State<'_>, bucket: u32, index: &Index) {
-    state.put(
-        &index_key(bucket),
-        &serde_json::to_vec(index).unwrap_or_default(),
-    );
 }
 
 /// Keys every event changes: a profile that differs only in these did not "change".

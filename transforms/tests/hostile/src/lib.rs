@@ -17,6 +17,7 @@
 //! | `putpanic:K` | stores K, then panics (the write must not survive) |
 //! | `get:K` | emits `K=<value>` or `K=none` |
 //! | `hold:X` | emits nothing now; `flush` emits X (windowed output) |
+//! | `ttl:K:MS` | stores K (value `v`) with a TTL of MS ms, keeps the record; when it expires, `expired` emits `expired:K=v`, or panics if K starts with `panic`, or stores K again for an hour if K starts with `keep` |
 //! | `bigput:K:N` | stores N bytes under K, keeps the record |
 //! | `bigkey:N` | stores `v` under a key of N bytes, keeps the record |
 //! | `getmany:K:N` | calls `get-many` itself with N copies of K; emits `got B bytes` |
@@ -91,6 +92,10 @@ impl Stateful for Hostile {
                     let (_, n) = key_and_count(arg)?;
                     raw::overlapping_values(n);
                     out.keep();
+                } else if let Some(arg) = v.strip_prefix(b"ttl:") {
+                    let (k, ms) = key_and_count(arg)?;
+                    state.put_with_ttl(k, b"v", ms as u64);
+                    out.keep();
                 } else if let Some(x) = v.strip_prefix(b"hold:") {
                     self.held.push(x.to_vec());
                 } else if let Some(k) = v.strip_prefix(b"put:") {
@@ -132,6 +137,21 @@ impl Stateful for Hostile {
         for x in std::mem::take(&mut self.held) {
             out.emit(&x);
         }
+    }
+
+    fn expired(&mut self, key: &[u8], value: &[u8], state: &mut State<'_>, out: &mut Emitted) {
+        if key.starts_with(b"panic") {
+            panic!("hostile panic in expired");
+        }
+        if key.starts_with(b"keep") {
+            state.put_with_ttl(key, value, 3_600_000);
+            return;
+        }
+        let mut e = b"expired:".to_vec();
+        e.extend_from_slice(key);
+        e.push(b'=');
+        e.extend_from_slice(value);
+        out.emit(&e);
     }
 }
 

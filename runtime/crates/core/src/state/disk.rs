@@ -24,38 +24,40 @@
 //! are overwritten in the changelog with the restored values so that compaction can never let them
 //! shadow an older, checkpointed value.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 #[cfg(test)]
 use redb::ReadableTableMetadata;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::Deserialize;
 
 use anyhow::Context as _;
 
 use super::changelog::{Append, Changelog};
 use super::{
-    entry_bytes, At, CheckpointFailed, Checkpointed, StateBackend, StateScope, StateStore, Usage,
-    Usages, Write,
+    entry_bytes, page_push, At, CheckpointFailed, Checkpointed, Expired, StateBackend, StateScope,
+    StateStore, Usage, Usages, Write,
 };
 use crate::config::{ConfigError, Origin};
 use crate::record::PartitionId;
 
 /// Entries: scope prefix + key → 8-byte big-endian expiry (`i64::MAX`: none) + value.
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
-/// Expiry index: sortable expiry + entry key → nothing (to sweep expired entries).
-const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
+/// The time index: scope prefix + sortable expiry + key → nothing, so that the host's expiry
+/// finds a scope's expired entries in deadline order.
+const EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry_by_scope");
+/// The index of files written before the time index was per scope: sortable expiry + entry key
+/// (moved to [`EXPIRY`] when such a file is opened).
+const OLD_EXPIRY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("expiry");
 /// Per input partition, the position its state reflects.
 const CHECKPOINTS: TableDefinition<&[u8], u64> = TableDefinition::new("checkpoints");
 /// Per input partition, the changelog offset up to which this file has its changes, and when it
 /// last caught up (ms since the Unix epoch).
 const CHANGELOG_POS: TableDefinition<&[u8], (u64, i64)> =
     TableDefinition::new("changelog_positions");
-/// Expired entries removed per checkpoint at most (the rest wait for the next one).
-const SWEEP_LIMIT: usize = 2000;
 
 /// `[state]`: where transform state lives.
 ///
@@ -159,6 +161,23 @@ fn open(path: &Path) -> anyhow::Result<Arc<Database>> {
     txn.open_table(EXPIRY)?;
     txn.open_table(CHECKPOINTS)?;
     txn.open_table(CHANGELOG_POS)?;
+    if txn.list_tables()?.any(|t| t.name() == OLD_EXPIRY.name()) {
+        {
+            let old = txn.open_table(OLD_EXPIRY)?;
+            let mut new = txn.open_table(EXPIRY)?;
+            for r in old.iter()? {
+                let (k, _) = r?;
+                let k = k.value();
+                if let Some((exp, (prefix, key))) = k
+                    .split_first_chunk::<8>()
+                    .and_then(|(e, entry)| Some((e, split_scope(entry)?)))
+                {
+                    new.insert(by_scope(prefix, exp, key).as_slice(), [].as_slice())?;
+                }
+            }
+        }
+        txn.delete_table(OLD_EXPIRY)?;
+    }
     txn.commit()?;
     tracing::info!(path = %path.display(), "state file opened");
     Ok(Arc::new(db))
@@ -204,6 +223,7 @@ impl Part {
             o.closed = true;
             o.log.clear();
             o.index.clear();
+            o.deadlines.clear();
             // No longer ours: it no longer counts against the budget.
             let (bytes, keys) = std::mem::take(&mut o.held);
             s.usage.apply(-bytes, -keys);
@@ -383,34 +403,6 @@ impl DiskState {
         Ok(())
     }
 
-    /// Takes expired entries removed from the file off the budgets of the stores open, unless
-    /// a newer write of the key, not yet checkpointed, is what the store counts.
-    fn credit_swept(&self, swept: &[(Vec<u8>, usize)]) {
-        if swept.is_empty() {
-            return;
-        }
-        let mut stores: HashMap<Vec<u8>, Arc<DiskStore>> = HashMap::new();
-        for part in lock(&self.parts).values() {
-            for s in lock(&part.stores).values() {
-                stores.insert(s.prefix.clone(), s.clone());
-            }
-        }
-        for (k, len) in swept {
-            let Some((s, key)) = split_scope(k).and_then(|(p, key)| Some((stores.get(p)?, key)))
-            else {
-                continue;
-            };
-            let mut o = lock(&s.overlay);
-            if o.closed || o.index.contains_key(key) {
-                continue;
-            }
-            let bytes = (key.len() + len) as i64;
-            o.held.0 -= bytes;
-            o.held.1 -= 1;
-            s.usage.apply(-bytes, -1);
-        }
-    }
-
     pub fn path(&self) -> &Path {
         &self.db.path
     }
@@ -455,7 +447,7 @@ impl DiskState {
             .clone()
     }
 
-    /// (bytes, keys) of the durable entries under `prefix` (expired ones not yet swept
+    /// (bytes, keys) of the durable entries under `prefix` (expired ones not yet deleted
     /// included), as [`entry_bytes`] counts them.
     fn count(&self, prefix: &[u8]) -> anyhow::Result<(i64, i64)> {
         let db = self.db.get()?;
@@ -480,7 +472,7 @@ impl StateBackend for DiskState {
             return Ok(s.clone());
         }
         // A new store counts its durable entries against the budget: serialised with
-        // checkpoints (their sweeps credit the stores open) and (re)assignments.
+        // checkpoints and (re)assignments.
         let _l = lock(&self.lifecycle);
         let part = self.part(&scope.partition);
         let mut stores = lock(&part.stores);
@@ -621,8 +613,6 @@ impl Checkpointed for DiskState {
             }
         }
         let now = crate::snowplow::now_ms();
-        // Expired entries removed: (entry key, value length).
-        let mut swept: Vec<(Vec<u8>, usize)> = Vec::new();
         let txn = db.begin_write()?;
         {
             let mut entries = txn.open_table(ENTRIES)?;
@@ -640,25 +630,6 @@ impl Checkpointed for DiskState {
             for (p, m) in &logged {
                 changelog_pos.insert(part_key(p).as_slice(), ((m + 1) as u64, now))?;
             }
-            // Sweep expired entries (any partition's: expired is expired).
-            let end = exp_key(now, &[]);
-            let expired: Vec<Vec<u8>> = expiry
-                .range::<&[u8]>(..end.as_slice())?
-                .take(SWEEP_LIMIT)
-                .map(|r| r.map(|(k, _)| k.value().to_vec()))
-                .collect::<Result<_, _>>()?;
-            for ek in expired {
-                expiry.remove(ek.as_slice())?;
-                let k = &ek[8..];
-                let stale = entries
-                    .get(k)?
-                    .filter(|v| exp_key(decode(v.value()).0, k) == ek)
-                    .map(|v| decode(v.value()).1.len());
-                if let Some(len) = stale {
-                    entries.remove(k)?;
-                    swept.push((k.to_vec(), len));
-                }
-            }
         }
         txn.commit()?;
         // Durable now: drop it from the overlays.
@@ -669,9 +640,17 @@ impl Checkpointed for DiskState {
             }
             let n = n.min(o.log.len());
             o.log.drain(..n);
-            o.index.retain(|_, e| e.pos > upto);
+            let Overlay {
+                index, deadlines, ..
+            } = &mut *o;
+            index.retain(|k, e| {
+                let keep = e.pos > upto;
+                if let Some(d) = e.deadline().filter(|_| !keep) {
+                    deadlines.remove(&(d, k.clone()));
+                }
+                keep
+            });
         }
-        self.credit_swept(&swept);
         if failed.is_empty() {
             Ok(())
         } else {
@@ -712,12 +691,14 @@ struct Overlay {
     log: VecDeque<(u64, Vec<Write>)>,
     /// The newest overlay write of each key.
     index: HashMap<Vec<u8>, Entry>,
+    /// The time index of `index`: (deadline, key) of its values with an expiry.
+    deadlines: BTreeSet<(i64, Vec<u8>)>,
     /// Position of the newest commit.
     head: u64,
     /// The partition was revoked or reassigned: writes are dropped.
     closed: bool,
     /// (bytes, keys) this store counts against its transform's budget: every entry a read sees,
-    /// overlay over base, expired ones not yet swept included.
+    /// overlay over base, expired ones not yet deleted included.
     held: (i64, i64),
 }
 
@@ -729,6 +710,11 @@ struct Entry {
 }
 
 impl Entry {
+    /// When its value expires, if it has one that does.
+    fn deadline(&self) -> Option<i64> {
+        self.value.as_ref().and(self.expires_at_ms)
+    }
+
     fn live(&self, now: i64) -> Option<Vec<u8>> {
         self.value
             .clone()
@@ -863,21 +849,78 @@ impl StateStore for DiskStore {
         o.held.1 += keys;
         let pos = at.map_or(o.head, |a| a.end.max(o.head));
         o.head = pos;
+        let Overlay {
+            index, deadlines, ..
+        } = &mut *o;
         for w in &writes {
-            o.index.insert(
-                w.key.clone(),
-                Entry {
-                    value: w.value.clone(),
-                    expires_at_ms: w.expires_at_ms,
-                    pos,
-                },
-            );
+            let e = Entry {
+                value: w.value.clone(),
+                expires_at_ms: w.expires_at_ms,
+                pos,
+            };
+            if let Some(d) = e.deadline() {
+                deadlines.insert((d, w.key.clone()));
+            }
+            if let Some(d) = index
+                .insert(w.key.clone(), e)
+                .and_then(|old| old.deadline())
+                .filter(|&d| Some(d) != w.value.as_ref().and(w.expires_at_ms))
+            {
+                deadlines.remove(&(d, w.key.clone()));
+            }
         }
         match o.log.back_mut() {
             Some((p, ws)) if *p == pos => ws.extend(writes),
             _ => o.log.push_back((pos, writes)),
         }
         Ok(())
+    }
+
+    fn expired(&self, now_ms: i64, max_keys: usize, max_bytes: usize) -> anyhow::Result<Expired> {
+        let o = lock(&self.overlay);
+        let (mut page, mut bytes) = (Vec::new(), 0);
+        if o.closed || !self.owned {
+            return Ok(page);
+        }
+        // The overlay's own expired values (it shadows the base) ...
+        for (_, k) in o.deadlines.range(..(now_ms.saturating_add(1), Vec::new())) {
+            let Some(v) = o.index.get(k).and_then(|e| e.value.as_deref()) else {
+                continue;
+            };
+            if !page_push(&mut page, &mut bytes, max_keys, max_bytes, k, v) {
+                return Ok(page);
+            }
+        }
+        // ... then the durable ones the overlay does not shadow.
+        let db = self.db.get()?;
+        let txn = db.begin_read()?;
+        let expiry = txn.open_table(EXPIRY)?;
+        let entries = txn.open_table(ENTRIES)?;
+        let from = by_scope(&self.prefix, &sortable(i64::MIN), &[]);
+        let to = by_scope(&self.prefix, &sortable(now_ms.saturating_add(1)), &[]);
+        let mut entry = self.prefix.clone();
+        for r in expiry.range::<&[u8]>(from.as_slice()..to.as_slice())? {
+            let (ik, _) = r?;
+            let Some(key) = ik.value().get(self.prefix.len() + 8..) else {
+                continue;
+            };
+            if o.index.contains_key(key) {
+                continue;
+            }
+            entry.truncate(self.prefix.len());
+            entry.extend_from_slice(key);
+            let Some(v) = entries.get(entry.as_slice())? else {
+                continue;
+            };
+            let (exp, value) = decode(v.value());
+            if exp > now_ms {
+                continue; // a stale index entry (cannot happen: kept in step by `apply`)
+            }
+            if !page_push(&mut page, &mut bytes, max_keys, max_bytes, key, value) {
+                break;
+            }
+        }
+        Ok(page)
     }
 }
 
@@ -937,15 +980,15 @@ fn apply(
         .get(k)?
         .map(|v| decode(v.value()).0)
         .filter(|&e| e != i64::MAX);
-    if let Some(e) = old_exp {
-        expiry.remove(exp_key(e, k).as_slice())?;
+    if let Some(ik) = old_exp.and_then(|e| exp_key(e, k)) {
+        expiry.remove(ik.as_slice())?;
     }
     match v {
         Some(v) => {
             entries.insert(k, v)?;
             let exp = decode(v).0;
-            if exp != i64::MAX {
-                expiry.insert(exp_key(exp, k).as_slice(), [].as_slice())?;
+            if let Some(ik) = exp_key(exp, k).filter(|_| exp != i64::MAX) {
+                expiry.insert(ik.as_slice(), [].as_slice())?;
             }
         }
         None => {
@@ -1002,11 +1045,23 @@ fn scope_prefix(transform: &str, p: &PartitionId) -> Vec<u8> {
     k
 }
 
-/// Expiry (ordered as bytes) followed by the entry key.
-fn exp_key(exp: i64, entry: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(8 + entry.len());
-    k.extend_from_slice(&((exp as u64) ^ (1 << 63)).to_be_bytes());
-    k.extend_from_slice(entry);
+/// The time index key of an entry key with expiry `exp` (`None`: not an entry key).
+fn exp_key(exp: i64, entry: &[u8]) -> Option<Vec<u8>> {
+    let (prefix, key) = split_scope(entry)?;
+    Some(by_scope(prefix, &sortable(exp), key))
+}
+
+/// An expiry as bytes that sort like it.
+fn sortable(exp: i64) -> [u8; 8] {
+    ((exp as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Scope prefix, sortable expiry, key.
+fn by_scope(prefix: &[u8], exp: &[u8; 8], key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8 + key.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(exp);
+    k.extend_from_slice(key);
     k
 }
 
@@ -1121,57 +1176,140 @@ mod tests {
         assert_eq!(get(&s, "b").as_deref(), Some("1"));
     }
 
+    fn put_ttl(k: &str, v: &str, exp: i64) -> Write {
+        Write {
+            key: k.as_bytes().to_vec(),
+            value: Some(v.as_bytes().to_vec()),
+            expires_at_ms: Some(exp),
+        }
+    }
+
+    fn del(k: &str) -> Write {
+        Write {
+            key: k.as_bytes().to_vec(),
+            value: None,
+            expires_at_ms: None,
+        }
+    }
+
+    fn expired_keys(s: &Arc<dyn StateStore>, now: i64, max_keys: usize) -> Vec<String> {
+        s.expired(now, max_keys, 1 << 20)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| String::from_utf8(k).unwrap())
+            .collect()
+    }
+
     #[test]
-    fn expired_entries_are_not_read_and_are_swept() {
+    fn the_time_index_finds_expired_entries_in_overlay_and_file_until_they_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let st = DiskState::new(&dir.path().join("s.redb"));
+        let path = dir.path().join("s.redb");
+        {
+            let st = DiskState::new(&path);
+            st.assign(&pid(0), 1).unwrap();
+            let s = st.open(&scope("t", 0)).unwrap();
+            s.commit(
+                vec![
+                    put_ttl("a", "1", 100),
+                    put_ttl("b", "2", 200),
+                    put("c", "3"),
+                    put_ttl("d", "4", 150),
+                ],
+                at(1, 1),
+                0,
+            )
+            .unwrap();
+            // Another scope's expired entries are its own.
+            st.open(&scope("u", 0))
+                .unwrap()
+                .commit(vec![put_ttl("a", "x", 1)], at(1, 1), 0)
+                .unwrap();
+            assert_eq!(expired_keys(&s, 99, 10), Vec::<String>::new());
+            assert_eq!(expired_keys(&s, 150, 10), ["a", "d"], "from the overlay");
+            assert_eq!(s.get(b"d", 150).unwrap(), None);
+            st.checkpoint(&[(pid(0), 1)]).unwrap();
+            assert_eq!(st.pending_writes(&pid(0)), 0);
+            assert_eq!(expired_keys(&s, 150, 10), ["a", "d"], "from the file");
+            assert_eq!(expired_keys(&s, 150, 1), ["a"], "paged");
+            assert_eq!(
+                s.expired(150, 10, 1).unwrap(),
+                vec![(b"a".to_vec(), b"1".to_vec())],
+                "paged by bytes, at least one, with its last value"
+            );
+            // The overlay shadows the file: an overwrite moves a's deadline, a deletion (the
+            // host's expiry of d) takes d out, a new expiry of c (durable without one) counts.
+            s.commit(
+                vec![put_ttl("a", "1'", 1_000), del("d"), put_ttl("c", "3'", 120)],
+                at(1, 2),
+                0,
+            )
+            .unwrap();
+            assert_eq!(expired_keys(&s, 300, 10), ["c", "b"]);
+            assert_eq!(
+                s.expired(300, 1, 1 << 20).unwrap(),
+                vec![(b"c".to_vec(), b"3'".to_vec())]
+            );
+            s.commit(vec![del("b"), put("c", "3''")], at(1, 3), 0)
+                .unwrap();
+            assert_eq!(expired_keys(&s, 300, 10), Vec::<String>::new());
+            st.checkpoint(&[(pid(0), 3)]).unwrap();
+            assert_eq!(expired_keys(&s, 300, 10), Vec::<String>::new());
+            assert_eq!(expired_keys(&s, 1_000, 10), ["a"]);
+            let db = st.db.get().unwrap();
+            let txn = db.begin_read().unwrap();
+            assert_eq!(
+                txn.open_table(ENTRIES).unwrap().len().unwrap(),
+                3,
+                "a, c, u/a"
+            );
+            assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 2, "a, u/a");
+            assert_eq!(st.usage("t").held(), (3 + 4, 2), "a=1' and c=3''");
+        }
+        // The file keeps its time index across a restart.
+        let st = DiskState::new(&path);
+        st.assign(&pid(0), 2).unwrap();
+        let s = st.open(&scope("t", 0)).unwrap();
+        assert_eq!(expired_keys(&s, 1_000, 10), ["a"]);
+        assert_eq!(
+            expired_keys(&st.open(&scope("u", 0)).unwrap(), 1, 10),
+            ["a"]
+        );
+        // A partition this instance does not own is not expired here.
+        let other = st.open(&scope("t", 1)).unwrap();
+        assert_eq!(expired_keys(&other, i64::MAX - 1, 10), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_file_with_the_old_expiry_index_is_moved_to_the_time_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut entries = txn.open_table(ENTRIES).unwrap();
+                let mut old = txn.open_table(OLD_EXPIRY).unwrap();
+                let mut k = scope_prefix("t", &pid(0));
+                k.extend_from_slice(b"a");
+                entries
+                    .insert(k.as_slice(), encode(Some(100), b"1").as_slice())
+                    .unwrap();
+                let mut ok = sortable(100).to_vec();
+                ok.extend_from_slice(&k);
+                old.insert(ok.as_slice(), [].as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let st = DiskState::new(&path);
         st.assign(&pid(0), 1).unwrap();
         let s = st.open(&scope("t", 0)).unwrap();
-        let now = crate::snowplow::now_ms();
-        s.commit(
-            vec![
-                Write {
-                    key: b"old".to_vec(),
-                    value: Some(b"x".to_vec()),
-                    expires_at_ms: Some(now - 1),
-                },
-                Write {
-                    key: b"new".to_vec(),
-                    value: Some(b"y".to_vec()),
-                    expires_at_ms: Some(now + 3_600_000),
-                },
-                put("del", "z"),
-            ],
-            at(1, 1),
-            now,
-        )
-        .unwrap();
-        s.commit(
-            vec![Write {
-                key: b"del".to_vec(),
-                value: None,
-                expires_at_ms: None,
-            }],
-            at(1, 2),
-            now,
-        )
-        .unwrap();
-        assert_eq!(s.get(b"old", now).unwrap(), None);
-        st.checkpoint(&[(pid(0), 2)]).unwrap();
-        assert_eq!(st.pending_writes(&pid(0)), 0);
-        assert_eq!(s.get(b"old", now).unwrap(), None);
-        assert_eq!(s.get(b"new", now).unwrap(), Some(b"y".to_vec()));
-        assert_eq!(s.get(b"del", now).unwrap(), None);
+        assert_eq!(
+            s.expired(100, 10, 1 << 20).unwrap(),
+            vec![(b"a".to_vec(), b"1".to_vec())]
+        );
         let db = st.db.get().unwrap();
         let txn = db.begin_read().unwrap();
-        let entries = txn.open_table(ENTRIES).unwrap();
-        assert_eq!(entries.len().unwrap(), 1, "the expired entry was swept");
-        assert_eq!(txn.open_table(EXPIRY).unwrap().len().unwrap(), 1);
-        assert_eq!(
-            st.usage("t").held(),
-            (4, 1),
-            "the swept entry no longer counts against the budget: only new=y"
-        );
+        assert!(txn.list_tables().unwrap().all(|t| t.name() != "expiry"));
     }
 
     #[test]

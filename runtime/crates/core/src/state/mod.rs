@@ -28,7 +28,7 @@
 //! Nothing here knows where input or changelog live: the source that drives a [`Checkpointed`]
 //! backend connects its changelog (the Kafka source: [`crate::kafka::changelog`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -278,6 +278,34 @@ pub trait StateStore: Send + Sync + Debug {
     /// such writes count as part of the latest input applied). Fails with [`OverBudget`], and
     /// applies nothing, if the writes would take the transform over its budget.
     fn commit(&self, writes: Vec<Write>, at: Option<At>, now_ms: i64) -> anyhow::Result<()>;
+    /// One page of the entries that expired at `now_ms` (deadline `<= now_ms`), earliest
+    /// deadline first, with their last values: at most `max_keys`, and no more than `max_bytes`
+    /// of keys and values (but at least one entry, if any is due). They stay in the store (and
+    /// unreadable) until a commit deletes them: the host's expiry (see
+    /// [`crate::wasm::Guest::expire`]) tells the transform, then commits their deletion, so that
+    /// the next page holds the next ones.
+    fn expired(&self, now_ms: i64, max_keys: usize, max_bytes: usize) -> anyhow::Result<Expired>;
+}
+
+/// Expired entries: (key, last value).
+pub type Expired = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Adds an entry to a page of [`StateStore::expired`] if it has room; false when full.
+pub(crate) fn page_push(
+    page: &mut Expired,
+    bytes: &mut usize,
+    max_keys: usize,
+    max_bytes: usize,
+    key: &[u8],
+    value: &[u8],
+) -> bool {
+    let size = key.len() + value.len();
+    if page.len() >= max_keys || (!page.is_empty() && *bytes + size > max_bytes) {
+        return false;
+    }
+    *bytes += size;
+    page.push((key.to_vec(), value.to_vec()));
+    true
 }
 
 /// A checkpoint that could not be made for some partitions (it was made for the others): the
@@ -362,11 +390,10 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct MemoryInner {
     map: HashMap<Vec<u8>, (Vec<u8>, Option<i64>)>,
-    /// Entries with an expiry; when the map doubles past the size after the last sweep,
-    /// expired entries are removed (amortised O(1) per write).
-    sweep_at: usize,
-    /// When a commit over budget last swept expired entries to make room.
-    pressure_sweep_ms: Option<i64>,
+    /// The time index: (deadline, key) of every entry with an expiry. Expired entries are
+    /// removed by the host's expiry ([`StateStore::expired`]), never silently: the transform is
+    /// told first.
+    deadlines: BTreeSet<(i64, Vec<u8>)>,
 }
 
 impl MemoryInner {
@@ -375,21 +402,6 @@ impl MemoryInner {
             Some((v, exp)) if exp.is_none_or(|e| e > now) => Some(v.clone()),
             _ => None,
         }
-    }
-
-    /// Removes expired entries; returns the (bytes, keys) they held.
-    fn sweep(&mut self, now: i64) -> (i64, i64) {
-        let (mut bytes, mut keys) = (0i64, 0i64);
-        self.map.retain(|k, (v, exp)| {
-            let keep = exp.is_none_or(|e| e > now);
-            if !keep {
-                bytes += entry_bytes(k, v) as i64;
-                keys += 1;
-            }
-            keep
-        });
-        self.sweep_at = self.map.len() * 2;
-        (bytes, keys)
     }
 
     /// How `writes` would change the (bytes, keys) held.
@@ -447,38 +459,43 @@ impl StateStore for MemoryStore {
     }
 
     fn commit(&self, writes: Vec<Write>, _at: Option<At>, now_ms: i64) -> anyhow::Result<()> {
+        let _ = now_ms;
         let mut inner = self.inner.lock().expect("inner lock poisoned");
         let (bytes, keys) = inner.delta(&writes);
-        if let Err(over) = self.usage.try_apply(bytes, keys) {
-            // Expired entries count until swept: sweep (at most once a second, so that commits
-            // refused in a row do not each scan the map), then try again.
-            if inner
-                .pressure_sweep_ms
-                .is_some_and(|t| now_ms < t.saturating_add(1000))
-            {
-                return Err(over.into());
-            }
-            inner.pressure_sweep_ms = Some(now_ms);
-            let (b, k) = inner.sweep(now_ms);
-            self.usage.apply(-b, -k);
-            let (bytes, keys) = inner.delta(&writes);
-            self.usage.try_apply(bytes, keys)?;
-        }
+        // Expired entries count until the host's expiry deleted them.
+        self.usage.try_apply(bytes, keys)?;
+        let MemoryInner { map, deadlines } = &mut *inner;
         for w in writes {
-            match w.value {
-                Some(v) => {
-                    inner.map.insert(w.key, (v, w.expires_at_ms));
-                }
-                None => {
-                    inner.map.remove(&w.key);
-                }
+            let new_exp = w.value.as_ref().and(w.expires_at_ms);
+            if let Some(e) = new_exp {
+                deadlines.insert((e, w.key.clone()));
             }
-        }
-        if inner.map.len() >= inner.sweep_at.max(1024) {
-            let (b, k) = inner.sweep(now_ms);
-            self.usage.apply(-b, -k);
+            let old = match w.value {
+                Some(v) => map.insert(w.key.clone(), (v, w.expires_at_ms)),
+                None => map.remove(&w.key),
+            };
+            if let Some(e) = old.and_then(|(_, e)| e).filter(|&e| Some(e) != new_exp) {
+                deadlines.remove(&(e, w.key));
+            }
         }
         Ok(())
+    }
+
+    fn expired(&self, now_ms: i64, max_keys: usize, max_bytes: usize) -> anyhow::Result<Expired> {
+        let inner = self.inner.lock().expect("inner lock poisoned");
+        let (mut page, mut bytes) = (Vec::new(), 0);
+        for (_, k) in inner
+            .deadlines
+            .range(..(now_ms.saturating_add(1), Vec::new()))
+        {
+            let Some((v, _)) = inner.map.get(k) else {
+                continue;
+            };
+            if !page_push(&mut page, &mut bytes, max_keys, max_bytes, k, v) {
+                break;
+            }
+        }
+        Ok(page)
     }
 }
 
@@ -574,11 +591,14 @@ mod tests {
         // The byte budget: growing an existing value past it is refused too.
         let e = s.commit(vec![put("c", &"x".repeat(99), None)], None, 10);
         assert!(e.unwrap_err().to_string().contains("max_state_bytes"));
-        // b expired at 50: later, a commit over budget sweeps it and goes through (such sweeps
-        // happen at most once a second: the one at 10 was the last).
+        // b expired at 50: it counts until the host's expiry deletes it, then makes room.
+        assert!(s.commit(vec![put("d", "1", None)], None, 5_000).is_err());
+        let page = s.expired(5_000, 10, 1 << 20).unwrap();
+        assert_eq!(page, vec![(b"b".to_vec(), b"1".to_vec())]);
+        s.commit(vec![del("b")], None, 5_000).unwrap();
         s.commit(vec![put("d", "1", None)], None, 5_000).unwrap();
         assert_eq!(b.usage("t").held(), (4, 2));
-        assert_eq!(s.get(b"b", 0).unwrap(), None, "swept");
+        assert_eq!(s.get(b"b", 0).unwrap(), None, "deleted");
         // Scopes of one transform share its budget; other transforms have their own.
         let s1 = b
             .open(&StateScope {
@@ -593,6 +613,66 @@ mod tests {
         let u = b.open(&StateScope::unpartitioned("u")).unwrap();
         u.commit(vec![put("e", "1", None)], None, 5_000).unwrap();
         assert_eq!(b.usage("u").held(), (2, 1));
+    }
+
+    fn del(k: &str) -> Write {
+        Write {
+            key: k.as_bytes().to_vec(),
+            value: None,
+            expires_at_ms: None,
+        }
+    }
+
+    fn keys(page: &Expired) -> Vec<&str> {
+        page.iter()
+            .map(|(k, _)| std::str::from_utf8(k).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_time_index_pages_expired_keys_and_follows_overwrites_and_deletes() {
+        let b = MemoryBackend::new();
+        let s = b.open(&StateScope::unpartitioned("t")).unwrap();
+        s.commit(
+            vec![
+                put("a", "1", Some(100)),
+                put("b", "2", Some(50)),
+                put("c", "3", Some(300)),
+                put("d", "4", None),
+                put("e", "5", Some(100)),
+            ],
+            None,
+            0,
+        )
+        .unwrap();
+        assert!(s.expired(49, 10, 1 << 20).unwrap().is_empty(), "none due");
+        // Earliest deadline first; the deadline itself is expired (reads agree).
+        assert_eq!(keys(&s.expired(100, 10, 1 << 20).unwrap()), ["b", "a", "e"]);
+        assert_eq!(s.get(b"a", 100).unwrap(), None);
+        // Paged: by keys, and by bytes (but always at least one entry).
+        assert_eq!(keys(&s.expired(100, 2, 1 << 20).unwrap()), ["b", "a"]);
+        assert_eq!(keys(&s.expired(100, 10, 3).unwrap()), ["b"]);
+        assert_eq!(keys(&s.expired(100, 10, 1).unwrap()), ["b"]);
+        // An overwrite moves the deadline (or removes it); a delete removes it.
+        s.commit(
+            vec![put("a", "1'", Some(500)), put("e", "5'", None), del("b")],
+            None,
+            60,
+        )
+        .unwrap();
+        assert!(s.expired(100, 10, 1 << 20).unwrap().is_empty());
+        assert_eq!(
+            s.expired(1_000, 10, 1 << 20).unwrap(),
+            vec![
+                (b"c".to_vec(), b"3".to_vec()),
+                (b"a".to_vec(), b"1'".to_vec())
+            ],
+            "with their last values"
+        );
+        // Expired keys stay until deleted; then the next page has the next ones.
+        s.commit(vec![del("c")], None, 1_000).unwrap();
+        assert_eq!(keys(&s.expired(1_000, 10, 1 << 20).unwrap()), ["a"]);
+        assert_eq!(b.usage("t").held(), (3 + 2 + 3, 3), "a, d and e");
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::wasm::{Guest, GuestOptions, Limits};
 /// path = "transforms/media_filter.wasm"
 /// # The transform's own settings, passed to its `init` (values become strings).
 /// config = { vendor = "com.snowplowanalytics.snowplow.media", event_name = "^(play|pause)_event$" }
-/// # flush_interval = "10s"   # call the transform's `flush` this often (windowed output)
+/// # flush_interval = "10s"   # call the transform's `flush` this often (windowed output), and
+/// #                          # expire its state this often (default: every second)
 /// # cache_dir = "/var/cache/weir/wasm"  # default: $WEIR_CACHE_DIR, $XDG_CACHE_HOME/weir/wasm,
 /// #                                     # ~/.cache/weir/wasm; must be private (0700, ours)
 ///
@@ -51,7 +52,8 @@ pub struct Config {
     pub config: BTreeMap<String, Setting>,
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// How often to call the transform's `flush`.
+    /// How often to call the transform's `flush` and expire its state (expiry: every
+    /// [`EXPIRY_INTERVAL`] without it).
     pub flush_interval: Option<config::Duration>,
     /// Where compiled transforms are cached.
     pub cache_dir: Option<PathBuf>,
@@ -60,6 +62,9 @@ pub struct Config {
     #[serde(skip, default = "memory_state")]
     pub state: Arc<dyn StateBackend>,
 }
+
+/// How often state expires without a `flush_interval`.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
 fn memory_state() -> Arc<dyn StateBackend> {
     MemoryBackend::new()
@@ -242,18 +247,27 @@ pub struct WasmTransform {
     partitions: Vec<(PartitionId, Instant)>,
 }
 
+impl WasmTransform {
+    /// A tick of the state now selected: expiry (every tick), then `flush` (if configured).
+    fn tick(&mut self) -> Vec<crate::record::Record> {
+        let mut out = self.guest.expire();
+        if self.flush_interval.is_some() {
+            out.extend(self.guest.flush());
+        }
+        out
+    }
+}
+
 impl Transform for WasmTransform {
     fn process(&mut self, batch: &mut Batch) {
         self.guest.process_batch(batch);
-        let Some(every) = self.flush_interval else {
-            return;
-        };
+        let every = self.flush_interval.unwrap_or(EXPIRY_INTERVAL);
         match &batch.position {
-            // A partition's state is flushed only inside a batch of that partition: the flush's
-            // state writes and the records it emits then share the batch's position, so a
-            // checkpoint never covers a removal that has not been delivered, and a partition this
-            // worker no longer owns (revoked: no more batches) is never flushed from stale state.
-            // A partition that receives nothing is flushed when its next batch comes.
+            // A partition's state is flushed (and expired) only inside a batch of that partition:
+            // the tick's state writes and the records it emits then share the batch's position,
+            // so a checkpoint never covers a removal that has not been delivered, and a partition
+            // this worker no longer owns (revoked: no more batches) is never flushed from stale
+            // state. A partition that receives nothing is flushed when its next batch comes.
             Some(p) => {
                 let due = match self.partitions.iter_mut().find(|(q, _)| *q == p.partition) {
                     Some((_, last)) if last.elapsed() >= every => {
@@ -272,7 +286,10 @@ impl Transform for WasmTransform {
                         end: p.end,
                     };
                     match self.guest.select_state(&p.partition, Some(at)) {
-                        Ok(()) => batch.records.extend(self.guest.flush()),
+                        Ok(()) => {
+                            let out = self.tick();
+                            batch.records.extend(out);
+                        }
                         Err(e) => tracing::error!(
                             partition = %p.partition, "flush: cannot open the state: {e:#}"
                         ),
@@ -281,7 +298,8 @@ impl Transform for WasmTransform {
             }
             None if self.partitions.is_empty() && self.last_flush.elapsed() >= every => {
                 self.last_flush = Instant::now();
-                batch.records.extend(self.guest.flush());
+                let out = self.tick();
+                batch.records.extend(out);
             }
             None => {}
         }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::{Func, Linker, TypedFunc};
@@ -25,7 +25,13 @@ use super::bindings::{WeirTransform, WeirTransformPre};
 use super::engine::{self, LoadKind};
 use super::host::HostState;
 use crate::record::{Batch, Failed, PartitionId, Record};
-use crate::state::{At, Budget, OverBudget, StateBackend, StateScope, StateStore};
+use crate::state::{At, Budget, OverBudget, StateBackend, StateScope, StateStore, Write};
+
+/// Expired keys handed to the guest's `expired` per call at most.
+pub const EXPIRE_PAGE_KEYS: usize = 10_000;
+/// Bytes of expired keys and values per call at most (and no more than an eighth of the
+/// guest's memory limit).
+pub const EXPIRE_PAGE_BYTES: usize = 4 << 20;
 
 /// Limits of one transform; see the `limits` table of the `wasm` transform config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +133,8 @@ pub struct Guest {
     instance: Option<WeirTransform>,
     /// The `process` export, called with [`abi::BatchIn`] (payloads lowered without staging).
     process: Option<Func>,
+    /// The optional `expiry.expired` export.
+    expired: Option<TypedFunc<(wit::Column, wit::Column), (wit::Emitted,)>>,
     /// Fields weir sends instead of payloads (`settings.fields`).
     fields: Option<Vec<usize>>,
     input: wit::Batch,
@@ -224,6 +232,7 @@ impl Guest {
             store,
             instance: None,
             process: None,
+            expired: None,
             fields: None,
             input: empty_batch(),
             load: (loaded.kind, loaded.elapsed),
@@ -243,6 +252,7 @@ impl Guest {
     fn instantiate(&mut self) -> Result<(), BuildError> {
         self.instance = None;
         self.process = None;
+        self.expired = None;
         self.store = new_store(&self.engine, &self.label, &self.limits, &self.state);
         self.store.data_mut().at = self.at;
         self.store
@@ -263,6 +273,23 @@ impl Guest {
         process
             .typed::<(BatchIn<'static>,), (wit::Output,)>(&self.store)
             .map_err(load)?;
+        let expired = match instance
+            .get_export_index(&mut self.store, None, EXPIRY_EXPORT)
+            .and_then(|i| instance.get_export_index(&mut self.store, Some(&i), "expired"))
+        {
+            None => None,
+            Some(i) => Some(
+                instance
+                    .get_func(&mut self.store, i)
+                    .ok_or_else(|| BuildError::Load("`expired` is not a function".into()))?
+                    .typed(&self.store)
+                    .map_err(|e| {
+                        BuildError::Load(format!(
+                            "`{EXPIRY_EXPORT}.expired` has the wrong type: {e:#}"
+                        ))
+                    })?,
+            ),
+        };
         let settings = inst
             .weir_transform_transform()
             .call_init(&mut self.store, &self.config)
@@ -289,6 +316,7 @@ impl Guest {
         self.fields = fields;
         self.instance = Some(inst);
         self.process = Some(process);
+        self.expired = expired;
         Ok(())
     }
 
@@ -447,28 +475,7 @@ impl Guest {
                         "cannot store state after flush: {err:#}"
                     );
                 }
-                let n = e.values.offsets.len().saturating_sub(1);
-                let values = Bytes::from(e.values.data);
-                let keyed = !e.keys.offsets.is_empty();
-                let keys = Bytes::from(e.keys.data);
-                (0..n)
-                    .filter_map(|i| {
-                        let v = values
-                            .get(e.values.offsets[i] as usize..e.values.offsets[i + 1] as usize)?;
-                        let key = if keyed && e.keys.absent.binary_search(&(i as u32)).is_err() {
-                            let r = e.keys.offsets.get(i)?..e.keys.offsets.get(i + 1)?;
-                            keys.get(*r.start as usize..*r.end as usize)
-                                .map(|k| keys.slice_ref(k))
-                        } else {
-                            None
-                        };
-                        Some(Record {
-                            value: values.slice_ref(v),
-                            key,
-                            meta: None,
-                        })
-                    })
-                    .collect()
+                emitted_records(e)
             }
             Err(err) => {
                 let msg = describe(&err, &mut self.store, &self.limits);
@@ -477,6 +484,97 @@ impl Guest {
                 Vec::new()
             }
         }
+    }
+
+    /// Whether the guest exports `expiry.expired`.
+    pub fn hears_expiry(&self) -> bool {
+        self.expired.is_some()
+    }
+
+    /// Expires the entries of the current state scope whose TTL ran out: takes them a page at a
+    /// time ([`EXPIRE_PAGE_KEYS`], [`EXPIRE_PAGE_BYTES`]), calls the guest's `expired` with each
+    /// page (if it exports it), commits the call's writes and deletes the expired keys it did not
+    /// write again, until none is due or `limits.timeout` is spent (the rest waits for the next
+    /// tick). Returns the records the guest emitted.
+    pub fn expire(&mut self) -> Vec<Record> {
+        let started = Instant::now();
+        let max_bytes = (self.limits.max_memory / 8).clamp(64 << 10, EXPIRE_PAGE_BYTES);
+        let mut out = Vec::new();
+        loop {
+            let page =
+                match self
+                    .state
+                    .expired(crate::snowplow::now_ms(), EXPIRE_PAGE_KEYS, max_bytes)
+                {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(
+                            transform = &*self.label,
+                            "cannot read expired state: {e:#}"
+                        );
+                        break;
+                    }
+                };
+            if page.is_empty() {
+                break;
+            }
+            let n = page.len();
+            self.store.data_mut().begin_call();
+            if self.instance.is_none() {
+                let _ = self.rebuild();
+            }
+            if let Some(f) = self.expired {
+                self.store
+                    .set_epoch_deadline(engine::deadline_ticks(self.limits.timeout));
+                let keys = column_of(page.iter().map(|(k, _)| k.as_slice()));
+                let values = column_of(page.iter().map(|(_, v)| v.as_slice()));
+                match f.call(&mut self.store, (keys, values)) {
+                    Ok((e,)) => out.extend(emitted_records(e)),
+                    Err(err) => {
+                        let msg = describe(&err, &mut self.store, &self.limits);
+                        self.store.data_mut().drop_writes();
+                        tracing::error!(
+                            transform = &*self.label,
+                            keys = n,
+                            "expired failed: {msg}; the keys are deleted without their records"
+                        );
+                        metrics::counter!("weir_state_expired_unannounced_total", "transform" => self.label.to_string())
+                            .increment(n as u64);
+                        let _ = self.rebuild();
+                    }
+                }
+            }
+            let host = self.store.data_mut();
+            for (k, _) in page {
+                if !host.txn.contains_key(&k) {
+                    host.txn.insert(
+                        k.clone(),
+                        Write {
+                            key: k,
+                            value: None,
+                            expires_at_ms: None,
+                        },
+                    );
+                }
+            }
+            if let Err(e) = host.commit() {
+                tracing::error!(
+                    transform = &*self.label,
+                    "cannot store state after expiry: {e:#}"
+                );
+                break;
+            }
+            metrics::counter!("weir_state_expired_keys_total", "transform" => self.label.to_string())
+                .increment(n as u64);
+            if started.elapsed() >= self.limits.timeout {
+                tracing::warn!(
+                    transform = &*self.label,
+                    "expiry took its time budget (limits.timeout); the rest waits for the next tick"
+                );
+                break;
+            }
+        }
+        out
     }
 
     /// Points the guest's state at the scope of input `partition`; the writes of the calls
@@ -523,6 +621,45 @@ impl Guest {
             batch.failed.push(Failed::invalid(r, &self.label, reason));
         }
     }
+}
+
+/// The `expiry` interface the host calls if a transform exports it.
+const EXPIRY_EXPORT: &str = "weir:transform/expiry@0.1.0";
+
+/// Items packed as a WIT column.
+fn column_of<'a>(items: impl Iterator<Item = &'a [u8]>) -> wit::Column {
+    let mut c = empty_column();
+    c.offsets.push(0);
+    for i in items {
+        c.data.extend_from_slice(i);
+        c.offsets.push(c.data.len() as u32);
+    }
+    c
+}
+
+/// The records of a guest's `emitted` (items out of range are skipped).
+fn emitted_records(e: wit::Emitted) -> Vec<Record> {
+    let n = e.values.offsets.len().saturating_sub(1);
+    let values = Bytes::from(e.values.data);
+    let keyed = !e.keys.offsets.is_empty();
+    let keys = Bytes::from(e.keys.data);
+    (0..n)
+        .filter_map(|i| {
+            let v = values.get(e.values.offsets[i] as usize..e.values.offsets[i + 1] as usize)?;
+            let key = if keyed && e.keys.absent.binary_search(&(i as u32)).is_err() {
+                let r = e.keys.offsets.get(i)?..e.keys.offsets.get(i + 1)?;
+                keys.get(*r.start as usize..*r.end as usize)
+                    .map(|k| keys.slice_ref(k))
+            } else {
+                None
+            };
+            Some(Record {
+                value: values.slice_ref(v),
+                key,
+                meta: None,
+            })
+        })
+        .collect()
 }
 
 fn new_store(

@@ -15,6 +15,9 @@
 //!   the trap message and the guest backtrace.
 //! * [`host`]: what the guest may call: keyed state (per guest call, as one transaction),
 //!   rate-limited logging, the clock. There is no WASI: no files, no network, no environment.
+//! * Expiry: at each tick [`Guest::expire`] pages the state entries whose TTL ran out (the
+//!   backends' time index, [`crate::state::StateStore::expired`]) to the guest's optional
+//!   `expiry.expired` export, then deletes them.
 //!
 //! The keyed state itself lives in [`crate::state`] (in memory, or on disk checkpointed with the
 //! source positions): the host only opens the store of the batch's partition and commits the
