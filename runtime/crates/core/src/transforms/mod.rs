@@ -11,6 +11,10 @@ use crate::registry::Registration;
 
 pub mod base64_decode;
 pub mod base64_encode;
+mod go_time;
+pub mod jq;
+pub mod jq_engine;
+pub mod jq_filter;
 pub mod sp_collector_payload;
 pub mod sp_enriched_filter;
 pub mod sp_enriched_filter_context;
@@ -23,6 +27,8 @@ pub mod wasm;
 pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
     transform::<base64_decode::Config>(),
     transform::<base64_encode::Config>(),
+    transform::<jq::Config>(),
+    transform::<jq_filter::Config>(),
     transform::<sp_collector_payload::Config>(),
     transform::<sp_enriched_filter::Config>(),
     transform::<sp_enriched_filter_context::Config>(),
