@@ -21,6 +21,7 @@ pub mod sp_enriched_filter_context;
 pub mod sp_enriched_filter_unstruct;
 pub mod sp_enriched_set_pk;
 pub mod sp_enriched_to_json;
+pub mod sp_gtmss_preview;
 pub mod wasm;
 
 /// Every transform type weir knows, by its config `type`.
@@ -35,6 +36,7 @@ pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
     transform::<sp_enriched_filter_unstruct::Config>(),
     transform::<sp_enriched_set_pk::Config>(),
     transform::<sp_enriched_to_json::Config>(),
+    transform::<sp_gtmss_preview::Config>(),
     transform::<wasm::Config>(),
 ];
 
