@@ -346,6 +346,36 @@ mod tests {
         );
     }
 
+    /// Snowbridge's docs example jq-minimal-example.hcl (`[.]`, not in snowplow mode) on
+    /// Snowbridge's SnowplowJSON1: the same object in an array, keys sorted as Go writes them
+    /// (SnowplowJSON1 itself was edited by hand: one key is out of Go's order).
+    /// (The full example runs in runtime/tests/snowbridge_hcl.rs.)
+    #[test]
+    fn docs_jq_minimal_example() {
+        let got = ok("[.]", false, JSON1);
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        let want: serde_json::Value = serde_json::from_str(JSON1).unwrap();
+        assert_eq!(v, serde_json::json!([want]));
+        let keys: Vec<&str> = v[0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let at = |k: &str| got.find(&format!("\"{k}\":")).unwrap();
+        assert!(keys.windows(2).all(|w| at(w[0]) < at(w[1])), "{got}");
+    }
+
+    /// The README's example.
+    #[test]
+    fn readme_example() {
+        let cmd = r#"{ id: .event_id, ts: .collector_tstamp | epochMillis, user: .user_id | hash("sha256"; "salt") }"#;
+        let v: serde_json::Value = serde_json::from_str(&ok(cmd, true, TSV1)).unwrap();
+        assert_eq!(v["ts"], 1557499235972i64);
+        assert_eq!(v["id"], "e9234345-f042-46ad-b1aa-424464066a33");
+        assert_eq!(v["user"].as_str().map(str::len), Some(48));
+    }
+
     /// The helpers' argument checks (jq_common.go: parseTimeLayout, resolveHash).
     #[test]
     fn helper_argument_errors() {

@@ -123,6 +123,16 @@ mod tests {
         );
     }
 
+    /// Snowbridge's docs example jqFilter-minimal-example.hcl (`has("app_id")`, JSON input).
+    #[test]
+    fn docs_jq_filter_minimal_example() {
+        assert_eq!(filter(r#"has("app_id")"#, false, JSON1), (1, 0, vec![]));
+        assert_eq!(
+            filter(r#"has("app_id")"#, false, r#"{"x":1}"#),
+            (0, 1, vec![])
+        );
+    }
+
     /// jq_filter_test.go TestJQFilter_invalid_jq_command: same message, as a config error.
     #[test]
     fn snowbridge_jq_filter_invalid_command() {
