@@ -15,11 +15,14 @@
 //! at most `timeout_ms`. On time-out the record fails with Snowbridge's `context deadline
 //! exceeded`, and the evaluating thread is abandoned — a fresh one serves the next record, so
 //! the pipeline never hangs. The abandoned thread stops when its evaluation ends; one that never
-//! ends (`def f: f; f`, `[repeat(1)]`) keeps a core busy until weir stops. A program that
+//! ends (`def f: f; f`, `[repeat(1)]`) keeps a core busy until weir stops. At most
+//! [`MAX_STUCK`] abandoned runs of one instance may be going at once: past that, records fail
+//! at once ("jq query not run") until one ends, rather than starting ever more busy threads. A program that
 //! recurses deeper than the thread's stack (`def f: 1 + f; f`) aborts weir, as it would crash
 //! jaq's own CLI: gojq keeps its stack on the heap, so Snowbridge times out there instead.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -463,14 +466,40 @@ pub fn run_one(program: &Program, mode: Mode, json: &[u8]) -> Result<Outcome, St
 struct Worker {
     jobs: mpsc::Sender<Bytes>,
     results: mpsc::Receiver<Result<Outcome, String>>,
+    /// RUNNING, then ABANDONED (by the engine, on time-out) or EXITED (by the thread).
+    state: Arc<AtomicU8>,
+}
+
+const RUNNING: u8 = 0;
+const ABANDONED: u8 = 1;
+const EXITED: u8 = 2;
+
+/// At most this many abandoned evaluations of one transform instance may still be running:
+/// past that, records fail at once rather than each starting one more busy thread.
+pub const MAX_STUCK: usize = 4;
+
+/// Marks a worker thread's end; an abandoned one is no longer counted as stuck.
+struct ExitGuard {
+    state: Arc<AtomicU8>,
+    stuck: Arc<AtomicUsize>,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if self.state.swap(EXITED, Ordering::AcqRel) == ABANDONED {
+            self.stuck.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// One transform instance's jq evaluator, with its time bound.
 pub struct Engine {
-    code: std::sync::Arc<str>,
+    code: Arc<str>,
     mode: Mode,
     timeout: Duration,
     worker: Option<Worker>,
+    /// Abandoned evaluations still running.
+    stuck: Arc<AtomicUsize>,
 }
 
 impl Engine {
@@ -480,6 +509,7 @@ impl Engine {
             mode,
             timeout: Duration::from_millis(timeout_ms),
             worker: None,
+            stuck: Arc::default(),
         }
     }
 
@@ -488,10 +518,16 @@ impl Engine {
         let (res_tx, results) = mpsc::channel();
         let code = self.code.clone();
         let mode = self.mode;
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let guard = ExitGuard {
+            state: state.clone(),
+            stuck: self.stuck.clone(),
+        };
         std::thread::Builder::new()
             .name("weir-jq".into())
             .stack_size(256 << 20)
             .spawn(move || {
+                let _guard = guard;
                 let program = match compile(&code) {
                     Ok(p) => p,
                     Err(e) => {
@@ -506,7 +542,29 @@ impl Engine {
                 }
             })
             .map_err(|e| format!("cannot start the jq thread: {e}"))?;
-        Ok(Worker { jobs, results })
+        Ok(Worker {
+            jobs,
+            results,
+            state,
+        })
+    }
+
+    /// Abandoned evaluations of this instance still running.
+    pub fn stuck(&self) -> usize {
+        self.stuck.load(Ordering::Acquire)
+    }
+
+    fn abandon(&mut self) {
+        if let Some(w) = self.worker.take() {
+            self.stuck.fetch_add(1, Ordering::AcqRel);
+            if w.state
+                .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // It ended meanwhile.
+                self.stuck.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
     }
 
     /// Evaluates one input JSON document within `timeout_ms`.
@@ -515,6 +573,13 @@ impl Engine {
             return Err(DEADLINE.into());
         }
         if self.worker.is_none() {
+            let stuck = self.stuck();
+            if stuck >= MAX_STUCK {
+                return Err(format!(
+                    "jq query not run: {stuck} earlier runs of this transform are still going \
+                     past timeout_ms"
+                ));
+            }
             self.worker = Some(self.spawn()?);
         }
         let w = self.worker.as_ref().expect("just set");
@@ -527,9 +592,10 @@ impl Engine {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Abandon the busy thread; the next record gets a fresh one.
-                self.worker = None;
+                self.abandon();
                 tracing::warn!(
                     elapsed_ms = started.elapsed().as_millis() as u64,
+                    stuck = self.stuck(),
                     "a jq evaluation exceeded timeout_ms; its thread is abandoned"
                 );
                 Err(DEADLINE.into())
@@ -539,5 +605,42 @@ impl Engine {
                 Err("jq evaluation failed: its thread stopped".into())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs that never end are abandoned, at most MAX_STUCK of them per instance: after that,
+    /// records fail at once instead of each leaving one more busy thread behind.
+    #[test]
+    fn abandoned_runs_are_bounded() {
+        let mut e = Engine::new("def f: f; f", Mode::Map, 20);
+        for _ in 0..MAX_STUCK {
+            assert_eq!(e.eval(Bytes::from_static(b"{}")), Err(DEADLINE.to_string()));
+        }
+        assert_eq!(e.stuck(), MAX_STUCK);
+        let r = e.eval(Bytes::from_static(b"{}")).unwrap_err();
+        assert!(r.starts_with("jq query not run: 4 earlier runs"), "{r}");
+        assert_eq!(e.stuck(), MAX_STUCK, "no new thread was started");
+    }
+
+    /// Snowbridge's DoHashing (util.go), behind the `hash` helper. util_test.go has no vector
+    /// for it; these are jq_test.go's (on "python-requests 2").
+    #[test]
+    fn do_hashing_matches_snowbridge() {
+        assert_eq!(
+            do_hashing("python-requests 2", "sha1", "").unwrap(),
+            "3767ff5f27dff1fc1a8a8bbf3aa53a7170adbcbea0ab43b3"
+        );
+        assert_eq!(
+            do_hashing("python-requests 2", "md5", "09a2d6b3ecd943aa8512df1f").unwrap(),
+            "8ac2e6ae6f31687f8f52ec3ae553d1dc78a591d31bfae508"
+        );
+        assert_eq!(
+            do_hashing("x", "sha3", "").unwrap_err(),
+            "unsupported hash function: [sha3]"
+        );
     }
 }
