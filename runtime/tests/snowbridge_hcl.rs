@@ -283,6 +283,8 @@ const FIXTURES: &[(&str, Expect)] = &[
     ("snowplow-transforms.hcl", Expect::Ok),
     ("filter-stdin-stdout.hcl", Expect::Ok),
     ("jq-transforms.hcl", Expect::Ok),
+    ("transform-jq-hash-function.hcl", Expect::Ok),
+    ("transform-jq-hash-salt-function.hcl", Expect::Ok),
     (
         "http-target.hcl",
         Expect::Refused("target.use \"http\"", "target `http` "),
@@ -448,7 +450,11 @@ fn fixture_path(name: &str) -> PathBuf {
     fixture("snowbridge").join(name)
 }
 
-const FIXTURE_ENV: &[(&str, &str)] = &[("HOSTNAME", "host-1"), ("JS_SCRIPT_PATH", "script.js")];
+const FIXTURE_ENV: &[(&str, &str)] = &[
+    ("HOSTNAME", "host-1"),
+    ("JS_SCRIPT_PATH", "script.js"),
+    ("SHA1_SALT", "09a2d6b3ecd943aa8512df1f"),
+];
 
 #[test]
 fn snowbridge_fixtures_validate_or_are_refused_precisely() {
@@ -694,4 +700,50 @@ fn docs_jq_examples_give_the_documented_result() {
         "{with_rate} of {}",
         want.len()
     );
+}
+
+/// Snowbridge's TestJQHashTransformation (pkg/transform/transformconfig/
+/// transform_config_test.go): its two configs, verbatim, run by the weir binary on
+/// SnowplowTsv1 with SHA1_SALT set as the Go test sets it; the outputs are the Go test's.
+#[test]
+fn snowbridge_jq_hash_transformation_configs() {
+    use std::io::Write;
+    let tsv1 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/core/src/transforms/testdata/snowplow_tsv1.tsv"),
+    )
+    .unwrap();
+    for (file, want) in [
+        (
+            "transform-jq-hash-function.hcl",
+            r#"{"agentName":"3767ff5f27dff1fc1a8a8bbf3aa53a7170adbcbea0ab43b3"}"#,
+        ),
+        (
+            "transform-jq-hash-salt-function.hcl",
+            r#"{"agentName":"5841e55de6c4486fa092f044a5189570dec421cb06652829"}"#,
+        ),
+    ] {
+        let mut child = weir()
+            .arg("run")
+            .arg(fixture_path(file))
+            .arg("--progress=never")
+            .env("SHA1_SALT", "09a2d6b3ecd943aa8512df1f")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&tsv1).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{want}\n"),
+            "{file}"
+        );
+    }
 }
