@@ -47,11 +47,10 @@ impl TransformConfig for Config {
     fn build(&self, label: &str, _origin: &Origin) -> Result<Box<dyn Transform>, ConfigError> {
         Ok(Box::new(Preview {
             ctx: CONTEXT,
-            property: PROPERTY,
+            property: snowplow::FieldPath::parse(PROPERTY).expect("a valid path"),
             expiry_ms: self.expiry_seconds.saturating_mul(1000),
             label: label.to_string(),
             scratch: Vec::new(),
-            json: snowplow::Scratch::default(),
             now_ms: snowplow::now_ms,
         }))
     }
@@ -59,43 +58,41 @@ impl TransformConfig for Config {
 
 struct Preview {
     ctx: &'static str,
-    property: &'static str,
+    property: snowplow::FieldPath,
     expiry_ms: i64,
     label: String,
     scratch: Vec<Record>,
-    json: snowplow::Scratch,
     now_ms: fn() -> i64,
 }
 
-/// Snowbridge's `extractHeaderValue`: the first value of `prop` among the entities of `ctx`;
-/// it must be a base64 string.
+/// Snowbridge's `extractHeaderValue`: the first value of `prop` among the entities of `ctx`
+/// (contexts, then derived contexts); it must be a base64 string.
 fn header_value(
-    event: &serde_json::Value,
+    line: &[u8],
     ctx: &str,
-    prop: &str,
+    prop: &snowplow::FieldPath,
 ) -> Result<Option<String>, String> {
-    let Some(entities) = event.get(ctx).and_then(|v| v.as_array()) else {
+    let Some(raw) = snowplow::first_context_value(line, ctx, prop).map_err(|e| e.to_string())?
+    else {
         return Ok(None);
     };
-    let Some(first) = entities.iter().find_map(|e| e.get(prop)) else {
-        return Ok(None);
+    let Ok(serde_json::Value::String(s)) = serde_json::from_str(&raw) else {
+        return Err("invalid header value".into());
     };
-    let s = first.as_str().ok_or("invalid header value")?;
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD
-        .decode(s)
+        .decode(&s)
         .map_err(|e| format!("illegal base64 data at input: {e}"))?;
-    Ok(Some(s.to_string()))
+    Ok(Some(s))
 }
 
 impl Preview {
+    /// As Snowbridge, which parses the event lazily: only the field count, the two context
+    /// fields and (when the entity is there) `collector_tstamp` are read.
     fn header(&mut self, r: &Record) -> Result<Option<String>, String> {
-        let mut out = Vec::with_capacity(r.value.len() * 2);
-        snowplow::to_json(&r.value, &mut out, &mut self.json)
+        snowplow::validate(&r.value)
             .map_err(|e| format!("intermediate state cannot be parsed as parsedEvent: {e}"))?;
-        let event: serde_json::Value = serde_json::from_slice(&out)
-            .map_err(|e| format!("intermediate state cannot be parsed as parsedEvent: {e}"))?;
-        let Some(value) = header_value(&event, self.ctx, self.property)
+        let Some(value) = header_value(&r.value, self.ctx, &self.property)
             .map_err(|e| format!("failed to extract HeaderValue from parsedEvent: {e}"))?
         else {
             return Ok(None);
@@ -154,11 +151,10 @@ mod tests {
     fn preview(ctx: &'static str, property: &'static str, expiry_s: i64) -> Preview {
         Preview {
             ctx,
-            property,
+            property: snowplow::FieldPath::parse(property).unwrap(),
             expiry_ms: expiry_s * 1000,
             label: "t".into(),
             scratch: Vec::new(),
-            json: snowplow::Scratch::default(),
             // The Go tests run "now"; these events are from 2024-03-12.
             now_ms: || 1_767_225_600_000, // 2026-01-01
         }
@@ -250,10 +246,40 @@ mod tests {
     }
 
     fn extract(tsv: &str, ctx: &str, prop: &str) -> Result<Option<String>, String> {
-        let mut out = Vec::new();
-        snowplow::to_json(tsv.as_bytes(), &mut out, &mut snowplow::Scratch::default())
-            .map_err(|e| e.to_string())?;
-        header_value(&serde_json::from_slice(&out).unwrap(), ctx, prop)
+        snowplow::validate(tsv.as_bytes()).map_err(|e| e.to_string())?;
+        header_value(
+            tsv.as_bytes(),
+            ctx,
+            &snowplow::FieldPath::parse(prop).unwrap(),
+        )
+    }
+
+    /// As the Go SDK's GetContextValue: contexts are searched before derived contexts, and an
+    /// entity without the property is skipped, one with it null is not.
+    #[test]
+    fn contexts_come_before_derived_contexts() {
+        let ent = |v: &str| {
+            format!(
+                r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":[{{"schema":"iglu:com.google.tag-manager.server-side/preview_mode/jsonschema/1-0-0","data":{v}}}]}}"#
+            )
+        };
+        let mut fields: Vec<String> = WITHOUT.split('\t').map(String::from).collect();
+        fields[snowplow::CONTEXTS] = ent(r#"{"other":1}"#);
+        fields[snowplow::DERIVED_CONTEXTS] = ent(r#"{"x-gtm-server-preview":"QUJD"}"#);
+        assert_eq!(
+            extract(&fields.join("\t"), CONTEXT, PROPERTY),
+            Ok(Some("QUJD".into()))
+        );
+        fields[snowplow::CONTEXTS] = ent(r#"{"x-gtm-server-preview":"REVG"}"#);
+        assert_eq!(
+            extract(&fields.join("\t"), CONTEXT, PROPERTY),
+            Ok(Some("REVG".into()))
+        );
+        fields[snowplow::CONTEXTS] = ent(r#"{"x-gtm-server-preview":null}"#);
+        assert_eq!(
+            extract(&fields.join("\t"), CONTEXT, PROPERTY),
+            Err("invalid header value".into())
+        );
     }
 
     /// Snowbridge's TestExtractHeaderValue, every scenario.
