@@ -282,6 +282,9 @@ const FIXTURES: &[(&str, Expect)] = &[
     ("kinesis-target.hcl", Expect::Ok),
     ("snowplow-transforms.hcl", Expect::Ok),
     ("filter-stdin-stdout.hcl", Expect::Ok),
+    ("jq-transforms.hcl", Expect::Ok),
+    ("transform-jq-hash-function.hcl", Expect::Ok),
+    ("transform-jq-hash-salt-function.hcl", Expect::Ok),
     (
         "http-target.hcl",
         Expect::Refused("target.use \"http\"", "target `http` "),
@@ -447,7 +450,11 @@ fn fixture_path(name: &str) -> PathBuf {
     fixture("snowbridge").join(name)
 }
 
-const FIXTURE_ENV: &[(&str, &str)] = &[("HOSTNAME", "host-1"), ("JS_SCRIPT_PATH", "script.js")];
+const FIXTURE_ENV: &[(&str, &str)] = &[
+    ("HOSTNAME", "host-1"),
+    ("JS_SCRIPT_PATH", "script.js"),
+    ("SHA1_SALT", "09a2d6b3ecd943aa8512df1f"),
+];
 
 #[test]
 fn snowbridge_fixtures_validate_or_are_refused_precisely() {
@@ -600,4 +607,143 @@ fn an_hcl_config_runs_like_its_toml_equivalent() {
     assert_eq!(from_hcl.lines().count(), unstruct, "{from_hcl}");
     assert!(unstruct > 0 && unstruct < input.split(|b| *b == b'\n').count());
     assert_eq!(from_hcl, from_toml);
+}
+
+/// Snowbridge's docs jq examples, verbatim (jqFilter-full-example.hcl then jq-full-example.hcl,
+/// in tests/fixtures/snowbridge/jq-transforms.hcl), run by the weir binary on the enriched
+/// fixture, whose events have no `app_id`: this test gives every other event one, and, as the
+/// example reads the media player entity 1-x-x and the fixture has 2-0-0, it relabels that
+/// entity 1-0-0 in every fourth event (the data is the same for the example). The filter
+/// (`has("app_id")`) keeps exactly those, and each becomes `{my_app_id, my_nested_prop:
+/// {playback_rate}}` from its analytics-SDK JSON, nulls and emptied objects removed, keys
+/// sorted as Snowbridge (Go) writes them. Expected values come from the SDK JSON fixture.
+#[test]
+fn docs_jq_examples_give_the_documented_result() {
+    use std::io::Write;
+    let tsv = std::fs::read_to_string(fixture("sdk/micro-media-session.tsv")).unwrap();
+    let expected =
+        std::fs::read_to_string(fixture("sdk/micro-media-session.expected.jsonl")).unwrap();
+    let mut input = String::new();
+    let mut want = Vec::new();
+    for (i, (line, sdk)) in tsv.lines().zip(expected.lines()).enumerate() {
+        let (app_id, rest) = line.split_once('\t').unwrap();
+        assert_eq!(app_id, "", "the fixture's events have no app_id");
+        if i % 2 == 1 {
+            input.push_str(line);
+            input.push('\n');
+            continue;
+        }
+        let app = format!("media-{i}");
+        let v1 = i % 4 == 0;
+        let rest = if v1 {
+            rest.replace(
+                "snowplow/media_player/jsonschema/2-0-0",
+                "snowplow/media_player/jsonschema/1-0-0",
+            )
+        } else {
+            rest.to_string()
+        };
+        input.push_str(&format!("{app}\t{rest}\n"));
+        let event: serde_json::Value = serde_json::from_str(sdk).unwrap();
+        let null = serde_json::Value::Null;
+        let rate = if v1 {
+            &event["contexts_com_snowplowanalytics_snowplow_media_player_2"][0]["playbackRate"]
+        } else {
+            &null
+        };
+        let mut o = serde_json::json!({ "my_app_id": app });
+        if !rate.is_null() {
+            o["my_nested_prop"] = serde_json::json!({ "playback_rate": rate });
+        }
+        want.push(o);
+    }
+    let mut child = weir()
+        .arg("run")
+        .arg(fixture_path("jq-transforms.hcl"))
+        .arg("--progress=never")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let got = String::from_utf8(out.stdout).unwrap();
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "the events with an app_id, one output each: {log}"
+    );
+    let mut with_rate = 0;
+    for (g, w) in got.iter().zip(&want) {
+        let v: serde_json::Value = serde_json::from_str(g).unwrap_or_else(|e| panic!("{g}: {e}"));
+        assert_eq!(&v, w, "{g}");
+        // Go's json.Marshal: keys in sorted order, no spaces.
+        assert!(g.starts_with(r#"{"my_app_id":"media-"#), "{g}");
+        if w.get("my_nested_prop").is_some() {
+            with_rate += 1;
+            assert!(g.contains(r#"","my_nested_prop":{"playback_rate":"#), "{g}");
+        } else {
+            assert!(g.ends_with("\"}"), "{g}");
+        }
+    }
+    assert!(
+        with_rate > 0 && with_rate < want.len(),
+        "{with_rate} of {}",
+        want.len()
+    );
+}
+
+/// Snowbridge's TestJQHashTransformation (pkg/transform/transformconfig/
+/// transform_config_test.go): its two configs, verbatim, run by the weir binary on
+/// SnowplowTsv1 with SHA1_SALT set as the Go test sets it; the outputs are the Go test's.
+#[test]
+fn snowbridge_jq_hash_transformation_configs() {
+    use std::io::Write;
+    let tsv1 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/core/src/transforms/testdata/snowplow_tsv1.tsv"),
+    )
+    .unwrap();
+    for (file, want) in [
+        (
+            "transform-jq-hash-function.hcl",
+            r#"{"agentName":"3767ff5f27dff1fc1a8a8bbf3aa53a7170adbcbea0ab43b3"}"#,
+        ),
+        (
+            "transform-jq-hash-salt-function.hcl",
+            r#"{"agentName":"5841e55de6c4486fa092f044a5189570dec421cb06652829"}"#,
+        ),
+    ] {
+        let mut child = weir()
+            .arg("run")
+            .arg(fixture_path(file))
+            .arg("--progress=never")
+            .env("SHA1_SALT", "09a2d6b3ecd943aa8512df1f")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&tsv1).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{want}\n"),
+            "{file}"
+        );
+    }
 }

@@ -2010,12 +2010,9 @@ mod tests {
             e.message,
             "monitoring `sentry` is not supported by weir yet (issue #18)"
         );
-        let e = err("transform {\n use \"spGtmssPreview\" {}\n}");
-        assert_eq!(e.key, r#"transform.use "spGtmssPreview""#);
-        assert!(
-            e.message.starts_with("transformation `spGtmssPreview`"),
-            "{e}"
-        );
+        let e = err("transform {\n use \"js\" {}\n}");
+        assert_eq!(e.key, r#"transform.use "js""#);
+        assert!(e.message.starts_with("transformation `js`"), "{e}");
         let e = err("target {\n use \"kafak\" {}\n}");
         assert!(e.message.contains("did you mean `kafka`?"), "{e}");
     }

@@ -69,6 +69,62 @@ pub fn context_values(
     Ok(matched)
 }
 
+/// The first value at `path` among the entities of the context `context_full_name`, searching
+/// `contexts` then `derived_contexts`, as raw JSON text: the first element of the Go SDK's
+/// `GetContextValue`, which Snowbridge's `spGtmssPreview` takes. Entities without a value there
+/// (or with `data` null) are skipped; a value that is JSON `null` counts. Same validity rules
+/// and expectations as [`context_values`].
+pub fn first_context_value(
+    line: &[u8],
+    context_full_name: &str,
+    path: &FieldPath,
+) -> Result<Option<String>, ParseError> {
+    let mut first = None;
+    for idx in [CONTEXTS, DERIVED_CONTEXTS] {
+        let json = field_str(line, idx)?;
+        if json.is_empty() {
+            continue;
+        }
+        let mut sink = FirstSink {
+            name: context_full_name,
+            path,
+            first: &mut first,
+        };
+        sdj::read_contexts(json, &mut sink).map_err(|p| ParseError::field(idx, p))?;
+    }
+    Ok(first)
+}
+
+struct FirstSink<'a> {
+    name: &'a str,
+    path: &'a FieldPath,
+    first: &'a mut Option<String>,
+}
+
+impl<'de> EntitySink<'de> for FirstSink<'_> {
+    fn entity(
+        &mut self,
+        index: usize,
+        schema: &str,
+        data: Option<&'de RawValue>,
+    ) -> Result<(), FieldProblem> {
+        let mut key = KeyMatcher::new(self.name);
+        if !sdj::write_key("contexts", schema, &mut key) {
+            return Err(FieldProblem::SchemaUri {
+                what: format!("entity {index}"),
+                uri: Excerpt::new(schema),
+            });
+        }
+        let (true, None, Some(data)) = (key.matched(), self.first.as_ref(), data) else {
+            return Ok(());
+        };
+        let steps = self.path.segments().iter().map(Step::from);
+        let value = lookup(data.get(), steps).map_err(|e| FieldProblem::Json(e.to_string()))?;
+        *self.first = value.map(|v| v.get().to_string());
+        Ok(())
+    }
+}
+
 struct ContextSink<'a, F> {
     name: &'a str,
     path: &'a FieldPath,

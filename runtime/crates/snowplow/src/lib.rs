@@ -35,7 +35,7 @@ pub use fields::{
     EVENT_NAME, EVENT_VENDOR, EVENT_VERSION, FIELDS, FIELD_COUNT, GEO_LATITUDE, GEO_LONGITUDE,
     UNSTRUCT_EVENT,
 };
-pub use filter::{atomic_value_text, context_values, unstruct_value};
+pub use filter::{atomic_value_text, context_values, first_context_value, unstruct_value};
 pub use json::{to_json, to_json_with, Scratch, ToJsonOptions};
 pub use path::{FieldPath, PathError, PathSegment};
 

@@ -11,24 +11,32 @@ use crate::registry::Registration;
 
 pub mod base64_decode;
 pub mod base64_encode;
+mod go_time;
+pub mod jq;
+pub mod jq_engine;
+pub mod jq_filter;
 pub mod sp_collector_payload;
 pub mod sp_enriched_filter;
 pub mod sp_enriched_filter_context;
 pub mod sp_enriched_filter_unstruct;
 pub mod sp_enriched_set_pk;
 pub mod sp_enriched_to_json;
+pub mod sp_gtmss_preview;
 pub mod wasm;
 
 /// Every transform type weir knows, by its config `type`.
 pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
     transform::<base64_decode::Config>(),
     transform::<base64_encode::Config>(),
+    transform::<jq::Config>(),
+    transform::<jq_filter::Config>(),
     transform::<sp_collector_payload::Config>(),
     transform::<sp_enriched_filter::Config>(),
     transform::<sp_enriched_filter_context::Config>(),
     transform::<sp_enriched_filter_unstruct::Config>(),
     transform::<sp_enriched_set_pk::Config>(),
     transform::<sp_enriched_to_json::Config>(),
+    transform::<sp_gtmss_preview::Config>(),
     transform::<wasm::Config>(),
 ];
 
