@@ -67,6 +67,7 @@ child_cpu() {
 }
 
 mkdir -p "$OUT/artifacts" "$OUT/scratch"
+trap 'rm -f "$OUT/times.$$"' EXIT
 failed=0
 summary=()
 for t in "${TARGETS[@]}"; do
