@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-build sample dist test lint bench bench-collector setup-test
+.PHONY: demo demo-build sample dist test lint bench bench-collector setup-test fuzz
 
 # The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
 # Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
@@ -35,10 +35,20 @@ test: setup-test
 	$(CARGO) test --manifest-path transforms/Cargo.toml --workspace
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path transforms/Cargo.toml --all -- --check
+	$(CARGO) fmt --manifest-path runtime/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --target wasm32-unknown-unknown -- -D warnings
 	bash deploy/check.sh
+	bash runtime/fuzz/run.sh $(FUZZ_CI_SECONDS)
+
+# Each fuzz target (runtime/fuzz) runs this long in `make test`, and in `make fuzz`.
+FUZZ_CI_SECONDS ?= 12
+FUZZ_SECONDS ?= 600
+
+# The long fuzzing run: every target for FUZZ_SECONDS (one after the other; FUZZ_TARGETS to pick).
+fuzz:
+	bash runtime/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 setup-test:
 	bash runtime/tests/setup.sh

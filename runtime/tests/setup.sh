@@ -24,6 +24,9 @@ if ! have rustup; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# The fuzz targets (runtime/fuzz/run.sh, a short run in `make test`) build with a nightly
+# toolchain; cargo-fuzz itself is installed by run.sh, beside the build output.
+rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
 
 # WebAssembly transforms: the wasm32 target, and clang + wasi-libc + wit-bindgen for the C example.
 bash "$(cd "$(dirname "$0")/../.." && pwd)/transforms/setup.sh"

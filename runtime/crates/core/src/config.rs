@@ -224,8 +224,35 @@ pub fn load(
     if !path.is_file() {
         return Err(err("cannot read the file: it does not exist".to_string()));
     }
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from(PathBuf::from(path)).format(format));
+    load_source(
+        file,
+        config::File::from(PathBuf::from(path)).format(format),
+        env,
+    )
+}
+
+/// [`load`] from text already read: `file` names it in errors. (The config fuzz target's entry
+/// point: no file system.)
+pub fn load_str(
+    file: &str,
+    text: &str,
+    format: config::FileFormat,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    load_source(file.to_string(), config::File::from_str(text, format), env)
+}
+
+fn load_source<S: config::Source + Send + Sync + 'static>(
+    file: String,
+    source: S,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let err = |message: String| ConfigError {
+        file: file.clone(),
+        key: String::new(),
+        message,
+    };
+    let mut builder = config::Config::builder().add_source(source);
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;

@@ -342,8 +342,18 @@ impl Cx {
         let mut e = expr.clone();
         let mut used = None;
         self.resolve_env(&mut e, key, &mut used)?;
-        let v = e
-            .evaluate(&self.eval)
+        // hcl-rs's arithmetic panics on some numbers instead of failing (found by fuzzing:
+        // `2 % 0` divides by zero in hcl-primitives 0.1, `-9223372036854775808 % -1`
+        // overflows), also inside templates and for-expressions. A config is read once, at
+        // start: such a panic is caught here and becomes an error naming the key.
+        let v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| e.evaluate(&self.eval)))
+            .map_err(|_| {
+                self.err(
+                    key,
+                    "cannot evaluate the expression: its arithmetic divides by zero or \
+                     overflows",
+                )
+            })?
             .map_err(|err| self.err(key, format!("cannot evaluate the expression: {err}")))?;
         Ok((v, used))
     }
@@ -1817,6 +1827,24 @@ mod tests {
 
     fn s(x: &str) -> V {
         V::Str(x.into())
+    }
+
+    /// Found by fuzzing (runtime/fuzz, target `config`): hcl-rs panicked on `2 % 0`.
+    #[test]
+    fn arithmetic_that_panics_in_hcl_rs_is_a_config_error() {
+        for expr in ["2 % 0", "\"${7 % (1 - 1)}\"", "[for x in [0]: 1 % x][0]"] {
+            let e = err(&format!(
+                "target {{\n use \"kinesis\" {{\n batching {{\n max_batch_messages = {expr}\n }}\n }}\n}}"
+            ));
+            assert_eq!(
+                e.key, "target.use \"kinesis\".batching.max_batch_messages",
+                "{expr}"
+            );
+            assert!(
+                e.message.contains("divides by zero or overflows"),
+                "{expr}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -850,6 +850,65 @@ impl<'a> FieldPlan<'a> {
     }
 }
 
+/// The records a guest's `flush` emitted; items whose offsets do not fit the data are skipped.
+#[doc(hidden)]
+pub fn emitted_records(e: wit::Emitted) -> Vec<Record> {
+    let n = e.values.offsets.len().saturating_sub(1);
+    let values = Bytes::from(e.values.data);
+    let keyed = !e.keys.offsets.is_empty();
+    let keys = Bytes::from(e.keys.data);
+    (0..n)
+        .filter_map(|i| {
+            let v = values.get(e.values.offsets[i] as usize..e.values.offsets[i + 1] as usize)?;
+            let key = if keyed && e.keys.absent.binary_search(&(i as u32)).is_err() {
+                let r = e.keys.offsets.get(i)?..e.keys.offsets.get(i + 1)?;
+                keys.get(*r.start as usize..*r.end as usize)
+                    .map(|k| keys.slice_ref(k))
+            } else {
+                None
+            };
+            Some(Record {
+                value: values.slice_ref(v),
+                key,
+                meta: None,
+            })
+        })
+        .collect()
+}
+
+/// The host's checks of what `process` calls returned, then the batch's outcome, as
+/// [`Guest::run`] does after its calls, without a guest: `calls` holds, for disjoint ranges
+/// `lo..hi` of `inputs` in order, what the call over that range returned; a call whose output
+/// fails the checks fails its inputs with the reason (as a trap on one record does). The entry
+/// point of the guest-output fuzz target (runtime/fuzz).
+///
+/// # Panics
+/// If the ranges are not disjoint, ascending and within `inputs`.
+#[doc(hidden)]
+pub fn check_and_assemble(
+    inputs: &mut [Record],
+    calls: Vec<(usize, usize, wit::Output)>,
+    max_output_bytes: usize,
+) -> Outcome {
+    let mut col = Collected::default();
+    let mut next = 0;
+    for (lo, hi, out) in calls {
+        assert!(
+            next <= lo && lo <= hi && hi <= inputs.len(),
+            "bad call ranges"
+        );
+        next = hi;
+        match check_output(out, hi - lo, max_output_bytes) {
+            Ok(mut c) => {
+                c.base = lo as u32;
+                col.calls.push(c);
+            }
+            Err(m) => col.failed.extend((lo..hi).map(|i| (i as u32, m.clone()))),
+        }
+    }
+    assemble(inputs, col)
+}
+
 /// Checks a column that must be omitted or hold `m` items.
 fn check_column(c: &wit::Column, m: usize, what: &str) -> Result<bool, String> {
     if c.offsets.is_empty() {
