@@ -637,31 +637,6 @@ fn column_of<'a>(items: impl Iterator<Item = &'a [u8]>) -> wit::Column {
     c
 }
 
-/// The records of a guest's `emitted` (items out of range are skipped).
-fn emitted_records(e: wit::Emitted) -> Vec<Record> {
-    let n = e.values.offsets.len().saturating_sub(1);
-    let values = Bytes::from(e.values.data);
-    let keyed = !e.keys.offsets.is_empty();
-    let keys = Bytes::from(e.keys.data);
-    (0..n)
-        .filter_map(|i| {
-            let v = values.get(e.values.offsets[i] as usize..e.values.offsets[i + 1] as usize)?;
-            let key = if keyed && e.keys.absent.binary_search(&(i as u32)).is_err() {
-                let r = e.keys.offsets.get(i)?..e.keys.offsets.get(i + 1)?;
-                keys.get(*r.start as usize..*r.end as usize)
-                    .map(|k| keys.slice_ref(k))
-            } else {
-                None
-            };
-            Some(Record {
-                value: values.slice_ref(v),
-                key,
-                meta: None,
-            })
-        })
-        .collect()
-}
-
 fn new_store(
     engine: &Engine,
     label: &Arc<str>,
