@@ -8,7 +8,7 @@
 //! `grep -c`, and the peak RSS.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 mod support;
@@ -17,17 +17,9 @@ use support::{measure, write_config, Measure};
 const RUNS: usize = 5;
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((root, target)) = support::dirs() else {
         return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    };
     let dir = target.join("bench-data");
     std::fs::create_dir_all(&dir).unwrap();
     let mb: u64 = std::env::var("WEIR_BENCH_MB")

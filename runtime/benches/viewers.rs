@@ -10,23 +10,16 @@
 //! the memory per viewer: (peak RSS at N − peak RSS at the smallest N) / the viewers added.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 mod support;
 use support::{build_guests, measure, write_config};
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((root, target)) = support::dirs() else {
         return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    };
     let dir = target.join("bench-data");
     std::fs::create_dir_all(&dir).unwrap();
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
@@ -40,7 +33,7 @@ fn main() {
         .split(',')
         .map(str::to_string)
         .collect();
-    let guests = build_guests(&root, &target.join("bench-guests"));
+    let guests = build_guests(&root, &target.join("guests"));
     let weir = env!("CARGO_BIN_EXE_weir");
     let session = media_session(&root.join("examples/data/micro-media-session.tsv"));
     println!(

@@ -14,7 +14,6 @@
 //!    the disk cache (as after a restart), and building an instance (InstancePre + init).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -36,16 +35,9 @@ fn runs() -> usize {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((root, target)) = support::dirs() else {
         return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    };
     let guests = build_guests(&root, &target.join("guests"));
     let tmp = tempfile::tempdir().unwrap();
     let cache_dir = std::env::var_os("WEIR_CACHE_DIR")

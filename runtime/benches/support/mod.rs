@@ -6,6 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+/// The repository root and the target dir; `None` when the binary runs without `--bench`
+/// (`cargo test --all-targets` runs bench binaries that way): do nothing then.
+pub fn dirs() -> Option<(PathBuf, PathBuf)> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Some((root, target))
+}
+
 pub struct Measure {
     /// Wall-clock seconds of each run.
     pub secs: Vec<f64>,
