@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-build sample dist test lint bench bench-collector setup-test fuzz
+.PHONY: demo demo-build sample dist test lint bench bench-collector bench-viewers setup-test fuzz
 
 # The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
 # Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
@@ -57,5 +57,9 @@ bench:
 	$(CARGO) bench --bench throughput
 
 # The collector endpoint under `weir loadgen`, into the null sink (requests/s, events/s, RSS).
+# viewer-state at scale: N viewers x K media events, memory and disk state (see README).
+bench-viewers:
+	$(CARGO) bench --bench viewers
+
 bench-collector:
 	bash runtime/benches/collector.sh

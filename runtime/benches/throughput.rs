@@ -8,24 +8,18 @@
 //! `grep -c`, and the peak RSS.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::path::Path;
+use std::process::Command;
+
+mod support;
+use support::{measure, write_config, Measure};
 
 const RUNS: usize = 5;
 
 fn main() {
-    // `cargo test --all-targets` runs bench binaries without `--bench`: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((root, target)) = support::dirs() else {
         return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    };
     let dir = target.join("bench-data");
     std::fs::create_dir_all(&dir).unwrap();
     let mb: u64 = std::env::var("WEIR_BENCH_MB")
@@ -101,71 +95,6 @@ fn main() {
         });
         report(name, &m);
     }
-}
-
-struct Measure {
-    /// Wall-clock seconds of each run.
-    secs: Vec<f64>,
-    /// CPU seconds (user + system) of each run: on a shared machine, the steadier per-core figure.
-    cpu: Vec<f64>,
-    peak_rss_kib: u64,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
-impl Measure {
-    fn median(&self) -> f64 {
-        median(&self.secs)
-    }
-    fn median_cpu(&self) -> f64 {
-        median(&self.cpu)
-    }
-}
-
-/// Runs the command `runs` times; wall time of each, and the largest peak RSS (from wait4).
-// Children are reaped with wait4 (for their resource usage), which clippy cannot see.
-#[allow(clippy::zombie_processes)]
-fn measure(runs: usize, cmd: impl Fn() -> Command) -> Measure {
-    let mut secs = Vec::new();
-    let mut cpu = Vec::new();
-    let mut peak = 0;
-    for _ in 0..runs {
-        let t = Instant::now();
-        // stdout is a pipe, not /dev/null: GNU grep stops at the first match when its output is
-        // /dev/null, which would make it look impossibly fast.
-        let mut child = cmd().stdout(Stdio::piped()).spawn().expect("spawn");
-        let mut out = Vec::new();
-        std::io::Read::read_to_end(child.stdout.as_mut().unwrap(), &mut out).unwrap();
-        let mut status = 0;
-        // SAFETY: `rusage` is a plain C struct of integers, for which all-zero bytes are valid.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        // SAFETY: `child` is our unreaped child process, and both out-pointers are to live locals
-        // of the right types.
-        let r = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-        assert!(r > 0, "wait4");
-        secs.push(t.elapsed().as_secs_f64());
-        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        cpu.push(tv(usage.ru_utime) + tv(usage.ru_stime));
-        assert!(libc::WIFEXITED(status), "benchmark command failed");
-        // grep -c exits 1 when nothing matches; weir must exit 0.
-        assert!(libc::WEXITSTATUS(status) <= 1, "benchmark command failed");
-        peak = peak.max(usage.ru_maxrss as u64);
-    }
-    Measure {
-        secs,
-        cpu,
-        peak_rss_kib: peak,
-    }
-}
-
-fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 /// Repeats the fixture's lines until the file has at least `bytes`; returns the event count.

@@ -14,10 +14,12 @@
 //!    the disk cache (as after a restart), and building an instance (InstancePre + init).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+mod support;
+use support::build_guests;
 use weir_core::record::{Batch, Record};
 use weir_core::state::MemoryBackend;
 use weir_core::wasm::engine::{self, LoadKind};
@@ -33,16 +35,9 @@ fn runs() -> usize {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some((root, target)) = support::dirs() else {
         return;
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    };
     let guests = build_guests(&root, &target.join("guests"));
     let tmp = tempfile::tempdir().unwrap();
     let cache_dir = std::env::var_os("WEIR_CACHE_DIR")
@@ -307,27 +302,4 @@ fn split_lines(data: &Bytes) -> Vec<Bytes> {
         start = i + 1;
     }
     out
-}
-
-fn build_guests(root: &Path, target: &Path) -> PathBuf {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-unknown-unknown",
-            "--workspace",
-            "--manifest-path",
-        ])
-        .arg(root.join("transforms/Cargo.toml"))
-        // From transforms/, so that its .cargo/config.toml (the guests' rustflags: simd128)
-        // applies, as when building there (Makefile, `weir transform new` projects).
-        .current_dir(root.join("transforms"))
-        .env("CARGO_TARGET_DIR", target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the guests failed");
-    target.join("wasm32-unknown-unknown/release")
 }

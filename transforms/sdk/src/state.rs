@@ -1,6 +1,6 @@
 //! Keyed state owned by the host, seen by a transform through a per-batch cache.
 
-use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -90,14 +90,14 @@ pub struct State<'s> {
 impl State<'_> {
     /// The value stored under `key`, if any (and not expired).
     pub fn get(&mut self, key: &[u8]) -> Option<&[u8]> {
-        let slot = match self.cache.slots.entry(key.to_vec()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let value = self.host.get(key);
-                e.insert(Slot { value, dirty: None })
-            }
-        };
-        slot.value.as_deref()
+        // A hit (the usual case: the batch's keys were prefetched) copies nothing.
+        if !self.cache.slots.contains_key(key) {
+            let value = self.host.get(key);
+            self.cache
+                .slots
+                .insert(key.to_vec(), Slot { value, dirty: None });
+        }
+        self.cache.slots.get(key).and_then(|s| s.value.as_deref())
     }
 
     /// Whether a value is stored under `key`.
@@ -121,13 +121,23 @@ impl State<'_> {
     }
 
     fn set(&mut self, key: &[u8], value: Option<&[u8]>, ttl: Option<u64>) {
-        let slot = Slot {
-            value: value.map(<[u8]>::to_vec),
-            dirty: Some(ttl),
-        };
         match self.cache.slots.get_mut(key) {
-            Some(s) => *s = slot,
+            // Overwriting a cached value reuses its buffer.
+            Some(s) => {
+                match (value, &mut s.value) {
+                    (Some(v), Some(buf)) => {
+                        buf.clear();
+                        buf.extend_from_slice(v);
+                    }
+                    (v, slot) => *slot = v.map(<[u8]>::to_vec),
+                }
+                s.dirty = Some(ttl);
+            }
             None => {
+                let slot = Slot {
+                    value: value.map(<[u8]>::to_vec),
+                    dirty: Some(ttl),
+                };
                 self.cache.slots.insert(key.to_vec(), slot);
             }
         }

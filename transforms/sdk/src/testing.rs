@@ -99,6 +99,11 @@ impl MemoryState {
             .collect()
     }
 
+    /// Stores `value` under `key` without expiry, as if an earlier run had written it.
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) {
+        self.entries.insert(key.to_vec(), (value.to_vec(), None));
+    }
+
     /// Number of live entries.
     pub fn len(&self) -> usize {
         let now = native_now_ms();

@@ -12,18 +12,26 @@
 //! * **Order-tolerant**: the current fields (status, media, ad, session stats) come from the
 //!   newest event applied so far, by device timestamp; an older event arriving late never
 //!   regresses them (it still counts, and can lower `first_seen`).
-//! * **Idempotent**: each `event_id` is remembered (in state, with a TTL of `dedup_window`); a
-//!   redelivered event changes nothing and emits nothing.
+//! * **Idempotent**: the profile remembers a 64-bit fingerprint of each of the viewer's last
+//!   `dedup_events` event ids (default 64); a redelivered event among them changes nothing and
+//!   emits nothing. A replay after a crash re-sends what followed the last checkpoint, so this
+//!   covers any replay of up to `dedup_events` events per viewer, in 8 bytes per event and no
+//!   state entry of its own.
 //! * **Expiry**: a viewer silent for longer than `ttl` is removed: each event stores the profile
 //!   with a TTL of `ttl`, weir's state expires it (its time index, no index of viewers here) and
 //!   calls `expired`, which emits `{"viewer_id": …, "removed": true}`.
+//! * **Cheap per event**: the state is a compact binary encoding ([postcard], ~300 bytes for a
+//!   viewer in an ad break), the entities are read in one pass without building a JSON tree, and
+//!   the JSON profile is written only when it changed.
 //!
-//! Settings: `ttl` (default `30m`), `dedup_window` (default `24h`).
+//! Settings: `ttl` (default `30m`), `dedup_events` (default 64, at most 1024),
+//! `max_viewer_id_bytes` (default 256: a longer identifier is a bad row).
+//!
+//! [postcard]: https://docs.rs/postcard
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use weir_transform_sdk::{
     fields, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State, Stateful,
 };
@@ -33,9 +41,9 @@ const PLAYER: &str = "iglu:com.snowplowanalytics.snowplow/media_player/jsonschem
 const SESSION: &str = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/";
 const AD: &str = "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/";
 const AD_BREAK: &str = "iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/";
-/// Keys of the transform's own entries (event ids seen) start with this byte; viewer ids never
-/// do (a viewer id with it is refused).
-const INTERNAL: u8 = 0;
+/// The first byte of a stored profile in this format. Profiles stored by earlier versions are
+/// JSON (`{`) and are read once, then rewritten in this format.
+const FORMAT: u8 = 1;
 const READS: [usize; 13] = [
     fields::APP_ID,
     fields::COLLECTOR_TSTAMP,
@@ -54,29 +62,269 @@ const READS: [usize; 13] = [
 
 pub struct ViewerState {
     ttl_ms: u64,
-    dedup_ms: u64,
+    dedup_events: usize,
+    max_id: usize,
     fields: Vec<usize>,
+    /// Reused buffers: the encoded state and the JSON profile of the record being processed.
+    state_buf: Vec<u8>,
+    json_buf: Vec<u8>,
 }
 
-/// What the state holds per viewer: the profile shown to the world, plus what ordering needs.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Status {
+    #[default]
+    Watching,
+    Paused,
+    Buffering,
+    InAd,
+    Ended,
+}
+
+// Field order is the JSON key order (alphabetical, as the profiles have always been written)
+// and the binary layout: append new fields at the end of the binary structs only with a new
+// FORMAT.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Media {
+    duration: Option<f64>,
+    fullscreen: Option<bool>,
+    muted: Option<bool>,
+    percent: Option<f64>,
+    player_type: Option<String>,
+    position: Option<f64>,
+    quality: Option<String>,
+    rate: Option<f64>,
+    title: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    volume: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Ad {
+    creative_id: Option<String>,
+    duration: Option<f64>,
+    id: Option<String>,
+    name: Option<String>,
+    pod_position: Option<f64>,
+    skippable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct AdBreak {
+    id: Option<String>,
+    name: Option<String>,
+    pod_size: Option<f64>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Session {
+    ad_breaks: Option<f64>,
+    ads: Option<f64>,
+    ads_clicked: Option<f64>,
+    ads_skipped: Option<f64>,
+    avg_playback_rate: Option<f64>,
+    content_watched: Option<f64>,
+    id: Option<String>,
+    started_at: Option<String>,
+    time_buffering: Option<f64>,
+    time_in_ads: Option<f64>,
+    time_paused: Option<f64>,
+    time_played: Option<f64>,
+    time_played_muted: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Page {
+    title: Option<String>,
+    url: Option<String>,
+}
+
+/// The fields that follow the newest event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Current {
+    ad: Option<Ad>,
+    ad_break: Option<AdBreak>,
+    app_id: Option<String>,
+    last_event: String,
+    media: Media,
+    page: Page,
+    status: Status,
+}
+
+/// What the state holds per viewer (binary, after the [`FORMAT`] byte).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Stored {
-    profile: Value,
+    events: u64,
+    first_seen: String,
+    last_seen: String,
     /// Device timestamp (ms) of the newest event applied to the current fields.
     newest_ms: i64,
+    current: Current,
+    /// Kept from the last event that had a media session entity.
+    session: Option<Session>,
+    /// Fingerprints of the last `dedup_events` event ids, oldest first.
+    seen: Vec<u64>,
+}
+
+/// The profile as the world sees it (JSON, keys in alphabetical order).
+#[derive(Serialize)]
+struct Profile<'a> {
+    ad: &'a Option<Ad>,
+    ad_break: &'a Option<AdBreak>,
+    app_id: &'a Option<String>,
+    events: u64,
+    first_seen: &'a str,
+    last_event: &'a str,
+    last_seen: &'a str,
+    media: &'a Media,
+    page: &'a Page,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: &'a Option<Session>,
+    status: Status,
+    version: &'a str,
+    viewer_id: &'a str,
+}
+
+/// A profile as earlier versions stored it: `{"profile": {…}, "newest_ms": …}`.
+#[derive(Deserialize)]
+struct JsonStored {
+    profile: JsonProfile,
+    newest_ms: i64,
+}
+
+#[derive(Deserialize)]
+struct JsonProfile {
+    #[serde(default)]
+    events: u64,
+    #[serde(default)]
+    first_seen: String,
+    #[serde(default)]
+    last_seen: String,
+    #[serde(default)]
+    ad: Option<Ad>,
+    #[serde(default)]
+    ad_break: Option<AdBreak>,
+    #[serde(default)]
+    app_id: Option<String>,
+    #[serde(default)]
+    last_event: String,
+    #[serde(default)]
+    media: Option<Media>,
+    #[serde(default)]
+    page: Option<Page>,
+    #[serde(default)]
+    status: Option<Status>,
+    #[serde(default)]
+    session: Option<Session>,
+}
+
+impl Stored {
+    fn decode(bytes: &[u8]) -> Result<Stored, String> {
+        match bytes.first() {
+            Some(&FORMAT) => postcard::from_bytes(&bytes[1..]).map_err(|e| e.to_string()),
+            Some(b'{') => {
+                let old: JsonStored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                let p = old.profile;
+                Ok(Stored {
+                    events: p.events,
+                    first_seen: p.first_seen,
+                    last_seen: p.last_seen,
+                    newest_ms: old.newest_ms,
+                    current: Current {
+                        ad: p.ad,
+                        ad_break: p.ad_break,
+                        app_id: p.app_id,
+                        last_event: p.last_event,
+                        media: p.media.unwrap_or_default(),
+                        page: p.page.unwrap_or_default(),
+                        status: p.status.unwrap_or_default(),
+                    },
+                    session: p.session,
+                    seen: Vec::new(),
+                })
+            }
+            _ => Err("an unknown encoding".into()),
+        }
+    }
+
+    fn encode_into(&self, buf: &mut Vec<u8>) -> Result<(), Error> {
+        buf.clear();
+        buf.push(FORMAT);
+        let out = postcard::to_extend(self, std::mem::take(buf))
+            .map_err(|e| Error::msg(format!("encoding the profile: {e}")))?;
+        *buf = out;
+        Ok(())
+    }
+
+    fn version(&self) -> String {
+        format!("{:013}-{:09}", self.newest_ms.max(0), self.events)
+    }
+
+    fn write_json(&self, viewer: &str, out: &mut Vec<u8>) -> Result<(), Error> {
+        let c = &self.current;
+        let version = self.version();
+        let p = Profile {
+            ad: &c.ad,
+            ad_break: &c.ad_break,
+            app_id: &c.app_id,
+            events: self.events,
+            first_seen: &self.first_seen,
+            last_event: &c.last_event,
+            last_seen: &self.last_seen,
+            media: &c.media,
+            page: &c.page,
+            session: &self.session,
+            status: c.status,
+            version: &version,
+            viewer_id: viewer,
+        };
+        out.clear();
+        serde_json::to_writer(&mut *out, &p)?;
+        Ok(())
+    }
+}
+
+/// FNV-1a: a fingerprint that stays the same across builds and Rust versions (it is stored).
+fn fingerprint(id: &[u8]) -> u64 {
+    id.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Stateful for ViewerState {
     fn new(config: &Config) -> Result<Self, Error> {
-        config.check_keys(&["ttl", "dedup_window"])?;
+        if config.get("dedup_window").is_some() {
+            return Err(Error::msg(
+                "setting `dedup_window` was replaced by `dedup_events`: each profile remembers \
+                 its viewer's last N event ids (default 64), so a replay of up to N events per \
+                 viewer is recognised without a state entry per event",
+            ));
+        }
+        config.check_keys(&["ttl", "dedup_events", "max_viewer_id_bytes"])?;
         let ttl_ms =
             parse_duration_ms(config.get("ttl").unwrap_or("30m")).context("setting `ttl`")?;
-        let dedup_ms = parse_duration_ms(config.get("dedup_window").unwrap_or("24h"))
-            .context("setting `dedup_window`")?;
+        let dedup_events = config.parse::<usize>("dedup_events")?.unwrap_or(64);
+        if dedup_events > 1024 {
+            return Err(Error::msg(format!(
+                "setting `dedup_events`: at most 1024 (8 bytes each in every profile), found {dedup_events}"
+            )));
+        }
+        let max_id = config.parse::<usize>("max_viewer_id_bytes")?.unwrap_or(256);
         Ok(ViewerState {
             ttl_ms,
-            dedup_ms,
+            dedup_events,
+            max_id,
             fields: READS.to_vec(),
+            state_buf: Vec::with_capacity(512),
+            json_buf: Vec::with_capacity(1024),
         })
     }
 
@@ -85,7 +333,10 @@ impl Stateful for ViewerState {
     }
 
     fn state_key<'r>(&self, event: &Record<'r>) -> Option<&'r [u8]> {
-        viewer_id(event)
+        if event.field(fields::EVENT_VENDOR) != Some(MEDIA_VENDOR) {
+            return None;
+        }
+        viewer_id(event).filter(|v| v.len() <= self.max_id)
     }
 
     fn process(
@@ -99,16 +350,15 @@ impl Stateful for ViewerState {
         }
         let viewer = viewer_id(event)
             .ok_or("no user_id, domain_userid or network_userid to identify the viewer")?;
+        if viewer.len() > self.max_id {
+            return Err(Error::msg(format!(
+                "viewer id of {} bytes, over max_viewer_id_bytes ({})",
+                viewer.len(),
+                self.max_id
+            )));
+        }
         let viewer_str = std::str::from_utf8(viewer).context("viewer id is not UTF-8")?;
-        if viewer.first() == Some(&INTERNAL) {
-            return Err("a viewer id starting with a NUL byte".into());
-        }
         let event_id = event.field(fields::EVENT_ID).ok_or("no event_id")?;
-        let mut seen_key = b"\0e/".to_vec();
-        seen_key.extend_from_slice(event_id);
-        if state.contains(&seen_key) {
-            return Ok(()); // redelivered: already applied
-        }
         let name = event.field_str(fields::EVENT_NAME).ok_or("no event_name")?;
         let ts = event
             .field_str(fields::DVCE_CREATED_TSTAMP)
@@ -120,62 +370,81 @@ impl Stateful for ViewerState {
             .map(iso)
             .unwrap_or_default();
 
-        let mut stored: Stored = match state.get(viewer) {
-            Some(bytes) => serde_json::from_slice(bytes)
-                .with_context(|| format!("corrupt state for {viewer_str}"))?,
-            None => Stored {
-                profile: json!({ "viewer_id": viewer_str, "events": 0 }),
-                newest_ms: i64::MIN,
-            },
+        let (mut stored, new) = match state.get(viewer) {
+            Some(bytes) => (
+                Stored::decode(bytes)
+                    .map_err(|e| Error::msg(format!("corrupt state for {viewer_str}: {e}")))?,
+                false,
+            ),
+            None => (
+                Stored {
+                    newest_ms: i64::MIN,
+                    ..Stored::default()
+                },
+                true,
+            ),
         };
-        let before = stored.profile.clone();
-        let p = stored.profile.as_object_mut().ok_or("corrupt profile")?;
+        let fp = fingerprint(event_id);
+        if stored.seen.contains(&fp) {
+            return Ok(()); // redelivered: already applied
+        }
+        if self.dedup_events > 0 {
+            if stored.seen.len() >= self.dedup_events {
+                let excess = stored.seen.len() + 1 - self.dedup_events;
+                stored.seen.drain(..excess);
+            }
+            stored.seen.push(fp);
+        }
 
         // Always: count the event, widen first/last seen.
-        let events = p.get("events").and_then(Value::as_u64).unwrap_or(0) + 1;
-        p.insert("events".into(), json!(events));
-        if p.get("first_seen")
-            .and_then(Value::as_str)
-            .is_none_or(|f| collector.as_str() < f)
-        {
-            p.insert("first_seen".into(), json!(collector));
+        stored.events += 1;
+        let mut changed = new;
+        if stored.first_seen.is_empty() || collector < stored.first_seen {
+            changed |= stored.first_seen != collector;
+            stored.first_seen.clone_from(&collector);
         }
-        if p.get("last_seen")
-            .and_then(Value::as_str)
-            .is_none_or(|l| collector.as_str() > l)
-        {
-            p.insert("last_seen".into(), json!(collector));
+        if stored.last_seen.is_empty() || collector > stored.last_seen {
+            stored.last_seen = collector;
         }
         // Only the newest event sets the current fields.
         if ts >= stored.newest_ms {
             stored.newest_ms = ts;
-            apply_current(p, event, name);
+            let (current, session) = read_current(event, name);
+            changed |= current != stored.current;
+            stored.current = current;
+            if session.is_some() && session != stored.session {
+                changed = true;
+                stored.session = session;
+            }
         }
-        p.insert(
-            "version".into(),
-            json!(format!("{:013}-{:09}", stored.newest_ms.max(0), events)),
-        );
 
-        state.put_with_ttl(&seen_key, b"", self.dedup_ms);
-        let changed = !same_but_volatile(&before, &stored.profile);
-        let bytes = serde_json::to_vec(&stored)?;
+        stored.encode_into(&mut self.state_buf)?;
         // Silent for `ttl`: weir expires the profile and calls `expired`.
-        state.put_with_ttl(viewer, &bytes, self.ttl_ms);
+        state.put_with_ttl(viewer, &self.state_buf, self.ttl_ms);
         if changed {
-            let doc = serde_json::to_vec(&stored.profile)?;
-            out.emit_with_key(&doc, viewer);
+            stored.write_json(viewer_str, &mut self.json_buf)?;
+            out.emit_with_key(&self.json_buf, viewer);
         }
         Ok(())
     }
 
     /// A viewer silent for longer than `ttl`: its removal record.
     fn expired(&mut self, key: &[u8], _value: &[u8], _: &mut State<'_>, out: &mut Emitted) {
-        if key.first() == Some(&INTERNAL) {
-            return; // an event id's dedup window ended
+        if key.first() == Some(&0) {
+            return; // an event id's dedup entry, written by versions before 0.2
+        }
+        #[derive(Serialize)]
+        struct Removed<'a> {
+            viewer_id: &'a str,
+            removed: bool,
         }
         let id = String::from_utf8_lossy(key);
-        let doc = json!({ "viewer_id": id, "removed": true });
-        out.emit_with_key(doc.to_string().as_bytes(), key);
+        let doc = serde_json::to_vec(&Removed {
+            viewer_id: &id,
+            removed: true,
+        })
+        .unwrap_or_default();
+        out.emit_with_key(&doc, key);
     }
 }
 
@@ -188,131 +457,140 @@ fn viewer_id<'r>(event: &Record<'r>) -> Option<&'r [u8]> {
         .or_else(|| event.field(fields::NETWORK_USERID))
 }
 
-/// Keys every event changes: a profile that differs only in these did not "change".
-const VOLATILE: [&str; 3] = ["events", "version", "last_seen"];
-
-/// Whether two profiles are equal apart from [`VOLATILE`] keys (compared in place, no copies).
-fn same_but_volatile(a: &Value, b: &Value) -> bool {
-    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-        return a == b;
-    };
-    let stable = |(k, _): &(&String, &Value)| !VOLATILE.contains(&k.as_str());
-    a.iter().filter(stable).count() == b.iter().filter(stable).count()
-        && a.iter().filter(stable).all(|(k, v)| b.get(k) == Some(v))
+fn num(v: Json<'_>) -> Option<f64> {
+    v.as_f64()
+}
+fn boolean(v: Json<'_>) -> Option<bool> {
+    v.as_bool()
+}
+fn text(v: Json<'_>) -> Option<String> {
+    v.as_str().map(|c| c.into_owned())
 }
 
-/// The fields that follow the newest event: status, media, ad, session, page.
-fn apply_current(p: &mut serde_json::Map<String, Value>, event: &Record<'_>, name: &str) {
-    let player = event.entity(PLAYER);
-    let session = event.entity(SESSION);
-    let ad = event.entity(AD);
-    let ad_break = event.entity(AD_BREAK);
-    let f =
-        |j: &Option<Json<'_>>, k: &str| j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_f64());
-    let b =
-        |j: &Option<Json<'_>>, k: &str| j.as_ref().and_then(|j| j.get(k)).and_then(|v| v.as_bool());
-    let s = |j: &Option<Json<'_>>, k: &str| {
-        j.as_ref()
-            .and_then(|j| j.get(k))
-            .and_then(|v| v.as_str())
-            .map(|c| c.into_owned())
+/// The current fields from the newest event, reading each entity's members in one pass.
+fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>) {
+    let (mut player, mut session, mut ad, mut ad_break) = (None, None, None, None);
+    for e in event.entities() {
+        let slot = if e.is(PLAYER) {
+            &mut player
+        } else if e.is(SESSION) {
+            &mut session
+        } else if e.is(AD_BREAK) {
+            &mut ad_break
+        } else if e.is(AD) {
+            &mut ad
+        } else {
+            continue;
+        };
+        if slot.is_none() {
+            *slot = Some(e.data);
+        }
+    }
+
+    let mut media = Media::default();
+    let (mut paused, mut ended) = (None, None);
+    for (k, v) in player.iter().flat_map(|p| p.members()) {
+        match k {
+            b"currentTime" => media.position = num(v),
+            b"duration" => media.duration = num(v),
+            b"label" => media.title = text(v),
+            b"mediaType" => media.kind = text(v),
+            b"playerType" => media.player_type = text(v),
+            b"playbackRate" => media.rate = num(v),
+            b"volume" => media.volume = num(v),
+            b"muted" => media.muted = boolean(v),
+            b"fullscreen" => media.fullscreen = boolean(v),
+            b"quality" => media.quality = text(v),
+            b"paused" => paused = boolean(v),
+            b"ended" => ended = boolean(v),
+            _ => {}
+        }
+    }
+    media.percent = match (media.position, media.duration) {
+        (Some(pos), Some(d)) if d > 0.0 => {
+            Some(((100.0 * pos / d).min(100.0) * 10.0).round() / 10.0)
+        }
+        _ => None,
     };
 
-    let ended = name == "end_event" || b(&player, "ended") == Some(true);
+    let ended = name == "end_event" || ended == Some(true);
     let in_ad =
         !ended && name != "ad_break_end_event" && (ad_break.is_some() || name.starts_with("ad_"));
     let status = if ended {
-        "ended"
+        Status::Ended
     } else if in_ad {
-        "in_ad"
+        Status::InAd
     } else if name == "buffer_start_event" {
-        "buffering"
-    } else if b(&player, "paused") == Some(true) {
-        "paused"
+        Status::Buffering
+    } else if paused == Some(true) {
+        Status::Paused
     } else {
-        "watching"
+        Status::Watching
     };
-    p.insert("status".into(), json!(status));
-    p.insert("last_event".into(), json!(name));
 
-    let position = f(&player, "currentTime");
-    let duration = f(&player, "duration");
-    let percent = match (position, duration) {
-        (Some(pos), Some(d)) if d > 0.0 => Some((100.0 * pos / d).min(100.0)),
-        _ => None,
+    let ad = ad.filter(|_| in_ad).map(|a| {
+        let mut r = Ad::default();
+        for (k, v) in a.members() {
+            match k {
+                b"adId" => r.id = text(v),
+                b"name" => r.name = text(v),
+                b"creativeId" => r.creative_id = text(v),
+                b"duration" => r.duration = num(v),
+                b"skippable" => r.skippable = boolean(v),
+                b"podPosition" => r.pod_position = num(v),
+                _ => {}
+            }
+        }
+        r
+    });
+    let ad_break = ad_break.filter(|_| in_ad).map(|a| {
+        let mut r = AdBreak::default();
+        for (k, v) in a.members() {
+            match k {
+                b"breakId" => r.id = text(v),
+                b"name" => r.name = text(v),
+                b"breakType" => r.kind = text(v),
+                b"podSize" => r.pod_size = num(v),
+                _ => {}
+            }
+        }
+        r
+    });
+    let session = session.map(|s| {
+        let mut r = Session::default();
+        for (k, v) in s.members() {
+            match k {
+                b"mediaSessionId" => r.id = text(v),
+                b"startedAt" => r.started_at = text(v),
+                b"timePlayed" => r.time_played = num(v),
+                b"timePlayedMuted" => r.time_played_muted = num(v),
+                b"timePaused" => r.time_paused = num(v),
+                b"contentWatched" => r.content_watched = num(v),
+                b"timeBuffering" => r.time_buffering = num(v),
+                b"timeSpentAds" => r.time_in_ads = num(v),
+                b"ads" => r.ads = num(v),
+                b"adsClicked" => r.ads_clicked = num(v),
+                b"adsSkipped" => r.ads_skipped = num(v),
+                b"adBreaks" => r.ad_breaks = num(v),
+                b"avgPlaybackRate" => r.avg_playback_rate = num(v),
+                _ => {}
+            }
+        }
+        r
+    });
+    let current = Current {
+        ad,
+        ad_break,
+        app_id: event.field_str(fields::APP_ID).map(str::to_owned),
+        last_event: name.to_owned(),
+        media,
+        page: Page {
+            title: event.field_str(fields::PAGE_TITLE).map(str::to_owned),
+            url: event.field_str(fields::PAGE_URL).map(str::to_owned),
+        },
+        status,
     };
-    p.insert(
-        "media".into(),
-        json!({
-            "title": s(&player, "label"),
-            "type": s(&player, "mediaType"),
-            "player_type": s(&player, "playerType"),
-            "duration": duration,
-            "position": position,
-            "percent": percent.map(|x| (x * 10.0).round() / 10.0),
-            "rate": f(&player, "playbackRate"),
-            "volume": f(&player, "volume"),
-            "muted": b(&player, "muted"),
-            "fullscreen": b(&player, "fullscreen"),
-            "quality": s(&player, "quality"),
-        }),
-    );
-    p.insert(
-        "ad".into(),
-        if in_ad && ad.is_some() {
-            json!({
-                "id": s(&ad, "adId"),
-                "name": s(&ad, "name"),
-                "creative_id": s(&ad, "creativeId"),
-                "duration": f(&ad, "duration"),
-                "skippable": b(&ad, "skippable"),
-                "pod_position": f(&ad, "podPosition"),
-            })
-        } else {
-            Value::Null
-        },
-    );
-    p.insert(
-        "ad_break".into(),
-        if in_ad && ad_break.is_some() {
-            json!({
-                "id": s(&ad_break, "breakId"),
-                "name": s(&ad_break, "name"),
-                "type": s(&ad_break, "breakType"),
-                "pod_size": f(&ad_break, "podSize"),
-            })
-        } else {
-            Value::Null
-        },
-    );
-    if session.is_some() {
-        p.insert(
-            "session".into(),
-            json!({
-                "id": s(&session, "mediaSessionId"),
-                "started_at": s(&session, "startedAt"),
-                "time_played": f(&session, "timePlayed"),
-                "time_played_muted": f(&session, "timePlayedMuted"),
-                "time_paused": f(&session, "timePaused"),
-                "content_watched": f(&session, "contentWatched"),
-                "time_buffering": f(&session, "timeBuffering"),
-                "time_in_ads": f(&session, "timeSpentAds"),
-                "ads": f(&session, "ads"),
-                "ads_clicked": f(&session, "adsClicked"),
-                "ads_skipped": f(&session, "adsSkipped"),
-                "ad_breaks": f(&session, "adBreaks"),
-                "avg_playback_rate": f(&session, "avgPlaybackRate"),
-            }),
-        );
-    }
-    p.insert(
-        "page".into(),
-        json!({
-            "url": event.field_str(fields::PAGE_URL),
-            "title": event.field_str(fields::PAGE_TITLE),
-        }),
-    );
-    p.insert("app_id".into(), json!(event.field_str(fields::APP_ID)));
+    (current, session)
 }
 
 /// `2024-11-16 13:33:22.625` → milliseconds since the epoch (UTC).

@@ -2,6 +2,7 @@
 //! from the shared fixtures) and on events derived from them.
 
 use super::*;
+use serde_json::{json, Value};
 use weir_transform_sdk::testing;
 
 const SESSION: &str = include_str!("../tests/micro-media-session.tsv");
@@ -40,8 +41,17 @@ fn run(h: &mut Harness, events: &[Vec<u8>]) -> Vec<Value> {
 
 /// The profile the state holds now for `viewer`.
 fn profile(h: &Harness, viewer: &str) -> Value {
-    let stored: Stored = serde_json::from_slice(h.state.value(viewer.as_bytes()).unwrap()).unwrap();
-    stored.profile
+    decoded(h.state.value(viewer.as_bytes()).unwrap(), viewer)
+}
+
+/// A stored profile as the JSON the transform emits for it.
+fn decoded(bytes: &[u8], viewer: &str) -> Value {
+    let mut json = Vec::new();
+    Stored::decode(bytes)
+        .unwrap()
+        .write_json(viewer, &mut json)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
 }
 
 const VIEWER: &str = "143f9cb9-3db9-4e99-8d67-c8aea075d190";
@@ -59,11 +69,7 @@ fn a_real_session_gives_a_profile_of_what_happened() {
     // in more than the count, the version and the time last seen.
     let mut one_by_one = harness();
     let mut changed = 0;
-    let stored = |h: &Harness| {
-        h.state
-            .value(VIEWER.as_bytes())
-            .map(|v| serde_json::from_slice::<Stored>(v).unwrap().profile)
-    };
+    let stored = |h: &Harness| h.state.value(VIEWER.as_bytes()).map(|v| decoded(v, VIEWER));
     let stable = |p: &Option<Value>| {
         p.clone().map(|mut p| {
             for k in ["events", "version", "last_seen"] {
@@ -280,13 +286,90 @@ fn events_without_a_viewer_fail_and_settings_are_checked() {
 }
 
 #[test]
-fn a_change_is_one_outside_the_volatile_keys() {
-    let a = json!({"viewer_id": "v", "status": "playing", "events": 1, "version": "1", "last_seen": "t1"});
-    let same = json!({"viewer_id": "v", "status": "playing", "events": 2, "version": "2", "last_seen": "t2"});
-    let moved = json!({"viewer_id": "v", "status": "paused", "events": 2, "version": "2", "last_seen": "t2"});
-    let grown = json!({"viewer_id": "v", "status": "playing", "events": 2, "ad": {"id": "x"}});
-    assert!(same_but_volatile(&a, &same));
-    assert!(!same_but_volatile(&a, &moved));
-    assert!(!same_but_volatile(&a, &grown), "a new key is a change");
-    assert!(!same_but_volatile(&grown, &a), "a removed key is a change");
+fn a_profile_stored_as_json_by_an_earlier_version_is_read_and_kept() {
+    // What viewer-state 0.1 stored: the profile JSON and the newest device timestamp.
+    let mut h = harness();
+    run(&mut h, &lines());
+    let expected = profile(&h, VIEWER);
+    let version = expected["version"].as_str().unwrap();
+    let newest_ms: i64 = version.split('-').next().unwrap().parse().unwrap();
+    let old = json!({"profile": expected, "newest_ms": newest_ms});
+    let mut h2 = harness();
+    h2.state
+        .insert(VIEWER.as_bytes(), &serde_json::to_vec(&old).unwrap());
+    assert_eq!(profile(&h2, VIEWER), expected, "read as it was");
+    // An older event still counts and is stored in the new format, the rest kept.
+    let play = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "play_event")
+        .unwrap();
+    let play = set(&play, fields::EVENT_ID, "late-1");
+    run(&mut h2, &[play]);
+    let after = profile(&h2, VIEWER);
+    assert_eq!(h2.state.value(VIEWER.as_bytes()).unwrap()[0], FORMAT);
+    assert_eq!(after["events"], expected["events"].as_u64().unwrap() + 1);
+    assert_eq!(after["status"], expected["status"]);
+    assert_eq!(after["session"], expected["session"]);
+}
+
+#[test]
+fn the_dedup_memory_is_bounded_per_viewer_and_recognises_recent_replays() {
+    testing::set_now_ms(1_731_764_000_000);
+    let mut h = testing::stateful::<ViewerState>(&[("ttl", "5m"), ("dedup_events", "4")]).unwrap();
+    let ping = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "ping_event")
+        .unwrap();
+    let events: Vec<Vec<u8>> = (0..10)
+        .map(|i| set(&ping, fields::EVENT_ID, &format!("e-{i}")))
+        .collect();
+    run(&mut h, &events);
+    let stored = Stored::decode(h.state.value(VIEWER.as_bytes()).unwrap()).unwrap();
+    assert_eq!(stored.seen.len(), 4, "only the last 4 are remembered");
+    assert_eq!(stored.events, 10);
+    // A replay of the last 4 is recognised; an older one is counted again (documented).
+    run(&mut h, &events[6..]);
+    assert_eq!(profile(&h, VIEWER)["events"], 10);
+    run(&mut h, &events[..1]);
+    assert_eq!(profile(&h, VIEWER)["events"], 11);
+}
+
+#[test]
+fn a_profile_is_small() {
+    let mut h = harness();
+    run(&mut h, &lines());
+    let bytes = h.state.value(VIEWER.as_bytes()).unwrap();
+    let json = serde_json::to_vec(&profile(&h, VIEWER)).unwrap();
+    // 47 events: 47 fingerprints (376 bytes) and the profile itself.
+    assert!(
+        bytes.len() < 1024 && bytes.len() < json.len(),
+        "{} bytes stored, {} as JSON",
+        bytes.len(),
+        json.len()
+    );
+}
+
+#[test]
+fn long_viewer_ids_and_replaced_settings_are_refused() {
+    let mut h = harness();
+    let play = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "play_event")
+        .unwrap();
+    let long = set(&play, fields::DOMAIN_USERID, &"x".repeat(257));
+    let ok = set(&play, fields::DOMAIN_USERID, &"y".repeat(256));
+    let out = h.process(&[&long, &ok]);
+    assert_eq!(out.errors.len(), 1);
+    assert_eq!(out.errors[0].0, 0);
+    assert!(
+        out.errors[0].1.contains("max_viewer_id_bytes"),
+        "{:?}",
+        out.errors
+    );
+    assert_eq!(out.outputs.len(), 1, "the other viewer is unaffected");
+    let err = testing::stateful::<ViewerState>(&[("dedup_window", "24h")])
+        .err()
+        .unwrap();
+    assert!(err.message().contains("dedup_events"), "{}", err.message());
+    assert!(testing::stateful::<ViewerState>(&[("dedup_events", "5000")]).is_err());
 }
