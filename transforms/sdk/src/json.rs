@@ -29,7 +29,7 @@ impl<'a> Json<'a> {
         } else {
             None
         };
-        Members { b, pos }
+        Members { b, pos, end: None }
     }
 
     /// The elements of an array. Empty if not an array.
@@ -81,6 +81,25 @@ impl<'a> Json<'a> {
 pub struct Members<'a> {
     b: &'a [u8],
     pos: Option<usize>,
+    /// Once the closing `}` was reached: the index just past it.
+    end: Option<usize>,
+}
+
+impl<'a> Members<'a> {
+    /// The members of the object whose `{` is at `b[open]`, within the larger text `b`.
+    pub(crate) fn at(b: &'a [u8], open: usize) -> Members<'a> {
+        Members {
+            b,
+            pos: Some(open + 1),
+            end: None,
+        }
+    }
+
+    /// After the last member: the index just past the object's closing `}` (`None` while
+    /// members remain, or if the object is malformed).
+    pub(crate) fn end(&self) -> Option<usize> {
+        self.end
+    }
 }
 
 impl<'a> Iterator for Members<'a> {
@@ -92,6 +111,9 @@ impl<'a> Iterator for Members<'a> {
             i = skip_ws(b, i + 1);
         }
         if b.get(i) != Some(&b'"') {
+            if b.get(i) == Some(&b'}') {
+                self.end = Some(i + 1);
+            }
             self.pos = None;
             return None;
         }
@@ -149,7 +171,33 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[s..e]
 }
 
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
+/// The index where the value of member `key` of the object at `b[open]` starts, found without
+/// scanning that value (nor anything after it).
+pub(crate) fn member_start(b: &[u8], open: usize, key: &[u8]) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(b, i)?;
+        let k = &b[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        if k == key {
+            return Some(start);
+        }
+        i = skip_value(b, start)?;
+    }
+}
+
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
     }
@@ -169,7 +217,7 @@ fn skip_string(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The index just past the value starting at `b[i]`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => skip_string(b, i),
         b'{' | b'[' => {
