@@ -29,7 +29,7 @@ impl<'a> Json<'a> {
         } else {
             None
         };
-        Members { b, pos }
+        Members { b, pos, end: None }
     }
 
     /// The elements of an array. Empty if not an array.
@@ -59,7 +59,11 @@ impl<'a> Json<'a> {
 
     /// A number value.
     pub fn as_f64(&self) -> Option<f64> {
-        std::str::from_utf8(trim(self.0)).ok()?.parse().ok()
+        let t = trim(self.0);
+        match fast_f64(t) {
+            Some(v) => Some(v),
+            None => std::str::from_utf8(t).ok()?.parse().ok(),
+        }
     }
 
     /// A boolean value.
@@ -81,6 +85,25 @@ impl<'a> Json<'a> {
 pub struct Members<'a> {
     b: &'a [u8],
     pos: Option<usize>,
+    /// Once the closing `}` was reached: the index just past it.
+    end: Option<usize>,
+}
+
+impl<'a> Members<'a> {
+    /// The members of the object whose `{` is at `b[open]`, within the larger text `b`.
+    pub(crate) fn at(b: &'a [u8], open: usize) -> Members<'a> {
+        Members {
+            b,
+            pos: Some(open + 1),
+            end: None,
+        }
+    }
+
+    /// After the last member: the index just past the object's closing `}` (`None` while
+    /// members remain, or if the object is malformed).
+    pub(crate) fn end(&self) -> Option<usize> {
+        self.end
+    }
 }
 
 impl<'a> Iterator for Members<'a> {
@@ -92,6 +115,9 @@ impl<'a> Iterator for Members<'a> {
             i = skip_ws(b, i + 1);
         }
         if b.get(i) != Some(&b'"') {
+            if b.get(i) == Some(&b'}') {
+                self.end = Some(i + 1);
+            }
             self.pos = None;
             return None;
         }
@@ -149,11 +175,69 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[s..e]
 }
 
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
+/// The index where the value of member `key` of the object at `b[open]` starts, found without
+/// scanning that value (nor anything after it).
+pub(crate) fn member_start(b: &[u8], open: usize, key: &[u8]) -> Option<usize> {
+    let mut i = open + 1;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) == Some(&b',') {
+            i = skip_ws(b, i + 1);
+        }
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(b, i)?;
+        let k = &b[i + 1..key_end - 1];
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        if k == key {
+            return Some(start);
+        }
+        i = skip_value(b, start)?;
+    }
+}
+
+pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
         i += 1;
     }
     i
+}
+
+/// `-?[0-9]+(.[0-9]+)?` with at most 15 digits, the common number in events, without the
+/// general parser: the digits are exact as an integer below 2^53 and so is 10^k for k <= 15,
+/// so one division gives the correctly rounded value, as `str::parse` does (Clinger's fast
+/// path). Anything else is `None`, for the general parser.
+fn fast_f64(t: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (neg, digits) = match t.first()? {
+        b'-' => (true, &t[1..]),
+        _ => (false, t),
+    };
+    let (mut m, mut n, mut frac, mut dot) = (0u64, 0usize, 0usize, false);
+    for &c in digits {
+        match c {
+            b'0'..=b'9' => {
+                m = m * 10 + u64::from(c - b'0');
+                n += 1;
+                frac += usize::from(dot);
+            }
+            b'.' if !dot => dot = true,
+            _ => return None,
+        }
+    }
+    // At least one digit on each side of a dot, at most 15 in all.
+    if n == 0 || n > 15 || (dot && (frac == 0 || frac == n)) {
+        return None;
+    }
+    let v = m as f64 / POW10[frac];
+    Some(if neg { -v } else { v })
 }
 
 /// `b[i]` is `"`: the index just past the closing quote.
@@ -169,7 +253,7 @@ fn skip_string(b: &[u8], i: usize) -> Option<usize> {
 }
 
 /// The index just past the value starting at `b[i]`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn skip_value(b: &[u8], i: usize) -> Option<usize> {
     match *b.get(i)? {
         b'"' => skip_string(b, i),
         b'{' | b'[' => {
@@ -279,6 +363,105 @@ mod tests {
             let _ = j.get("a");
             let _ = j.elements().count();
             let _ = j.as_str();
+        }
+    }
+
+    #[test]
+    fn numbers_read_as_the_standard_parser_reads_them() {
+        let cases = [
+            "0",
+            "-0",
+            "1",
+            "-1",
+            "12",
+            "596.474195",
+            "-596.474195",
+            "0.1",
+            "0.2",
+            "0.3",
+            "1.0",
+            "100",
+            "999999999999999",
+            "9999999999999999",
+            "123456789012345.6",
+            "1.23456789012345",
+            "0.000000000000001",
+            "0.0000000000000001",
+            "1e5",
+            "1E-3",
+            "-1.5e2",
+            "+5",
+            ".5",
+            "5.",
+            "-",
+            "-.",
+            ".",
+            "",
+            "1.2.3",
+            "00.5",
+            "007",
+            "1_0",
+            "60.69049",
+            "19.407",
+            "0.007",
+            "3.141592653589793",
+            "2.5",
+            "-0.0",
+        ];
+        for c in cases {
+            let want = c.parse::<f64>().ok();
+            let got = Json(c.as_bytes()).as_f64();
+            assert_eq!(
+                got.map(f64::to_bits),
+                want.map(f64::to_bits),
+                "{c}: {got:?} vs {want:?}"
+            );
+        }
+        // Every decimal with up to 15 digits in a sweep of magnitudes and dot positions.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = 1 + (x % 15) as usize;
+            let m = x % 10u64.pow(digits as u32);
+            let s = format!("{m:0digits$}");
+            let dot = (x >> 40) as usize % (digits + 1);
+            let c = if dot == 0 || dot == digits {
+                s
+            } else {
+                format!("{}.{}", &s[..dot], &s[dot..])
+            };
+            let c = if x & 1 == 1 { format!("-{c}") } else { c };
+            assert_eq!(
+                Json(c.as_bytes()).as_f64().map(f64::to_bits),
+                c.parse::<f64>().ok().map(f64::to_bits),
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn strings_short_and_long_with_escapes_are_skipped_whole() {
+        for inner in [
+            "",
+            "a",
+            "\\\"",
+            "abc\\\\",
+            "0123456789abcde\\\"x",
+            "0123456789abcdef",
+            "0123456789abcdefghij\\\"klmnopqrstuvwxyz\\\\",
+            "\\u00e9xxxxxxxxxxxxxxxxxxxxxxx",
+        ] {
+            let text = format!("{{\"k\":\"{inner}\",\"n\":1}}");
+            let j = Json(text.as_bytes());
+            let got: Vec<_> = j
+                .members()
+                .map(|(k, v)| (k.to_vec(), v.0.to_vec()))
+                .collect();
+            assert_eq!(got.len(), 2, "{text}");
+            assert_eq!(got[0].1, format!("\"{inner}\"").into_bytes(), "{text}");
+            assert_eq!(j.get("n").unwrap().as_f64(), Some(1.0));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Reading Snowplow enriched events (131-field TSV lines) without parsing all of them.
 
 use crate::fields::COUNT;
-use crate::json::Json;
+use crate::json::{self, Json, Members};
 
 /// The raw bytes of field `idx` of an enriched TSV line, found without scanning the whole line:
 /// fields before 66 by walking tabs from the start, the others by walking back from the end
@@ -65,6 +65,10 @@ impl<'a> SelfDescribing<'a> {
                 _ => {}
             }
         }
+        Self::from_members(schema, data)
+    }
+
+    fn from_members(schema: Option<Json<'a>>, data: Option<Json<'a>>) -> Option<Self> {
         let raw = schema?.raw();
         // Schema URIs never contain escapes; take the text between the quotes.
         let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
@@ -108,15 +112,70 @@ pub fn unstruct(field: &[u8]) -> Option<SelfDescribing<'_>> {
 }
 
 /// The entities of a `contexts` or `derived_contexts` field value.
-pub fn entities(field: &[u8]) -> impl Iterator<Item = SelfDescribing<'_>> {
-    let data = if field.is_empty() {
-        None
-    } else {
-        SelfDescribing::parse(Json(field)).map(|c| c.data)
-    };
-    data.into_iter()
-        .flat_map(|d| d.elements())
-        .filter_map(SelfDescribing::parse)
+///
+/// One pass over the text: the outer `data` array is entered where it starts, and each entity's
+/// members are read while walking past it (`elements()` then `SelfDescribing::parse` would scan
+/// every entity twice, and the array once more to find its end).
+pub fn entities(field: &[u8]) -> Entities<'_> {
+    let start = (!field.is_empty())
+        .then(|| {
+            let open = json::skip_ws(field, 0);
+            if field.get(open) != Some(&b'{') {
+                return None;
+            }
+            let data = json::member_start(field, open, b"data")?;
+            (field.get(data) == Some(&b'[')).then_some(data + 1)
+        })
+        .flatten();
+    Entities {
+        b: field,
+        pos: start,
+    }
+}
+
+/// Iterator over the entities of a contexts field ([`entities`]). Elements that are not
+/// self-describing objects are passed over; malformed text ends the iteration.
+pub struct Entities<'a> {
+    b: &'a [u8],
+    pos: Option<usize>,
+}
+
+impl<'a> Iterator for Entities<'a> {
+    type Item = SelfDescribing<'a>;
+
+    fn next(&mut self) -> Option<SelfDescribing<'a>> {
+        let b = self.b;
+        loop {
+            let mut i = json::skip_ws(b, self.pos?);
+            if b.get(i) == Some(&b',') {
+                i = json::skip_ws(b, i + 1);
+            }
+            match b.get(i) {
+                Some(b'{') => {}
+                None | Some(b']') => {
+                    self.pos = None;
+                    return None;
+                }
+                Some(_) => {
+                    self.pos = json::skip_value(b, i);
+                    continue;
+                }
+            }
+            let mut members = Members::at(b, i);
+            let (mut schema, mut data) = (None, None);
+            for (k, v) in members.by_ref() {
+                match k {
+                    b"schema" => schema = Some(v),
+                    b"data" => data = Some(v),
+                    _ => {}
+                }
+            }
+            self.pos = members.end();
+            if let Some(e) = SelfDescribing::from_members(schema, data) {
+                return Some(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,5 +214,37 @@ mod tests {
         assert_eq!(c[0].data.get("currentTime").unwrap().as_f64(), Some(12.5));
         assert!(unstruct(b"").is_none());
         assert_eq!(entities(b"not json").count(), 0);
+    }
+
+    /// The one-pass reader finds what walking the array and parsing each element finds.
+    #[test]
+    fn one_pass_entities_match_element_by_element() {
+        fn reference(field: &[u8]) -> Vec<SelfDescribing<'_>> {
+            SelfDescribing::parse(Json(field))
+                .into_iter()
+                .flat_map(|c| c.data.elements())
+                .filter_map(SelfDescribing::parse)
+                .collect()
+        }
+        let l = line();
+        let contexts = field(l.as_bytes(), fields::CONTEXTS).to_vec();
+        let cases: Vec<Vec<u8>> = vec![
+            contexts.clone(),
+            br#" { "schema" : "iglu:x/contexts/jsonschema/1-0-0" , "data" : [ 1 , "s" , {"data":{"a":"]}"},"schema":"iglu:a/b/jsonschema/1-0-0"} , {"x":1} , {"schema":"iglu:c/d/jsonschema/1-0-0","data":[{"q":"\"}"}]} ] } "#.to_vec(),
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[]}"#.to_vec(),
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":{}}"#.to_vec(),
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[{"schema":"iglu:a/b/jsonschema/1-0-0","data":{"#.to_vec(),
+            b"[]".to_vec(),
+            b"".to_vec(),
+        ];
+        for c in &cases {
+            let got: Vec<_> = entities(c).collect();
+            assert_eq!(got, reference(c), "{}", String::from_utf8_lossy(c));
+        }
+        assert_eq!(entities(&cases[1]).count(), 2);
+        // Every prefix of a real contexts field: never a panic, never more than the whole.
+        for n in 0..contexts.len() {
+            assert!(entities(&contexts[..n]).count() <= reference(&contexts).len());
+        }
     }
 }

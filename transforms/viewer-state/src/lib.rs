@@ -31,6 +31,8 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod json_out;
+
 use serde::{Deserialize, Serialize};
 use weir_transform_sdk::{
     fields, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State, Stateful,
@@ -65,9 +67,11 @@ pub struct ViewerState {
     dedup_events: usize,
     max_id: usize,
     fields: Vec<usize>,
-    /// Reused buffers: the encoded state and the JSON profile of the record being processed.
+    /// Reused buffers: the encoded state, the JSON profile and the collector time (ISO 8601) of
+    /// the record being processed.
     state_buf: Vec<u8>,
     json_buf: Vec<u8>,
+    collector: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,25 +178,6 @@ struct Stored {
     seen: Vec<u64>,
 }
 
-/// The profile as the world sees it (JSON, keys in alphabetical order).
-#[derive(Serialize)]
-struct Profile<'a> {
-    ad: &'a Option<Ad>,
-    ad_break: &'a Option<AdBreak>,
-    app_id: &'a Option<String>,
-    events: u64,
-    first_seen: &'a str,
-    last_event: &'a str,
-    last_seen: &'a str,
-    media: &'a Media,
-    page: &'a Page,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session: &'a Option<Session>,
-    status: Status,
-    version: &'a str,
-    viewer_id: &'a str,
-}
-
 /// A profile as earlier versions stored it: `{"profile": {…}, "newest_ms": …}`.
 #[derive(Deserialize)]
 struct JsonStored {
@@ -264,31 +249,8 @@ impl Stored {
         Ok(())
     }
 
-    fn version(&self) -> String {
-        format!("{:013}-{:09}", self.newest_ms.max(0), self.events)
-    }
-
-    fn write_json(&self, viewer: &str, out: &mut Vec<u8>) -> Result<(), Error> {
-        let c = &self.current;
-        let version = self.version();
-        let p = Profile {
-            ad: &c.ad,
-            ad_break: &c.ad_break,
-            app_id: &c.app_id,
-            events: self.events,
-            first_seen: &self.first_seen,
-            last_event: &c.last_event,
-            last_seen: &self.last_seen,
-            media: &c.media,
-            page: &c.page,
-            session: &self.session,
-            status: c.status,
-            version: &version,
-            viewer_id: viewer,
-        };
-        out.clear();
-        serde_json::to_writer(&mut *out, &p)?;
-        Ok(())
+    fn write_json(&self, viewer: &str, out: &mut Vec<u8>) {
+        json_out::profile(self, viewer, out);
     }
 }
 
@@ -325,6 +287,7 @@ impl Stateful for ViewerState {
             fields: READS.to_vec(),
             state_buf: Vec::with_capacity(512),
             json_buf: Vec::with_capacity(1024),
+            collector: String::with_capacity(32),
         })
     }
 
@@ -365,10 +328,11 @@ impl Stateful for ViewerState {
             .or_else(|| event.field_str(fields::COLLECTOR_TSTAMP))
             .and_then(parse_ms)
             .ok_or("no parsable dvce_created_tstamp or collector_tstamp")?;
-        let collector = event
-            .field_str(fields::COLLECTOR_TSTAMP)
-            .map(iso)
-            .unwrap_or_default();
+        iso_into(
+            event.field_str(fields::COLLECTOR_TSTAMP).unwrap_or(""),
+            &mut self.collector,
+        );
+        let collector = self.collector.as_str();
 
         let (mut stored, new) = match state.get(viewer) {
             Some(bytes) => (
@@ -399,12 +363,14 @@ impl Stateful for ViewerState {
         // Always: count the event, widen first/last seen.
         stored.events += 1;
         let mut changed = new;
-        if stored.first_seen.is_empty() || collector < stored.first_seen {
+        if stored.first_seen.is_empty() || collector < stored.first_seen.as_str() {
             changed |= stored.first_seen != collector;
-            stored.first_seen.clone_from(&collector);
+            stored.first_seen.clear();
+            stored.first_seen.push_str(collector);
         }
-        if stored.last_seen.is_empty() || collector > stored.last_seen {
-            stored.last_seen = collector;
+        if stored.last_seen.is_empty() || collector > stored.last_seen.as_str() {
+            stored.last_seen.clear();
+            stored.last_seen.push_str(collector);
         }
         // Only the newest event sets the current fields.
         if ts >= stored.newest_ms {
@@ -422,7 +388,7 @@ impl Stateful for ViewerState {
         // Silent for `ttl`: weir expires the profile and calls `expired`.
         state.put_with_ttl(viewer, &self.state_buf, self.ttl_ms);
         if changed {
-            stored.write_json(viewer_str, &mut self.json_buf)?;
+            stored.write_json(viewer_str, &mut self.json_buf);
             out.emit_with_key(&self.json_buf, viewer);
         }
         Ok(())
@@ -602,10 +568,19 @@ fn parse_ms(s: &str) -> Option<i64> {
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let ms = match s.get(19..) {
-        Some(frac) if frac.starts_with('.') => {
-            let digits: String = frac[1..].chars().take(3).collect();
-            format!("{digits:0<3}").parse::<i64>().ok()?
+    // Milliseconds: the first three digits of the fraction, right-padded with zeros.
+    let ms = match b.get(19) {
+        Some(b'.') => {
+            let mut ms = 0;
+            for i in 20..23 {
+                let d = match b.get(i) {
+                    Some(d) if d.is_ascii_digit() => i64::from(d - b'0'),
+                    Some(_) => return None,
+                    None => 0,
+                };
+                ms = ms * 10 + d;
+            }
+            ms
         }
         _ => 0,
     };
@@ -619,9 +594,21 @@ fn parse_ms(s: &str) -> Option<i64> {
     Some(((days * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
 }
 
-/// `2024-11-16 13:33:22.625` → `2024-11-16T13:33:22.625Z`.
-fn iso(s: &str) -> String {
-    format!("{}Z", s.replacen(' ', "T", 1))
+/// `2024-11-16 13:33:22.625` → `2024-11-16T13:33:22.625Z`, into `out` (empty for empty).
+fn iso_into(s: &str, out: &mut String) {
+    out.clear();
+    if s.is_empty() {
+        return;
+    }
+    match s.split_once(' ') {
+        Some((date, time)) => {
+            out.push_str(date);
+            out.push('T');
+            out.push_str(time);
+        }
+        None => out.push_str(s),
+    }
+    out.push('Z');
 }
 
 #[cfg(test)]

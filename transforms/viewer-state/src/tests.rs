@@ -47,10 +47,7 @@ fn profile(h: &Harness, viewer: &str) -> Value {
 /// A stored profile as the JSON the transform emits for it.
 fn decoded(bytes: &[u8], viewer: &str) -> Value {
     let mut json = Vec::new();
-    Stored::decode(bytes)
-        .unwrap()
-        .write_json(viewer, &mut json)
-        .unwrap();
+    Stored::decode(bytes).unwrap().write_json(viewer, &mut json);
     serde_json::from_slice(&json).unwrap()
 }
 
@@ -372,4 +369,180 @@ fn long_viewer_ids_and_replaced_settings_are_refused() {
         .unwrap();
     assert!(err.message().contains("dedup_events"), "{}", err.message());
     assert!(testing::stateful::<ViewerState>(&[("dedup_events", "5000")]).is_err());
+}
+
+/// What serde_json writes for a profile: the reference the hand-written writer must match.
+#[derive(Serialize)]
+struct Profile<'a> {
+    ad: &'a Option<Ad>,
+    ad_break: &'a Option<AdBreak>,
+    app_id: &'a Option<String>,
+    events: u64,
+    first_seen: &'a str,
+    last_event: &'a str,
+    last_seen: &'a str,
+    media: &'a Media,
+    page: &'a Page,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: &'a Option<Session>,
+    status: Status,
+    version: &'a str,
+    viewer_id: &'a str,
+}
+
+fn reference_json(s: &Stored, viewer: &str) -> Vec<u8> {
+    let c = &s.current;
+    let version = format!("{:013}-{:09}", s.newest_ms.max(0), s.events);
+    serde_json::to_vec(&Profile {
+        ad: &c.ad,
+        ad_break: &c.ad_break,
+        app_id: &c.app_id,
+        events: s.events,
+        first_seen: &s.first_seen,
+        last_event: &c.last_event,
+        last_seen: &s.last_seen,
+        media: &c.media,
+        page: &c.page,
+        session: &s.session,
+        status: c.status,
+        version: &version,
+        viewer_id: viewer,
+    })
+    .unwrap()
+}
+
+#[test]
+fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
+    // Every profile of the real session, after each event.
+    let mut h = harness();
+    let mut compared = 0;
+    for l in lines() {
+        run(&mut h, &[l]);
+        if let Some(bytes) = h.state.value(VIEWER.as_bytes()) {
+            let s = Stored::decode(bytes).unwrap();
+            let mut mine = Vec::new();
+            s.write_json(VIEWER, &mut mine);
+            assert_eq!(
+                String::from_utf8(mine).unwrap(),
+                String::from_utf8(reference_json(&s, VIEWER)).unwrap()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 20, "{compared}");
+    // Strings that need escaping, every control character, non-ASCII, odd numbers.
+    let nasty: String = (0u8..0x20)
+        .map(char::from)
+        .chain("\"\\/\u{7f}é😀 </script>".chars())
+        .collect();
+    let numbers = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        1e21,
+        1e-7,
+        123_456_789.123_456_79,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    for (i, n) in numbers.into_iter().enumerate() {
+        let t = Some(nasty.clone());
+        let s = Stored {
+            events: [0, 1, u64::MAX, 999_999_999, 1_000_000_000][i % 5],
+            first_seen: nasty.clone(),
+            last_seen: String::new(),
+            newest_ms: [i64::MIN, -1, 0, 1_731_764_089_279, i64::MAX][i % 5],
+            current: Current {
+                ad: (i % 2 == 0).then(|| Ad {
+                    creative_id: t.clone(),
+                    duration: Some(n),
+                    id: None,
+                    name: t.clone(),
+                    pod_position: Some(n),
+                    skippable: Some(i % 3 == 0),
+                }),
+                ad_break: (i % 3 == 0).then(|| AdBreak {
+                    id: t.clone(),
+                    name: None,
+                    pod_size: Some(n),
+                    kind: t.clone(),
+                }),
+                app_id: t.clone(),
+                last_event: nasty.clone(),
+                media: Media {
+                    duration: Some(n),
+                    fullscreen: Some(false),
+                    muted: None,
+                    percent: Some(-n),
+                    player_type: t.clone(),
+                    position: Some(n),
+                    quality: None,
+                    rate: Some(n / 3.0),
+                    title: t.clone(),
+                    kind: None,
+                    volume: Some(n * 7.0),
+                },
+                page: Page {
+                    title: t.clone(),
+                    url: None,
+                },
+                status: [
+                    Status::Watching,
+                    Status::Paused,
+                    Status::Buffering,
+                    Status::InAd,
+                    Status::Ended,
+                ][i % 5],
+            },
+            session: (i % 2 == 1).then(|| Session {
+                ad_breaks: Some(n),
+                id: t.clone(),
+                started_at: t.clone(),
+                time_played_muted: Some(n),
+                ..Session::default()
+            }),
+            seen: vec![1, 2],
+        };
+        let mut mine = Vec::new();
+        s.write_json(&nasty, &mut mine);
+        assert_eq!(
+            String::from_utf8(mine).unwrap(),
+            String::from_utf8(reference_json(&s, &nasty)).unwrap(),
+            "case {i}"
+        );
+    }
+}
+
+#[test]
+fn timestamps_parse_to_milliseconds_with_any_fraction() {
+    let base = parse_ms("2024-11-16 13:33:22").unwrap();
+    assert_eq!(base, 1_731_764_002_000);
+    for (s, ms) in [
+        (".6", Some(600)),
+        (".62", Some(620)),
+        (".625", Some(625)),
+        (".62599", Some(625)),
+        (".", Some(0)),
+        ("Z", Some(0)),
+        (".6x", None),
+        (".x", None),
+        (".é", None),
+    ] {
+        assert_eq!(
+            parse_ms(&format!("2024-11-16 13:33:22{s}")),
+            ms.map(|m| base + m),
+            "{s}"
+        );
+    }
+    assert_eq!(parse_ms("2024-11-16 13:33"), None);
+    assert_eq!(parse_ms("1970-01-01 00:00:00.001"), Some(1));
+    let mut out = String::new();
+    iso_into("2024-11-16 13:33:22.625", &mut out);
+    assert_eq!(out, "2024-11-16T13:33:22.625Z");
+    iso_into("", &mut out);
+    assert_eq!(out, "");
 }
