@@ -19,10 +19,11 @@ impl<'b> Out<'b> {
         Out { buf }
     }
 
-    /// `"key":` preceded by `,` unless `first`; `key` is a literal needing no escapes.
+    /// `"key":`, preceded by `,` unless it opens its object; `key` is a literal needing no
+    /// escapes.
     #[inline]
-    fn key(&mut self, key: &str, first: bool) {
-        if !first {
+    fn key(&mut self, key: &str) {
+        if self.buf.last() != Some(&b'{') {
             self.buf.push(b',');
         }
         self.buf.push(b'"');
@@ -139,97 +140,97 @@ impl Status {
 
 fn ad(o: &mut Out<'_>, a: &Ad) {
     o.buf.push(b'{');
-    o.key("creative_id", true);
+    o.key("creative_id");
     o.opt_str(&a.creative_id);
-    o.key("duration", false);
+    o.key("duration");
     o.opt_f64(a.duration);
-    o.key("id", false);
+    o.key("id");
     o.opt_str(&a.id);
-    o.key("name", false);
+    o.key("name");
     o.opt_str(&a.name);
-    o.key("pod_position", false);
+    o.key("pod_position");
     o.opt_f64(a.pod_position);
-    o.key("skippable", false);
+    o.key("skippable");
     o.opt_bool(a.skippable);
     o.buf.push(b'}');
 }
 
 fn ad_break(o: &mut Out<'_>, a: &AdBreak) {
     o.buf.push(b'{');
-    o.key("id", true);
+    o.key("id");
     o.opt_str(&a.id);
-    o.key("name", false);
+    o.key("name");
     o.opt_str(&a.name);
-    o.key("pod_size", false);
+    o.key("pod_size");
     o.opt_f64(a.pod_size);
-    o.key("type", false);
+    o.key("type");
     o.opt_str(&a.kind);
     o.buf.push(b'}');
 }
 
 fn media(o: &mut Out<'_>, m: &Media) {
     o.buf.push(b'{');
-    o.key("duration", true);
+    o.key("duration");
     o.opt_f64(m.duration);
-    o.key("fullscreen", false);
+    o.key("fullscreen");
     o.opt_bool(m.fullscreen);
-    o.key("muted", false);
+    o.key("muted");
     o.opt_bool(m.muted);
-    o.key("percent", false);
+    o.key("percent");
     o.opt_f64(m.percent);
-    o.key("player_type", false);
+    o.key("player_type");
     o.opt_str(&m.player_type);
-    o.key("position", false);
+    o.key("position");
     o.opt_f64(m.position);
-    o.key("quality", false);
+    o.key("quality");
     o.opt_str(&m.quality);
-    o.key("rate", false);
+    o.key("rate");
     o.opt_f64(m.rate);
-    o.key("title", false);
+    o.key("title");
     o.opt_str(&m.title);
-    o.key("type", false);
+    o.key("type");
     o.opt_str(&m.kind);
-    o.key("volume", false);
+    o.key("volume");
     o.opt_f64(m.volume);
     o.buf.push(b'}');
 }
 
 fn page(o: &mut Out<'_>, p: &Page) {
     o.buf.push(b'{');
-    o.key("title", true);
+    o.key("title");
     o.opt_str(&p.title);
-    o.key("url", false);
+    o.key("url");
     o.opt_str(&p.url);
     o.buf.push(b'}');
 }
 
 fn session(o: &mut Out<'_>, s: &Session) {
     o.buf.push(b'{');
-    o.key("ad_breaks", true);
+    o.key("ad_breaks");
     o.opt_f64(s.ad_breaks);
-    o.key("ads", false);
+    o.key("ads");
     o.opt_f64(s.ads);
-    o.key("ads_clicked", false);
+    o.key("ads_clicked");
     o.opt_f64(s.ads_clicked);
-    o.key("ads_skipped", false);
+    o.key("ads_skipped");
     o.opt_f64(s.ads_skipped);
-    o.key("avg_playback_rate", false);
+    o.key("avg_playback_rate");
     o.opt_f64(s.avg_playback_rate);
-    o.key("content_watched", false);
+    o.key("content_watched");
     o.opt_f64(s.content_watched);
-    o.key("id", false);
+    o.key("id");
     o.opt_str(&s.id);
-    o.key("started_at", false);
+    o.key("started_at");
     o.opt_str(&s.started_at);
-    o.key("time_buffering", false);
+    o.key("time_buffering");
     o.opt_f64(s.time_buffering);
-    o.key("time_in_ads", false);
+    o.key("time_in_ads");
     o.opt_f64(s.time_in_ads);
-    o.key("time_paused", false);
+    o.key("time_paused");
     o.opt_f64(s.time_paused);
-    o.key("time_played", false);
+    o.key("time_played");
     o.opt_f64(s.time_played);
-    o.key("time_played_muted", false);
+    o.key("time_played_muted");
     o.opt_f64(s.time_played_muted);
     o.buf.push(b'}');
 }
@@ -239,45 +240,45 @@ pub(crate) fn profile(stored: &Stored, viewer: &str, buf: &mut Vec<u8>) {
     let c = &stored.current;
     let mut o = Out::new(buf);
     o.buf.push(b'{');
-    o.key("ad", true);
+    o.key("ad");
     match &c.ad {
         Some(a) => ad(&mut o, a),
         None => o.null(),
     }
-    o.key("ad_break", false);
+    o.key("ad_break");
     match &c.ad_break {
         Some(a) => ad_break(&mut o, a),
         None => o.null(),
     }
-    o.key("app_id", false);
+    o.key("app_id");
     o.opt_str(&c.app_id);
-    o.key("events", false);
+    o.key("events");
     o.u64(stored.events);
-    o.key("first_seen", false);
+    o.key("first_seen");
     o.str(&stored.first_seen);
-    o.key("last_event", false);
+    o.key("last_event");
     o.str(&c.last_event);
-    o.key("last_seen", false);
+    o.key("last_seen");
     o.str(&stored.last_seen);
-    o.key("media", false);
+    o.key("media");
     media(&mut o, &c.media);
-    o.key("page", false);
+    o.key("page");
     page(&mut o, &c.page);
     if let Some(s) = &stored.session {
-        o.key("session", false);
+        o.key("session");
         session(&mut o, s);
     }
-    o.key("status", false);
+    o.key("status");
     o.str(c.status.as_str());
     // The version: newest device time (ms, 13 digits) and the event count (9 digits), so that
     // a later profile of a viewer sorts after an earlier one.
-    o.key("version", false);
+    o.key("version");
     o.buf.push(b'"');
     o.padded(stored.newest_ms.max(0) as u64, 13);
     o.buf.push(b'-');
     o.padded(stored.events, 9);
     o.buf.push(b'"');
-    o.key("viewer_id", false);
+    o.key("viewer_id");
     o.str(viewer);
     o.buf.push(b'}');
 }
