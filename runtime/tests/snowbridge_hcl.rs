@@ -124,14 +124,8 @@ const DOCS: &[(&str, Expect)] = &[
         "sources/pubsub-minimal-example.hcl",
         Expect::Refused("source.use \"pubsub\"", "source `pubsub` "),
     ),
-    (
-        "sources/sqs-full-example.hcl",
-        Expect::Refused("source.use \"sqs\"", "source `sqs` "),
-    ),
-    (
-        "sources/sqs-minimal-example.hcl",
-        Expect::Refused("source.use \"sqs\"", "source `sqs` "),
-    ),
+    ("sources/sqs-full-example.hcl", Expect::Ok),
+    ("sources/sqs-minimal-example.hcl", Expect::Ok),
     ("sources/stdin-full-example.hcl", Expect::Ok),
     ("sources/stdin-minimal-example.hcl", Expect::Ok),
     (
@@ -162,14 +156,8 @@ const DOCS: &[(&str, Expect)] = &[
         "targets/pubsub-minimal-example.hcl",
         Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
     ),
-    (
-        "targets/sqs-full-example.hcl",
-        Expect::Refused("target.use \"sqs\"", "target `sqs` "),
-    ),
-    (
-        "targets/sqs-minimal-example.hcl",
-        Expect::Refused("target.use \"sqs\"", "target `sqs` "),
-    ),
+    ("targets/sqs-full-example.hcl", Expect::Ok),
+    ("targets/sqs-minimal-example.hcl", Expect::Ok),
     ("targets/stdout-full-example.hcl", Expect::Ok),
     ("targets/stdout-minimal-example.hcl", Expect::Ok),
     (

@@ -71,6 +71,10 @@ const THROTTLING: &[&str] = &[
     "LimitExceededException",
     "KMSThrottlingException",
     "TooManyRequestsException",
+    // SQS
+    "RequestThrottled",
+    "AWS.SimpleQueueService.RequestThrottled",
+    "OverLimit",
 ];
 
 impl ErrorClass {
@@ -101,7 +105,7 @@ where
 pub fn classify_code(code: Option<&str>) -> ErrorClass {
     match code {
         Some(c) if THROTTLING.contains(&c) => ErrorClass::Throttled,
-        Some(c) if REFUSED.contains(&c) || c == "ResourceNotFoundException" => ErrorClass::Setup,
+        Some(c) if REFUSED.contains(&c) || NOT_FOUND.contains(&c) => ErrorClass::Setup,
         Some("ConditionalCheckFailedException") => ErrorClass::ConditionFailed,
         Some("ValidationException" | "InvalidArgumentException" | "SerializationException") => {
             ErrorClass::Invalid
@@ -130,12 +134,20 @@ const REFUSED: &[&str] = &[
     "AuthFailure",
 ];
 
-/// Whether `err` is the service answering that it does not know a resource (a table, a stream).
+/// Service error codes of a resource the service does not know (a table, a stream, a queue).
+const NOT_FOUND: &[&str] = &[
+    "ResourceNotFoundException",
+    "QueueDoesNotExist",
+    "AWS.SimpleQueueService.NonExistentQueue",
+];
+
+/// Whether `err` is the service answering that it does not know a resource (a table, a stream,
+/// a queue).
 pub fn not_found<E, R>(err: &SdkError<E, R>) -> bool
 where
     E: ProvideErrorMetadata,
 {
-    matches!(err, SdkError::ServiceError(ctx) if ctx.err().code() == Some("ResourceNotFoundException"))
+    matches!(err, SdkError::ServiceError(ctx) if ctx.err().code().is_some_and(|c| NOT_FOUND.contains(&c)))
 }
 
 /// Why a start-up check could not use `service` (at `endpoint_url`, if the config sets one):
@@ -182,6 +194,87 @@ pub async fn check_stream(
         Err(e) if classify(&e) == ErrorClass::Throttled => Ok(()),
         Err(e) => Err(unusable("Kinesis", endpoint_url, &e).context(format!("stream `{stream}`"))),
     }
+}
+
+/// An SQS queue as a component found it at start-up.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    pub url: String,
+    /// A FIFO queue (its name ends in `.fifo`): messages need a group id.
+    pub fifo: bool,
+    /// The queue deduplicates FIFO messages by a hash of their body itself.
+    pub content_dedup: bool,
+    /// The queue's `MaximumMessageSize`: the longest message, and the most a batch may carry.
+    pub max_message_bytes: usize,
+    /// The queue's `VisibilityTimeout`.
+    pub visibility_timeout: std::time::Duration,
+}
+
+/// Checks a `queue` setting: a queue name, or a queue URL.
+pub fn check_queue_name(origin: &Origin, key: &str, queue: &str) -> Result<(), ConfigError> {
+    if queue.starts_with("https://") || queue.starts_with("http://") {
+        return Ok(());
+    }
+    let name = queue.strip_suffix(".fifo").unwrap_or(queue);
+    if name.is_empty()
+        || queue.len() > 80
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(origin.error(
+            key,
+            format!(
+                "expected a queue URL, or a queue name of 1 to 80 letters, digits, `-` or `_` \
+                 (`.fifo` at the end for a FIFO queue), found {queue:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The start-up check of an SQS component: the queue (`queue`: a name or a URL) exists and the
+/// credentials are accepted; returns its URL and the attributes that matter to weir.
+pub async fn sqs_queue(
+    client: &aws_sdk_sqs::Client,
+    queue: &str,
+    endpoint_url: Option<&str>,
+) -> anyhow::Result<SqsQueue> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let url = if queue.starts_with("https://") || queue.starts_with("http://") {
+        queue.to_string()
+    } else {
+        match client.get_queue_url().queue_name(queue).send().await {
+            Ok(out) => out.queue_url.unwrap_or_default(),
+            Err(e) if not_found(&e) => anyhow::bail!("the queue `{queue}` does not exist"),
+            Err(e) => {
+                return Err(unusable("SQS", endpoint_url, &e).context(format!("queue `{queue}`")))
+            }
+        }
+    };
+    let attrs = match client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(A::All)
+        .send()
+        .await
+    {
+        Ok(out) => out.attributes.unwrap_or_default(),
+        Err(e) if not_found(&e) => anyhow::bail!("the queue `{queue}` does not exist"),
+        Err(e) => return Err(unusable("SQS", endpoint_url, &e).context(format!("queue `{queue}`"))),
+    };
+    let flag = |a: A| attrs.get(&a).is_some_and(|v| v == "true");
+    let number = |a: A| attrs.get(&a).and_then(|v| v.parse::<u64>().ok());
+    Ok(SqsQueue {
+        fifo: flag(A::FifoQueue) || url.ends_with(".fifo"),
+        content_dedup: flag(A::ContentBasedDeduplication),
+        // SQS's own default when a queue does not say.
+        max_message_bytes: number(A::MaximumMessageSize).unwrap_or(262_144) as usize,
+        visibility_timeout: std::time::Duration::from_secs(
+            number(A::VisibilityTimeout).unwrap_or(30),
+        ),
+        url,
+    })
 }
 
 /// The start-up check of a DynamoDB table (`what`: what it is to the component, e.g. "lease

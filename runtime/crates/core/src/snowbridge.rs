@@ -1069,7 +1069,42 @@ fn source(cx: &mut Cx, u: &Use) -> Result<V, ConfigError> {
             }
             Ok(out)
         }
-        "pubsub" | "sqs" | "http" => Err(cx.err(&s.path, unsupported("source", &u.name, 18))),
+        "sqs" => {
+            s.known(
+                cx,
+                &[
+                    "queue_name",
+                    "region",
+                    "role_arn",
+                    "custom_aws_endpoint",
+                    "concurrent_writes",
+                ],
+                &[],
+            )?;
+            let mut out = typed("sqs");
+            put_str(cx, s, &mut out, "source", "queue_name", "queue", true)?;
+            put_str(cx, s, &mut out, "source", "region", "region", true)?;
+            put_str(
+                cx,
+                s,
+                &mut out,
+                "source",
+                "custom_aws_endpoint",
+                "endpoint_url",
+                false,
+            )?;
+            if s.has("concurrent_writes") {
+                s.int(cx, "concurrent_writes")?;
+                cx.note(
+                    &s.key("concurrent_writes"),
+                    "ignored: weir's SQS source receives with `receivers` long polls and holds at \
+                     most `max_in_flight` messages; transforms and sinks run on their own",
+                );
+            }
+            aws_role(cx, s)?;
+            Ok(out)
+        }
+        "pubsub" | "http" => Err(cx.err(&s.path, unsupported("source", &u.name, 18))),
         other => Err(cx.err(
             &s.path,
             unknown_component(
@@ -1492,9 +1527,41 @@ fn target(
             aws_role(cx, s)?;
             Ok(out)
         }
-        "pubsub" | "sqs" | "eventhub" | "http" => {
-            Err(cx.err(&s.path, unsupported("target", &u.name, 18)))
+        "sqs" => {
+            s.known(
+                cx,
+                &["queue_name", "region", "role_arn", "custom_aws_endpoint"],
+                &["batching"],
+            )?;
+            let b = batching(cx, s, main)?;
+            let mut out = typed("sqs");
+            put_str(cx, s, &mut out, prefix, "queue_name", "queue", true)?;
+            put_str(cx, s, &mut out, prefix, "region", "region", true)?;
+            put_str(
+                cx,
+                s,
+                &mut out,
+                prefix,
+                "custom_aws_endpoint",
+                "endpoint_url",
+                false,
+            )?;
+            // Snowbridge's default: 5 batches in flight.
+            out.set("concurrency", V::Int(b.max_concurrent_batches.unwrap_or(5)));
+            cx.map(
+                format!("{prefix}.concurrency"),
+                s.key("batching.max_concurrent_batches"),
+            );
+            if b.max_message_bytes.is_some() {
+                cx.note(
+                    &s.key("batching.max_message_bytes"),
+                    "weir's SQS sink refuses records over the queue's own MaximumMessageSize",
+                );
+            }
+            aws_role(cx, s)?;
+            Ok(out)
         }
+        "pubsub" | "eventhub" | "http" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
         other => Err(cx.err(
             &s.path,
             unknown_component(

@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod kinesis;
 pub mod null;
 pub mod profiles;
+pub mod sqs;
 pub mod stdout;
 
 /// Every sink type weir knows, by its config `type`.
@@ -29,6 +30,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<kinesis::KinesisConfig>(),
     sink::<profiles::ProfilesConfig>(),
     sink::<kafka::KafkaConfig>(),
+    sink::<sqs::SqsConfig>(),
     Registration {
         name: fanout::TYPE,
         parse: fanout::parse,

@@ -22,6 +22,7 @@ pub mod frames;
 pub mod kafka;
 pub mod kinesis;
 pub mod lines;
+pub mod sqs;
 pub mod stdin;
 
 /// Every source type weir knows, by its config `type`.
@@ -31,6 +32,7 @@ pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
     source::<kinesis::KinesisConfig>(),
     source::<kafka::KafkaConfig>(),
     source::<collector::CollectorConfig>(),
+    source::<sqs::SqsConfig>(),
 ];
 
 /// A source's validated settings.
