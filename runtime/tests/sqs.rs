@@ -400,7 +400,7 @@ async fn kill_9_mid_run_loses_nothing_and_duplicates_only_what_was_in_flight() {
     let config = |out: &str| {
         format!(
             "[source]\ntype = \"sqs\"\nqueue = \"q\"\nendpoint_url = \"{}\"\nwait_time = \"1s\"\n\
-             visibility_timeout = \"4s\"\nmax_in_flight = {max_in_flight}\n\
+             visibility_timeout = \"10s\"\nmax_in_flight = {max_in_flight}\n\
              [sink]\ntype = \"file\"\npath = \"{}\"\n[batch]\nmax_records = 50\nflush_interval = \"100ms\"\n",
             moto.endpoint,
             dir.path().join(out).display()
@@ -492,4 +492,55 @@ async fn a_missing_queue_fails_the_start_naming_it() {
             "{stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_run_deletes_what_was_written_and_hands_back_the_rest_at_once() {
+    let moto = Moto::start();
+    let c = sqs(&moto.endpoint).await;
+    let url = create_queue(&c, "q", &[]).await;
+    let n = 3_000usize;
+    let bodies: Vec<(String, Option<String>)> =
+        (0..n).map(|i| (format!("m-{i:05}"), None)).collect();
+    send_all(&c, &url, &bodies).await;
+
+    // A visibility timeout far longer than the test: a message weir held and did not hand back
+    // would stay hidden.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.txt");
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[source]\ntype = \"sqs\"\nqueue = \"q\"\nendpoint_url = \"{}\"\nwait_time = \"1s\"\n\
+             visibility_timeout = \"10m\"\nmax_in_flight = 400\n\
+             [sink]\ntype = \"file\"\npath = \"{}\"\n[batch]\nmax_records = 50\nflush_interval = \"100ms\"\n",
+            moto.endpoint,
+            out.display()
+        ),
+    );
+    let weir = spawn_weir(&cfg);
+    wait_for("a part of the queue to be written", &cfg, async || {
+        lines_of(&out).len() >= n / 5
+    })
+    .await;
+    stop(weir, &cfg);
+    let written = lines_of(&out);
+    assert!(written.len() < n, "stopped before the end");
+    let (visible, hidden) = in_queue(&c, &url).await;
+    assert_eq!(
+        hidden, 0,
+        "every message weir held was deleted or handed back"
+    );
+    assert_eq!(
+        visible as usize + written.len(),
+        n,
+        "what was written is deleted, the rest is in the queue"
+    );
+    let rest = drain(&c, &url).await;
+    let all: HashSet<String> = written
+        .into_iter()
+        .chain(rest.into_iter().map(|(b, _)| b))
+        .collect();
+    assert_eq!(all.len(), n, "nothing lost, nothing twice");
 }

@@ -5,10 +5,10 @@
 //!   instead of letting messages pile up (and their visibility lapse) in weir.
 //! - **Deleting.** A message is deleted only once the pipeline has acknowledged its batch (every
 //!   sink, or the failure sink, durably took it); deletes go 10 to a call.
-//! - **In flight.** While weir holds a message, its visibility is extended (every third of
-//!   `visibility_timeout`, by `visibility_timeout`), so a slow sink or a long retry does not
+//! - **In flight.** While weir holds a message, its visibility is extended (once held a quarter
+//!   of `visibility_timeout`, by `visibility_timeout`), so a slow sink or a long retry does not
 //!   hand it to another consumer. A batch the pipeline could not deliver (a shutdown with a
-//!   failing sink) is made visible again at once.
+//!   failing sink) is made visible again at once, as are, on a stop, the messages not written.
 //! - **Crashes.** A weir killed mid-run deletes nothing it had not delivered: what it held
 //!   becomes visible again when its visibility times out, and is read again (at-least-once;
 //!   duplicates are bounded by what was in flight).
@@ -42,6 +42,8 @@ const PER_CALL: usize = 10;
 /// SQS's longest visibility timeout and long-poll wait.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 const MAX_WAIT: Duration = Duration::from_secs(20);
+/// How long a stop waits for a receive in flight (plus a second), at most.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// ```toml
 /// [source]
@@ -193,7 +195,7 @@ impl Source for SqsSource {
 
         // Receivers → this loop, through a channel of a few receives.
         let stop_receiving = CancellationToken::new();
-        let (msgs_tx, mut msgs_rx) = mpsc::channel::<Vec<Message>>(cfg.receivers);
+        let (msgs_tx, mut msgs_rx) = mpsc::channel::<(Instant, Vec<Message>)>(cfg.receivers);
         let mut receivers = Vec::new();
         for _ in 0..cfg.receivers {
             receivers.push(tokio::spawn(receive(
@@ -242,9 +244,9 @@ impl Source for SqsSource {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
                 msgs = msgs_rx.recv() => {
-                    let Some(msgs) = msgs else { break };
+                    let Some((asked, msgs)) = msgs else { break };
                     for m in msgs {
-                        if push(&mut ctx, &held, m, max) {
+                        if push(&mut ctx, &held, m, asked, max) {
                             let ack = seal(&held);
                             ctx.emitter.flush_with(ack).await?;
                         }
@@ -259,17 +261,19 @@ impl Source for SqsSource {
 
         // Stop receiving; what the receivers already have is emitted too, then the pipeline
         // acknowledges what it can before the held messages are settled.
+        // Read the channel until every receiver is gone (a receiver waiting for room in it
+        // would otherwise never see the stop).
         stop_receiving.cancel();
-        for r in receivers {
-            let _ = r.await;
-        }
-        while let Ok(msgs) = msgs_rx.try_recv() {
+        while let Some((asked, msgs)) = msgs_rx.recv().await {
             for m in msgs {
-                if push(&mut ctx, &held, m, max) {
+                if push(&mut ctx, &held, m, asked, max) {
                     let ack = seal(&held);
                     ctx.emitter.flush_with(ack).await?;
                 }
             }
+        }
+        for r in receivers {
+            let _ = r.await;
         }
         let ack = seal(&held);
         ctx.emitter.flush_with(ack).await?;
@@ -285,17 +289,23 @@ impl Source for SqsSource {
     }
 }
 
-/// Adds one message to the open batch; true when the batch is full.
-fn push(ctx: &mut SourceContext, held: &Mutex<Held>, m: Message, max: usize) -> bool {
+/// Adds one message (received by a request made at `asked`) to the open batch; true when the
+/// batch is full.
+fn push(
+    ctx: &mut SourceContext,
+    held: &Mutex<Held>,
+    m: Message,
+    asked: Instant,
+    max: usize,
+) -> bool {
     let Some(handle) = m.receipt_handle else {
         return false;
     };
     {
         let mut h = lock(held);
         h.open.push(handle);
-        if h.open_since.is_none() {
-            h.open_since = Some(Instant::now());
-        }
+        // The open batch counts from its oldest message.
+        h.open_since = Some(h.open_since.map_or(asked, |t| t.min(asked)));
     }
     let key = m
         .attributes
@@ -330,29 +340,43 @@ async fn receive(
     url: String,
     cfg: SqsConfig,
     room: Arc<Semaphore>,
-    out: mpsc::Sender<Vec<Message>>,
+    out: mpsc::Sender<(Instant, Vec<Message>)>,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
         let permits = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             p = room.clone().acquire_many_owned(PER_CALL as u32) => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
-        let call = client
+        // SQS starts a message's visibility timeout when it answers: counting from the request
+        // errs on the safe side.
+        let asked = Instant::now();
+        let mut call = std::pin::pin!(client
             .receive_message()
             .queue_url(&url)
             .max_number_of_messages(PER_CALL as i32)
             .wait_time_seconds(cfg.wait_time.0.as_secs() as i32)
             .visibility_timeout(cfg.visibility_timeout.0.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send();
+            .send());
+        // On a stop, a receive in flight is let finish (the messages it brings are emitted and
+        // settled like the others): SQS answers at once when it has messages, and a receive
+        // dropped after SQS chose its messages would leave them hidden for a whole visibility
+        // timeout. One still waiting after `STOP_GRACE` found an empty queue and is dropped.
         let res = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = call => r,
+            _ = stop.cancelled() => {
+                let grace = cfg.wait_time.0.min(STOP_GRACE) + Duration::from_secs(1);
+                match tokio::time::timeout(grace, &mut call).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
+            r = &mut call => r,
         };
         match res {
             Ok(out_) => {
@@ -366,7 +390,7 @@ async fn receive(
                     continue;
                 }
                 metrics::counter!("weir_sqs_received_total").increment(msgs.len() as u64);
-                if out.send(msgs).await.is_err() {
+                if out.send((asked, msgs)).await.is_err() {
                     return;
                 }
             }
@@ -384,8 +408,8 @@ async fn receive(
     }
 }
 
-/// Keeps the messages weir holds hidden: every third of the visibility timeout, extends those
-/// held that long. Its own task, so that slow deletes never delay an extension.
+/// Keeps the messages weir holds hidden: every quarter of the visibility timeout, extends those
+/// held that long, 4 calls at once. Its own task, so that slow deletes never delay an extension.
 async fn keep_hidden(
     client: Client,
     url: String,
@@ -393,7 +417,9 @@ async fn keep_hidden(
     held: Arc<Mutex<Held>>,
     done: CancellationToken,
 ) {
-    let every = (visibility / 3).max(Duration::from_secs(1));
+    // A message is extended once held a quarter of the timeout, at the latest half of it
+    // (ticks are a quarter apart), leaving the other half for the call under load.
+    let every = (visibility / 4).max(Duration::from_millis(500));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -419,7 +445,10 @@ async fn keep_hidden(
         };
         if !due.is_empty() {
             metrics::counter!("weir_sqs_visibility_extended_total").increment(due.len() as u64);
-            change_visibility(&client, &url, &due, visibility).await;
+            use futures::stream::{self, StreamExt};
+            stream::iter(due.chunks(PER_CALL * 10))
+                .for_each_concurrent(4, |part| change_visibility(&client, &url, part, visibility))
+                .await;
         }
     }
 }
