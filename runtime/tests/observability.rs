@@ -27,6 +27,111 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Starts weir on `cfg` (JSON logs, stdin piped); returns it, the address its `[http]` endpoint
+/// is bound to, and its stdin.
+fn spawn_with_http(
+    cfg: &std::path::Path,
+) -> (std::process::Child, String, std::process::ChildStdin) {
+    let mut child = weir()
+        .args(["--log-format", "json", "run", "--progress=never"])
+        .arg(cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // JSON logs: the line announcing the endpoint carries its bound address.
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "weir exited early"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
+        if let Some(a) = v["fields"]["address"].as_str() {
+            break a.to_string();
+        }
+    };
+    // Keep reading the log, so that weir never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let stdin = child.stdin.take().unwrap();
+    (child, addr, stdin)
+}
+
+/// The value of a Prometheus sample line `name` (labels included) in `metrics`.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn e2e_latency_runs_from_collector_tstamp_to_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        "[source]\ntype = \"stdin\"\n[sink]\ntype = \"null\"\n[failure]\ntype = \"null\"\n\
+         [batch]\nflush_interval = \"20ms\"\n[metrics]\ne2e_latency = true\n\
+         [http]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let (mut child, addr, mut stdin) = spawn_with_http(&cfg);
+    // Real events, received by the collector 3 s ago; and a line that is not an event.
+    let mut received = String::new();
+    assert!(weir_snowplow::tracker::format_tstamp(
+        weir_snowplow::now_ms() - 3_000,
+        &mut received
+    ));
+    let fixture =
+        std::fs::read_to_string(repo_root().join("examples/data/micro-media-session.tsv")).unwrap();
+    let mut events = 0;
+    for l in fixture.lines().filter(|l| !l.is_empty()) {
+        let mut f: Vec<&str> = l.split('\t').collect();
+        f[3] = &received;
+        writeln!(stdin, "{}", f.join("\t")).unwrap();
+        events += 1;
+    }
+    stdin.write_all(b"not an event\n").unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (_, body) = get(&addr, "/metrics");
+        if sample(&body, "weir_e2e_latency_seconds_count") == Some(events as f64)
+            && sample(&body, "weir_processing_latency_seconds_count") == Some(events as f64 + 1.0)
+        {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "latencies never counted {events} events:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Every event took 3 s and a little: in the buckets from 5 s up, none below 2.5 s.
+    let bucket = |le: &str| {
+        sample(
+            &metrics,
+            &format!("weir_e2e_latency_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    assert_eq!(bucket("2.5"), Some(0.0), "{metrics}");
+    assert_eq!(bucket("5"), Some(events as f64), "{metrics}");
+    let mean = sample(&metrics, "weir_e2e_latency_seconds_sum").unwrap() / events as f64;
+    assert!((3.0..5.0).contains(&mean), "mean e2e latency {mean} s");
+    // Read → acknowledged: a histogram too, and short.
+    let p = |le: &str| {
+        sample(
+            &metrics,
+            &format!("weir_processing_latency_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    assert_eq!(p("+Inf"), Some(events as f64 + 1.0), "{metrics}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
 #[test]
 fn health_readiness_and_prometheus_metrics_while_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,31 +143,7 @@ fn health_readiness_and_prometheus_metrics_while_running() {
          [sink]\ntype = \"null\"\n[failure]\ntype = \"null\"\n\
          [batch]\nflush_interval = \"20ms\"\n[http]\naddress = \"127.0.0.1:0\"\n",
     );
-    let mut child = weir()
-        .args(["--log-format", "json", "run", "--progress=never"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    // JSON logs: the line announcing the endpoint carries its bound address.
-    let mut addr = None;
-    let mut line = String::new();
-    while addr.is_none() {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "weir exited early"
-        );
-        let v: serde_json::Value = serde_json::from_str(&line).expect("every log line is JSON");
-        if let Some(a) = v["fields"]["address"].as_str() {
-            addr = Some(a.to_string());
-        }
-    }
-    let addr = addr.unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, addr, mut stdin) = spawn_with_http(&cfg);
     let fixture =
         std::fs::read_to_string(repo_root().join("examples/data/micro-media-session.tsv")).unwrap();
     stdin.write_all(fixture.as_bytes()).unwrap();

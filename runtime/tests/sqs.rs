@@ -241,6 +241,65 @@ async fn the_sink_writes_every_record_once_and_sends_what_sqs_refuses_to_the_fai
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_resends_only_failed_entries_and_rides_out_throttling() {
+    let moto = Moto::start();
+    let c = sqs(&moto.endpoint).await;
+    let url = create_queue(&c, "out", &[]).await;
+    let proxy = Proxy::start(
+        &moto.endpoint,
+        Faults {
+            throttle: 3.into(),
+            failed_messages: 300.into(),
+            ..Faults::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let n = 1_500;
+    let input: String = (0..n).map(|i| format!("event-{i:05}\n")).collect();
+    let input = write(dir.path(), "in.txt", &input);
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "{}[sink]\ntype = \"sqs\"\nqueue = \"out\"\nendpoint_url = \"{}\"\n",
+            file_source(&input),
+            proxy.endpoint
+        ),
+    );
+    let out = weir_aws()
+        .arg("run")
+        .arg(&cfg)
+        .arg("--progress=never")
+        .output()
+        .unwrap();
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let f = &proxy.faults;
+    assert_eq!(
+        f.injected_failed_messages
+            .load(std::sync::atomic::Ordering::SeqCst),
+        300
+    );
+    assert_eq!(
+        f.injected_throttles
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+    // Each record reached the queue once: a failed entry is sent again alone, never the
+    // entries of its request that landed.
+    let forwarded: usize = f
+        .requests(".SendMessageBatch")
+        .iter()
+        .map(|b| b["Entries"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(forwarded, n, "entries sent on to SQS");
+    let mut got: Vec<String> = drain(&c, &url).await.into_iter().map(|(b, _)| b).collect();
+    got.sort();
+    let want: Vec<String> = (0..n).map(|i| format!("event-{i:05}")).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_to_fifo_keeps_group_ids_and_each_groups_order() {
     let moto = Moto::start();
     let c = sqs(&moto.endpoint).await;

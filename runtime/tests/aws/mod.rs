@@ -1,7 +1,7 @@
 //! Support for the AWS tests: a real emulator process (moto's server, installed by
 //! `runtime/tests/setup.sh`), SDK clients for it, and a fault-injecting HTTP proxy that produces
-//! what emulators never do: throttling, BatchWriteItem UnprocessedItems, partial PutRecords
-//! failures and refused credentials.
+//! what emulators never do: throttling, BatchWriteItem UnprocessedItems, partial PutRecords and
+//! SendMessageBatch failures and refused credentials.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -253,6 +253,9 @@ pub struct Faults {
     pub unprocessed: AtomicUsize,
     /// PutRecords records held back and reported as failed (every other record).
     pub failed_records: AtomicUsize,
+    /// SendMessageBatch entries held back and reported as failed, not the sender's fault (every
+    /// other entry).
+    pub failed_messages: AtomicUsize,
     /// After this many PutRecords requests went through, every further one is refused with an
     /// InvalidArgumentException (a request Kinesis will never accept): a sink failing for good
     /// in mid-run.
@@ -267,6 +270,7 @@ pub struct Faults {
     pub injected_throttles: AtomicUsize,
     pub injected_unprocessed: AtomicUsize,
     pub injected_failed_records: AtomicUsize,
+    pub injected_failed_messages: AtomicUsize,
     /// Every request forwarded to the emulator: (X-Amz-Target, body as sent on).
     pub forwarded: Mutex<Vec<(String, Value)>>,
 }
@@ -398,7 +402,13 @@ fn is_write(target: &str) -> bool {
     let op = target.rsplit('.').next().unwrap_or("");
     matches!(
         op,
-        "BatchWriteItem" | "PutItem" | "UpdateItem" | "DeleteItem" | "PutRecords" | "PutRecord"
+        "BatchWriteItem"
+            | "PutItem"
+            | "UpdateItem"
+            | "DeleteItem"
+            | "PutRecords"
+            | "PutRecord"
+            | "SendMessageBatch"
     )
 }
 
@@ -472,6 +482,7 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
         // Hold items back before forwarding; add them to the response afterwards.
         let mut held_items: Vec<(String, Vec<Value>)> = Vec::new();
         let mut failed_at: Vec<(usize, Value)> = Vec::new();
+        let mut failed_ids: Vec<Value> = Vec::new();
         if let Some(b) = body.as_mut() {
             if target.ends_with(".BatchWriteItem") {
                 if let Some(tables) = b["RequestItems"].as_object_mut() {
@@ -505,6 +516,19 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
                 }
                 f.injected_failed_records.fetch_add(failed_at.len(), SeqCst);
                 b["Records"] = Value::Array(keep);
+            } else if target.ends_with(".SendMessageBatch") {
+                let all = std::mem::take(b["Entries"].as_array_mut().unwrap());
+                let mut keep = Vec::new();
+                for (i, e) in all.into_iter().enumerate() {
+                    if i % 2 == 1 && take(&f.failed_messages) {
+                        failed_ids.push(e["Id"].clone());
+                    } else {
+                        keep.push(e);
+                    }
+                }
+                f.injected_failed_messages
+                    .fetch_add(failed_ids.len(), SeqCst);
+                b["Entries"] = Value::Array(keep);
             }
         }
         // A BatchWriteItem whose every item was held back is not forwarded at all.
@@ -536,7 +560,7 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
             let mut ur = BufReader::new(up);
             let resp = read_message(&mut ur, true)?.expect("upstream answered");
             resp_body = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-            if held_items.is_empty() && failed_at.is_empty() {
+            if held_items.is_empty() && failed_at.is_empty() && failed_ids.is_empty() {
                 client.write_all(&resp.encode(&resp.body, "keep-alive"))?;
                 continue;
             }
@@ -574,6 +598,15 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
                 .count();
             resp_body["Records"] = Value::Array(merged);
             resp_body["FailedRecordCount"] = json!(n);
+        }
+        if !failed_ids.is_empty() {
+            if !resp_body["Failed"].is_array() {
+                resp_body["Failed"] = json!([]);
+            }
+            let failed = resp_body["Failed"].as_array_mut().unwrap();
+            for id in failed_ids {
+                failed.push(json!({"Id": id, "SenderFault": false, "Code": "InternalError", "Message": "injected"}));
+            }
         }
         client.write_all(&resp.encode(resp_body.to_string().as_bytes(), "keep-alive"))?;
     }

@@ -188,6 +188,19 @@ impl<P: Clone + Send + 'static> AckHandler for PositionAcks<P> {
 pub struct AckCounter {
     inner: Mutex<CounterState>,
     stats: Option<Arc<Stats>>,
+    /// Per batch in flight (by token), what its latencies are measured from.
+    timings: Mutex<std::collections::HashMap<u64, Timing>>,
+}
+
+/// When a batch's records were read and, for enriched events when `[metrics] e2e_latency` is
+/// on, when the collector received each (`collector_tstamp`, ms since the epoch). On the batch's
+/// acknowledgement they become `weir_processing_latency_seconds` (read → acknowledged by every
+/// sink, per record) and `weir_e2e_latency_seconds` (collector → acknowledged, per event).
+#[derive(Debug)]
+pub struct Timing {
+    pub read: std::time::Instant,
+    pub records: usize,
+    pub collector_ms: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -203,7 +216,19 @@ impl AckCounter {
         Arc::new(AckCounter {
             inner: Mutex::default(),
             stats: Some(stats),
+            timings: Mutex::default(),
         })
+    }
+
+    /// [`AckCounter::track`], with what the batch's latencies are measured from.
+    pub fn track_timed(self: &Arc<Self>, records: usize, ack: Ack, timing: Timing) -> Ack {
+        let mut inner = lock(&self.inner);
+        inner.emitted += records as u64;
+        let pos = inner.emitted;
+        let token = inner.order.push(pos);
+        drop(inner);
+        lock(&self.timings).insert(token, timing);
+        Ack::chained(token, self.clone() as Arc<dyn AckHandler>, ack)
     }
 
     /// The pipeline's acknowledgement of a batch of `records` records, wrapping the source's
@@ -225,6 +250,17 @@ impl AckCounter {
 
 impl AckHandler for AckCounter {
     fn acked(&self, token: u64, delivered: bool) {
+        if let Some(t) = lock(&self.timings).remove(&token).filter(|_| delivered) {
+            metrics::histogram!("weir_processing_latency_seconds")
+                .record_many(t.read.elapsed().as_secs_f64(), t.records);
+            if !t.collector_ms.is_empty() {
+                let now = weir_snowplow::now_ms();
+                let e2e = metrics::histogram!("weir_e2e_latency_seconds");
+                for ms in t.collector_ms {
+                    e2e.record((now - ms).max(0) as f64 / 1000.0);
+                }
+            }
+        }
         let mut inner = lock(&self.inner);
         inner.order.ack(token, delivered);
         if let Some(pos) = inner.order.committable() {

@@ -59,9 +59,20 @@ static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn prometheus() -> PrometheusHandle {
     PROMETHEUS
         .get_or_init(|| {
+            // Latencies as histograms with buckets (what alerting rules and dashboards
+            // aggregate across instances), the other timings as summaries.
+            const LATENCY_BUCKETS: &[f64] = &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                900.0, 3600.0,
+            ];
+            let latency = |name: &str| metrics_exporter_prometheus::Matcher::Full(name.to_string());
             let recorder = PrometheusBuilder::new()
                 .set_quantiles(&[0.5, 0.9, 0.99, 0.999])
                 .expect("static quantiles are valid")
+                .set_buckets_for_metric(latency("weir_e2e_latency_seconds"), LATENCY_BUCKETS)
+                .expect("static buckets are valid")
+                .set_buckets_for_metric(latency("weir_processing_latency_seconds"), LATENCY_BUCKETS)
+                .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (e.g. by an embedding application): then

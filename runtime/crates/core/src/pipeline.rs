@@ -74,6 +74,22 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[metrics]`: what weir measures beyond its standard metrics.
+///
+/// ```toml
+/// [metrics]
+/// e2e_latency = true   # each Snowplow event's collector_tstamp → acknowledged by every sink
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `weir_e2e_latency_seconds`: for each record that is an enriched event (a TSV line with a
+    /// `collector_tstamp`), the time from that timestamp to its batch being acknowledged. Reads
+    /// one field of every record, so it is off by default (Snowbridge's
+    /// `metrics { enable_e2e_latency = true }`).
+    pub e2e_latency: bool,
+}
+
 /// How long the source may be quiet before the transforms get an empty batch (a tick).
 pub const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -97,6 +113,7 @@ pub struct PipelineConfig {
     pub batch: BatchConfig,
     pub limits: LimitsConfig,
     pub http: Option<HttpConfig>,
+    pub metrics: MetricsConfig,
     /// `[retry]`: how failed sink writes are retried, per kind of failure.
     pub retry: crate::retry::RetryConfig,
     /// Transform worker threads (each with its own instance of the chain); output order is kept.
@@ -118,6 +135,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "batch",
     "limits",
     "http",
+    "metrics",
     "workers",
     "state",
     "retry",
@@ -259,6 +277,10 @@ impl PipelineConfig {
         let http: Option<HttpConfig> = section("http")
             .map(|v| top.child("http").deserialize(v))
             .transpose()?;
+        let metrics: MetricsConfig = section("metrics")
+            .map(|v| top.child("metrics").deserialize(v))
+            .transpose()?
+            .unwrap_or_default();
         let retry = crate::retry::RetryConfig::from_value(section("retry"), &top.child("retry"))?;
         if let Some(h) = &http {
             h.check(&top.child("http"))?;
@@ -292,6 +314,7 @@ impl PipelineConfig {
             batch,
             limits,
             http,
+            metrics,
             retry,
             workers,
             state,
@@ -548,7 +571,8 @@ pub async fn run(
         flush_interval: cfg.batch.flush_interval.0,
     };
     let source_stop = CancellationToken::new();
-    let emitter = Emitter::new(source_tx, limits, acks.clone(), stats.clone());
+    let emitter = Emitter::new(source_tx, limits, acks.clone(), stats.clone())
+        .with_e2e_latency(cfg.metrics.e2e_latency);
     let ctx = SourceContext {
         emitter,
         shutdown: source_stop.clone(),

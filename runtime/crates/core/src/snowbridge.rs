@@ -792,11 +792,18 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
             &["enable_e2e_latency", "enable_kinsumer_memory_metrics"],
             &[],
         )?;
-        if s.bool(cx, "enable_e2e_latency")? == Some(true) {
-            cx.warn(
-                &s.key("enable_e2e_latency"),
-                "the end-to-end latency metric is not in weir yet (issue #18); ignored",
-            );
+        if let Some(on) = s.bool(cx, "enable_e2e_latency")? {
+            let mut m = V::table();
+            m.set("e2e_latency", V::Bool(on));
+            root.set("metrics", m);
+            cx.map("metrics.e2e_latency", s.key("enable_e2e_latency"));
+            if on {
+                cx.note(
+                    &s.key("enable_e2e_latency"),
+                    "weir_e2e_latency_seconds (a histogram) at /metrics when an [http] address \
+                     is set",
+                );
+            }
         }
         if s.bool(cx, "enable_kinsumer_memory_metrics")?.is_some() {
             cx.note(
@@ -2123,6 +2130,7 @@ mod tests {
             metrics { enable_e2e_latency = true }
         "#);
         assert_eq!(t.log_level.as_deref(), Some("warn"));
+        assert_eq!(get(&t.tree, "metrics.e2e_latency"), &V::Bool(true));
         let e = err("log_level = \"loud\"");
         assert_eq!(e.key, "log_level");
     }

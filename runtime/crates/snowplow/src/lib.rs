@@ -47,6 +47,54 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// An enriched event's `collector_tstamp` (its fourth field, `2026-11-26 09:00:00.123`, UTC) in
+/// milliseconds since the epoch; `None` if `line` does not have one in that form (a record that
+/// is not an enriched event). Reads only the start of the line.
+pub fn collector_tstamp_ms(line: &[u8]) -> Option<i64> {
+    let mut start = 0;
+    for _ in 0..3 {
+        start += memchr::memchr(b'\t', &line[start..])? + 1;
+    }
+    let rest = &line[start..];
+    let t = &rest[..memchr::memchr(b'\t', rest)?];
+    // `YYYY-MM-DD HH:MM:SS` then optionally `.` and 1 to 9 digits.
+    if t.len() < 19
+        || t[4] != b'-'
+        || t[7] != b'-'
+        || t[10] != b' '
+        || t[13] != b':'
+        || t[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        t[r].iter().try_fold(0i64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    let mut ms = 0;
+    if t.len() > 19 {
+        let frac = &t[20..];
+        if t[19] != b'.' || frac.is_empty() || frac.len() > 9 {
+            return None;
+        }
+        let f = num(20..t.len())?;
+        ms = f * 1000 / 10i64.pow(frac.len() as u32);
+    }
+    // Days since 1970-01-01 (H. Hinnant's days_from_civil).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
+}
+
 /// Why an enriched line could not be read or converted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

@@ -970,3 +970,50 @@ fn atomic_values_as_snowbridge_compares_them() {
         .to_string()
         .contains("not an atomic value"));
 }
+
+#[test]
+fn collector_tstamp_is_read_in_milliseconds() {
+    // Every real event: the field as written is the time read back.
+    let mut n = 0;
+    for l in lines() {
+        let ms = collector_tstamp_ms(l.as_bytes()).expect("a real event has one");
+        let mut s = String::new();
+        assert!(tracker::format_tstamp(ms, &mut s));
+        let f = std::str::from_utf8(field(l.as_bytes(), 3)).unwrap();
+        assert!(s == f || s == format!("{f}.000"), "{s} for {f}");
+        n += 1;
+    }
+    assert!(n > 10);
+    // Across the calendar: leap days, ends of months and years, before 1970.
+    let mut ms = -86_400_000i64 * 365 * 3;
+    while ms < 4_102_444_800_000 {
+        let mut s = String::new();
+        assert!(tracker::format_tstamp(ms, &mut s));
+        let line = format!("app\tweb\t\t{s}\tmore");
+        assert_eq!(collector_tstamp_ms(line.as_bytes()), Some(ms), "{s}");
+        ms += 86_399_999 + 3_600_017;
+    }
+    let at = |t: &str| collector_tstamp_ms(format!("a\tb\tc\t{t}\td").as_bytes());
+    assert_eq!(at("1970-01-01 00:00:01"), Some(1_000));
+    assert_eq!(at("1970-01-01 00:00:00.5"), Some(500));
+    assert_eq!(at("1970-01-01 00:00:00.123456789"), Some(123));
+    for bad in [
+        "",
+        "1970-01-01",
+        "1970-01-01T00:00:00",
+        "1970-13-01 00:00:00",
+        "1970-01-01 24:00:00",
+        "1970-01-01 00:00:00.",
+        "1970-01-01 00:00:00.1234567890",
+        "1970-01-01 00:00:00Z",
+        "197x-01-01 00:00:00",
+    ] {
+        assert_eq!(at(bad), None, "{bad:?}");
+    }
+    assert_eq!(collector_tstamp_ms(b"no tabs at all"), None);
+    assert_eq!(
+        collector_tstamp_ms(b"a\tb\tc\t1970-01-01 00:00:00"),
+        None,
+        "no tab after it"
+    );
+}

@@ -128,6 +128,8 @@ pub struct Emitter {
     opened: Option<Instant>,
     counter: Arc<AckCounter>,
     stats: Arc<Stats>,
+    /// `[metrics] e2e_latency`: read each record's `collector_tstamp`.
+    e2e_latency: bool,
 }
 
 impl Emitter {
@@ -146,6 +148,31 @@ impl Emitter {
             opened: None,
             counter,
             stats,
+            e2e_latency: false,
+        }
+    }
+
+    /// Measures each enriched event's collector → acknowledged latency (`[metrics]
+    /// e2e_latency`).
+    pub fn with_e2e_latency(mut self, on: bool) -> Self {
+        self.e2e_latency = on;
+        self
+    }
+
+    /// What the latencies of a batch of `records` read since `read` are measured from.
+    fn timing(&self, read: Instant, records: &[Record]) -> crate::ack::Timing {
+        let collector_ms = if self.e2e_latency {
+            records
+                .iter()
+                .filter_map(|r| weir_snowplow::collector_tstamp_ms(&r.value))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        crate::ack::Timing {
+            read,
+            records: records.len(),
+            collector_ms,
         }
     }
 
@@ -206,7 +233,8 @@ impl Emitter {
             ack.delivered();
             return Ok(());
         }
-        let mut batch = Batch::new(records, self.counter.track(n, ack));
+        let timing = self.timing(Instant::now(), &records);
+        let mut batch = Batch::new(records, self.counter.track_timed(n, ack, timing));
         batch.failed = failed;
         batch.position = position;
         self.dispatch(batch, n).await
@@ -232,7 +260,8 @@ impl Emitter {
             &mut self.records,
             Vec::with_capacity(self.limits.max_records),
         );
-        let mut batch = Batch::new(records, self.counter.track(n, ack));
+        let timing = self.timing(self.opened.unwrap_or_else(Instant::now), &records);
+        let mut batch = Batch::new(records, self.counter.track_timed(n, ack, timing));
         batch.failed = std::mem::take(&mut self.failed);
         self.bytes = 0;
         self.opened = None;
