@@ -14,7 +14,7 @@ use common::*;
 
 /// Starts the demo pipeline with its collector and dashboard on ports the OS picks; returns weir
 /// and the collector and dashboard ports, read from weir's log.
-fn start_demo(root: &std::path::Path, store: &std::path::Path) -> (Logged, u16, u16) {
+fn start_demo(root: &std::path::Path, store: &std::path::Path) -> (Logged, u16, u16, u16) {
     build_example_transforms();
     let mut weir = Logged::spawn(
         weir()
@@ -32,7 +32,8 @@ fn start_demo(root: &std::path::Path, store: &std::path::Path) -> (Logged, u16, 
     );
     let collector = weir.bound("collector listening").port();
     let dashboard = weir.bound("live dashboard").port();
-    (weir, collector, dashboard)
+    let metrics = weir.bound("serving /healthz").port();
+    (weir, collector, dashboard, metrics)
 }
 
 /// The Chromium to drive: `$CHROMIUM`, else `chromium` or `chromium-browser` on PATH.
@@ -81,13 +82,17 @@ fn http(
 fn replaying_the_recorded_tracker_session_gives_the_profile_of_that_session() {
     let root = repo_root();
     let dir = tempfile::tempdir().unwrap();
-    let (weir, collector, dashboard) = start_demo(&root, &dir.path().join("profiles.redb"));
+    let (weir, collector, dashboard, metrics) =
+        start_demo(&root, &dir.path().join("profiles.redb"));
     let rows = std::fs::read_to_string(fixture("collector/js-tracker-post.jsonl")).unwrap();
+    let mut events = 0;
     for line in rows.lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
         if r["method"] != "POST" {
             continue;
         }
+        let body: serde_json::Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        events += body["data"].as_array().unwrap().len();
         let headers = replay_headers(&r);
         let (status, _) = http(
             collector,
@@ -113,6 +118,38 @@ fn replaying_the_recorded_tracker_session_gives_the_profile_of_that_session() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // The demo measures each event from the collector to the profile store: every event is
+    // counted once its batch is stored, and none took long.
+    let sample = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let (_, text) = http(metrics, "GET", "/metrics", &[], "");
+        if sample(&text, "weir_e2e_latency_seconds_count") == Some(events as f64) {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "weir_e2e_latency_seconds never counted the {events} events:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mean = sample(&text, "weir_e2e_latency_seconds_sum").unwrap() / events as f64;
+    assert!(
+        (0.0..5.0).contains(&mean),
+        "mean collector → store latency {mean} s"
+    );
+    assert_eq!(
+        sample(&text, "weir_e2e_latency_seconds_bucket{le=\"10\"}"),
+        Some(events as f64),
+        "{text}"
+    );
+    eprintln!(
+        "{events} events, mean collector → store latency {:.1} ms",
+        mean * 1000.0
+    );
     drop(weir);
     assert_eq!(profile["media"]["title"], "Fixture test pattern (30 s)");
     assert_eq!(profile["session"]["ads"].as_f64(), Some(2.0), "{profile}");
@@ -134,7 +171,7 @@ fn a_browser_viewer_goes_watching_paused_in_ad_watching_ended_on_the_dashboard()
         "run runtime/tests/setup.sh first (npm packages and the tracker bundle)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let (weir, collector, dashboard) = start_demo(&root, &dir.path().join("profiles.redb"));
+    let (weir, collector, dashboard, _) = start_demo(&root, &dir.path().join("profiles.redb"));
     let shot = root.join("target/live-viewer-e2e.png");
     std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
     let out = std::process::Command::new("node")
