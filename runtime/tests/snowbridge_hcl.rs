@@ -522,8 +522,12 @@ fn convert_writes_what_it_drops_as_comments() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("# - `source.use \"kinesis\".role_arn`: ignored"),
+        text.contains("# - `source.use \"kinesis\".read_throttle_delay_ms`: ignored"),
         "{text}"
+    );
+    assert!(
+        text.contains("role_arn = \"arn:aws:iam::123456789012:role/myrole\""),
+        "the role is kept: {text}"
     );
     assert!(text.contains("worker_id = \"host-1\""), "{text}");
     assert!(

@@ -300,6 +300,50 @@ async fn the_sink_resends_only_failed_entries_and_rides_out_throttling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_arn_is_assumed_through_sts_and_signs_the_requests() {
+    let moto = Moto::start();
+    let c = sqs(&moto.endpoint).await;
+    let url = create_queue(&c, "out", &[]).await;
+    let proxy = Proxy::start(&moto.endpoint, Faults::default());
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.txt", "one\ntwo\nthree\n");
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "{}[sink]\ntype = \"sqs\"\nqueue = \"out\"\nendpoint_url = \"{}\"\n\
+             role_arn = \"arn:aws:iam::123456789012:role/weir-writer\"\n",
+            file_source(&input),
+            proxy.endpoint
+        ),
+    );
+    let out = weir_aws().arg("run").arg(&cfg).output().unwrap();
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let signed = proxy.faults.signed_by.lock().unwrap().clone();
+    // The environment's keys ("test") ask STS for the role; the role's keys do the rest.
+    assert!(
+        signed
+            .iter()
+            .any(|(op, key)| op == "AssumeRole" && key == "test"),
+        "{signed:?}"
+    );
+    let sends: Vec<&String> = signed
+        .iter()
+        .filter(|(op, _)| op.ends_with(".SendMessageBatch") || op.ends_with(".GetQueueUrl"))
+        .map(|(_, key)| key)
+        .collect();
+    assert!(!sends.is_empty(), "{signed:?}");
+    assert!(
+        sends.iter().all(|k| !k.is_empty() && *k != "test"),
+        "SQS requests signed with the role's keys: {signed:?}"
+    );
+    let mut got: Vec<String> = drain(&c, &url).await.into_iter().map(|(b, _)| b).collect();
+    got.sort();
+    assert_eq!(got, ["one", "three", "two"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_to_fifo_keeps_group_ids_and_each_groups_order() {
     let moto = Moto::start();
     let c = sqs(&moto.endpoint).await;

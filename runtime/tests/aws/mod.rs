@@ -273,6 +273,9 @@ pub struct Faults {
     pub injected_failed_messages: AtomicUsize,
     /// Every request forwarded to the emulator: (X-Amz-Target, body as sent on).
     pub forwarded: Mutex<Vec<(String, Value)>>,
+    /// Every request: its operation (`X-Amz-Target`, or `Action` of a query-protocol request
+    /// such as STS's) and the access key id that signed it.
+    pub signed_by: Mutex<Vec<(String, String)>>,
 }
 
 impl Faults {
@@ -417,6 +420,23 @@ fn serve(client: TcpStream, upstream: &str, f: &Faults) -> std::io::Result<()> {
     let mut client = client;
     while let Some(req) = read_message(&mut reader, false)? {
         let target = req.header("x-amz-target").unwrap_or("").to_string();
+        {
+            let op = if target.is_empty() {
+                form_urlencoded::parse(&req.body)
+                    .find(|(k, _)| k == "Action")
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            } else {
+                target.clone()
+            };
+            let key = req
+                .header("authorization")
+                .and_then(|a| a.split("Credential=").nth(1))
+                .and_then(|c| c.split('/').next())
+                .unwrap_or("")
+                .to_string();
+            f.signed_by.lock().unwrap().push((op, key));
+        }
         let take = |budget: &AtomicUsize| {
             budget
                 .fetch_update(SeqCst, SeqCst, |b| b.checked_sub(1))

@@ -15,16 +15,45 @@ use crate::config::{ConfigError, Origin};
 
 /// Region, credentials and endpoint from the standard AWS chain (environment, profile files, web
 /// identity, container and instance metadata), with `region` and `endpoint_url` from the config
-/// taking precedence when set (`endpoint_url` for LocalStack and emulators).
-pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> SdkConfig {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(r) = region {
-        loader = loader.region(Region::new(r.to_string()));
+/// taking precedence when set (`endpoint_url` for LocalStack and emulators). With `role_arn`, the
+/// credentials are those of that role, assumed through STS with the chain's credentials (and
+/// renewed before they expire), as Snowbridge's `role_arn` does.
+pub async fn sdk_config(
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+    role_arn: Option<&str>,
+) -> SdkConfig {
+    let loader = || {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(r) = region {
+            loader = loader.region(Region::new(r.to_string()));
+        }
+        if let Some(url) = endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        loader
+    };
+    let base = loader().load().await;
+    let Some(role) = role_arn else {
+        return base;
+    };
+    let assumed = aws_config::sts::AssumeRoleProvider::builder(role)
+        .session_name("weir")
+        .configure(&base)
+        .build()
+        .await;
+    loader().credentials_provider(assumed).load().await
+}
+
+/// Checks a `role_arn` setting: an IAM role ARN.
+pub fn check_role_arn(origin: &Origin, role_arn: Option<&str>) -> Result<(), ConfigError> {
+    match role_arn {
+        Some(r) if !(r.starts_with("arn:") && r.contains(":role/")) => Err(origin.error(
+            "role_arn",
+            format!("expected an IAM role ARN such as \"arn:aws:iam::123456789012:role/name\", found {r:?}"),
+        )),
+        _ => Ok(()),
     }
-    if let Some(url) = endpoint_url {
-        loader = loader.endpoint_url(url);
-    }
-    loader.load().await
 }
 
 /// Default `max_attempts` of the AWS sinks: tries per request before the batch is retried whole.
@@ -376,4 +405,21 @@ pub async fn wait_active(client: &aws_sdk_dynamodb::Client, table: &str) -> anyh
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     anyhow::bail!("table {table} did not become active within a minute")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_arn_must_be_an_iam_role_arn() {
+        let o = Origin::new("p.toml", "sink");
+        assert!(check_role_arn(&o, None).is_ok());
+        assert!(check_role_arn(&o, Some("arn:aws:iam::123456789012:role/writer")).is_ok());
+        assert!(check_role_arn(&o, Some("arn:aws-cn:iam::123456789012:role/a/b")).is_ok());
+        let e = check_role_arn(&o, Some("writer")).unwrap_err();
+        assert_eq!(e.key, "sink.role_arn");
+        assert!(e.message.contains("found \"writer\""), "{e}");
+        assert!(check_role_arn(&o, Some("arn:aws:iam::123456789012:user/me")).is_err());
+    }
 }

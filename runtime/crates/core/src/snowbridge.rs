@@ -1042,7 +1042,7 @@ fn source(cx: &mut Cx, u: &Use) -> Result<V, ConfigError> {
                 out.set("max_records_per_call", V::Int(n));
                 cx.map("source.max_records_per_call", s.key("get_records_limit"));
             }
-            aws_role(cx, s)?;
+            aws_role(cx, s, &mut out, "source")?;
             for (k, why, warn) in [
                 (
                     "read_throttle_delay_ms",
@@ -1108,7 +1108,7 @@ fn source(cx: &mut Cx, u: &Use) -> Result<V, ConfigError> {
                      most `max_in_flight` messages; transforms and sinks run on their own",
                 );
             }
-            aws_role(cx, s)?;
+            aws_role(cx, s, &mut out, "source")?;
             Ok(out)
         }
         "pubsub" | "http" => Err(cx.err(&s.path, unsupported("source", &u.name, 18))),
@@ -1138,16 +1138,10 @@ fn unknown_component(role: &str, name: &str, known: &[&str]) -> String {
     m
 }
 
-fn aws_role(cx: &mut Cx, s: &Section) -> Result<(), ConfigError> {
-    if let Some(arn) = s.string(cx, "role_arn")? {
-        if !arn.is_empty() {
-            cx.warn(
-                &s.key("role_arn"),
-                "ignored: assuming a role is not in weir yet (issue #18); weir uses the AWS \
-                 SDK's default credentials (a profile with `role_arn`, or AWS_ROLE_ARN with a web \
-                 identity token, assume one)",
-            );
-        }
+fn aws_role(cx: &mut Cx, s: &Section, out: &mut V, prefix: &str) -> Result<(), ConfigError> {
+    // Snowbridge leaves an empty `role_arn` to the default credentials, as weir does without one.
+    if s.string(cx, "role_arn")?.is_some_and(|arn| !arn.is_empty()) {
+        put_str(cx, s, out, prefix, "role_arn", "role_arn", false)?;
     }
     Ok(())
 }
@@ -1531,7 +1525,7 @@ fn target(
                     "weir's Kinesis sink refuses records over Kinesis's own 1 MiB limit",
                 );
             }
-            aws_role(cx, s)?;
+            aws_role(cx, s, &mut out, prefix)?;
             Ok(out)
         }
         "sqs" => {
@@ -1565,7 +1559,7 @@ fn target(
                     "weir's SQS sink refuses records over the queue's own MaximumMessageSize",
                 );
             }
-            aws_role(cx, s)?;
+            aws_role(cx, s, &mut out, prefix)?;
             Ok(out)
         }
         "pubsub" | "eventhub" | "http" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
@@ -2003,10 +1997,12 @@ mod tests {
         assert_eq!(get(&t.tree, "source.max_records_per_call"), &V::Int(500));
         assert_eq!(get(&t.tree, "sink.stream"), &s("out"));
         assert_eq!(get(&t.tree, "sink.concurrency"), &V::Int(2));
-        assert!(t
-            .notes
-            .iter()
-            .any(|n| n.warn && n.path == "source.use \"kinesis\".role_arn"));
+        assert_eq!(
+            get(&t.tree, "source.role_arn"),
+            &s("arn:aws:iam::1:role/r"),
+            "the role is assumed, not ignored"
+        );
+        assert!(!t.notes.iter().any(|n| n.path.ends_with("role_arn")));
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct DynamoDbConfig {
     pub ttl: Option<config::Duration>,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// An IAM role to assume (through STS) for this component's requests.
+    pub role_arn: Option<String>,
     #[serde(default)]
     pub create_table: bool,
     #[serde(default = "default_concurrency")]
@@ -115,6 +117,7 @@ impl SinkType for DynamoDbConfig {
 #[async_trait]
 impl SinkConfig for DynamoDbConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        aws::check_role_arn(origin, self.role_arn.as_deref())?;
         for (key, value) in [
             ("table", Some(&self.table)),
             ("partition_key", Some(&self.partition_key)),
@@ -147,7 +150,12 @@ impl SinkConfig for DynamoDbConfig {
     /// Creates the client and checks that the table can be used (creating it with
     /// `create_table`).
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
-        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let sdk = aws::sdk_config(
+            self.region.as_deref(),
+            self.endpoint_url.as_deref(),
+            self.role_arn.as_deref(),
+        )
+        .await;
         let client = Client::new(&sdk);
         let endpoint = self.endpoint_url.as_deref();
         setup::check(
@@ -866,6 +874,7 @@ mod tests {
             ttl: Some(config::Duration(Duration::from_secs(60))),
             region: None,
             endpoint_url: None,
+            role_arn: None,
             create_table: false,
             concurrency: 1,
             max_attempts: 1,

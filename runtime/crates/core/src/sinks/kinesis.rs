@@ -44,6 +44,8 @@ pub struct KinesisConfig {
     pub partition_key: Option<String>,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// An IAM role to assume (through STS) for this component's requests.
+    pub role_arn: Option<String>,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     #[serde(default = "aws::default_max_attempts")]
@@ -61,6 +63,7 @@ impl SinkType for KinesisConfig {
 #[async_trait]
 impl SinkConfig for KinesisConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        aws::check_role_arn(origin, self.role_arn.as_deref())?;
         if self.stream.is_empty() {
             return Err(origin.error("stream", "expected a stream name, found an empty string"));
         }
@@ -80,7 +83,12 @@ impl SinkConfig for KinesisConfig {
 
     /// Creates the client and checks that the stream exists and the credentials are accepted.
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
-        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let sdk = aws::sdk_config(
+            self.region.as_deref(),
+            self.endpoint_url.as_deref(),
+            self.role_arn.as_deref(),
+        )
+        .await;
         let client = Client::new(&sdk);
         setup::check(
             "Kinesis",

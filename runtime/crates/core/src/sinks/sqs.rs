@@ -56,6 +56,8 @@ pub struct SqsConfig {
     pub message_group_id: Option<String>,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// An IAM role to assume (through STS) for this component's requests.
+    pub role_arn: Option<String>,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     #[serde(default = "aws::default_max_attempts")]
@@ -73,6 +75,7 @@ impl SinkType for SqsConfig {
 #[async_trait]
 impl SinkConfig for SqsConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        aws::check_role_arn(origin, self.role_arn.as_deref())?;
         aws::check_queue_name(origin, "queue", &self.queue)?;
         if let Some(g) = &self.message_group_id {
             if !valid_group_id(g) {
@@ -90,7 +93,12 @@ impl SinkConfig for SqsConfig {
     /// Creates the client, checks that the queue exists and the credentials are accepted, and
     /// reads what kind of queue it is.
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
-        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let sdk = aws::sdk_config(
+            self.region.as_deref(),
+            self.endpoint_url.as_deref(),
+            self.role_arn.as_deref(),
+        )
+        .await;
         let client = Client::new(&sdk);
         let queue = setup::check(
             "SQS",

@@ -78,6 +78,8 @@ pub struct KinesisConfig {
     pub create_lease_table: bool,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// An IAM role to assume (through STS) for this component's requests.
+    pub role_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -119,6 +121,7 @@ impl KinesisConfig {
 #[async_trait]
 impl SourceConfig for KinesisConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        aws::check_role_arn(origin, self.role_arn.as_deref())?;
         if self.stream.is_empty() {
             return Err(origin.error("stream", "expected a stream name, found an empty string"));
         }
@@ -164,7 +167,12 @@ impl SourceConfig for KinesisConfig {
     /// Creates the clients, checks that the stream exists and the credentials are accepted,
     /// and creates the lease table (`create_lease_table`) or checks that it exists.
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
-        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let sdk = aws::sdk_config(
+            self.region.as_deref(),
+            self.endpoint_url.as_deref(),
+            self.role_arn.as_deref(),
+        )
+        .await;
         let kinesis = aws_sdk_kinesis::Client::new(&sdk);
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let endpoint = self.endpoint_url.as_deref();

@@ -70,6 +70,8 @@ pub struct SqsConfig {
     pub max_in_flight: usize,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// An IAM role to assume (through STS) for this component's requests.
+    pub role_arn: Option<String>,
 }
 
 fn default_visibility() -> config::Duration {
@@ -92,6 +94,7 @@ impl SourceType for SqsConfig {
 #[async_trait]
 impl SourceConfig for SqsConfig {
     fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        aws::check_role_arn(origin, self.role_arn.as_deref())?;
         aws::check_queue_name(origin, "queue", &self.queue)?;
         let vt = self.visibility_timeout.0;
         if vt < Duration::from_secs(3) || vt > MAX_VISIBILITY {
@@ -124,7 +127,12 @@ impl SourceConfig for SqsConfig {
 
     /// Creates the client and checks that the queue exists and the credentials are accepted.
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
-        let sdk = aws::sdk_config(self.region.as_deref(), self.endpoint_url.as_deref()).await;
+        let sdk = aws::sdk_config(
+            self.region.as_deref(),
+            self.endpoint_url.as_deref(),
+            self.role_arn.as_deref(),
+        )
+        .await;
         let client = Client::new(&sdk);
         let queue = setup::check(
             "SQS",
