@@ -262,6 +262,19 @@ pub fn check_queue_name(origin: &Origin, key: &str, queue: &str) -> Result<(), C
     Ok(())
 }
 
+/// An SQS component's client (see [`sdk_config`]) and its queue, checked at start-up
+/// ([`sqs_queue`]): what the `sqs` source and sink both build.
+pub async fn connect_sqs(
+    queue: &str,
+    region: Option<&str>,
+    endpoint_url: Option<&str>,
+    role_arn: Option<&str>,
+) -> anyhow::Result<(aws_sdk_sqs::Client, SqsQueue)> {
+    let client = aws_sdk_sqs::Client::new(&sdk_config(region, endpoint_url, role_arn).await);
+    let q = crate::setup::check("SQS", sqs_queue(&client, queue, endpoint_url)).await?;
+    Ok((client, q))
+}
+
 /// The start-up check of an SQS component: the queue (`queue`: a name or a URL) exists and the
 /// credentials are accepted; returns its URL and the attributes that matter to weir.
 pub async fn sqs_queue(

@@ -32,7 +32,7 @@ use super::{Progress, Refusal, Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass, SqsQueue};
 use crate::config::{ConfigError, Origin};
 use crate::record::Record;
-use crate::setup::{self, BuildContext};
+use crate::setup::BuildContext;
 
 /// SendMessageBatch takes at most 10 entries.
 pub const MAX_MESSAGES_PER_REQUEST: usize = 10;
@@ -93,16 +93,11 @@ impl SinkConfig for SqsConfig {
     /// Creates the client, checks that the queue exists and the credentials are accepted, and
     /// reads what kind of queue it is.
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
-        let sdk = aws::sdk_config(
+        let (client, queue) = aws::connect_sqs(
+            &self.queue,
             self.region.as_deref(),
             self.endpoint_url.as_deref(),
             self.role_arn.as_deref(),
-        )
-        .await;
-        let client = Client::new(&sdk);
-        let queue = setup::check(
-            "SQS",
-            aws::sqs_queue(&client, &self.queue, self.endpoint_url.as_deref()),
         )
         .await?;
         tracing::info!(queue = %queue.url, fifo = queue.fifo, max_message_bytes = queue.max_message_bytes, "sqs sink ready");

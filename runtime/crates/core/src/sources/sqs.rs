@@ -35,7 +35,7 @@ use crate::ack::{Ack, AckHandler};
 use crate::aws::{self, SqsQueue};
 use crate::config::{self, ConfigError, Origin};
 use crate::record::{Failed, FailureKind, Record};
-use crate::setup::{self, BuildContext};
+use crate::setup::BuildContext;
 
 /// ReceiveMessage returns at most 10 messages; the batch calls take at most 10 entries.
 const PER_CALL: usize = 10;
@@ -127,16 +127,11 @@ impl SourceConfig for SqsConfig {
 
     /// Creates the client and checks that the queue exists and the credentials are accepted.
     async fn build(&self, _ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
-        let sdk = aws::sdk_config(
+        let (client, queue) = aws::connect_sqs(
+            &self.queue,
             self.region.as_deref(),
             self.endpoint_url.as_deref(),
             self.role_arn.as_deref(),
-        )
-        .await;
-        let client = Client::new(&sdk);
-        let queue = setup::check(
-            "SQS",
-            aws::sqs_queue(&client, &self.queue, self.endpoint_url.as_deref()),
         )
         .await?;
         Ok(Box::new(SqsSource::with_client(
