@@ -268,6 +268,7 @@ const FIXTURES: &[(&str, Expect)] = &[
     ("transform-jq-hash-function.hcl", Expect::Ok),
     ("transform-jq-hash-salt-function.hcl", Expect::Ok),
     ("http-target.hcl", Expect::Ok),
+    ("http-full-example.hcl", Expect::Ok),
     (
         "pubsub-target.hcl",
         Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
@@ -451,6 +452,10 @@ fn fixture_path(name: &str) -> PathBuf {
 const FIXTURE_ENV: &[(&str, &str)] = &[
     ("HOSTNAME", "host-1"),
     ("JS_SCRIPT_PATH", "script.js"),
+    ("MY_AUTH_PASSWORD", "test"),
+    ("CLIENT_ID", "client_id_test"),
+    ("CLIENT_SECRET", "client_secret_test"),
+    ("REFRESH_TOKEN", "refresh_token_test"),
     ("SHA1_SALT", "09a2d6b3ecd943aa8512df1f"),
 ];
 
@@ -485,7 +490,9 @@ fn convert_then_validate_gives_the_same_pipeline() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     for (name, expect) in FIXTURES {
-        if !matches!(expect, Expect::Ok) {
+        // Names its template file relative to the working directory, which this test (in
+        // process) cannot set; snowbridge_fixtures_validate_or_are_refused_precisely checks it.
+        if !matches!(expect, Expect::Ok) || *name == "http-full-example.hcl" {
             continue;
         }
         let hcl = fixture_path(name);

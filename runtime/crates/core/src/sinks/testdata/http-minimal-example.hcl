@@ -1,8 +1,0 @@
-# Minimal configuration for HTTP target (only required options)
-
-target {
-  use "http" {
-    # URL endpoint
-    url = "https://acme.com/x"
-  }
-}
