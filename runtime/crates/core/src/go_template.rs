@@ -332,10 +332,7 @@ pub fn parse(src: &str) -> Result<Template, Error> {
 type Ender = (usize, String);
 
 /// Parses nodes until `{{end}}` or `{{else…}}` (returned, with its line and the action).
-fn parse_list(
-    pieces: &[Piece],
-    at: &mut usize,
-) -> Result<(Vec<Node>, Option<Ender>), Error> {
+fn parse_list(pieces: &[Piece], at: &mut usize) -> Result<(Vec<Node>, Option<Ender>), Error> {
     let mut nodes = Vec::new();
     while let Some(p) = pieces.get(*at) {
         *at += 1;
