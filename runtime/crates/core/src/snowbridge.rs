@@ -1304,6 +1304,8 @@ const BATCHING: &[&str] = &[
 /// A target's `batching` block: the main target's goes to weir's pipeline-wide `[batch]` and
 /// `[limits]` (weir batches at the source, and every sink writes whole batches).
 struct Batching {
+    max_batch_messages: Option<i64>,
+    max_batch_bytes: Option<i64>,
     max_message_bytes: Option<i64>,
     max_concurrent_batches: Option<i64>,
 }
@@ -1315,6 +1317,8 @@ fn batching(
 ) -> Result<Batching, ConfigError> {
     let Some(b) = s.block(cx, "batching")? else {
         return Ok(Batching {
+            max_batch_messages: None,
+            max_batch_bytes: None,
             max_message_bytes: None,
             max_concurrent_batches: None,
         });
@@ -1386,6 +1390,8 @@ fn batching(
         }
     }
     Ok(Batching {
+        max_batch_messages: vals.get("max_batch_messages").copied(),
+        max_batch_bytes: vals.get("max_batch_bytes").copied(),
         max_message_bytes: vals.get("max_message_bytes").copied(),
         max_concurrent_batches: vals.get("max_concurrent_batches").copied(),
     })
@@ -1562,7 +1568,8 @@ fn target(
             aws_role(cx, s, &mut out, prefix)?;
             Ok(out)
         }
-        "pubsub" | "eventhub" | "http" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
+        "http" => http_target(cx, s, prefix, main),
+        "pubsub" | "eventhub" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
         other => Err(cx.err(
             &s.path,
             unknown_component(
@@ -1574,6 +1581,271 @@ fn target(
             ),
         )),
     }
+}
+
+/// Snowbridge's `http` target (`pkg/target/http/http.go`) as weir's `http` sink.
+fn http_target(
+    cx: &mut Cx,
+    s: &Section,
+    prefix: &str,
+    main: Option<(&mut V, &mut V)>,
+) -> Result<V, ConfigError> {
+    s.known(
+        cx,
+        &[
+            "url",
+            "request_timeout_in_millis",
+            "content_type",
+            "headers",
+            "basic_auth_username",
+            "basic_auth_password",
+            "enable_tls",
+            "cert_file",
+            "key_file",
+            "ca_file",
+            "skip_verify_tls",
+            "dynamic_headers",
+            "oauth2_client_id",
+            "oauth2_client_secret",
+            "oauth2_refresh_token",
+            "oauth2_token_url",
+            "template_file",
+            "include_timing_headers",
+            "rejection_threshold_in_millis",
+            "metadata_safe_mode",
+        ],
+        &["batching", "response_rules"],
+    )?;
+    let b = batching(cx, s, main)?;
+    let mut out = typed("http");
+    put_str(cx, s, &mut out, prefix, "url", "url", true)?;
+    // A value read from the environment stays a reference to it in weir's config.
+    let secret = |v: (String, Option<String>)| match v {
+        (_, Some(env)) => V::Table(vec![("env".into(), V::Str(env))]),
+        (text, None) => V::Str(text),
+    };
+    for (hcl, weir, default) in [
+        ("request_timeout_in_millis", "timeout", 5000),
+        ("rejection_threshold_in_millis", "rejection_threshold", 150),
+    ] {
+        let ms = s.int(cx, hcl)?.unwrap_or(default);
+        if ms < 1 {
+            return Err(cx.err(&s.key(hcl), format!("expected at least 1, found {ms}")));
+        }
+        out.set(weir, V::Str(format!("{ms}ms")));
+        cx.map(format!("{prefix}.{weir}"), s.key(hcl));
+    }
+    put_str(
+        cx,
+        s,
+        &mut out,
+        prefix,
+        "content_type",
+        "content_type",
+        false,
+    )?;
+    if let Some((v, _)) = s.value(cx, "headers")? {
+        let hcl::Value::Object(o) = v else {
+            return Err(cx.err(
+                &s.key("headers"),
+                format!(
+                    "expected an object of header names to values, found {}",
+                    kind(&v)
+                ),
+            ));
+        };
+        let mut t = V::table();
+        for (k, x) in o {
+            match x {
+                hcl::Value::String(x) => t.set(&k, V::Str(x)),
+                other => {
+                    return Err(cx.err(
+                        &format!("{}.{k}", s.key("headers")),
+                        format!("expected a string, found {}", kind(&other)),
+                    ))
+                }
+            }
+        }
+        out.set("headers", t);
+        cx.map(format!("{prefix}.headers"), s.key("headers"));
+    }
+    let user = s.string_env(cx, "basic_auth_username")?;
+    let password = s.string_env(cx, "basic_auth_password")?;
+    let oauth_id = s.string_env(cx, "oauth2_client_id")?;
+    // As Snowbridge: OAuth2 when a client id is set (its token then replaces basic auth's
+    // header), else basic auth when either of its values is set.
+    let basic = user.iter().chain(&password).any(|(v, _)| !v.is_empty());
+    if let Some(id) = oauth_id.filter(|(v, _)| !v.is_empty()) {
+        let mut t = V::table();
+        t.set("client_id", secret(id));
+        for (hcl, weir) in [
+            ("oauth2_client_secret", "client_secret"),
+            ("oauth2_refresh_token", "refresh_token"),
+        ] {
+            if let Some(v) = s.string_env(cx, hcl)? {
+                t.set(weir, secret(v));
+            }
+        }
+        let url = s.string(cx, "oauth2_token_url")?;
+        t.set(
+            "token_url",
+            V::Str(s.required(cx, "oauth2_token_url", url)?),
+        );
+        if basic {
+            cx.note(
+                &s.key("basic_auth_username"),
+                "ignored, as in Snowbridge, whose OAuth2 token replaces the basic auth header",
+            );
+        }
+        out.set("oauth2", t);
+        cx.map(format!("{prefix}.oauth2"), s.path.clone());
+    } else if basic {
+        let mut t = V::table();
+        for (k, v) in [("username", user), ("password", password)] {
+            if let Some(v) = v {
+                t.set(k, secret(v));
+            }
+        }
+        out.set("basic_auth", t);
+        cx.map(format!("{prefix}.basic_auth"), s.path.clone());
+    }
+    let tls = s.bool(cx, "enable_tls")?.unwrap_or(false);
+    let files: Vec<(&str, Option<String>)> = ["cert_file", "key_file", "ca_file"]
+        .into_iter()
+        .map(|k| Ok((k, s.string(cx, k)?.filter(|v| !v.is_empty()))))
+        .collect::<Result<_, ConfigError>>()?;
+    let skip = s.bool(cx, "skip_verify_tls")?.unwrap_or(false);
+    // Snowbridge applies its TLS settings only with a client certificate and key.
+    if tls && files[0].1.is_some() && files[1].1.is_some() {
+        let mut t = V::table();
+        for (k, v) in &files {
+            if let Some(v) = v {
+                t.set(k, V::Str(v.clone()));
+            }
+        }
+        if files[2].1.is_some() {
+            cx.note(
+                &s.key("ca_file"),
+                "weir trusts only the CAs of ca_file; Snowbridge adds them to the system's",
+            );
+        }
+        t.set("verify", V::Bool(!skip));
+        out.set("tls", t);
+        cx.map(format!("{prefix}.tls"), s.path.clone());
+    } else {
+        for k in ["cert_file", "key_file", "ca_file", "skip_verify_tls"] {
+            if s.has(k) {
+                cx.note(
+                    &s.key(k),
+                    "ignored, as in Snowbridge, which applies TLS settings only with enable_tls, cert_file and key_file",
+                );
+            }
+        }
+    }
+    for (hcl, weir) in [
+        ("dynamic_headers", "dynamic_headers"),
+        ("include_timing_headers", "include_timing_headers"),
+    ] {
+        if let Some(v) = s.bool(cx, hcl)? {
+            out.set(weir, V::Bool(v));
+            cx.map(format!("{prefix}.{weir}"), s.key(hcl));
+        }
+    }
+    if s.bool(cx, "metadata_safe_mode")? == Some(false) {
+        out.set("response_body_in_errors", V::Bool(true));
+        cx.map(
+            format!("{prefix}.response_body_in_errors"),
+            s.key("metadata_safe_mode"),
+        );
+    }
+    put_str(
+        cx,
+        s,
+        &mut out,
+        prefix,
+        "template_file",
+        "template_file",
+        false,
+    )?;
+    for (weir, v, hcl, default) in [
+        (
+            "max_batch_messages",
+            b.max_batch_messages,
+            "max_batch_messages",
+            50,
+        ),
+        (
+            "max_batch_bytes",
+            b.max_batch_bytes,
+            "max_batch_bytes",
+            1 << 20,
+        ),
+        (
+            "max_message_bytes",
+            b.max_message_bytes,
+            "max_message_bytes",
+            1 << 20,
+        ),
+        (
+            "concurrency",
+            b.max_concurrent_batches,
+            "max_concurrent_batches",
+            5,
+        ),
+    ] {
+        out.set(weir, V::Int(v.unwrap_or(default)));
+        cx.map(
+            format!("{prefix}.{weir}"),
+            s.key(&format!("batching.{hcl}")),
+        );
+    }
+    if let Some(rules) = s.block(cx, "response_rules")? {
+        let rules = s.sub(cx, rules)?;
+        rules.known(cx, &[], &["rule"])?;
+        let mut list = Vec::new();
+        for (i, r) in rules.blocks.iter().enumerate() {
+            let r = rules.sub(cx, r)?;
+            r.known(cx, &["type", "http_codes", "body"], &[])?;
+            let mut t = V::table();
+            let kind_ = r.string(cx, "type")?.unwrap_or_default();
+            if !["invalid", "setup", "throttle", "fatal"].contains(&kind_.as_str()) {
+                return Err(cx.err(
+                    &r.key("type"),
+                    format!(
+                        "expected one of `invalid`, `setup`, `throttle`, `fatal`, found `{kind_}`"
+                    ),
+                ));
+            }
+            t.set("type", V::Str(kind_));
+            let codes = match r.value(cx, "http_codes")? {
+                None => Vec::new(),
+                Some((hcl::Value::Array(a), _)) => a
+                    .iter()
+                    .map(|c| match c.as_u64() {
+                        Some(c) if c <= 999 => Ok(V::Int(c as i64)),
+                        _ => Err(cx.err(
+                            &r.key("http_codes"),
+                            format!("expected status codes (0 to 999), found {c}"),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some((v, _)) => {
+                    return Err(cx.err(
+                        &r.key("http_codes"),
+                        format!("expected a list of status codes, found {}", kind(&v)),
+                    ))
+                }
+            };
+            t.set("http_codes", V::Arr(codes));
+            if let Some(body) = r.string(cx, "body")? {
+                t.set("body", V::Str(body));
+            }
+            cx.map(format!("{prefix}.response_rules[{i}]"), r.path.clone());
+            list.push(t);
+        }
+        out.set("response_rules", V::Arr(list));
+    }
+    Ok(out)
 }
 
 // --- transforms -----------------------------------------------------------------------------
@@ -1897,6 +2169,64 @@ mod tests {
         V::Str(x.into())
     }
 
+    #[test]
+    fn the_http_target_becomes_the_http_sink() {
+        let hcl = r#"
+target {
+  use "http" {
+    url = "https://acme.com/x"
+    request_timeout_in_millis = 2000
+    headers = { Accept-Language = "en-US" }
+    basic_auth_username = "me"
+    basic_auth_password = env.SASL_PASSWORD
+    enable_tls = true
+    cert_file = "c.crt"
+    key_file = "c.key"
+    skip_verify_tls = true
+    dynamic_headers = true
+    metadata_safe_mode = false
+    batching {
+      max_batch_messages = 20
+      max_concurrent_batches = 2
+    }
+    response_rules {
+      rule {
+        type = "invalid"
+        http_codes = [400]
+        body = "bad"
+      }
+      rule {
+        type = "throttle"
+        http_codes = [429, 0]
+      }
+    }
+  }
+}"#;
+        let t = tr(hcl);
+        let k = |p: &str| get(&t.tree, &format!("sink.{p}")).clone();
+        assert_eq!(k("type"), s("http"));
+        assert_eq!(k("timeout"), s("2000ms"));
+        assert_eq!(k("headers.Accept-Language"), s("en-US"));
+        assert_eq!(k("basic_auth.username"), s("me"));
+        assert_eq!(k("basic_auth.password.env"), s("SASL_PASSWORD"));
+        assert_eq!(k("tls.cert_file"), s("c.crt"));
+        assert_eq!(k("tls.verify"), V::Bool(false));
+        assert_eq!(k("dynamic_headers"), V::Bool(true));
+        assert_eq!(k("response_body_in_errors"), V::Bool(true));
+        assert_eq!(k("max_batch_messages"), V::Int(20));
+        assert_eq!(k("concurrency"), V::Int(2));
+        assert_eq!(get(&t.tree, "batch.max_records"), &V::Int(20));
+        assert_eq!(k("response_rules.0.type"), s("invalid"));
+        assert_eq!(k("response_rules.0.body"), s("bad"));
+        assert_eq!(
+            k("response_rules.1.http_codes"),
+            V::Arr(vec![V::Int(429), V::Int(0)])
+        );
+        let e = err("target {\n use \"http\" {\n url = \"https://x\"\n response_rules {\n rule {\n type = \"retry\"\n }\n }\n }\n}");
+        assert_eq!(e.key, r#"target.use "http".response_rules.rule.type"#);
+        assert!(e.message.contains("found `retry`"), "{}", e.message);
+    }
+
     /// Found by fuzzing (runtime/fuzz, target `config`): hcl-rs panicked on `2 % 0`.
     #[test]
     fn arithmetic_that_panics_in_hcl_rs_is_a_config_error() {
@@ -2087,11 +2417,11 @@ mod tests {
 
     #[test]
     fn components_weir_lacks_are_named() {
-        let e = err("target {\n use \"http\" {\n url = \"https://x\"\n }\n}");
-        assert_eq!(e.key, r#"target.use "http""#);
+        let e = err("target {\n use \"pubsub\" {}\n}");
+        assert_eq!(e.key, r#"target.use "pubsub""#);
         assert_eq!(
             e.message,
-            "target `http` is not supported by weir yet (issue #18)"
+            "target `pubsub` is not supported by weir yet (issue #18)"
         );
         let e = err("source {\n use \"pubsub\" {}\n}");
         assert_eq!(

@@ -13,6 +13,7 @@ use crate::setup::{BuildContext, SetupError};
 pub mod dynamodb;
 pub mod fanout;
 pub mod file;
+pub mod http;
 pub mod kafka;
 pub mod kinesis;
 pub mod null;
@@ -31,6 +32,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<profiles::ProfilesConfig>(),
     sink::<kafka::KafkaConfig>(),
     sink::<sqs::SqsConfig>(),
+    sink::<http::HttpConfig>(),
     Registration {
         name: fanout::TYPE,
         parse: fanout::parse,
