@@ -751,3 +751,44 @@ max_records = 100
     .await;
     stop(dir.path(), b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_shards_caps_what_one_instance_reads_and_leaves_the_rest_to_others() {
+    let moto = Moto::start();
+    let k = kinesis(&moto.endpoint).await;
+    let d = dynamodb(&moto.endpoint).await;
+    create_stream(&k, "events", 4).await;
+    put(&k, "events", 0..2000).await;
+    let dir = tempfile::tempdir().unwrap();
+    let capped = "max_shards = 2\nread_interval = \"50ms\"";
+    let a_cfg = source_config_with(dir.path(), "a", &moto.endpoint, "events", capped);
+    let b_cfg = source_config_with(dir.path(), "b", &moto.endpoint, "events", capped);
+    let mut a = spawn_weir(&a_cfg);
+    wait_for(dir.path(), "a to hold 2 leases", WAIT, async || {
+        owners(&d).await.values().filter(|v| *v == "a").count() == 2
+    })
+    .await;
+    // Alone, a keeps to its 2 shards over several lease periods: the others wait unowned.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let o = owners(&d).await;
+    assert_eq!(o.values().filter(|v| *v == "a").count(), 2, "{o:?}");
+    assert_eq!(o.values().filter(|v| v.is_empty()).count(), 2, "{o:?}");
+    let mut b = spawn_weir(&b_cfg);
+    wait_for(dir.path(), "b to take the other 2", WAIT, async || {
+        owners(&d).await.values().filter(|v| *v == "b").count() == 2
+    })
+    .await;
+    let expected: HashSet<String> = (0..2000).map(|i| format!("event-{i:06}")).collect();
+    wait_for(dir.path(), "every record", WAIT, async || {
+        let seen: HashSet<String> = lines_of(&dir.path().join("a.out"))
+            .into_iter()
+            .chain(lines_of(&dir.path().join("b.out")))
+            .collect();
+        seen == expected
+    })
+    .await;
+    for c in [&mut a, &mut b] {
+        signal(c.id(), libc::SIGTERM);
+        assert!(c.wait().unwrap().success(), "{}", logs(dir.path()));
+    }
+}

@@ -539,9 +539,11 @@ fn convert_writes_what_it_drops_as_comments() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
-        text.contains("# - `source.use \"kinesis\".read_throttle_delay_ms`: ignored"),
+        text.contains("# - `source.use \"kinesis\".shard_check_freq_seconds`: ignored"),
         "{text}"
     );
+    assert!(text.contains("read_interval = \"500ms\""), "{text}");
+    assert!(text.contains("max_shards = 20"), "{text}");
     assert!(
         text.contains("role_arn = \"arn:aws:iam::123456789012:role/myrole\""),
         "the role is kept: {text}"

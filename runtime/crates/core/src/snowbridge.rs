@@ -1043,17 +1043,27 @@ fn source(cx: &mut Cx, u: &Use) -> Result<V, ConfigError> {
                 cx.map("source.max_records_per_call", s.key("get_records_limit"));
             }
             aws_role(cx, s, &mut out, "source")?;
+            if let Some(ms) = s.int(cx, "read_throttle_delay_ms")? {
+                if ms < 0 {
+                    return Err(cx.err(
+                        &s.key("read_throttle_delay_ms"),
+                        format!("expected 0 or more milliseconds, found {ms}"),
+                    ));
+                }
+                out.set("read_interval", V::Str(format!("{ms}ms")));
+                cx.map("source.read_interval", s.key("read_throttle_delay_ms"));
+            }
+            if let Some(n) = s.int(cx, "max_concurrent_shards")? {
+                if n < 1 {
+                    return Err(cx.err(
+                        &s.key("max_concurrent_shards"),
+                        format!("expected at least 1, found {n}"),
+                    ));
+                }
+                out.set("max_shards", V::Int(n));
+                cx.map("source.max_shards", s.key("max_concurrent_shards"));
+            }
             for (k, why, warn) in [
-                (
-                    "read_throttle_delay_ms",
-                    "not in weir yet (issue #18); weir backs off on throttling by itself",
-                    true,
-                ),
-                (
-                    "max_concurrent_shards",
-                    "not in weir yet (issue #18); weir reads every shard it leases",
-                    true,
-                ),
                 (
                     "shard_check_freq_seconds",
                     "weir's leases are renewed and taken over by `lease_duration` instead",

@@ -53,6 +53,8 @@ pub const SHARD_END: &str = "SHARD_END";
 /// lease_duration = "10s"              # a lease not renewed for this long is taken over
 /// # worker_id = "host-1"              # default: host name + process id
 /// poll_interval = "1s"                # wait after an empty read
+/// read_interval = "200ms"             # wait after a read that returned records (per shard)
+/// # max_shards = 4                    # at most this many shards at once (none: a fair share)
 /// max_records_per_call = 10000
 /// create_lease_table = true
 /// # region = "eu-west-1"
@@ -72,6 +74,13 @@ pub struct KinesisConfig {
     pub worker_id: Option<String>,
     #[serde(default = "default_poll")]
     pub poll_interval: config::Duration,
+    /// The wait after a GetRecords call that returned records, per shard (Kinesis allows five
+    /// reads per shard and second, shared by every consumer of the stream).
+    #[serde(default = "default_read_interval")]
+    pub read_interval: config::Duration,
+    /// The most shards this instance reads at once (Snowbridge's `max_concurrent_shards`); the
+    /// rest are left to other instances. None: its fair share of the stream's shards.
+    pub max_shards: Option<usize>,
     #[serde(default = "default_max_records")]
     pub max_records_per_call: i32,
     #[serde(default = "default_true")]
@@ -99,6 +108,9 @@ fn default_lease_duration() -> config::Duration {
 }
 fn default_poll() -> config::Duration {
     config::Duration(Duration::from_secs(1))
+}
+fn default_read_interval() -> config::Duration {
+    config::Duration(Duration::from_millis(200))
 }
 fn default_max_records() -> i32 {
     10_000
@@ -154,6 +166,9 @@ impl SourceConfig for KinesisConfig {
         }
         if self.lease_duration.0 < Duration::from_millis(300) {
             return Err(origin.error("lease_duration", "expected at least 300ms"));
+        }
+        if self.max_shards == Some(0) {
+            return Err(origin.error("max_shards", "expected at least 1 shard, found 0"));
         }
         if !(1..=10_000).contains(&self.max_records_per_call) {
             return Err(origin.error(
@@ -484,7 +499,10 @@ impl Coordinator {
                 *load.entry(l.owner.clone()).or_default() += 1;
             }
         }
-        let target = eligible.len().div_ceil(load.len());
+        let target = eligible
+            .len()
+            .div_ceil(load.len())
+            .min(self.cfg.max_shards.unwrap_or(usize::MAX));
         let mine = self.held.len();
         if mine >= target {
             return Ok(());
@@ -878,7 +896,7 @@ impl Reader {
             let wait = if empty {
                 self.cfg.poll_interval.0
             } else {
-                Duration::from_millis(200) // Kinesis allows 5 reads per shard per second
+                self.cfg.read_interval.0
             };
             self.pause(wait).await;
         }
