@@ -227,3 +227,95 @@ fn progress_line_reports_counts() {
         "{progress}"
     );
 }
+
+/// `[metrics.statsd]` against a statsd server of the test's own (a UDP socket): counts under
+/// Snowbridge's names add up to what the pipeline did, with the tags, and the e2e latency of
+/// events received 3 s ago is a timing of about 3 s.
+#[test]
+fn statsd_gets_counts_and_latencies_with_prefix_and_tags() {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut received = String::new();
+    assert!(weir_snowplow::tracker::format_tstamp(
+        weir_snowplow::now_ms() - 3_000,
+        &mut received
+    ));
+    let fixture =
+        std::fs::read_to_string(repo_root().join("examples/data/micro-media-session.tsv")).unwrap();
+    let mut input = String::new();
+    let mut events = 0;
+    for l in fixture.lines().filter(|l| !l.is_empty()) {
+        let mut f: Vec<&str> = l.split('\t').collect();
+        f[3] = &received;
+        input.push_str(&f.join("\t"));
+        input.push('\n');
+        events += 1;
+    }
+    let input = write(dir.path(), "in.tsv", &input);
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "{}[[transforms]]\ntype = \"spEnrichedFilter\"\natomic_field = \"event_name\"\nregex = \"^page_view$\"\nfilter_action = \"drop\"\n\
+             [sink]\ntype = \"null\"\n[batch]\nmax_records = 10\n\
+             [metrics]\ne2e_latency = true\n[metrics.statsd]\naddress = \"{}\"\nprefix = \"weir.test\"\n\
+             flush_interval = \"50ms\"\ntags = {{ env = \"ci\" }}\n",
+            file_source(&input),
+            statsd.local_addr().unwrap()
+        ),
+    );
+    let out = run(&cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let written = summary(&stderr, "written").unwrap();
+    let filtered = summary(&stderr, "filtered").unwrap();
+    assert!(written > 0 && filtered > 0, "{stderr}");
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = statsd.recv(&mut buf) {
+        lines.extend(
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let total = |name: &str| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("weir.test.{name}:")))
+            .map(|rest| {
+                assert!(rest.ends_with("|c|#env:ci"), "{rest}");
+                rest.split('|').next().unwrap().parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    assert_eq!(total("records_read"), events, "{lines:?}");
+    assert_eq!(total("target_success"), written);
+    assert_eq!(total("message_filtered"), filtered);
+    assert_eq!(total("records_acked"), events);
+    let timing = |name: &str| -> Vec<u64> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("weir.test.{name}:")))
+            .map(|rest| {
+                assert!(rest.ends_with("|ms|#env:ci"), "{rest}");
+                rest.split('|').next().unwrap().parse::<u64>().unwrap()
+            })
+            .collect()
+    };
+    let max_e2e = timing("max_e2e_latency");
+    assert!(!max_e2e.is_empty(), "{lines:?}");
+    assert!(
+        max_e2e.iter().all(|ms| (2_900..60_000).contains(ms)),
+        "{max_e2e:?}"
+    );
+    assert!(!timing("min_processing_latency").is_empty(), "{lines:?}");
+}

@@ -78,13 +78,7 @@ const DOCS: &[(&str, Expect)] = &[
             "monitoring `sentry` is not supported by weir yet (issue #18)",
         ),
     ),
-    (
-        "monitoring/statsd-example.hcl",
-        Expect::Refused(
-            "stats_receiver.use \"statsd\"",
-            "stats receiver `statsd` is not supported by weir yet (issue #18)",
-        ),
-    ),
+    ("monitoring/statsd-example.hcl", Expect::Ok),
     (
         "monitoring/webhook-full-example.hcl",
         Expect::Refused(

@@ -251,13 +251,17 @@ impl AckCounter {
 impl AckHandler for AckCounter {
     fn acked(&self, token: u64, delivered: bool) {
         if let Some(t) = lock(&self.timings).remove(&token).filter(|_| delivered) {
+            let processing = t.read.elapsed();
             metrics::histogram!("weir_processing_latency_seconds")
-                .record_many(t.read.elapsed().as_secs_f64(), t.records);
+                .record_many(processing.as_secs_f64(), t.records);
+            crate::observe::PROCESSING_LATENCY.record(processing);
             if !t.collector_ms.is_empty() {
                 let now = weir_snowplow::now_ms();
                 let e2e = metrics::histogram!("weir_e2e_latency_seconds");
                 for ms in t.collector_ms {
-                    e2e.record((now - ms).max(0) as f64 / 1000.0);
+                    let d = (now - ms).max(0) as u64;
+                    e2e.record(d as f64 / 1000.0);
+                    crate::observe::E2E_LATENCY.record(std::time::Duration::from_millis(d));
                 }
             }
         }

@@ -83,6 +83,167 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The shortest and longest of a latency over the current statsd window, in microseconds
+/// (two atomic operations per observation; read and reset by [`report_statsd`]).
+pub struct Window {
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Window {
+    const fn new() -> Window {
+        Window {
+            min: AtomicU64::new(u64::MAX),
+            max: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128 - 1) as u64;
+        self.min.fetch_min(us, Ordering::Relaxed);
+        self.max.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The window's (min, max), if anything was recorded; starts a new window.
+    fn take(&self) -> Option<(Duration, Duration)> {
+        let min = self.min.swap(u64::MAX, Ordering::Relaxed);
+        let max = self.max.swap(0, Ordering::Relaxed);
+        (min != u64::MAX).then(|| {
+            (
+                Duration::from_micros(min),
+                Duration::from_micros(max.max(min)),
+            )
+        })
+    }
+}
+
+/// Read → acknowledged by every sink, per batch.
+pub static PROCESSING_LATENCY: Window = Window::new();
+/// Collector → acknowledged, per Snowplow event (with `[metrics] e2e_latency`).
+pub static E2E_LATENCY: Window = Window::new();
+
+/// `[metrics.statsd]`: Snowbridge's statsd stats receiver. Every `flush_interval`, and once
+/// when the pipeline ends, weir sends what happened in the window under Snowbridge's names:
+/// counts `target_success` (records written), `failure_target_success` (sent to the failure
+/// sink), `message_filtered`, and weir's `records_read` and `records_acked`; timings
+/// `min_processing_latency`, `max_processing_latency` and, with `e2e_latency`,
+/// `min_e2e_latency`, `max_e2e_latency`. Tags go on every metric (`|#key:value`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsdConfig {
+    /// `host:port` of the statsd server (UDP).
+    pub address: String,
+    #[serde(default = "default_statsd_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: crate::config::Duration,
+}
+
+fn default_statsd_prefix() -> String {
+    "weir".into()
+}
+fn default_flush_interval() -> crate::config::Duration {
+    crate::config::Duration(Duration::from_secs(10))
+}
+
+impl StatsdConfig {
+    pub fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        match self.address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return Err(origin.error(
+                    "address",
+                    format!("expected host:port, found {:?}", self.address),
+                ))
+            }
+        }
+        if self.flush_interval.0 < Duration::from_millis(10) {
+            return Err(origin.error("flush_interval", "expected at least 10ms"));
+        }
+        Ok(())
+    }
+}
+
+/// Sends the pipeline's counts and latencies to statsd every `flush_interval` until `stop`,
+/// then once more. A statsd server that is down loses its metrics (UDP), never the pipeline.
+pub async fn report_statsd(
+    cfg: StatsdConfig,
+    stats: Arc<Stats>,
+    e2e: bool,
+    stop: CancellationToken,
+) {
+    use cadence::prelude::*;
+    let client = async {
+        let addr = tokio::net::lookup_host(&cfg.address)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("no address"))?;
+        let bind = if addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        let sink = cadence::UdpMetricSink::from(addr, socket)?;
+        let prefix = cfg.prefix.trim_end_matches('.');
+        let mut b = cadence::StatsdClient::builder(prefix, sink);
+        for (k, v) in &cfg.tags {
+            b = b.with_tag(k.as_str(), v.as_str());
+        }
+        anyhow::Ok(b.build())
+    }
+    .await;
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(address = %cfg.address, error = %e, "statsd: cannot send metrics");
+            return;
+        }
+    };
+    tracing::info!(address = %cfg.address, prefix = %cfg.prefix, every = ?cfg.flush_interval.0, "sending metrics to statsd");
+    let mut last = Snapshot::default();
+    let mut tick = tokio::time::interval(cfg.flush_interval.0);
+    tick.tick().await;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        let now = stats.snapshot();
+        let delta = |n: u64, was: u64| n.saturating_sub(was) as i64;
+        let mut sent: Vec<cadence::MetricResult<()>> = [
+            ("target_success", delta(now.written, last.written)),
+            ("failure_target_success", delta(now.failed, last.failed)),
+            ("message_filtered", delta(now.filtered, last.filtered)),
+            ("records_read", delta(now.read, last.read)),
+            ("records_acked", delta(now.acked, last.acked)),
+        ]
+        .into_iter()
+        .map(|(name, n)| client.count(name, n).map(drop))
+        .collect();
+        last = now;
+        let windows = [
+            ("processing", Some(&PROCESSING_LATENCY)),
+            ("e2e", e2e.then_some(&E2E_LATENCY)),
+        ];
+        for (name, w) in windows {
+            if let Some((min, max)) = w.and_then(Window::take) {
+                sent.push(client.time(&format!("min_{name}_latency"), min).map(drop));
+                sent.push(client.time(&format!("max_{name}_latency"), max).map(drop));
+            }
+        }
+        if let Some(Err(e)) = sent.into_iter().find(Result::is_err) {
+            tracing::debug!(error = %e, "statsd: a metric was not sent");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// `[http]`: the observability endpoint.
 ///
 /// ```toml

@@ -79,6 +79,12 @@ impl Default for LimitsConfig {
 /// ```toml
 /// [metrics]
 /// e2e_latency = true   # each Snowplow event's collector_tstamp → acknowledged by every sink
+///
+/// [metrics.statsd]     # also push counts and latencies to a statsd server
+/// address = "127.0.0.1:8125"
+/// prefix = "weir"
+/// flush_interval = "10s"
+/// tags = { env = "prod" }
 /// ```
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -88,6 +94,8 @@ pub struct MetricsConfig {
     /// one field of every record, so it is off by default (Snowbridge's
     /// `metrics { enable_e2e_latency = true }`).
     pub e2e_latency: bool,
+    /// `[metrics.statsd]`: Snowbridge's statsd stats receiver.
+    pub statsd: Option<crate::observe::StatsdConfig>,
 }
 
 /// How long the source may be quiet before the transforms get an empty batch (a tick).
@@ -281,6 +289,9 @@ impl PipelineConfig {
             .map(|v| top.child("metrics").deserialize(v))
             .transpose()?
             .unwrap_or_default();
+        if let Some(s) = &metrics.statsd {
+            s.check(&top.child("metrics").child("statsd"))?;
+        }
         let retry = crate::retry::RetryConfig::from_value(section("retry"), &top.child("retry"))?;
         if let Some(h) = &http {
             h.check(&top.child("http"))?;
@@ -420,6 +431,18 @@ pub async fn run(
         }
     }
     let _stop_http = http_stop.clone().drop_guard();
+    // The statsd reporter sends a last window when the pipeline ends (and is cancelled with it
+    // on an error).
+    let statsd_stop = CancellationToken::new();
+    let statsd = cfg.metrics.statsd.clone().map(|s| {
+        tokio::spawn(observe::report_statsd(
+            s,
+            stats.clone(),
+            cfg.metrics.e2e_latency,
+            statsd_stop.clone(),
+        ))
+    });
+    let _stop_statsd = statsd_stop.clone().drop_guard();
     // Fires when a sink fails for good: stop reading, let the rest drain or drop.
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
@@ -638,6 +661,10 @@ pub async fn run(
     .await;
     for r in sink_results {
         r?;
+    }
+    if let Some(task) = statsd {
+        statsd_stop.cancel();
+        let _ = task.await;
     }
     let snapshot = stats.snapshot();
     tracing::info!(

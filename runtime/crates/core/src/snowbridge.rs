@@ -760,16 +760,62 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
     if let Some(b) = top.block(cx, "stats_receiver")? {
         let s = top.sub(cx, b)?;
         s.known(cx, &["buffer_sec", "timeout_sec"], &["use"])?;
-        if let Some(u) = uses(cx, &s)?.first() {
-            return Err(cx.err(&u.body.path, unsupported("stats receiver", &u.name, 18)));
+        let buffer = s.int(cx, "buffer_sec")?.unwrap_or(60);
+        if buffer < 1 {
+            return Err(cx.err(
+                &s.key("buffer_sec"),
+                format!("expected at least 1 second, found {buffer}"),
+            ));
         }
-        s.int(cx, "buffer_sec")?;
-        s.int(cx, "timeout_sec")?;
-        cx.note(
-            &s.path,
-            "without a stats receiver this block does nothing; weir serves Prometheus metrics \
-             (`[http]`)",
-        );
+        if s.int(cx, "timeout_sec")?.is_some() {
+            cx.note(
+                &s.key("timeout_sec"),
+                "ignored, as in Snowbridge (deprecated)",
+            );
+        }
+        match uses(cx, &s)?.first() {
+            Some(u) if u.name == "statsd" => {
+                let b = &u.body;
+                b.known(cx, &["address", "prefix", "tags"], &[])?;
+                let mut t = V::table();
+                // Snowbridge's defaults.
+                let address = b.string(cx, "address")?.filter(|a| !a.is_empty());
+                t.set(
+                    "address",
+                    V::Str(address.unwrap_or_else(|| "127.0.0.1:8125".into())),
+                );
+                let prefix = b.string(cx, "prefix")?.filter(|p| !p.is_empty());
+                t.set(
+                    "prefix",
+                    V::Str(prefix.unwrap_or_else(|| "snowplow.snowbridge".into())),
+                );
+                t.set("flush_interval", V::Str(format!("{buffer}s")));
+                if let Some(tags) = b.string(cx, "tags")? {
+                    let parsed: std::collections::BTreeMap<String, String> = serde_json::from_str(
+                        if tags.is_empty() { "{}" } else { &tags },
+                    )
+                    .map_err(|e| {
+                        cx.err(
+                            &b.key("tags"),
+                            format!("expected a JSON object of strings, found {tags:?}: {e}"),
+                        )
+                    })?;
+                    let mut m = V::table();
+                    for (k, v) in parsed {
+                        m.set(&k, V::Str(v));
+                    }
+                    t.set("tags", m);
+                }
+                cx.map("metrics.statsd", b.path.clone());
+                root.table_at("metrics").set("statsd", t);
+            }
+            Some(u) => return Err(cx.err(&u.body.path, unsupported("stats receiver", &u.name, 18))),
+            None => cx.note(
+                &s.path,
+                "without a stats receiver this block does nothing; weir serves Prometheus \
+                 metrics (`[http]`)",
+            ),
+        }
     }
     if let Some(b) = top.block(cx, "sentry")? {
         return Err(cx.err(
@@ -793,9 +839,7 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
             &[],
         )?;
         if let Some(on) = s.bool(cx, "enable_e2e_latency")? {
-            let mut m = V::table();
-            m.set("e2e_latency", V::Bool(on));
-            root.set("metrics", m);
+            root.table_at("metrics").set("e2e_latency", V::Bool(on));
             cx.map("metrics.e2e_latency", s.key("enable_e2e_latency"));
             if on {
                 cx.note(
@@ -2438,11 +2482,20 @@ target {
             e.message,
             "source `pubsub` is not supported by weir yet (issue #18)"
         );
-        let e = err("stats_receiver {\n use \"statsd\" {}\n}");
+        let e = err("stats_receiver {\n use \"prometheus\" {}\n}");
         assert_eq!(
             e.message,
-            "stats receiver `statsd` is not supported by weir yet (issue #18)"
+            "stats receiver `prometheus` is not supported by weir yet (issue #18)"
         );
+        let t = tr("stats_receiver {\n use \"statsd\" {\n address = \"h:8125\"\n tags = \"{\\\"aKey\\\": \\\"aValue\\\"}\"\n }\n buffer_sec = 20\n}\nmetrics {\n enable_e2e_latency = true\n}");
+        assert_eq!(get(&t.tree, "metrics.statsd.address"), &s("h:8125"));
+        assert_eq!(
+            get(&t.tree, "metrics.statsd.prefix"),
+            &s("snowplow.snowbridge")
+        );
+        assert_eq!(get(&t.tree, "metrics.statsd.flush_interval"), &s("20s"));
+        assert_eq!(get(&t.tree, "metrics.statsd.tags.aKey"), &s("aValue"));
+        assert_eq!(get(&t.tree, "metrics.e2e_latency"), &V::Bool(true));
         let e = err(r#"sentry { dsn = "x" }"#);
         assert_eq!(
             e.message,
