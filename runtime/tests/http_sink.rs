@@ -738,3 +738,73 @@ fn gtm_preview_records_go_alone_with_their_header() {
     assert_eq!(batched.iter().map(|(r, _)| n(r)).sum::<usize>(), 2);
     assert!(!alone[0].0.headers["x-gtm-server-preview"].is_empty());
 }
+
+/// `[monitoring.webhook]`: a heartbeat at start, an alert as soon as a sink fails with a setup
+/// error (here a `setup` response rule), repeated while it lasts, and heartbeats again once the
+/// sink writes.
+#[test]
+fn webhook_monitoring_alerts_on_setup_errors_and_resumes_heartbeats() {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let r2 = refused.clone();
+    let server = Server::start(Arc::new(move |s| {
+        if s.path == "/hook" {
+            return ok();
+        }
+        if r2.fetch_add(1, Ordering::SeqCst) < 3 {
+            return Reply::Status(401, "bad credentials".into());
+        }
+        Reply::Slow(Duration::from_millis(300), 200)
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.ndjson", &json_lines(6));
+    let sink = format!(
+        "url = \"{}\"\n[[sink.response_rules]]\ntype = \"setup\"\nhttp_codes = [401]\n",
+        server.url("http", "/e")
+    );
+    let cfg = config(
+        dir.path(),
+        &input,
+        &sink,
+        &format!(
+            "[batch]\nmax_records = 1\n[retry.setup]\ndelay = \"400ms\"\nmax_attempts = 10\n\
+             [monitoring.webhook]\nendpoint = \"{}\"\nheartbeat_interval = \"250ms\"\ntags = {{ pipeline = \"test\" }}\n",
+            server.url("http", "/hook")
+        ),
+    );
+    run_ok(&cfg, &[]);
+    assert_eq!(ids(&server.delivered("/e")).len(), 6);
+    let events: Vec<serde_json::Value> = server
+        .requests("/hook")
+        .into_iter()
+        .map(|(r, _)| serde_json::from_str(&r.body).unwrap())
+        .collect();
+    let kind = |e: &serde_json::Value| {
+        e["schema"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .to_string()
+    };
+    let kinds: Vec<String> = events.iter().map(kind).collect();
+    assert_eq!(kinds[0], "heartbeat", "{kinds:?}");
+    let first_alert = kinds.iter().position(|k| k == "alert").expect("an alert");
+    let last_alert = kinds.iter().rposition(|k| k == "alert").unwrap();
+    assert!(
+        kinds[last_alert..].iter().any(|k| k == "heartbeat"),
+        "heartbeats resume after the sink recovers: {kinds:?}"
+    );
+    let alert = &events[first_alert];
+    assert!(
+        alert["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response status 401"),
+        "{alert}"
+    );
+    for e in &events {
+        assert_eq!(e["data"]["appName"], "weir");
+        assert_eq!(e["data"]["tags"]["pipeline"], "test");
+    }
+}

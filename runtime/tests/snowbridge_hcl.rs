@@ -79,20 +79,8 @@ const DOCS: &[(&str, Expect)] = &[
         ),
     ),
     ("monitoring/statsd-example.hcl", Expect::Ok),
-    (
-        "monitoring/webhook-full-example.hcl",
-        Expect::Refused(
-            "monitoring.webhook",
-            "monitoring `webhook` is not supported by weir yet (issue #18)",
-        ),
-    ),
-    (
-        "monitoring/webhook-minimal-example.hcl",
-        Expect::Refused(
-            "monitoring.webhook",
-            "monitoring `webhook` is not supported by weir yet (issue #18)",
-        ),
-    ),
+    ("monitoring/webhook-full-example.hcl", Expect::Ok),
+    ("monitoring/webhook-minimal-example.hcl", Expect::Ok),
     (
         "overview-full-example.hcl",
         Expect::Transform("transform.use \"js\"", "js"),

@@ -24,6 +24,7 @@ pub mod dashboard;
 pub mod go_template;
 pub mod http_server;
 pub mod kafka;
+pub mod monitoring;
 pub mod observe;
 pub mod pipeline;
 pub mod record;

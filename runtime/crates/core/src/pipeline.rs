@@ -122,6 +122,8 @@ pub struct PipelineConfig {
     pub limits: LimitsConfig,
     pub http: Option<HttpConfig>,
     pub metrics: MetricsConfig,
+    /// `[monitoring]`: heartbeats and alerts to a webhook (Snowbridge's `monitoring` block).
+    pub monitoring: crate::monitoring::MonitoringConfig,
     /// `[retry]`: how failed sink writes are retried, per kind of failure.
     pub retry: crate::retry::RetryConfig,
     /// Transform worker threads (each with its own instance of the chain); output order is kept.
@@ -144,6 +146,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "limits",
     "http",
     "metrics",
+    "monitoring",
     "workers",
     "state",
     "retry",
@@ -292,6 +295,11 @@ impl PipelineConfig {
         if let Some(s) = &metrics.statsd {
             s.check(&top.child("metrics").child("statsd"))?;
         }
+        let monitoring: crate::monitoring::MonitoringConfig = section("monitoring")
+            .map(|v| top.child("monitoring").deserialize(v))
+            .transpose()?
+            .unwrap_or_default();
+        monitoring.check(&top.child("monitoring"))?;
         let retry = crate::retry::RetryConfig::from_value(section("retry"), &top.child("retry"))?;
         if let Some(h) = &http {
             h.check(&top.child("http"))?;
@@ -326,6 +334,7 @@ impl PipelineConfig {
             limits,
             http,
             metrics,
+            monitoring,
             retry,
             workers,
             state,
@@ -443,6 +452,10 @@ pub async fn run(
         ))
     });
     let _stop_statsd = statsd_stop.clone().drop_guard();
+    let webhook = cfg.monitoring.webhook.clone().map(|w| {
+        let stop = statsd_stop.clone();
+        tokio::spawn(crate::monitoring::run_webhook(w, stop))
+    });
     // Fires when a sink fails for good: stop reading, let the rest drain or drop.
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
@@ -662,8 +675,8 @@ pub async fn run(
     for r in sink_results {
         r?;
     }
-    if let Some(task) = statsd {
-        statsd_stop.cancel();
+    statsd_stop.cancel();
+    for task in [statsd, webhook].into_iter().flatten() {
         let _ = task.await;
     }
     let snapshot = stats.snapshot();
@@ -808,6 +821,9 @@ fn spawn_sink(
                             );
                         }
                         ack.delivered();
+                        if attempts[crate::retry::FailureClass::Setup as usize] > 0 {
+                            crate::monitoring::setup_resolved();
+                        }
                         break;
                     }
                     Err(
@@ -816,6 +832,9 @@ fn spawn_sink(
                         | SinkError::Setup(_)),
                     ) => {
                         let class = e.class().expect("a retriable class");
+                        if class == crate::retry::FailureClass::Setup {
+                            crate::monitoring::setup_failed(format!("{role}: {e:#}"));
+                        }
                         let policy = retry.policy(class);
                         let attempt = &mut attempts[class as usize];
                         *attempt += 1;

@@ -826,9 +826,50 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
     if let Some(b) = top.block(cx, "monitoring")? {
         let s = top.sub(cx, b)?;
         s.known(cx, &[], &["webhook", "metadata_reporter"])?;
-        if let Some(w) = s.blocks.first() {
-            let name = w.identifier.as_str();
-            return Err(cx.err(&s.key(name), unsupported("monitoring", name, 18)));
+        if s.block(cx, "metadata_reporter")?.is_some() {
+            return Err(cx.err(
+                &s.key("metadata_reporter"),
+                unsupported("monitoring", "metadata_reporter", 18),
+            ));
+        }
+        if let Some(w) = s.block(cx, "webhook")? {
+            let w = s.sub(cx, w)?;
+            w.known(cx, &["endpoint", "tags", "heartbeat_interval_seconds"], &[])?;
+            let mut t = V::table();
+            let endpoint = w.string(cx, "endpoint")?;
+            t.set("endpoint", V::Str(w.required(cx, "endpoint", endpoint)?));
+            if let Some((v, _)) = w.value(cx, "tags")? {
+                let hcl::Value::Object(o) = v else {
+                    return Err(cx.err(
+                        &w.key("tags"),
+                        format!("expected an object of strings, found {}", kind(&v)),
+                    ));
+                };
+                let mut tags = V::table();
+                for (k, x) in o {
+                    match x {
+                        hcl::Value::String(x) => tags.set(&k, V::Str(x)),
+                        other => {
+                            return Err(cx.err(
+                                &format!("{}.{k}", w.key("tags")),
+                                format!("expected a string, found {}", kind(&other)),
+                            ))
+                        }
+                    }
+                }
+                t.set("tags", tags);
+            }
+            // Snowbridge's default: 300 s.
+            let every = w.int(cx, "heartbeat_interval_seconds")?.unwrap_or(300);
+            if every < 1 {
+                return Err(cx.err(
+                    &w.key("heartbeat_interval_seconds"),
+                    format!("expected at least 1 second, found {every}"),
+                ));
+            }
+            t.set("heartbeat_interval", V::Str(format!("{every}s")));
+            cx.map("monitoring.webhook", w.path.clone());
+            root.table_at("monitoring").set("webhook", t);
         }
     }
     if let Some(b) = top.block(cx, "metrics")? {
