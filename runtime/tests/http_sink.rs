@@ -671,9 +671,11 @@ fn templates_render_the_batch_as_snowbridge_docs_show() {
         "request.tmpl",
         include_str!("../crates/core/src/sinks/testdata/http-template-full-example.file"),
     );
-    let lines: String = (0..7)
+    let mut lines: String = (0..7)
         .map(|i| format!("{{\"foo\":{{\"n\":{i},\"tag\":\"<b>\"}}}}\n"))
         .collect();
+    // Not JSON, in the middle of a request: refused alone, its neighbours still sent.
+    lines.insert_str(lines.find('\n').unwrap() + 1, "not json\n");
     let input = write(dir.path(), "in.ndjson", &lines);
     let sink = format!(
         "url = \"{}\"\nmax_batch_messages = 3\ntemplate_file = \"{}\"\n",
@@ -698,6 +700,11 @@ fn templates_render_the_batch_as_snowbridge_docs_show() {
     }
     ns.sort();
     assert_eq!(ns, (0..7).collect::<Vec<_>>());
+    let bad = failures(dir.path());
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(serde_json::to_string(&bad)
+        .unwrap()
+        .contains("template needs"));
 }
 
 #[test]

@@ -478,6 +478,32 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// An object of strings (`headers`, `tags`) as a table.
+    fn string_table(&self, cx: &Cx, name: &str) -> Result<Option<V>, ConfigError> {
+        let Some((v, _)) = self.value(cx, name)? else {
+            return Ok(None);
+        };
+        let hcl::Value::Object(o) = v else {
+            return Err(cx.err(
+                &self.key(name),
+                format!("expected an object of strings, found {}", kind(&v)),
+            ));
+        };
+        let mut t = V::table();
+        for (k, x) in o {
+            match x {
+                hcl::Value::String(x) => t.set(&k, V::Str(x)),
+                other => {
+                    return Err(cx.err(
+                        &format!("{}.{k}", self.key(name)),
+                        format!("expected a string, found {}", kind(&other)),
+                    ))
+                }
+            }
+        }
+        Ok(Some(t))
+    }
+
     fn string(&self, cx: &Cx, name: &str) -> Result<Option<String>, ConfigError> {
         Ok(self.string_env(cx, name)?.map(|(s, _)| s))
     }
@@ -838,25 +864,7 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
             let mut t = V::table();
             let endpoint = w.string(cx, "endpoint")?;
             t.set("endpoint", V::Str(w.required(cx, "endpoint", endpoint)?));
-            if let Some((v, _)) = w.value(cx, "tags")? {
-                let hcl::Value::Object(o) = v else {
-                    return Err(cx.err(
-                        &w.key("tags"),
-                        format!("expected an object of strings, found {}", kind(&v)),
-                    ));
-                };
-                let mut tags = V::table();
-                for (k, x) in o {
-                    match x {
-                        hcl::Value::String(x) => tags.set(&k, V::Str(x)),
-                        other => {
-                            return Err(cx.err(
-                                &format!("{}.{k}", w.key("tags")),
-                                format!("expected a string, found {}", kind(&other)),
-                            ))
-                        }
-                    }
-                }
+            if let Some(tags) = w.string_table(cx, "tags")? {
                 t.set("tags", tags);
             }
             // Snowbridge's default: 300 s.
@@ -1739,28 +1747,7 @@ fn http_target(
         "content_type",
         false,
     )?;
-    if let Some((v, _)) = s.value(cx, "headers")? {
-        let hcl::Value::Object(o) = v else {
-            return Err(cx.err(
-                &s.key("headers"),
-                format!(
-                    "expected an object of header names to values, found {}",
-                    kind(&v)
-                ),
-            ));
-        };
-        let mut t = V::table();
-        for (k, x) in o {
-            match x {
-                hcl::Value::String(x) => t.set(&k, V::Str(x)),
-                other => {
-                    return Err(cx.err(
-                        &format!("{}.{k}", s.key("headers")),
-                        format!("expected a string, found {}", kind(&other)),
-                    ))
-                }
-            }
-        }
+    if let Some(t) = s.string_table(cx, "headers")? {
         out.set("headers", t);
         cx.map(format!("{prefix}.headers"), s.key("headers"));
     }

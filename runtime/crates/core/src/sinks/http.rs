@@ -255,7 +255,8 @@ fn check_url(origin: &Origin, key: &str, url: &str) -> Result<reqwest::Url, Conf
 }
 
 impl HttpConfig {
-    fn load_template(&self, origin: &Origin) -> Result<Option<Template>, ConfigError> {
+    /// The parsed template and the length of its text (what a request carries besides records).
+    fn load_template(&self, origin: &Origin) -> Result<Option<(Template, usize)>, ConfigError> {
         let Some(path) = &self.template_file else {
             return Ok(None);
         };
@@ -287,7 +288,7 @@ impl HttpConfig {
                 ),
             ));
         }
-        Ok(Some(t))
+        Ok(Some((t, text.len())))
     }
 
     /// What a request carries besides its records: commas, and the JSON array's brackets or the
@@ -365,7 +366,7 @@ impl SinkConfig for HttpConfig {
             }
         }
         let template = self.load_template(origin)?;
-        let overhead = self.overhead(template.as_ref().map(|_| 0));
+        let overhead = self.overhead(template.as_ref().map(|(_, len)| *len));
         if overhead as u64 >= self.max_batch_bytes.0 {
             return Err(origin.error(
                 "max_batch_bytes",
@@ -485,12 +486,8 @@ impl HttpSink {
             }
             None => None,
         };
-        let overhead = cfg.overhead(
-            cfg.template_file
-                .as_ref()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map(|m| m.len() as usize),
-        );
+        let overhead = cfg.overhead(template.as_ref().map(|(_, len)| *len));
+        let template = template.map(|(t, _)| t);
         let batch_bytes = (cfg.max_batch_bytes.0 as usize)
             .saturating_sub(overhead)
             .max(1);
@@ -528,7 +525,11 @@ impl HttpSink {
                 );
                 continue;
             }
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&r.value) {
+            // With a template, the record is parsed once, when its request is rendered.
+            if let (None, Err(e)) = (
+                &self.template,
+                serde_json::from_slice::<serde::de::IgnoredAny>(&r.value),
+            ) {
                 progress.reject(
                     i,
                     format!("record is not JSON, which the http sink sends (use a template or a transform to make it so): {e}"),
@@ -567,7 +568,14 @@ impl HttpSink {
     }
 
     /// The request body for `records`: their JSON array, or the template rendered over it.
-    fn body(&self, records: &[Record], req: &Request) -> Result<Bytes, String> {
+    /// With a template, records that are not JSON are refused (into `refused`, out of `req`);
+    /// `None`: none is left to send.
+    fn body(
+        &self,
+        records: &[Record],
+        req: &mut Request,
+        refused: &mut Vec<(usize, Refusal)>,
+    ) -> Result<Option<Bytes>, String> {
         match &self.template {
             None => {
                 let len: usize = req
@@ -584,34 +592,47 @@ impl HttpSink {
                     b.put_slice(&records[i].value);
                 }
                 b.put_u8(b']');
-                Ok(b.freeze())
+                Ok(Some(b.freeze()))
             }
             Some(t) => {
                 let mut items = Vec::with_capacity(req.records.len());
-                for &i in &req.records {
-                    items.push(
-                        serde_json::from_slice::<serde_json::Value>(&records[i].value)
-                            .map_err(|e| format!("record is not JSON: {e}"))?,
-                    );
+                req.records.retain(|&i| {
+                    match serde_json::from_slice::<serde_json::Value>(&records[i].value) {
+                        Ok(v) => {
+                            items.push(v);
+                            true
+                        }
+                        Err(e) => {
+                            refused.push((
+                                i,
+                                format!(
+                                    "record is not JSON, which the http sink's template needs: {e}"
+                                )
+                                .into(),
+                            ));
+                            false
+                        }
+                    }
+                });
+                if items.is_empty() {
+                    return Ok(None);
                 }
                 let limit = 4 * self.cfg.max_batch_bytes.0 as usize + (64 << 10);
                 t.render(&serde_json::Value::Array(items), limit)
-                    .map(Bytes::from)
+                    .map(|b| Some(Bytes::from(b)))
                     .map_err(|e| format!("could not create the request body: {e}"))
             }
         }
     }
 
-    async fn send(&self, records: &[Record], req: Request) -> Outcome {
+    async fn send(&self, records: &[Record], mut req: Request) -> Outcome {
         let mut out = Outcome::default();
-        let body = match self.body(records, &req) {
-            Ok(b) => b,
+        let body = match self.body(records, &mut req, &mut out.refused) {
+            Ok(Some(b)) => b,
+            Ok(None) => return out,
             Err(why) => {
-                out.refused = req
-                    .records
-                    .iter()
-                    .map(|&i| (i, why.clone().into()))
-                    .collect();
+                out.refused
+                    .extend(req.records.iter().map(|&i| (i, why.clone().into())));
                 return out;
             }
         };
@@ -758,12 +779,7 @@ impl Sink for HttpSink {
         if let Some(e) = error {
             return Err(e);
         }
-        let rejected = progress.take_rejected();
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::Rejected(rejected))
-        }
+        progress.written()
     }
 }
 

@@ -377,12 +377,7 @@ impl Sink for KafkaSink {
                 )),
             ));
         }
-        let rejected = progress.take_rejected();
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::Rejected(rejected))
-        }
+        progress.written()
     }
 
     async fn close(&mut self) -> Result<(), SinkError> {

@@ -251,6 +251,17 @@ impl Progress {
         std::mem::take(&mut self.rejected)
     }
 
+    /// What a sink's `write` returns once every record of the batch is taken or refused: `Ok`,
+    /// or [`SinkError::Rejected`] with the refused ones (taken out).
+    pub fn written(&mut self) -> Result<(), SinkError> {
+        let rejected = self.take_rejected();
+        if rejected.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Rejected(rejected))
+        }
+    }
+
     /// The progress of each of `n` parts (a composite sink's children).
     pub fn parts(&mut self, n: usize) -> &mut [Progress] {
         if self.parts.len() < n {

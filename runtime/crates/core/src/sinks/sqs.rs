@@ -367,12 +367,7 @@ impl Sink for SqsSink {
         if let Some(e) = error {
             return Err(e);
         }
-        let rejected = progress.take_rejected();
-        if rejected.is_empty() {
-            Ok(())
-        } else {
-            Err(SinkError::Rejected(rejected))
-        }
+        progress.written()
     }
 }
 
