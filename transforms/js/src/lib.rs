@@ -221,8 +221,7 @@ impl FlatMap for Js {
                 } else {
                     v
                 };
-                serde_json::to_writer(&mut self.out, &v)
-                    .map_err(|e| format!("error encoding message data: {e}"))?;
+                go_json(&v, &mut self.out);
             }
             _ => {
                 return Err(
@@ -357,6 +356,91 @@ fn describe(e: &JsError, ctx: &mut Context) -> String {
                 .unwrap_or_else(|_| "an exception".into())
         }
     }
+}
+
+/// `v` as Go's `json.Marshal` writes it (what Snowbridge sends): keys sorted (serde_json's map
+/// is ordered), `<`, `>`, `&`, U+2028 and U+2029 escaped, and numbers in Go's format (`5`, not
+/// `5.0`; `1e+21`; `1e-7`).
+fn go_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => out.extend_from_slice(i.to_string().as_bytes()),
+            (_, Some(u), _) => out.extend_from_slice(u.to_string().as_bytes()),
+            (_, _, Some(f)) => go_float(f, out),
+            _ => out.extend_from_slice(b"null"),
+        },
+        Value::String(s) => go_string(s, out),
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                go_json(x, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(m) => {
+            out.push(b'{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                go_string(k, out);
+                out.push(b':');
+                go_json(x, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// Go's `encoding/json` float format: the shortest representation, in `e` notation below 1e-6 and
+/// from 1e21 on (exponent signed, at least one digit: `1e+21`, `1e-7`).
+fn go_float(f: f64, out: &mut Vec<u8>) {
+    let abs = f.abs();
+    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+        let s = format!("{f:e}");
+        match s.split_once('e') {
+            Some((m, e)) if !e.starts_with('-') => {
+                out.extend_from_slice(m.as_bytes());
+                out.extend_from_slice(b"e+");
+                out.extend_from_slice(e.as_bytes());
+            }
+            _ => out.extend_from_slice(s.as_bytes()),
+        }
+    } else {
+        out.extend_from_slice(format!("{f}").as_bytes());
+    }
+}
+
+/// A JSON string as Go writes it.
+fn go_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut b = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
 }
 
 /// Snowbridge's `RemoveNullFromMap`: drops nulls, and objects and arrays left empty, at every

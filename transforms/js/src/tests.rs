@@ -396,3 +396,17 @@ fn date_and_math_random_work() {
     );
     assert_eq!(one(&o).0, "1700000000123true");
 }
+
+/// An object `Data` is written as Go's `json.Marshal` writes it, as Snowbridge sends it: HTML
+/// characters escaped, integral numbers without a fraction, Go's exponent form.
+#[test]
+fn object_data_is_written_as_go_writes_it() {
+    let src = r#"function main(input) {
+        return { Data: { url: "http://a.b/?x=1&y=<2>", half: 10 / 4, whole: 10 / 2, big: 1e21,
+                         tiny: 1e-7, small: 0.000001, sum: 0.1 + 0.2, neg: -3, sep: "\u2028", ctl: "\u0001\b" } };
+    }"#;
+    assert_eq!(
+        one(&run(src, &[], "x")).0,
+        r#"{"big":1e+21,"ctl":"\u0001\b","half":2.5,"neg":-3,"sep":"\u2028","small":0.000001,"sum":0.30000000000000004,"tiny":1e-7,"url":"http://a.b/?x=1\u0026y=\u003c2\u003e","whole":5}"#
+    );
+}
