@@ -12,9 +12,9 @@ use weir_transform_sdk::{fields, Config, Error, Map, Record};
 
 pub struct Accelerator;
 
-const SESSION: &str = "iglu:com.snowplowanalytics.snowplow/media_session/jsonschema/1-";
+const SESSION: &str = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/1-";
 const PLAYER: &str = "iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/2-";
-const AD: &str = "iglu:com.snowplowanalytics.snowplow/media_ad/jsonschema/1-";
+const AD: &str = "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/1-";
 
 impl Map for Accelerator {
     fn new(config: &Config) -> Result<Self, Error> {
@@ -52,13 +52,14 @@ impl Map for Accelerator {
         for (k, v) in [
             ("event_id", f(fields::EVENT_ID)),
             ("event_name", f(fields::EVENT_NAME)),
-            ("viewer_id", viewer),
         ] {
             let _ = write!(out, ",\"{k}\":");
             string(v, out);
         }
         out.extend_from_slice(b",\"video_ts\":");
         out.extend_from_slice(member(&player, "currentTime", b"null"));
+        out.extend_from_slice(b",\"viewer_id\":");
+        string(viewer, out);
         out.push(b'}');
         Ok(())
     }
