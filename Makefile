@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-build sample dist test lint bench bench-collector bench-viewers setup-test fuzz
+.PHONY: demo demo-build js-engine sample dist test lint bench bench-collector bench-viewers bench-js setup-test fuzz
 
 # The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
 # Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
@@ -18,6 +18,12 @@ demo-build:
 	cd transforms && $(CARGO) build --release --target wasm32-unknown-unknown --target-dir target \
 		-p media-filter -p viewer-state
 	cd examples/live-viewer/demo && npm ci --legacy-peer-deps --no-audit --no-fund && npm run build
+
+# The JavaScript engine of the `js` transform (Boa in a WASM guest), where weir looks for it
+# in a checkout: transforms/target/wasm32-unknown-unknown/release/weir_js.wasm.
+js-engine:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	cd transforms && $(CARGO) build --release --target wasm32-unknown-unknown --target-dir target -p weir-js
 
 # The bundled sample events through the Snowplow built-ins, to stdout.
 sample:
@@ -38,7 +44,7 @@ test: setup-test
 	$(CARGO) fmt --manifest-path runtime/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --manifest-path transforms/Cargo.toml --workspace --target wasm32-unknown-unknown -- -D warnings
+	cd transforms && $(CARGO) clippy --workspace --target wasm32-unknown-unknown -- -D warnings
 	bash deploy/check.sh
 	bash runtime/fuzz/run.sh $(FUZZ_CI_SECONDS)
 
@@ -60,6 +66,10 @@ bench:
 # viewer-state at scale: N viewers x K media events, memory and disk state (see README).
 bench-viewers:
 	$(CARGO) bench --bench viewers
+
+# The js transform (the accelerator's script, snowplow_mode) against the same work in Rust WASM.
+bench-js:
+	$(CARGO) bench --bench js
 
 bench-collector:
 	bash runtime/benches/collector.sh

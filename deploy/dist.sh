@@ -4,7 +4,7 @@
 # the image and CI build the same things the same way.
 #
 #   dist/bin/weir                                              release build, --locked, debug info stripped
-#   dist/transforms/target/wasm32-unknown-unknown/release/     media_filter, viewer_state, dedup
+#   dist/transforms/target/wasm32-unknown-unknown/release/     media_filter, viewer_state, dedup, weir_js (the js engine)
 #   dist/examples/                                             example configs, sample data,
 #                                                              the live viewer demo page (built)
 #   dist/deploy/config/                                        the deployments' weir configs
@@ -32,7 +32,7 @@ fi
 # The shipped Rust transforms (wit-bindgen is a crate here: no CLI needed; only the C example
 # under transforms/examples needs clang and wit-bindgen-cli, and it is not shipped).
 (cd transforms && "$CARGO" build --release --locked --target wasm32-unknown-unknown \
-  --target-dir target -p media-filter -p viewer-state -p dedup)
+  --target-dir target -p media-filter -p viewer-state -p dedup -p weir-js)
 
 # The demo page's tracker bundle (the real Snowplow browser tracker + media plugin).
 (cd examples/live-viewer/demo && npm ci --legacy-peer-deps --no-audit --no-fund --loglevel=error \
@@ -44,7 +44,7 @@ mkdir -p "$OUT/bin" "$OUT/$WASM_DIR" "$OUT/examples/live-viewer/demo/dist" "$OUT
 # profiles still name functions. The unstripped binary stays in the target dir.
 install -m 0755 "$TARGET/release/weir" "$OUT/bin/weir"
 strip --strip-debug "$OUT/bin/weir"
-for t in media_filter viewer_state dedup; do
+for t in media_filter viewer_state dedup weir_js; do
   install -m 0644 "$WASM_DIR/$t.wasm" "$OUT/$WASM_DIR/$t.wasm"
 done
 cp examples/*.toml examples/*.yaml examples/*.json "$OUT/examples/"

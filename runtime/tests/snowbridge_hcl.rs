@@ -4,6 +4,7 @@
 //! end-to-end `weir run` of an HCL config against the same pipeline written in TOML.
 
 mod common;
+mod wasm_support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,7 +84,7 @@ const DOCS: &[(&str, Expect)] = &[
     ("monitoring/webhook-minimal-example.hcl", Expect::Ok),
     (
         "overview-full-example.hcl",
-        Expect::Transform("transform.use \"js\"", "js"),
+        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
     ),
     ("retry-example.hcl", Expect::Ok),
     (
@@ -259,12 +260,26 @@ const FIXTURES: &[(&str, Expect)] = &[
         "js-transform.hcl",
         Expect::Transform("transform.use \"js\"", "js"),
     ),
+    // The live-viewer accelerator's pipeline (runtime/tests/js.rs runs it).
+    ("accelerator.hcl", Expect::Ok),
 ];
 
 fn weir_has_transform(name: &str) -> bool {
     weir_core::transforms::REGISTRY
         .iter()
         .any(|r| r.name == name)
+}
+
+/// Validating a `js` transform compiles its script on the engine weir ships: the one built
+/// here, with the tests' compile cache.
+fn js_engine() -> [(&'static str, PathBuf); 2] {
+    [
+        (
+            weir_core::transforms::js::ENGINE_ENV,
+            wasm_support::rust_guest("weir_js"),
+        ),
+        ("WEIR_CACHE_DIR", wasm_support::cache_dir()),
+    ]
 }
 
 /// `weir validate PATH` with `env`: exit code and what it printed.
@@ -275,6 +290,7 @@ fn validate(path: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
         .arg(path)
         .current_dir(path.parent().unwrap())
         .envs(env.iter().copied())
+        .envs(js_engine())
         .output()
         .unwrap();
     (
@@ -370,6 +386,18 @@ fn snowbridge_docs_examples_validate_or_are_refused_precisely() {
         ),
     )
     .unwrap();
+    // The docs' scripts, by the names DOCS_ENV gives them.
+    for script in git(&repo, &["ls-tree", "-r", "--name-only", "HEAD", prefix])
+        .lines()
+        .filter(|l| l.ends_with(".js"))
+    {
+        let name = Path::new(script).file_name().unwrap();
+        std::fs::write(
+            dir.path().join(name),
+            git(&repo, &["show", &format!("HEAD:{script}")]),
+        )
+        .unwrap();
+    }
     let mut problems = Vec::new();
     let (mut valid, mut refused) = (0, 0);
     for (rel, expect) in DOCS {
@@ -406,6 +434,7 @@ fn round_trip_validates(path: &Path, env: &[(&str, &str)], expect: Expect) -> Op
         .arg(path)
         .current_dir(path.parent().unwrap())
         .envs(env.iter().copied())
+        .envs(js_engine())
         .output()
         .unwrap();
     if !out.status.success() {
@@ -472,9 +501,13 @@ fn convert_then_validate_gives_the_same_pipeline() {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     for (name, expect) in FIXTURES {
-        // Names its template file relative to the working directory, which this test (in
-        // process) cannot set; snowbridge_fixtures_validate_or_are_refused_precisely checks it.
-        if !matches!(expect, Expect::Ok) || *name == "http-full-example.hcl" {
+        // These name a file (template, script) relative to the working directory, which this
+        // test (in process) cannot set; snowbridge_fixtures_validate_or_are_refused_precisely
+        // checks them.
+        if !matches!(expect, Expect::Ok)
+            || *name == "http-full-example.hcl"
+            || *name == "accelerator.hcl"
+        {
             continue;
         }
         let hcl = fixture_path(name);

@@ -1980,7 +1980,14 @@ fn transform(cx: &mut Cx, name: &str, s: &Section) -> Result<V, ConfigError> {
             return Err(cx.err(&s.key(k), unknown_key_message(k, &[])));
         }
         let (v, env) = s.value(cx, k)?.expect_or_null();
-        out.set(k, to_v(v, env));
+        let v = match env {
+            // A secret stays in the environment: weir reads `{ env = "X" }` itself, so the
+            // converted config names the variable and never holds the value.
+            Some(var) if k.ends_with("_secret") => V::Table(vec![("env".into(), V::Str(var))]),
+            // A script's path is not a secret: the converted config holds it.
+            _ => to_v(v, None),
+        };
+        out.set(k, v);
     }
     Ok(out)
 }
@@ -2529,9 +2536,6 @@ target {
             e.message,
             "monitoring `sentry` is not supported by weir yet (issue #18)"
         );
-        let e = err("transform {\n use \"js\" {}\n}");
-        assert_eq!(e.key, r#"transform.use "js""#);
-        assert!(e.message.starts_with("transformation `js`"), "{e}");
         let e = err("target {\n use \"kafak\" {}\n}");
         assert!(e.message.contains("did you mean `kafka`?"), "{e}");
     }

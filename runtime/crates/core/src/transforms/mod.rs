@@ -15,6 +15,7 @@ mod go_time;
 pub mod jq;
 pub mod jq_engine;
 pub mod jq_filter;
+pub mod js;
 pub mod sp_collector_payload;
 pub mod sp_enriched_filter;
 pub mod sp_enriched_filter_context;
@@ -30,6 +31,7 @@ pub static REGISTRY: &[Registration<dyn TransformConfig>] = &[
     transform::<base64_encode::Config>(),
     transform::<jq::Config>(),
     transform::<jq_filter::Config>(),
+    transform::<js::Config>(),
     transform::<sp_collector_payload::Config>(),
     transform::<sp_enriched_filter::Config>(),
     transform::<sp_enriched_filter_context::Config>(),

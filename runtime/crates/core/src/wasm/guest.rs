@@ -658,8 +658,8 @@ fn new_store(
     store
 }
 
-/// When the batch was read, in ms since the Unix epoch.
-fn batch_time_ms(batch: &Batch) -> i64 {
+/// When the batch was read, in milliseconds since the epoch (the guest's `timestamps`).
+pub(crate) fn batch_time_ms(batch: &Batch) -> i64 {
     let now = crate::snowplow::now_ms();
     match batch.created {
         Some(t) => now - t.elapsed().as_millis() as i64,

@@ -1,0 +1,591 @@
+//! `weir-js`: runs a Snowbridge-style JavaScript transformation inside weir's WebAssembly
+//! sandbox, on [Boa](https://boajs.dev) (a JavaScript engine in Rust, compiled into this guest).
+//!
+//! weir's `js` transform loads this guest; users do not configure it directly. It keeps
+//! Snowbridge 5.x's contract (`pkg/transform/engine/engine_javascript.go`): the script defines
+//! `main(input)`; `input` is `{Data, PartitionKey: "", FilterOut: false, HTTPHeaders: null}`
+//! where `Data` is the record as a string, or (mode `json`) the record parsed as a JSON object;
+//! `main` returns an object whose `Data` (string, or object written as JSON), `PartitionKey`,
+//! `FilterOut` and `HTTPHeaders` decide what becomes of the record. Names are matched as
+//! Snowbridge's decoder matches them: exactly, else ignoring case. The helpers `hash(text,
+//! algorithm)` (PBKDF2 with `hash_salt_secret`), `allContexts(data, name)` and
+//! `allUnstruct(data, name)` are defined as in Snowbridge.
+//!
+//! Settings (from weir's `js` transform): `script` (the source), `mode` (`string` or `json`),
+//! `remove_nulls` (`true`/`false`), `hash_salt_secret`.
+//!
+//! Output framing, private to weir's `js` transform: each output value is a little-endian `u32`
+//! `n`, then `n` bytes of HTTP headers as a JSON object (`n` = 0: none), then the new payload.
+//!
+//! One difference from Snowbridge: Snowbridge builds a new JavaScript runtime for every message;
+//! this guest keeps one per instance (that is what makes it fast), so a script's global
+//! variables outlive a record. Scripts written for Snowbridge do not rely on either.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use boa_engine::context::time::JsInstant;
+use boa_engine::context::{Clock, ContextBuilder, HostHooks};
+use boa_engine::object::builtins::JsArray;
+use boa_engine::property::PropertyKey;
+use boa_engine::{
+    js_string, Context, JsError, JsObject, JsResult, JsString, JsValue, NativeFunction, Source,
+};
+use serde_json::{Map, Value};
+use weir_transform_sdk::{Config, Emit, Error, FlatMap, Record};
+
+thread_local! {
+    /// `hash_salt_secret`, for `hash()` (a guest instance is single-threaded).
+    static SALT: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+#[cfg(target_arch = "wasm32")]
+thread_local! {
+    /// The state of the generator behind `Math.random` (see `__getrandom_v03_custom`).
+    static RANDOM: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Boa's `Math.random` asks getrandom; a WebAssembly guest has no entropy source, so it gets a
+/// generator seeded from the host's clock (Snowbridge's scripts use it for sampling, not keys).
+#[cfg(target_arch = "wasm32")]
+#[no_mangle]
+unsafe extern "Rust" fn __getrandom_v03_custom(
+    dest: *mut u8,
+    len: usize,
+) -> Result<(), getrandom::Error> {
+    // SAFETY: getrandom hands a writable buffer of `len` bytes.
+    let buf = unsafe { std::slice::from_raw_parts_mut(dest, len) };
+    fill_random(buf);
+    Ok(())
+}
+
+#[cfg(target_arch = "wasm32")]
+fn fill_random(buf: &mut [u8]) {
+    RANDOM.with(|s| {
+        let mut x = s.get();
+        if x == 0 {
+            x = (weir_transform_sdk::now_ms() as u64) ^ 0x9e37_79b9_7f4a_7c15;
+        }
+        for chunk in buf.chunks_mut(8) {
+            // xorshift64*
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        s.set(x);
+    });
+}
+
+/// `Date.now()` and friends read the host's clock (the guest has none of its own).
+struct HostClock;
+
+impl Clock for HostClock {
+    fn now(&self) -> JsInstant {
+        let ms = weir_transform_sdk::now_ms().max(0) as u64;
+        JsInstant::new(ms / 1000, ((ms % 1000) * 1_000_000) as u32)
+    }
+}
+
+/// Local time is UTC, as in Snowbridge's images.
+struct Hooks;
+
+impl HostHooks for Hooks {
+    fn local_timezone_offset_seconds(&self, _unix_time_seconds: i64) -> i32 {
+        0
+    }
+}
+
+/// How `input.Data` is made from a record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The payload as a string.
+    Text,
+    /// The payload parsed as a JSON object (`json_mode`, and `snowplow_mode` after weir turned
+    /// the enriched TSV into the analytics-SDK JSON).
+    Json,
+}
+
+pub struct Js {
+    ctx: Context,
+    main: JsObject,
+    mode: Mode,
+    remove_nulls: bool,
+    out: Vec<u8>,
+}
+
+impl FlatMap for Js {
+    fn new(config: &Config) -> Result<Self, Error> {
+        config.check_keys(&["script", "mode", "remove_nulls", "hash_salt_secret"])?;
+        let script = config.require("script")?;
+        let mode = match config.get("mode").unwrap_or("string") {
+            "string" => Mode::Text,
+            "json" => Mode::Json,
+            other => return Err(format!("mode: expected string or json, found {other}").into()),
+        };
+        let remove_nulls = config.parse::<bool>("remove_nulls")?.unwrap_or(false);
+        SALT.with(|s| *s.borrow_mut() = config.get("hash_salt_secret").unwrap_or("").into());
+        let mut ctx = ContextBuilder::default()
+            .clock(Rc::new(HostClock))
+            .host_hooks(Rc::new(Hooks))
+            .build()
+            .map_err(|e| format!("cannot start the JavaScript engine: {e}"))?;
+        register_helpers(&mut ctx).map_err(|e| format!("cannot define the helpers: {e}"))?;
+        // Snowbridge compiles scripts in strict mode.
+        let source = format!("'use strict';\n{script}");
+        ctx.eval(Source::from_bytes(source.as_bytes()))
+            .map_err(|e| format!("could not load JavaScript code: {}", describe(&e, &mut ctx)))?;
+        let main = ctx
+            .global_object()
+            .get(js_string!("main"), &mut ctx)
+            .ok()
+            .and_then(|v| v.as_callable())
+            .ok_or("could not assert as function: \"main\"")?;
+        Ok(Js {
+            ctx,
+            main,
+            mode,
+            remove_nulls,
+            out: Vec::new(),
+        })
+    }
+
+    fn flat_map(&mut self, record: &Record<'_>, out: &mut Emit<'_>) -> Result<(), Error> {
+        let data = match self.mode {
+            Mode::Text => JsValue::from(JsString::from(
+                String::from_utf8_lossy(record.value()).as_ref(),
+            )),
+            Mode::Json => {
+                let v: Value = serde_json::from_slice(record.value())
+                    .map_err(|e| format!("failed to transform input into JSON: {e}"))?;
+                if !v.is_object() {
+                    return Err(format!(
+                        "failed to transform input into JSON: json: cannot unmarshal {} into Go \
+                         value of type map[string]interface {{}}",
+                        json_kind(&v)
+                    )
+                    .into());
+                }
+                JsValue::from_json(&v, &mut self.ctx)
+                    .map_err(|e| format!("failed making input for the JavaScript runtime: {e}"))?
+            }
+        };
+        let ctx = &mut self.ctx;
+        let input = JsObject::with_object_proto(ctx.intrinsics());
+        let set = |k: JsString, v: JsValue, ctx: &mut Context| {
+            input
+                .create_data_property_or_throw(k, v, ctx)
+                .map(|_| ())
+                .map_err(|e| format!("failed making input for the JavaScript runtime: {e}"))
+        };
+        set(js_string!("Data"), data, ctx)?;
+        set(js_string!("PartitionKey"), js_string!("").into(), ctx)?;
+        set(js_string!("FilterOut"), false.into(), ctx)?;
+        set(js_string!("HTTPHeaders"), JsValue::null(), ctx)?;
+        let result = self
+            .main
+            .call(&JsValue::undefined(), &[input.into()], ctx)
+            .map_err(|e| {
+                format!(
+                    "error running JavaScript function [main]: {}",
+                    describe(&e, ctx)
+                )
+            })?;
+        let protocol = Protocol::read(&result, ctx)
+            .map_err(|e| format!("failed to validate JS engine output: {e}"))?;
+        if protocol.filter_out {
+            return Ok(());
+        }
+        self.out.clear();
+        self.out.extend_from_slice(&[0; 4]);
+        if let Some(headers) = &protocol.headers {
+            serde_json::to_writer(&mut self.out, headers).expect("a map of strings serialises");
+            let n = (self.out.len() - 4) as u32;
+            self.out[..4].copy_from_slice(&n.to_le_bytes());
+        }
+        match protocol.data {
+            Some(d) if d.is_string() => {
+                let s = d.as_string().expect("checked").to_std_string_escaped();
+                self.out.extend_from_slice(s.as_bytes());
+            }
+            Some(d) if d.is_object() && !is_array(&d) && !d.is_callable() => {
+                let v = d
+                    .to_json(ctx)
+                    .map_err(|e| format!("error encoding message data: {}", describe(&e, ctx)))?
+                    .unwrap_or(Value::Null);
+                let v = if self.remove_nulls {
+                    remove_nulls(v)
+                } else {
+                    v
+                };
+                go_json(&v, &mut self.out);
+            }
+            _ => {
+                return Err(
+                    "invalid return type from JavaScript transformation; expected string \
+                            or object"
+                        .into(),
+                )
+            }
+        }
+        match protocol.partition_key {
+            Some(pk) if !pk.is_empty() && Some(pk.as_bytes()) != record.key() => {
+                out.emit_with_key(&self.out, pk.as_bytes())
+            }
+            _ => out.emit(&self.out),
+        }
+        Ok(())
+    }
+}
+
+weir_transform_sdk::export_flat_map!(Js);
+
+/// What `main` returned, decoded as Snowbridge decodes it (`mapstructure` into
+/// `engineProtocol`).
+struct Protocol {
+    filter_out: bool,
+    partition_key: Option<String>,
+    data: Option<JsValue>,
+    headers: Option<Map<String, Value>>,
+}
+
+impl Protocol {
+    fn read(v: &JsValue, ctx: &mut Context) -> Result<Protocol, String> {
+        if v.is_null_or_undefined() {
+            return Err(
+                "invalid return type from JavaScript transformation; got null or undefined".into(),
+            );
+        }
+        let obj = match v.as_object() {
+            Some(o) if !is_array(v) && !v.is_callable() => o.clone(),
+            _ => return Err("invalid return type from JavaScript transformation".into()),
+        };
+        let violation = || "protocol violation in return value from JavaScript transformation";
+        let keys = obj.own_property_keys(ctx).map_err(|e| e.to_string())?;
+        let find = |name: &str, ctx: &mut Context| -> Result<Option<JsValue>, String> {
+            let exact = keys.iter().find(|k| key_is(k, name, false));
+            let key = exact.or_else(|| keys.iter().find(|k| key_is(k, name, true)));
+            match key {
+                None => Ok(None),
+                Some(k) => {
+                    let v = obj.get(k.clone(), ctx).map_err(|e| e.to_string())?;
+                    Ok((!v.is_null_or_undefined()).then_some(v))
+                }
+            }
+        };
+        let filter_out = match find("FilterOut", ctx)? {
+            None => false,
+            Some(v) => v.as_boolean().ok_or_else(violation)?,
+        };
+        let partition_key = match find("PartitionKey", ctx)? {
+            None => None,
+            Some(v) => Some(v.as_string().ok_or_else(violation)?.to_std_string_escaped()),
+        };
+        let data = find("Data", ctx)?;
+        let headers = match find("HTTPHeaders", ctx)? {
+            None => None,
+            Some(v) => {
+                let o = v
+                    .as_object()
+                    .filter(|_| !is_array(&v))
+                    .ok_or_else(violation)?;
+                let mut m = Map::new();
+                for k in o.own_property_keys(ctx).map_err(|e| e.to_string())? {
+                    let PropertyKey::String(name) = &k else {
+                        continue;
+                    };
+                    let hv = o.get(k.clone(), ctx).map_err(|e| e.to_string())?;
+                    let s = hv.as_string().ok_or_else(violation)?;
+                    m.insert(
+                        name.to_std_string_escaped(),
+                        Value::String(s.to_std_string_escaped()),
+                    );
+                }
+                (!m.is_empty()).then_some(m)
+            }
+        };
+        Ok(Protocol {
+            filter_out,
+            partition_key,
+            data,
+            headers,
+        })
+    }
+}
+
+fn key_is(k: &PropertyKey, name: &str, ignore_case: bool) -> bool {
+    match k {
+        PropertyKey::String(s) => {
+            let s = s.to_std_string_escaped();
+            if ignore_case {
+                s.eq_ignore_ascii_case(name)
+            } else {
+                s == name
+            }
+        }
+        _ => false,
+    }
+}
+
+fn is_array(v: &JsValue) -> bool {
+    v.as_object().is_some_and(|o| o.is_array())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A thrown value as a message (`Error: text` for errors, the value itself otherwise).
+fn describe(e: &JsError, ctx: &mut Context) -> String {
+    match e.try_native(ctx) {
+        Ok(native) => native.to_string(),
+        Err(_) => {
+            let v = e.to_opaque(ctx);
+            v.to_string(ctx)
+                .map(|s| s.to_std_string_escaped())
+                .unwrap_or_else(|_| "an exception".into())
+        }
+    }
+}
+
+/// `v` as Go's `json.Marshal` writes it (what Snowbridge sends): keys sorted (serde_json's map
+/// is ordered), `<`, `>`, `&`, U+2028 and U+2029 escaped, and numbers in Go's format (`5`, not
+/// `5.0`; `1e+21`; `1e-7`).
+fn go_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => out.extend_from_slice(i.to_string().as_bytes()),
+            (_, Some(u), _) => out.extend_from_slice(u.to_string().as_bytes()),
+            (_, _, Some(f)) => go_float(f, out),
+            _ => out.extend_from_slice(b"null"),
+        },
+        Value::String(s) => go_string(s, out),
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                go_json(x, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(m) => {
+            out.push(b'{');
+            for (i, (k, x)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                go_string(k, out);
+                out.push(b':');
+                go_json(x, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// Go's `encoding/json` float format: the shortest representation, in `e` notation below 1e-6 and
+/// from 1e21 on (exponent signed, at least one digit: `1e+21`, `1e-7`).
+fn go_float(f: f64, out: &mut Vec<u8>) {
+    let abs = f.abs();
+    if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
+        let s = format!("{f:e}");
+        match s.split_once('e') {
+            Some((m, e)) if !e.starts_with('-') => {
+                out.extend_from_slice(m.as_bytes());
+                out.extend_from_slice(b"e+");
+                out.extend_from_slice(e.as_bytes());
+            }
+            _ => out.extend_from_slice(s.as_bytes()),
+        }
+    } else {
+        out.extend_from_slice(format!("{f}").as_bytes());
+    }
+}
+
+/// A JSON string as Go writes it.
+fn go_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut b = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Snowbridge's `RemoveNullFromMap`: drops nulls, and objects and arrays left empty, at every
+/// depth.
+fn remove_nulls(v: Value) -> Value {
+    fn clean(v: Value) -> Option<Value> {
+        match v {
+            Value::Null => None,
+            Value::Object(m) => {
+                let m: Map<String, Value> = m
+                    .into_iter()
+                    .filter_map(|(k, v)| clean(v).map(|v| (k, v)))
+                    .collect();
+                (!m.is_empty()).then_some(Value::Object(m))
+            }
+            Value::Array(a) => {
+                let a: Vec<Value> = a.into_iter().filter_map(clean).collect();
+                (!a.is_empty()).then_some(Value::Array(a))
+            }
+            other => Some(other),
+        }
+    }
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter_map(|(k, v)| clean(v).map(|v| (k, v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Snowbridge's `hash`: PBKDF2 (1000 rounds, 24 bytes, hex) with `hash_salt_secret` as salt.
+pub fn do_hashing(input: &str, algorithm: &str, salt: &str) -> Result<String, String> {
+    let mut out = [0u8; 24];
+    let (p, s) = (input.as_bytes(), salt.as_bytes());
+    match algorithm {
+        "sha1" => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(p, s, 1000, &mut out),
+        "sha256" => pbkdf2::pbkdf2_hmac::<sha2::Sha256>(p, s, 1000, &mut out),
+        "md5" => pbkdf2::pbkdf2_hmac::<md5::Md5>(p, s, 1000, &mut out),
+        other => return Err(format!("unsupported hash function: [{other}]")),
+    }
+    Ok(out.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn arg_string(args: &[JsValue], i: usize, ctx: &mut Context) -> JsResult<String> {
+    Ok(args
+        .get(i)
+        .cloned()
+        .unwrap_or_default()
+        .to_string(ctx)?
+        .to_std_string_escaped())
+}
+
+fn register_helpers(ctx: &mut Context) -> JsResult<()> {
+    ctx.register_global_callable(
+        js_string!("hash"),
+        2,
+        NativeFunction::from_fn_ptr(|_, args, ctx| {
+            if args.len() != 2 {
+                return Ok(js_string!(
+                    "hash() function expects 2 arguments: data and hash_func_name"
+                )
+                .into());
+            }
+            let input = arg_string(args, 0, ctx)?;
+            let algorithm = arg_string(args, 1, ctx)?;
+            // Snowbridge returns "" for an unknown algorithm.
+            let h = SALT
+                .with(|s| do_hashing(&input, &algorithm, &s.borrow()))
+                .unwrap_or_default();
+            Ok(JsString::from(h.as_str()).into())
+        }),
+    )?;
+    ctx.register_global_callable(
+        js_string!("allContexts"),
+        2,
+        NativeFunction::from_fn_ptr(|_, args, ctx| {
+            if args.len() != 2 {
+                return Ok(
+                    js_string!("allContexts() expects 2 arguments: data and contextName").into(),
+                );
+            }
+            let prefix = format!("contexts_{}_", arg_string(args, 1, ctx)?);
+            let result = JsArray::new(ctx);
+            let Some(data) = args[0].as_object().filter(|_| !is_array(&args[0])) else {
+                return Ok(result.into());
+            };
+            // Every version of the context, newest first.
+            let mut versions: Vec<(i64, JsValue)> = Vec::new();
+            for k in data.own_property_keys(ctx)? {
+                let PropertyKey::String(name) = &k else {
+                    continue;
+                };
+                let name = name.to_std_string_escaped();
+                let Some(suffix) = name.strip_prefix(&prefix) else {
+                    continue;
+                };
+                let Ok(version) = suffix.parse::<i64>() else {
+                    continue;
+                };
+                let v = data.get(k.clone(), ctx)?;
+                if is_array(&v) {
+                    versions.push((version, v));
+                }
+            }
+            versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+            for (_, v) in versions {
+                let arr = v.as_object().expect("an array").clone();
+                let n = arr.get(js_string!("length"), ctx)?.to_length(ctx)?;
+                for i in 0..n {
+                    result.push(arr.get(i, ctx)?, ctx)?;
+                }
+            }
+            Ok(result.into())
+        }),
+    )?;
+    ctx.register_global_callable(
+        js_string!("allUnstruct"),
+        2,
+        NativeFunction::from_fn_ptr(|_, args, ctx| {
+            if args.len() != 2 {
+                return Ok(
+                    js_string!("allUnstruct() expects 2 arguments: data and eventName").into(),
+                );
+            }
+            let prefix = format!("unstruct_event_{}_", arg_string(args, 1, ctx)?);
+            let Some(data) = args[0].as_object().filter(|_| !is_array(&args[0])) else {
+                return Ok(JsValue::undefined());
+            };
+            for k in data.own_property_keys(ctx)? {
+                let PropertyKey::String(name) = &k else {
+                    continue;
+                };
+                let name = name.to_std_string_escaped();
+                match name.strip_prefix(&prefix) {
+                    Some(suffix) if !suffix.contains('_') => return data.get(k.clone(), ctx),
+                    _ => {}
+                }
+            }
+            Ok(JsValue::undefined())
+        }),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
