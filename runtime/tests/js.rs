@@ -438,8 +438,8 @@ fn snowbridge_release_test_js_cases_give_its_expected_data() {
             };
             assert_eq!(parse(&got), parse(&expected), "{case}");
             if case == "jsSnowplowTransform" {
-                // Its script returns a new object: Go's json.Marshal wrote it, and weir writes
-                // it byte for byte the same (keys sorted, Go's escaping and number format).
+                // Its expected data has the keys sorted, as weir writes them: then the bytes
+                // are the same too (Snowbridge's escaping and number format).
                 assert_eq!(got, expected, "{case}: byte for byte");
             }
         } else {

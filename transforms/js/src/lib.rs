@@ -358,9 +358,10 @@ fn describe(e: &JsError, ctx: &mut Context) -> String {
     }
 }
 
-/// `v` as Go's `json.Marshal` writes it (what Snowbridge sends): keys sorted (serde_json's map
-/// is ordered), `<`, `>`, `&`, U+2028 and U+2029 escaped, and numbers in Go's format (`5`, not
-/// `5.0`; `1e+21`; `1e-7`).
+/// `v` as Snowbridge 5 writes it (jsoniter's `Config{}`: Go's number format, `5` not `5.0`,
+/// `1e+21`, `1e-07`; no HTML escaping; control characters other than `\n`, `\r`, `\t` as
+/// `\u00XX`), checked against its binary. Keys sorted (serde_json's map is ordered) where
+/// Snowbridge writes them in Go's random map order.
 fn go_json(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
@@ -397,26 +398,31 @@ fn go_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Go's `encoding/json` float format: the shortest representation, in `e` notation below 1e-6 and
-/// from 1e21 on (exponent signed, at least one digit: `1e+21`, `1e-7`).
+/// Go's float format (`strconv.AppendFloat(f, fmt, -1, 64)`): the shortest representation, in
+/// `e` notation below 1e-6 and from 1e21 on, the exponent signed and at least two digits
+/// (`1e+21`, `1e-07`).
 fn go_float(f: f64, out: &mut Vec<u8>) {
     let abs = f.abs();
     if abs != 0.0 && !(1e-6..1e21).contains(&abs) {
         let s = format!("{f:e}");
-        match s.split_once('e') {
-            Some((m, e)) if !e.starts_with('-') => {
-                out.extend_from_slice(m.as_bytes());
-                out.extend_from_slice(b"e+");
-                out.extend_from_slice(e.as_bytes());
-            }
-            _ => out.extend_from_slice(s.as_bytes()),
+        let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let (sign, digits) = match e.strip_prefix('-') {
+            Some(d) => ("-", d),
+            None => ("+", e),
+        };
+        out.extend_from_slice(m.as_bytes());
+        out.push(b'e');
+        out.extend_from_slice(sign.as_bytes());
+        if digits.len() < 2 {
+            out.push(b'0');
         }
+        out.extend_from_slice(digits.as_bytes());
     } else {
         out.extend_from_slice(format!("{f}").as_bytes());
     }
 }
 
-/// A JSON string as Go writes it.
+/// A JSON string as jsoniter's `Config{}` writes it.
 fn go_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     for c in s.chars() {
@@ -426,11 +432,6 @@ fn go_string(s: &str, out: &mut Vec<u8>) {
             '\n' => out.extend_from_slice(b"\\n"),
             '\r' => out.extend_from_slice(b"\\r"),
             '\t' => out.extend_from_slice(b"\\t"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-            }
             c if (c as u32) < 0x20 => {
                 out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
             }
