@@ -319,3 +319,108 @@ fn statsd_gets_counts_and_latencies_with_prefix_and_tags() {
     );
     assert!(!timing("min_processing_latency").is_empty(), "{lines:?}");
 }
+
+/// A stand-in for Sentry's ingestion endpoint: keeps each request's path and body, answers 200.
+/// What a fake server received: (path, body) of each request.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn fake_sentry() -> (std::net::SocketAddr, Received) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let keep = keep.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).unwrap();
+                    keep.lock().unwrap().push((path, body));
+                    let _ = w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// `[monitoring.sentry]`: the error that stops weir reaches Sentry as an event, with the tags
+/// and weir's release; a malformed DSN is a config error that does not show the DSN.
+#[test]
+fn sentry_gets_the_error_that_stops_weir() {
+    let (addr, got) = fake_sentry();
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "in.txt", "a\nb\nc\n");
+    let sentry = |dsn: &str| {
+        format!("[monitoring.sentry]\ndsn = \"{dsn}\"\ntags = {{ pipeline = \"ci\" }}\n")
+    };
+    let cfg = write(
+        dir.path(),
+        "c.toml",
+        &format!(
+            "{}[sink]\ntype = \"file\"\npath = \"/dev/full\"\n\
+             [retry.transient]\ndelay = \"5ms\"\nmax_attempts = 2\n{}",
+            file_source(&input),
+            sentry(&format!("http://publickey@{addr}/42"))
+        ),
+    );
+    let out = run(&cfg);
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("reporting errors to Sentry"), "{stderr}");
+    let got = got.lock().unwrap().clone();
+    let events: Vec<String> = got
+        .iter()
+        .filter(|(path, _)| path == "/api/42/envelope/")
+        .map(|(_, body)| String::from_utf8_lossy(body).into_owned())
+        .collect();
+    assert!(
+        !events.is_empty(),
+        "nothing reached Sentry: {got:?}\n{stderr}"
+    );
+    let all = events.join("\n");
+    assert!(all.contains("No space left on device"), "{all}");
+    assert!(all.contains(r#""pipeline":"ci""#), "{all}");
+    assert!(
+        all.contains(&format!("weir@{}", env!("CARGO_PKG_VERSION"))),
+        "{all}"
+    );
+
+    // A DSN that is not one: refused at its key, and never printed.
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &format!(
+            "{}[sink]\ntype = \"null\"\n{}",
+            file_source(&input),
+            sentry("not-a-dsn-secretish")
+        ),
+    );
+    let out = weir().arg("validate").arg(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("key `monitoring.sentry.dsn`"), "{stderr}");
+    assert!(!stderr.contains("secretish"), "{stderr}");
+}

@@ -74,6 +74,49 @@ fn transient_errors_past_max_attempts_go_to_the_failure_sink_with_invalid_after_
     assert_eq!(retried, 2 * given_up, "{stderr}");
 }
 
+/// Failed writes reach statsd under Snowbridge's names: `target_failed` counts the records of
+/// every failed attempt, `target_request_count` every write call.
+#[test]
+fn failed_writes_reach_statsd_as_target_failed() {
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    statsd
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = full_disk(
+        dir.path(),
+        &format!(
+            "[retry.transient]\ndelay = \"5ms\"\nmax_attempts = 3\ninvalid_after_max = true\n\
+             [metrics.statsd]\naddress = \"{}\"\nflush_interval = \"50ms\"\n",
+            statsd.local_addr().unwrap()
+        ),
+    );
+    let out = run(&cfg);
+    let stderr = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let batches = stderr
+        .matches("sending the batch to the failure sink")
+        .count() as u64;
+    assert!(batches >= 1, "{stderr}");
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = statsd.recv(&mut buf) {
+        lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
+    }
+    let total = |name: &str| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("weir.{name}:")))
+            .map(|rest| rest.split('|').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(total("target_failed"), 3 * RECORDS as u64, "{lines:?}");
+    assert_eq!(total("target_request_count"), 3 * batches, "{lines:?}");
+    assert_eq!(total("target_success"), 0, "{lines:?}");
+    assert_eq!(total("failure_target_success"), RECORDS as u64, "{lines:?}");
+    assert_eq!(total("failure_target_failed"), 0, "{lines:?}");
+}
+
 #[test]
 fn transient_errors_past_max_attempts_stop_weir_without_invalid_after_max() {
     let dir = tempfile::tempdir().unwrap();

@@ -72,13 +72,7 @@ const DOCS: &[(&str, Expect)] = &[
             "monitoring `metadata_reporter` is not supported by weir yet (issue #18)",
         ),
     ),
-    (
-        "monitoring/sentry-example.hcl",
-        Expect::Refused(
-            "sentry",
-            "monitoring `sentry` is not supported by weir yet (issue #18)",
-        ),
-    ),
+    ("monitoring/sentry-example.hcl", Expect::Ok),
     ("monitoring/statsd-example.hcl", Expect::Ok),
     ("monitoring/webhook-full-example.hcl", Expect::Ok),
     ("monitoring/webhook-minimal-example.hcl", Expect::Ok),

@@ -122,6 +122,8 @@ pub fn main() -> ExitCode {
             if let Some(level) = &cfg.log_level {
                 set_log_level(level);
             }
+            // Held to the end: dropping it flushes what was sent (the fatal error included).
+            let _sentry = cfg.monitoring.sentry.as_ref().and_then(start_sentry);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("weir")
@@ -190,37 +192,129 @@ type SetLevel = Box<dyn Fn(&str) + Send + Sync>;
 static SET_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
 
 /// Sets up `tracing` to stderr. The filter comes from `WEIR_LOG` (e.g. `info`, `weir_core=debug`).
-/// Every line goes through [`redact`] (no secret weir knows of is ever logged).
+/// Every line goes through [`redact`] (no secret weir knows of is ever logged). Errors also go
+/// to Sentry (warnings and info as breadcrumbs) once [`start_sentry`] has bound a client; until
+/// then that layer does nothing.
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| RedactingStderr);
-    fn keep<H: Fn(&str) + Send + Sync + 'static>(h: H) {
-        let _ = SET_LEVEL.set(Box::new(h));
-    }
-    let _ = match format {
-        LogFormat::Human => {
-            let b = builder.with_target(false).with_filter_reloading();
-            let handle = b.reload_handle();
-            keep(move |l: &str| {
-                let _ = handle.reload(tracing_subscriber::EnvFilter::new(l));
-            });
-            b.try_init()
-        }
-        LogFormat::Json => {
-            let b = builder
-                .json()
-                .with_current_span(false)
-                .with_filter_reloading();
-            let handle = b.reload_handle();
-            keep(move |l: &str| {
-                let _ = handle.reload(tracing_subscriber::EnvFilter::new(l));
-            });
-            b.try_init()
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = SET_LEVEL.set(Box::new(move |l: &str| {
+        let _ = handle.reload(tracing_subscriber::EnvFilter::new(l));
+    }));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(|| RedactingStderr);
+    let fmt = match format {
+        LogFormat::Human => fmt.with_target(false).boxed(),
+        LogFormat::Json => fmt.json().with_current_span(false).boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(
+            sentry::integrations::tracing::ErrorLayer::new()
+                .with_filter(tracing_subscriber::filter::LevelFilter::ERROR),
+        )
+        .with(
+            sentry::integrations::tracing::BreadcrumbLayer::new()
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
+        .try_init();
+}
+
+/// `[monitoring.sentry]`: binds a Sentry client (errors and panics become events); sent events
+/// are flushed when the returned guard drops. Secrets weir knows of are taken out of events and
+/// breadcrumbs. The client's own `debug` output would print the DSN, so `debug` logs each event
+/// sent through weir's (redacted) log instead.
+fn start_sentry(cfg: &weir_core::monitoring::SentryConfig) -> Option<sentry::ClientInitGuard> {
+    let origin = weir_core::config::Origin::new("", "monitoring.sentry");
+    let dsn = match cfg
+        .resolve_dsn(&origin)
+        .map(|d| d.parse::<sentry::types::Dsn>())
+    {
+        Ok(Ok(dsn)) => dsn,
+        // Checked when the config was read; a DSN Sentry's parser still refuses is reported
+        // without its text.
+        _ => {
+            tracing::error!("sentry: the DSN is not one the Sentry client accepts; not reporting");
+            return None;
         }
     };
+    let debug = cfg.debug;
+    let mut options = sentry::ClientOptions::new();
+    options.dsn = Some(dsn);
+    options.release = Some(concat!("weir@", env!("CARGO_PKG_VERSION")).into());
+    options.before_send = Some(std::sync::Arc::new(move |mut event| {
+        redact_event(&mut event);
+        if debug {
+            tracing::info!(
+                event_id = %event.event_id,
+                message = event.message.as_deref().unwrap_or_default(),
+                "sentry: sending an event"
+            );
+        }
+        Some(event)
+    }));
+    options.before_breadcrumb = Some(std::sync::Arc::new(|mut b| {
+        redact_breadcrumb(&mut b);
+        Some(b)
+    }));
+    let guard = sentry::init(options);
+    sentry::configure_scope(|scope| {
+        for (k, v) in &cfg.tags {
+            scope.set_tag(k, v);
+        }
+    });
+    tracing::info!(tags = cfg.tags.len(), "reporting errors to Sentry");
+    Some(guard)
+}
+
+fn redact_string(s: &mut String) {
+    if let std::borrow::Cow::Owned(r) = redact(s) {
+        *s = r;
+    }
+}
+
+fn redact_value(v: &mut sentry::protocol::Value) {
+    use sentry::protocol::Value;
+    match v {
+        Value::String(s) => redact_string(s),
+        Value::Array(a) => a.iter_mut().for_each(redact_value),
+        Value::Object(o) => o.values_mut().for_each(redact_value),
+        _ => {}
+    }
+}
+
+fn redact_event(e: &mut sentry::protocol::Event<'static>) {
+    if let Some(m) = &mut e.message {
+        redact_string(m);
+    }
+    if let Some(l) = &mut e.logentry {
+        redact_string(&mut l.message);
+        l.params.iter_mut().for_each(redact_value);
+    }
+    for x in e.exception.values.iter_mut() {
+        if let Some(v) = &mut x.value {
+            redact_string(v);
+        }
+    }
+    e.extra.values_mut().for_each(redact_value);
+    // Where the tracing integration puts an event's fields ("Rust Tracing Fields").
+    for c in e.contexts.values_mut() {
+        if let sentry::protocol::Context::Other(m) = c {
+            m.values_mut().for_each(redact_value);
+        }
+    }
+    for b in e.breadcrumbs.values.iter_mut() {
+        redact_breadcrumb(b);
+    }
+}
+
+fn redact_breadcrumb(b: &mut sentry::protocol::Breadcrumb) {
+    if let Some(m) = &mut b.message {
+        redact_string(m);
+    }
+    b.data.values_mut().for_each(redact_value);
 }
 
 /// stderr, with every secret weir knows of taken out (the log formatter writes each event in
@@ -264,5 +358,37 @@ impl Progress {
             Progress::Always => true,
             Progress::Never => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentry_events_lose_the_secrets_weir_knows_of() {
+        weir_core::kafka::security::register_secret("s3cr3t-for-sentry");
+        let mut e = sentry::protocol::Event {
+            message: Some("login with s3cr3t-for-sentry failed".into()),
+            ..Default::default()
+        };
+        let mut fields = sentry::protocol::Map::new();
+        fields.insert("error".into(), "bad password s3cr3t-for-sentry".into());
+        e.contexts.insert(
+            "Rust Tracing Fields".into(),
+            sentry::protocol::Context::Other(fields),
+        );
+        e.breadcrumbs.values.push(sentry::protocol::Breadcrumb {
+            message: Some("s3cr3t-for-sentry".into()),
+            ..Default::default()
+        });
+        redact_event(&mut e);
+        let text = debug_text(&e);
+        assert!(!text.contains("s3cr3t-for-sentry"), "{text}");
+        assert!(text.contains("login with"), "{text}");
+    }
+
+    fn debug_text(e: &sentry::protocol::Event<'static>) -> String {
+        format!("{e:?}")
     }
 }

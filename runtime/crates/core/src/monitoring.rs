@@ -29,6 +29,53 @@ use crate::config::{ConfigError, Duration as CfgDuration, Origin};
 #[serde(deny_unknown_fields)]
 pub struct MonitoringConfig {
     pub webhook: Option<WebhookConfig>,
+    pub sentry: Option<SentryConfig>,
+}
+
+/// `[monitoring.sentry]`: Snowbridge's `sentry` block. Every error weir logs (a sink that gives
+/// up, a setup error, a fatal stop) and every panic goes to Sentry as an event, with the `tags`
+/// and weir's version as the release; warnings come along as breadcrumbs. Secrets weir knows of
+/// are taken out of the events, as out of the logs. The `weir` binary does the sending.
+///
+/// ```toml
+/// [monitoring.sentry]
+/// dsn = { env = "SENTRY_DSN" }        # https://KEY@HOST/PROJECT
+/// tags = { pipeline = "production" }
+/// debug = false                       # the Sentry client's own debug output
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentryConfig {
+    pub dsn: crate::kafka::security::Value,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub debug: bool,
+}
+
+impl SentryConfig {
+    /// The DSN, checked to have a Sentry DSN's shape (`http(s)://KEY@HOST/PROJECT`) and
+    /// registered as a secret; the error never shows it.
+    pub fn resolve_dsn(&self, origin: &Origin) -> Result<String, ConfigError> {
+        let dsn = self.dsn.resolve(origin, "dsn")?;
+        crate::kafka::security::register_secret(&dsn);
+        let ok = reqwest::Url::parse(&dsn).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && !u.username().is_empty()
+                && u.host_str().is_some()
+                && u.path_segments()
+                    .and_then(|mut p| p.next_back())
+                    .is_some_and(|p| !p.is_empty())
+        });
+        if !ok {
+            return Err(origin.error(
+                "dsn",
+                "expected a Sentry DSN (https://KEY@HOST/PROJECT), found something else (not \
+                 shown: it may hold a key)",
+            ));
+        }
+        Ok(dsn)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +94,9 @@ fn default_heartbeat() -> CfgDuration {
 
 impl MonitoringConfig {
     pub fn check(&self, origin: &Origin) -> Result<(), ConfigError> {
+        if let Some(sentry) = &self.sentry {
+            sentry.resolve_dsn(&origin.child("sentry"))?;
+        }
         let Some(w) = &self.webhook else {
             return Ok(());
         };

@@ -21,6 +21,12 @@ pub struct Stats {
     pub filtered: AtomicU64,
     pub failed: AtomicU64,
     pub acked: AtomicU64,
+    /// Records in writes of the main sink that failed (each failed attempt counts; retried).
+    pub write_failed: AtomicU64,
+    /// The same for the failure sink.
+    pub failure_write_failed: AtomicU64,
+    /// Write calls to the main sink, failed or not.
+    pub writes: AtomicU64,
 }
 
 impl Stats {
@@ -39,6 +45,9 @@ impl Stats {
             filtered: self.filtered.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             acked: self.acked.load(Ordering::Relaxed),
+            write_failed: self.write_failed.load(Ordering::Relaxed),
+            failure_write_failed: self.failure_write_failed.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
         }
     }
 }
@@ -51,6 +60,9 @@ pub struct Snapshot {
     pub filtered: u64,
     pub failed: u64,
     pub acked: u64,
+    pub write_failed: u64,
+    pub failure_write_failed: u64,
+    pub writes: u64,
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -124,8 +136,10 @@ pub static E2E_LATENCY: Window = Window::new();
 
 /// `[metrics.statsd]`: Snowbridge's statsd stats receiver. Every `flush_interval`, and once
 /// when the pipeline ends, weir sends what happened in the window under Snowbridge's names:
-/// counts `target_success` (records written), `failure_target_success` (sent to the failure
-/// sink), `message_filtered`, and weir's `records_read` and `records_acked`; timings
+/// counts `target_success` (records written), `target_failed` (records in failed writes of the
+/// sink, once per failed attempt), `target_request_count` (write calls to the sink),
+/// `failure_target_success` (sent to the failure sink), `failure_target_failed`,
+/// `message_filtered`, and weir's `records_read` and `records_acked`; timings
 /// `min_processing_latency`, `max_processing_latency` and, with `e2e_latency`,
 /// `min_e2e_latency`, `max_e2e_latency`. Tags go on every metric (`|#key:value`).
 #[derive(Debug, Clone, Deserialize)]
@@ -216,7 +230,13 @@ pub async fn report_statsd(
         let delta = |n: u64, was: u64| n.saturating_sub(was) as i64;
         let mut sent: Vec<cadence::MetricResult<()>> = [
             ("target_success", delta(now.written, last.written)),
+            ("target_failed", delta(now.write_failed, last.write_failed)),
+            ("target_request_count", delta(now.writes, last.writes)),
             ("failure_target_success", delta(now.failed, last.failed)),
+            (
+                "failure_target_failed",
+                delta(now.failure_write_failed, last.failure_write_failed),
+            ),
             ("message_filtered", delta(now.filtered, last.filtered)),
             ("records_read", delta(now.read, last.read)),
             ("records_acked", delta(now.acked, last.acked)),

@@ -809,6 +809,11 @@ fn spawn_sink(
             let mut progress = Progress::default();
             loop {
                 let t = Instant::now();
+                if role == "sink" {
+                    stats
+                        .writes
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 match sink.write(&records, &mut progress).await {
                     Ok(()) => {
                         seconds.record(t.elapsed().as_secs_f64());
@@ -832,6 +837,14 @@ fn spawn_sink(
                         | SinkError::Setup(_)),
                     ) => {
                         let class = e.class().expect("a retriable class");
+                        let failed_counter = match role {
+                            "sink" => Some(&stats.write_failed),
+                            "failure" => Some(&stats.failure_write_failed),
+                            _ => None,
+                        };
+                        if let Some(c) = failed_counter {
+                            c.fetch_add(records.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if class == crate::retry::FailureClass::Setup {
                             crate::monitoring::setup_failed(format!("{role}: {e:#}"));
                         }

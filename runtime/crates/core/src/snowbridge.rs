@@ -816,21 +816,8 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
                     V::Str(prefix.unwrap_or_else(|| "snowplow.snowbridge".into())),
                 );
                 t.set("flush_interval", V::Str(format!("{buffer}s")));
-                if let Some(tags) = b.string(cx, "tags")? {
-                    let parsed: std::collections::BTreeMap<String, String> = serde_json::from_str(
-                        if tags.is_empty() { "{}" } else { &tags },
-                    )
-                    .map_err(|e| {
-                        cx.err(
-                            &b.key("tags"),
-                            format!("expected a JSON object of strings, found {tags:?}: {e}"),
-                        )
-                    })?;
-                    let mut m = V::table();
-                    for (k, v) in parsed {
-                        m.set(&k, V::Str(v));
-                    }
-                    t.set("tags", m);
+                if let Some(tags) = json_tags(cx, b, "tags")? {
+                    t.set("tags", tags);
                 }
                 cx.map("metrics.statsd", b.path.clone());
                 root.table_at("metrics").set("statsd", t);
@@ -844,10 +831,24 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
         }
     }
     if let Some(b) = top.block(cx, "sentry")? {
-        return Err(cx.err(
-            &join("", b.identifier.as_str()),
-            unsupported("monitoring", "sentry", 18),
-        ));
+        let b = top.sub(cx, b)?;
+        b.known(cx, &["dsn", "tags", "debug"], &[])?;
+        let mut t = V::table();
+        let dsn = match b.string_env(cx, "dsn")? {
+            // The DSN holds a key: read from the environment, it stays there.
+            Some((_, Some(var))) => V::Table(vec![("env".into(), V::Str(var))]),
+            Some((dsn, None)) => V::Secret(dsn, None),
+            None => return Err(cx.err(&b.key("dsn"), "missing required key `dsn`")),
+        };
+        t.set("dsn", dsn);
+        if let Some(tags) = json_tags(cx, &b, "tags")? {
+            t.set("tags", tags);
+        }
+        if let Some(debug) = b.bool(cx, "debug")? {
+            t.set("debug", V::Bool(debug));
+        }
+        cx.map("monitoring.sentry", b.path.clone());
+        root.table_at("monitoring").set("sentry", t);
     }
     if let Some(b) = top.block(cx, "monitoring")? {
         let s = top.sub(cx, b)?;
@@ -1930,6 +1931,25 @@ fn http_target(
     Ok(out)
 }
 
+/// Snowbridge's `tags`: an escaped JSON object of strings (empty: none), as a table.
+fn json_tags(cx: &Cx, b: &Section<'_>, name: &str) -> Result<Option<V>, ConfigError> {
+    let Some(tags) = b.string(cx, name)? else {
+        return Ok(None);
+    };
+    let parsed: std::collections::BTreeMap<String, String> =
+        serde_json::from_str(if tags.is_empty() { "{}" } else { &tags }).map_err(|e| {
+            cx.err(
+                &b.key(name),
+                format!("expected a JSON object of strings, found {tags:?}: {e}"),
+            )
+        })?;
+    let mut m = V::table();
+    for (k, v) in parsed {
+        m.set(&k, V::Str(v));
+    }
+    Ok(Some(m))
+}
+
 // --- transforms -----------------------------------------------------------------------------
 
 const SNOWBRIDGE_TRANSFORMS: &[&str] = &[
@@ -2531,11 +2551,24 @@ target {
         assert_eq!(get(&t.tree, "metrics.statsd.flush_interval"), &s("20s"));
         assert_eq!(get(&t.tree, "metrics.statsd.tags.aKey"), &s("aValue"));
         assert_eq!(get(&t.tree, "metrics.e2e_latency"), &V::Bool(true));
-        let e = err(r#"sentry { dsn = "x" }"#);
+        let t = tr(r#"sentry {
+              dsn = "https://k@sentry.example/28"
+              debug = true
+              tags = "{\"aKey\":\"aValue\"}"
+            }"#);
         assert_eq!(
-            e.message,
-            "monitoring `sentry` is not supported by weir yet (issue #18)"
+            get(&t.tree, "monitoring.sentry.dsn"),
+            &V::Secret("https://k@sentry.example/28".into(), None)
         );
+        assert_eq!(get(&t.tree, "monitoring.sentry.debug"), &V::Bool(true));
+        assert_eq!(get(&t.tree, "monitoring.sentry.tags.aKey"), &s("aValue"));
+        let e = err("sentry {\n debug = true\n}");
+        assert_eq!(
+            (e.key.as_str(), e.message.as_str()),
+            ("sentry.dsn", "missing required key `dsn`")
+        );
+        let e = err("sentry {\n dsn = \"https://k@h/1\"\n tags = \"[1]\"\n}");
+        assert_eq!(e.key, "sentry.tags");
         let e = err("target {\n use \"kafak\" {}\n}");
         assert!(e.message.contains("did you mean `kafka`?"), "{e}");
     }
