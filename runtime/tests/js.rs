@@ -4,6 +4,7 @@
 //! cases when a copy of its repository is here; and hostile scripts, isolated like any WASM
 //! transform.
 
+mod common;
 mod wasm_support;
 
 use std::path::{Path, PathBuf};
@@ -15,12 +16,6 @@ use wasm_support::*;
 use weir_core::config::Origin;
 use weir_core::record::Batch;
 use weir_core::transforms::{js, Transform, TransformConfig};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn engine() -> PathBuf {
     rust_guest("weir_js")
@@ -57,16 +52,7 @@ type Outcome = (Vec<String>, Vec<String>, Vec<(String, String)>, Batch);
 fn run(t: &mut dyn Transform, values: &[&str]) -> Outcome {
     let mut b = batch(values);
     t.process(&mut b);
-    let failed = b
-        .failed
-        .iter()
-        .map(|f| {
-            (
-                String::from_utf8_lossy(&f.record.value).into_owned(),
-                f.reason.clone(),
-            )
-        })
-        .collect();
+    let failed = failures(&b);
     (texts(&b.records), texts(&b.filtered), failed, b)
 }
 
@@ -124,7 +110,7 @@ fn regex_lite(name: &str) -> bool {
 #[test]
 fn the_accelerators_snowbridge_config_runs_on_the_micro_fixture_record_for_record() {
     let expected: Vec<Value> =
-        std::fs::read_to_string(fixture("sdk/micro-media-session.expected.jsonl"))
+        std::fs::read_to_string(common::fixture("sdk/micro-media-session.expected.jsonl"))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -141,10 +127,10 @@ fn the_accelerators_snowbridge_config_runs_on_the_micro_fixture_record_for_recor
         "the fixture exercises the ad fields"
     );
 
-    let input = std::fs::File::open(fixture("sdk/micro-media-session.tsv")).unwrap();
+    let input = std::fs::File::open(common::fixture("sdk/micro-media-session.tsv")).unwrap();
     let out = weir_js()
         .args(["run", "accelerator.hcl"])
-        .current_dir(fixture("snowbridge"))
+        .current_dir(common::fixture("snowbridge"))
         .env("JS_SCRIPT_PATH", "accelerator.js")
         .stdin(input)
         .output()
@@ -166,22 +152,8 @@ fn the_accelerators_snowbridge_config_runs_on_the_micro_fixture_record_for_recor
         .unwrap()
         .to_string();
     assert!(first.starts_with(r#"{"adId":"#), "{first}");
-    let stderr = strip(&stderr);
+    let stderr = common::strip_ansi(&stderr);
     assert!(stderr.contains("failed=0"), "{stderr}");
-}
-
-fn strip(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 #[test]

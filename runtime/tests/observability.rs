@@ -277,26 +277,8 @@ fn statsd_gets_counts_and_latencies_with_prefix_and_tags() {
     let written = summary(&stderr, "written").unwrap();
     let filtered = summary(&stderr, "filtered").unwrap();
     assert!(written > 0 && filtered > 0, "{stderr}");
-    let mut lines = Vec::new();
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = statsd.recv(&mut buf) {
-        lines.extend(
-            String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .map(String::from)
-                .collect::<Vec<_>>(),
-        );
-    }
-    let total = |name: &str| -> u64 {
-        lines
-            .iter()
-            .filter_map(|l| l.strip_prefix(&format!("weir.test.{name}:")))
-            .map(|rest| {
-                assert!(rest.ends_with("|c|#env:ci"), "{rest}");
-                rest.split('|').next().unwrap().parse::<u64>().unwrap()
-            })
-            .sum()
-    };
+    let lines = statsd_lines(&statsd);
+    let total = |name: &str| statsd_total(&lines, &format!("weir.test.{name}"), "|c|#env:ci");
     assert_eq!(total("records_read"), events, "{lines:?}");
     assert_eq!(total("target_success"), written);
     assert_eq!(total("message_filtered"), filtered);

@@ -98,18 +98,8 @@ fn failed_writes_reach_statsd_as_target_failed() {
         .matches("sending the batch to the failure sink")
         .count() as u64;
     assert!(batches >= 1, "{stderr}");
-    let mut lines = Vec::new();
-    let mut buf = [0u8; 65536];
-    while let Ok(n) = statsd.recv(&mut buf) {
-        lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
-    }
-    let total = |name: &str| -> u64 {
-        lines
-            .iter()
-            .filter_map(|l| l.strip_prefix(&format!("weir.{name}:")))
-            .map(|rest| rest.split('|').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
+    let lines = statsd_lines(&statsd);
+    let total = |name: &str| statsd_total(&lines, &format!("weir.{name}"), "|c");
     assert_eq!(total("target_failed"), 3 * RECORDS as u64, "{lines:?}");
     assert_eq!(total("target_request_count"), 3 * batches, "{lines:?}");
     assert_eq!(total("target_success"), 0, "{lines:?}");

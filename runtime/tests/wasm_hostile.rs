@@ -18,16 +18,7 @@ fn hostile(limits: Limits) -> Guest {
 fn run(g: &mut Guest, values: &[&str]) -> (Vec<String>, Vec<(String, String)>, Batch) {
     let mut b = batch(values);
     g.process_batch(&mut b);
-    let failed = b
-        .failed
-        .iter()
-        .map(|f| {
-            (
-                String::from_utf8_lossy(&f.record.value).into_owned(),
-                f.reason.clone(),
-            )
-        })
-        .collect();
+    let failed = failures(&b);
     (texts(&b.records), failed, b)
 }
 

@@ -411,3 +411,26 @@ impl Drop for Logged {
         }
     }
 }
+
+/// The lines a statsd UDP socket received, until it was quiet for its read timeout.
+pub fn statsd_lines(socket: &std::net::UdpSocket) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Ok(n) = socket.recv(&mut buf) {
+        lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
+    }
+    lines
+}
+
+/// The sum of the statsd counter `name` (with its prefix) over `lines`; each of its lines must
+/// end with `suffix` (type and tags, e.g. `|c` or `|c|#env:ci`).
+pub fn statsd_total(lines: &[String], name: &str, suffix: &str) -> u64 {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|rest| {
+            assert!(rest.ends_with(suffix), "{name}: {rest}");
+            rest.split('|').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum()
+}

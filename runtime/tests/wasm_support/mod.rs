@@ -96,6 +96,19 @@ pub fn batch(values: &[&str]) -> Batch {
     )
 }
 
+/// The failed records of a batch: (payload, reason).
+pub fn failures(b: &Batch) -> Vec<(String, String)> {
+    b.failed
+        .iter()
+        .map(|f| {
+            (
+                String::from_utf8_lossy(&f.record.value).into_owned(),
+                f.reason.clone(),
+            )
+        })
+        .collect()
+}
+
 pub fn texts(records: &[Record]) -> Vec<String> {
     records
         .iter()

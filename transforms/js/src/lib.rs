@@ -532,18 +532,11 @@ fn register_helpers(ctx: &mut Context) -> JsResult<()> {
             };
             // Every version of the context, newest first.
             let mut versions: Vec<(i64, JsValue)> = Vec::new();
-            for k in data.own_property_keys(ctx)? {
-                let PropertyKey::String(name) = &k else {
-                    continue;
-                };
-                let name = name.to_std_string_escaped();
-                let Some(suffix) = name.strip_prefix(&prefix) else {
-                    continue;
-                };
+            for (k, suffix) in keys_after(&data, &prefix, ctx)? {
                 let Ok(version) = suffix.parse::<i64>() else {
                     continue;
                 };
-                let v = data.get(k.clone(), ctx)?;
+                let v = data.get(k, ctx)?;
                 if is_array(&v) {
                     versions.push((version, v));
                 }
@@ -572,20 +565,35 @@ fn register_helpers(ctx: &mut Context) -> JsResult<()> {
             let Some(data) = args[0].as_object().filter(|_| !is_array(&args[0])) else {
                 return Ok(JsValue::undefined());
             };
-            for k in data.own_property_keys(ctx)? {
-                let PropertyKey::String(name) = &k else {
-                    continue;
-                };
-                let name = name.to_std_string_escaped();
-                match name.strip_prefix(&prefix) {
-                    Some(suffix) if !suffix.contains('_') => return data.get(k.clone(), ctx),
-                    _ => {}
-                }
+            match keys_after(&data, &prefix, ctx)?
+                .into_iter()
+                .find(|(_, suffix)| !suffix.contains('_'))
+            {
+                Some((k, _)) => data.get(k, ctx),
+                None => Ok(JsValue::undefined()),
             }
-            Ok(JsValue::undefined())
         }),
     )?;
     Ok(())
+}
+
+/// The own string keys of `data` that start with `prefix`, each with what follows the prefix.
+fn keys_after(
+    data: &JsObject,
+    prefix: &str,
+    ctx: &mut Context,
+) -> JsResult<Vec<(PropertyKey, String)>> {
+    Ok(data
+        .own_property_keys(ctx)?
+        .into_iter()
+        .filter_map(|k| {
+            let PropertyKey::String(name) = &k else {
+                return None;
+            };
+            let suffix = name.to_std_string_escaped().strip_prefix(prefix)?.to_string();
+            Some((k, suffix))
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -208,27 +208,24 @@ struct Js {
 }
 
 impl Js {
-    /// Turns the batch's TSV lines into analytics-SDK JSON; a line that is not an enriched
-    /// event fails here.
+    /// Turns the batch's TSV lines into analytics-SDK JSON (one buffer per batch, as
+    /// `spEnrichedToJson` does), keeping each converted record's TSV in `originals`; a line
+    /// that is not an enriched event fails here.
     fn convert(&mut self, batch: &mut Batch) -> Vec<Record> {
         self.originals.clear();
-        let mut input = Vec::with_capacity(batch.records.len());
-        for mut r in batch.records.drain(..) {
-            let mut out = Vec::with_capacity(r.value.len() * 2);
-            match snowplow::to_json(&r.value, &mut out, &mut self.json) {
-                Ok(()) => {
-                    self.originals
-                        .push(std::mem::replace(&mut r.value, out.into()));
-                    input.push(r);
-                }
-                Err(e) => batch.failed.push(Failed::invalid(
+        let (label, failed) = (&self.label, &mut batch.failed);
+        super::sp_enriched_to_json::to_json_records(
+            &mut batch.records,
+            &mut self.json,
+            Some(&mut self.originals),
+            |r, e| {
+                failed.push(Failed::invalid(
                     r,
-                    &self.label,
+                    label,
                     format!("failed making input for the JavaScript runtime: {e}"),
-                )),
-            }
-        }
-        input
+                ))
+            },
+        )
     }
 }
 

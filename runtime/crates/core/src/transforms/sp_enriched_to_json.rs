@@ -29,7 +29,6 @@ impl TransformConfig for Config {
         Ok(Box::new(ToJson {
             label: label.to_string(),
             scratch: Vec::new(),
-            ends: Vec::new(),
             json: snowplow::Scratch::default(),
         }))
     }
@@ -38,43 +37,53 @@ impl TransformConfig for Config {
 struct ToJson {
     label: String,
     scratch: Vec<Record>,
-    ends: Vec<usize>,
     json: snowplow::Scratch,
 }
 
 impl Transform for ToJson {
     fn process(&mut self, batch: &mut Batch) {
-        let input_bytes: usize = batch.records.iter().map(|r| r.value.len()).sum();
-        let mut out = Vec::with_capacity(input_bytes + input_bytes / 2);
         std::mem::swap(&mut batch.records, &mut self.scratch);
-        self.ends.clear();
-        let mut kept = Vec::with_capacity(self.scratch.len());
-        for r in self.scratch.drain(..) {
-            let start = out.len();
-            match snowplow::to_json(&r.value, &mut out, &mut self.json) {
-                Ok(()) => {
-                    self.ends.push(out.len());
-                    kept.push((r.key, r.meta));
-                }
-                Err(e) => {
-                    out.truncate(start);
-                    batch
-                        .failed
-                        .push(Failed::invalid(r, &self.label, e.to_string()));
+        let (label, failed) = (&self.label, &mut batch.failed);
+        batch.records = to_json_records(&mut self.scratch, &mut self.json, None, |r, e| {
+            failed.push(Failed::invalid(r, label, e))
+        });
+    }
+}
+
+/// The enriched TSV of `input` (drained) as analytics-SDK JSON records, written into one buffer
+/// for the batch, each record a slice of it. A record that is not an enriched event goes to
+/// `fail` with the parser's reason; with `originals`, the TSV of each converted record is pushed
+/// there, in output order (the `js` transform restores it on a record that fails later).
+pub(crate) fn to_json_records(
+    input: &mut Vec<Record>,
+    json: &mut snowplow::Scratch,
+    mut originals: Option<&mut Vec<Bytes>>,
+    mut fail: impl FnMut(Record, String),
+) -> Vec<Record> {
+    let input_bytes: usize = input.iter().map(|r| r.value.len()).sum();
+    let mut out = Vec::with_capacity(input_bytes + input_bytes / 2);
+    let mut kept = Vec::with_capacity(input.len());
+    for r in input.drain(..) {
+        // On error `to_json` leaves `out` as it was.
+        match snowplow::to_json(&r.value, &mut out, json) {
+            Ok(()) => {
+                kept.push((r.key, r.meta, out.len()));
+                if let Some(o) = originals.as_deref_mut() {
+                    o.push(r.value);
                 }
             }
-        }
-        let buf = Bytes::from(out);
-        let mut start = 0;
-        for ((key, meta), &end) in kept.into_iter().zip(&self.ends) {
-            batch.records.push(Record {
-                value: buf.slice(start..end),
-                key,
-                meta,
-            });
-            start = end;
+            Err(e) => fail(r, e.to_string()),
         }
     }
+    let buf = Bytes::from(out);
+    let mut start = 0;
+    kept.into_iter()
+        .map(|(key, meta, end)| {
+            let value = buf.slice(start..end);
+            start = end;
+            Record { value, key, meta }
+        })
+        .collect()
 }
 
 #[cfg(test)]
