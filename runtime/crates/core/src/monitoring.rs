@@ -209,9 +209,11 @@ pub async fn run_webhook(cfg: WebhookConfig, stop: CancellationToken) {
     };
     let mut state = setup_state().subscribe();
     let mut current: Option<String> = state.borrow_and_update().clone();
-    match &current {
-        None => send(HEARTBEAT, None).await,
-        Some(e) => send(ALERT, Some(e.clone())).await,
+    // The start heartbeat goes first even if a sink already failed before this task ran (a
+    // loaded machine): then its alert follows at once.
+    send(HEARTBEAT, None).await;
+    if let Some(e) = &current {
+        send(ALERT, Some(e.clone())).await;
     }
     let mut tick = tokio::time::interval(cfg.heartbeat_interval.0);
     tick.tick().await;
