@@ -590,7 +590,10 @@ fn keys_after(
             let PropertyKey::String(name) = &k else {
                 return None;
             };
-            let suffix = name.to_std_string_escaped().strip_prefix(prefix)?.to_string();
+            let suffix = name
+                .to_std_string_escaped()
+                .strip_prefix(prefix)?
+                .to_string();
             Some((k, suffix))
         })
         .collect())
