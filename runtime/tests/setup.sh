@@ -31,6 +31,13 @@ rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install n
 # WebAssembly transforms: the wasm32 target, and clang + wasi-libc + wit-bindgen for the C example.
 bash "$(cd "$(dirname "$0")/../.." && pwd)/transforms/setup.sh"
 
+# PostgreSQL for the postgres sink's tests (runtime/tests/pg_support): Debian's server package;
+# each test runs its own throwaway server (initdb + pg_ctl, as the `postgres` user when root).
+if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || ! have psql || ! have runuser; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql util-linux
+fi
+
 # AWS emulator for the DynamoDB / Kinesis tests: moto's server (one port, every service; the only
 # emulator here with Kinesis UpdateShardCount). Installed into a virtualenv beside the build
 # output, where the tests look for it (`<target dir>/aws-emulators/venv/bin/moto_server`).

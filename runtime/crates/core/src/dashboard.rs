@@ -370,6 +370,12 @@ impl Hub {
         self.announce(sse_frame("removed", &msg.to_string()));
     }
 
+    /// Every client takes a fresh snapshot (the store changed in ways not announced, e.g. while
+    /// a change feed was away).
+    pub fn resync(&self) {
+        self.announce(Bytes::from_static(RESYNC));
+    }
+
     fn announce(&self, frame: Bytes) {
         self.seq.fetch_add(1, Ordering::AcqRel);
         let _ = self.tx.send(frame);
@@ -470,6 +476,8 @@ impl Hub {
 }
 
 const SNAPSHOT_PREFIX: &[u8] = b"event: snapshot\ndata: ";
+/// Announced by [`Hub::resync`]: never sent as such, each client takes a new snapshot instead.
+const RESYNC: &[u8] = b":resync\n\n";
 
 /// One SSE event; `data` on one line (compact JSON has no newline; any other is replaced).
 fn sse_frame(event: &str, data: &str) -> Bytes {
@@ -623,6 +631,11 @@ async fn feed(
             // Take the next change only once the client's queue has room for it: meanwhile the
             // shared channel holds it, and a client that falls that far behind resyncs.
             r = rx.recv(), if pending.is_empty() => match r {
+                Ok(frame) if frame == RESYNC => {
+                    let (fresh, seq) = app.hub.subscribe();
+                    rx = fresh;
+                    pending.extend(app.hub.snapshot_frames(seq, conn).await);
+                }
                 Ok(frame) => pending.push_back(frame),
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let (fresh, seq) = app.hub.subscribe();

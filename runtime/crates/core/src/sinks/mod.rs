@@ -17,6 +17,7 @@ pub mod http;
 pub mod kafka;
 pub mod kinesis;
 pub mod null;
+pub mod postgres;
 pub mod profiles;
 pub mod sqs;
 pub mod stdout;
@@ -30,6 +31,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<dynamodb::DynamoDbConfig>(),
     sink::<kinesis::KinesisConfig>(),
     sink::<profiles::ProfilesConfig>(),
+    sink::<postgres::PostgresConfig>(),
     sink::<kafka::KafkaConfig>(),
     sink::<sqs::SqsConfig>(),
     sink::<http::HttpConfig>(),
