@@ -43,6 +43,7 @@ const SHIPPED_CONFIGS: &[&str] = &[
     "examples/kafka-media-events.toml",
     "examples/kafka-viewer-profiles.toml",
     "examples/live-viewer/pipeline.toml",
+    "examples/live-viewer/postgres.toml",
     "examples/media-events.toml",
     "examples/media-player-context.json",
     "examples/stdin-to-file.yaml",
