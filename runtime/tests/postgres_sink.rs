@@ -510,3 +510,67 @@ fn the_live_viewer_pipeline_writes_the_profiles_it_emits_newest_once_per_viewer(
     );
     assert!(p["version"].is_string(), "{p}");
 }
+
+/// A connection string as managed services hand them out (`sslmode=verify-full`,
+/// `sslrootcert`): weir connects over TLS, verifying the server's certificate against that CA;
+/// a CA that did not sign it fails the start with what to do about it.
+#[test]
+fn tls_is_verified_against_the_ca_the_connection_string_names() {
+    let pg = Postgres::start_tls();
+    let (ca, stranger) = pg.tls.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = |ca: &std::path::Path| {
+        format!(
+            "postgres://postgres@localhost:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port,
+            ca.display()
+        )
+    };
+    let cfg = |name: &str, ca: &std::path::Path| {
+        write(
+            dir.path(),
+            name,
+            &format!(
+                "[source]\ntype = \"stdin\"\n[sink]\ntype = \"postgres\"\nurl = \"{}\"\n",
+                url(ca)
+            ),
+        )
+    };
+    let mut w = Logged::spawn(
+        weir()
+            .args(["run", "--progress=never"])
+            .arg(cfg("ok.toml", &ca))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    w.wait_for("the connection", WAIT, |l| {
+        l.contains("postgres: connected").then_some(())
+    });
+    let encrypted = pg.query(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'weir' AND s.ssl",
+    );
+    assert_eq!(encrypted, ["1"], "weir's connection is TLS");
+    let mut stdin = w.child.stdin.take().unwrap();
+    writeln!(stdin, "{}", profile("over-tls", 1, "playing")).unwrap();
+    drop(stdin);
+    let (status, log) = w.wait_exit(WAIT);
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        pg.query("SELECT doc->>'status' FROM weir_profiles WHERE key = 'over-tls'"),
+        ["playing"]
+    );
+
+    let out = weir()
+        .arg("run")
+        .arg(cfg("stranger.toml", &stranger))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("the server's TLS certificate is not trusted"),
+        "{log}"
+    );
+}

@@ -11,6 +11,8 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// With TLS: the CA that signed the server's certificate, and one that signed nothing.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The newest installed server's bin dir (`/usr/lib/postgresql/<major>/bin`), or `$PG_BIN`.
@@ -48,15 +50,29 @@ fn free_port() -> u16 {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// A server that also takes TLS (`ssl = on`), its certificate (for `localhost` and
+    /// `127.0.0.1`) signed by a CA the test makes.
+    pub fn start_tls() -> Postgres {
+        Postgres::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("weir-pg-")
             .tempdir_in(std::env::temp_dir())
             .unwrap();
-        let pg = Postgres {
+        let mut pg = Postgres {
             bin: bin_dir(),
             port: free_port(),
             dir,
+            tls: None,
         };
+        if tls {
+            pg.tls = Some(pg.make_certs());
+        }
         if is_root() {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -79,6 +95,38 @@ impl Postgres {
         ]));
         pg.resume();
         pg
+    }
+
+    /// A CA, the server's certificate and key (key mode 0600, as the server demands), and a
+    /// stranger CA.
+    fn make_certs(&self) -> (PathBuf, PathBuf) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let ca = |name: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+        };
+        let issuer = ca("weir test PostgreSQL CA");
+        let stranger = ca("weir untrusted CA");
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "postgres");
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let d = self.dir.path();
+        std::fs::write(d.join("server.crt"), cert.pem()).unwrap();
+        std::fs::write(d.join("server.key"), key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.join("server.key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::write(d.join("ca.pem"), issuer.pem()).unwrap();
+        std::fs::write(d.join("stranger.pem"), stranger.pem()).unwrap();
+        (d.join("ca.pem"), d.join("stranger.pem"))
     }
 
     fn data(&self) -> PathBuf {
@@ -111,11 +159,17 @@ impl Postgres {
 
     /// Starts (again) the server on its port, waiting until it accepts connections.
     pub fn resume(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-k {} -h 127.0.0.1 -p {} -c fsync=off -c max_connections=50",
             self.dir.path().display(),
             self.port
         );
+        if self.tls.is_some() {
+            let d = self.dir.path().display();
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={d}/server.crt -c ssl_key_file={d}/server.key"
+            ));
+        }
         self.as_server_user(
             self.server_cmd("pg_ctl")
                 .arg("-D")

@@ -205,7 +205,7 @@ impl SinkConfig for PostgresConfig {
         }
         // Only the shape of an inline URL can be checked offline (no secret in the message).
         if let Value::Inline(url) = &self.url {
-            parse_url(url).map_err(|e| origin.error("url", e))?;
+            parse_url(&split_libpq_tls(url).0).map_err(|e| origin.error("url", e))?;
         }
         Ok(())
     }
@@ -245,6 +245,77 @@ impl SinkConfig for PostgresConfig {
     }
 }
 
+/// libpq's TLS parameters that tokio-postgres does not take, as a connection string may carry
+/// them (managed services hand out `…?sslmode=verify-full&sslrootcert=ca.pem`).
+#[derive(Debug, Default, PartialEq)]
+struct LibpqTls {
+    rootcert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// The connection string without `sslrootcert`, `sslcert`, `sslkey` (returned apart), and with
+/// `sslmode=verify-full` / `verify-ca` as `require` (weir always verifies the server's
+/// certificate, hostname included, unless `tls.verify = false`) and `allow` as `prefer`.
+fn split_libpq_tls(url: &str) -> (String, LibpqTls) {
+    let mut tls = LibpqTls::default();
+    let mut take = |k: &str, v: &str| -> Option<Option<String>> {
+        match k {
+            "sslrootcert" if v != "system" => tls.rootcert = Some(PathBuf::from(v)),
+            "sslrootcert" => {}
+            "sslcert" => tls.cert = Some(PathBuf::from(v)),
+            "sslkey" => tls.key = Some(PathBuf::from(v)),
+            "sslmode" => {
+                return Some(Some(
+                    match v {
+                        "verify-full" | "verify-ca" => "require",
+                        "allow" => "prefer",
+                        other => other,
+                    }
+                    .to_string(),
+                ))
+            }
+            _ => return None,
+        }
+        Some(None)
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Ok(mut u) = reqwest::Url::parse(url) else {
+            return (url.to_string(), tls);
+        };
+        let mut kept: Vec<(String, String)> = Vec::new();
+        for (k, v) in u.query_pairs() {
+            match take(&k, &v) {
+                None => kept.push((k.into_owned(), v.into_owned())),
+                Some(Some(mapped)) => kept.push((k.into_owned(), mapped)),
+                Some(None) => {}
+            }
+        }
+        if kept.is_empty() {
+            u.set_query(None);
+        } else {
+            u.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        (u.to_string(), tls)
+    } else if url.contains(['\'', '\\']) {
+        // Quoted values: left to the driver as they are.
+        (url.to_string(), tls)
+    } else {
+        let kept: Vec<String> = url
+            .split_whitespace()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                match take(k.trim(), v.trim()) {
+                    None => Some(kv.to_string()),
+                    Some(Some(mapped)) => Some(format!("{k}={mapped}")),
+                    Some(None) => None,
+                }
+            })
+            .collect();
+        (kept.join(" "), tls)
+    }
+}
+
 fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
     // tokio-postgres' error names the part it could not parse, never the password; still, say
     // only that it failed: a URL may hold the password.
@@ -272,7 +343,20 @@ struct Db {
 impl Db {
     fn new(cfg: &PostgresConfig, origin: &Origin) -> anyhow::Result<Db> {
         let url = cfg.url.secret(origin, "url")?;
-        let mut config = parse_url(url.expose()).map_err(|e| origin.error("url", e))?;
+        let (url, libpq) = split_libpq_tls(url.expose());
+        Secret::new(url.clone());
+        let mut config = parse_url(&url).map_err(|e| origin.error("url", e))?;
+        // The config's `tls` wins; the URL's libpq parameters fill in what it leaves out.
+        let mut tls = cfg.tls.clone().unwrap_or(PgTls {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            verify: true,
+        });
+        tls.ca_file = tls.ca_file.or(libpq.rootcert);
+        if tls.cert_file.is_none() && tls.key_file.is_none() {
+            (tls.cert_file, tls.key_file) = (libpq.cert, libpq.key);
+        }
         if let Some(p) = config.get_password() {
             Secret::new(String::from_utf8_lossy(p).into_owned());
         }
@@ -282,7 +366,11 @@ impl Db {
         config.connect_timeout(cfg.timeout.0);
         config.application_name("weir");
         // The schema's "already exists, skipping" notices are not worth a log line.
-        config.options("-c client_min_messages=warning");
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c client_min_messages=warning"),
+            _ => "-c client_min_messages=warning".to_string(),
+        };
+        config.options(&options);
         if config.get_user().is_none() {
             // libpq's default: the operating system user.
             if let Ok(user) = std::env::var("USER") {
@@ -291,7 +379,7 @@ impl Db {
         }
         Ok(Db {
             config,
-            tls: tls_connector(cfg.tls.as_ref(), origin)?,
+            tls: tls_connector(Some(&tls), origin)?,
             timeout: cfg.timeout.0,
         })
     }
@@ -471,8 +559,21 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// A driver error as one line: the server's message and code, or the client's cause.
+/// A driver error as one line: the server's message and code, or the client's cause (with what
+/// to do about an untrusted server certificate).
 fn describe(e: &tokio_postgres::Error) -> String {
+    let s = describe_error(e);
+    if s.contains("invalid peer certificate") {
+        format!(
+            "{s} (the server's TLS certificate is not trusted: give its CA as tls.ca_file or \
+             sslrootcert, or connect without TLS with sslmode=disable)"
+        )
+    } else {
+        s
+    }
+}
+
+fn describe_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}: {})", db.message(), db.severity(), db.code().code()),
         None => {
@@ -1236,6 +1337,36 @@ mod tests {
         assert_eq!(n.function, "\"live\".\"weir_notify_change\"");
         assert_eq!(n.lock_key, Names::new("live.viewers").lock_key);
         assert_ne!(n.lock_key, Names::new("viewers").lock_key);
+    }
+
+    #[test]
+    fn libpq_tls_parameters_are_lifted_out_of_the_connection_string() {
+        let (url, tls) = split_libpq_tls(
+            "postgres://u:p@db.example.com:5432/live?sslmode=verify-full&sslrootcert=/etc/ca.pem\
+             &application_name=x&sslcert=/c.pem&sslkey=/k.pem",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db.example.com:5432/live?sslmode=require&application_name=x"
+        );
+        assert_eq!(
+            tls,
+            LibpqTls {
+                rootcert: Some("/etc/ca.pem".into()),
+                cert: Some("/c.pem".into()),
+                key: Some("/k.pem".into()),
+            }
+        );
+        assert!(parse_url(&url).is_ok());
+        let (url, tls) = split_libpq_tls("host=db user=weir sslmode=verify-ca sslrootcert=system");
+        assert_eq!(url, "host=db user=weir sslmode=require");
+        assert_eq!(tls, LibpqTls::default());
+        assert!(parse_url(&url).is_ok());
+        let (url, _) = split_libpq_tls("postgres://db/live?sslrootcert=/ca.pem");
+        assert_eq!(url, "postgres://db/live");
+        // Without libpq's extras, a URL is left as it is.
+        let plain = "postgres://weir@127.0.0.1:5432/live?sslmode=disable";
+        assert_eq!(split_libpq_tls(plain).0, plain);
     }
 
     #[test]
