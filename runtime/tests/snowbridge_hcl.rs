@@ -48,13 +48,7 @@ const HTTP18: &str = "is not supported by weir yet (issue #18)";
 
 /// Every docs example, by path under assets/docs/configuration/, and what weir does with it.
 const DOCS: &[(&str, Expect)] = &[
-    (
-        "failure-parser-full-example.hcl",
-        Expect::Refused(
-            "failure_parser.format",
-            "failure format `event_forwarding` is not supported by weir yet (issue #18)",
-        ),
-    ),
+    ("failure-parser-full-example.hcl", Expect::Ok),
     ("failure-parser-minimal-example.hcl", Expect::Ok),
     ("metrics/e2e-latency-example.hcl", Expect::Ok),
     ("monitoring/log-level-example.hcl", Expect::Ok),

@@ -764,11 +764,10 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
         s.known(cx, &["format"], &[])?;
         match s.string(cx, "format")?.as_deref() {
             None | Some("snowplow") => {}
-            Some("event_forwarding") => {
-                return Err(cx.err(
-                    &s.key("format"),
-                    unsupported("failure format", "event_forwarding", 18),
-                ))
+            Some(f @ "event_forwarding") => {
+                let mut t = V::table();
+                t.set("format", V::Str(f.to_string()));
+                root.set("bad_rows", t);
             }
             Some(other) => {
                 return Err(cx.err(
