@@ -25,6 +25,11 @@ const DOCS_ENV: &[(&str, &str)] = &[
     ("REFRESH_TOKEN", "refresh_token_test"),
     ("SHA1_SALT", "testsalt"),
     ("ACCEPT_LIMITED_USE_LICENSE", "true"),
+    // Snowbridge's Event Hubs client needs it to start; weir checks that it is set.
+    (
+        "EVENTHUB_CONNECTION_STRING",
+        "Endpoint=sb://testNamespace.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=v",
+    ),
     ("JS_SCRIPT_PATH", "create-a-script-filter-example.js"),
     (
         "JS_NON_SNOWPLOW_SCRIPT_PATH",
@@ -99,14 +104,8 @@ const DOCS: &[(&str, Expect)] = &[
     ("sources/sqs-minimal-example.hcl", Expect::Ok),
     ("sources/stdin-full-example.hcl", Expect::Ok),
     ("sources/stdin-minimal-example.hcl", Expect::Ok),
-    (
-        "targets/eventhub-full-example.hcl",
-        Expect::Refused("target.use \"eventhub\"", "target `eventhub` "),
-    ),
-    (
-        "targets/eventhub-minimal-example.hcl",
-        Expect::Refused("target.use \"eventhub\"", "target `eventhub` "),
-    ),
+    ("targets/eventhub-full-example.hcl", Expect::Ok),
+    ("targets/eventhub-minimal-example.hcl", Expect::Ok),
     ("targets/http-full-example.hcl", Expect::Ok),
     ("targets/http-minimal-example.hcl", Expect::Ok),
     ("targets/kafka-full-example.hcl", Expect::Ok),

@@ -1672,7 +1672,8 @@ fn target(
             Ok(out)
         }
         "http" => http_target(cx, s, prefix, main),
-        "pubsub" | "eventhub" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
+        "eventhub" => eventhub_target(cx, s, prefix, main),
+        "pubsub" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
         other => Err(cx.err(
             &s.path,
             unknown_component(
@@ -1684,6 +1685,111 @@ fn target(
             ),
         )),
     }
+}
+
+/// Where Event Hubs' Kafka endpoint listens: `<namespace>.servicebus.windows.net:9093`, or a
+/// namespace given as a host name (with a dot: another Azure cloud, e.g.
+/// `ns.servicebus.chinacloudapi.cn`) and optional port, as it is.
+pub const EVENTHUB_DOMAIN: &str = "servicebus.windows.net";
+/// The connection string's variable, as Snowbridge's Event Hubs client reads it.
+pub const EVENTHUB_CONNECTION_STRING: &str = "EVENTHUB_CONNECTION_STRING";
+
+/// Snowbridge's `eventhub` target (`pkg/target/eventhub`) as weir's `kafka` sink on Event Hubs'
+/// Kafka endpoint: SASL PLAIN over TLS, user `$ConnectionString`, the connection string from
+/// `EVENTHUB_CONNECTION_STRING` as the password (read when weir runs, never written out).
+fn eventhub_target(
+    cx: &mut Cx,
+    s: &Section,
+    prefix: &str,
+    main: Option<(&mut V, &mut V)>,
+) -> Result<V, ConfigError> {
+    s.known(
+        cx,
+        &[
+            "namespace",
+            "name",
+            "max_auto_retries",
+            "context_timeout_in_seconds",
+            "set_eh_partition_key",
+        ],
+        &["batching"],
+    )?;
+    let b = batching(cx, s, main)?;
+    let mut out = typed("kafka");
+    let Some(namespace) = s.string(cx, "namespace")?.filter(|n| !n.is_empty()) else {
+        return Err(cx.err(
+            &s.key("namespace"),
+            "expected the Event Hubs namespace, found nothing",
+        ));
+    };
+    let host = if namespace.contains('.') {
+        namespace.clone()
+    } else {
+        format!("{namespace}.{EVENTHUB_DOMAIN}")
+    };
+    let bootstrap = if host.contains(':') {
+        host
+    } else {
+        format!("{host}:9093")
+    };
+    out.set("bootstrap_servers", V::Str(bootstrap));
+    cx.map(format!("{prefix}.bootstrap_servers"), s.key("namespace"));
+    put_str(cx, s, &mut out, prefix, "name", "topic", true)?;
+    let mut tls = V::table();
+    tls.set("verify", V::Bool(true));
+    out.set("tls", tls);
+    let mut sasl = V::table();
+    sasl.set("mechanism", V::Str("PLAIN".into()));
+    sasl.set("username", V::Str("$ConnectionString".into()));
+    let mut password = V::table();
+    password.set("env", V::Str(EVENTHUB_CONNECTION_STRING.into()));
+    sasl.set("password", password);
+    out.set("sasl", sasl);
+    cx.map(format!("{prefix}.sasl"), s.path.clone());
+    cx.note(
+        &s.path,
+        format!(
+            "weir writes to Event Hubs through its Kafka endpoint, authenticated by \
+             `{EVENTHUB_CONNECTION_STRING}` (EVENTHUB_KEY_NAME / EVENTHUB_KEY_VALUE and Azure AD \
+             credentials are not supported)"
+        ),
+    );
+    // Snowbridge's default maximum message size is 1,000,000 bytes (Event Hubs' own limit is
+    // 1 MiB per event on the standard tier).
+    out.set(
+        "max_message_bytes",
+        V::Int(b.max_message_bytes.unwrap_or(1_000_000)),
+    );
+    cx.map(
+        format!("{prefix}.max_message_bytes"),
+        s.key("batching.max_message_bytes"),
+    );
+    if let Some(n) = s.int(cx, "max_auto_retries")? {
+        cx.note(
+            &s.key("max_auto_retries"),
+            format!("{n}: weir's producer retries until `delivery_timeout`, then the pipeline retries the batch"),
+        );
+    }
+    if let Some(secs) = s.int(cx, "context_timeout_in_seconds")? {
+        if secs < 1 {
+            return Err(cx.err(
+                &s.key("context_timeout_in_seconds"),
+                format!("expected at least 1 second, found {secs}"),
+            ));
+        }
+        out.set("delivery_timeout", V::Str(format!("{secs}s")));
+        cx.map(
+            format!("{prefix}.delivery_timeout"),
+            s.key("context_timeout_in_seconds"),
+        );
+    }
+    if s.bool(cx, "set_eh_partition_key")? == Some(false) {
+        cx.note(
+            &s.key("set_eh_partition_key"),
+            "false: weir still sends a record's partition key, when it has one, as the Kafka key",
+        );
+    }
+    Ok(out)
 }
 
 /// Snowbridge's `http` target (`pkg/target/http/http.go`) as weir's `http` sink.
