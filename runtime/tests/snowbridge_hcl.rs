@@ -57,20 +57,8 @@ const DOCS: &[(&str, Expect)] = &[
     ("failure-parser-minimal-example.hcl", Expect::Ok),
     ("metrics/e2e-latency-example.hcl", Expect::Ok),
     ("monitoring/log-level-example.hcl", Expect::Ok),
-    (
-        "monitoring/metadata-full-example.hcl",
-        Expect::Refused(
-            "monitoring.metadata_reporter",
-            "monitoring `metadata_reporter` is not supported by weir yet (issue #18)",
-        ),
-    ),
-    (
-        "monitoring/metadata-minimal-example.hcl",
-        Expect::Refused(
-            "monitoring.metadata_reporter",
-            "monitoring `metadata_reporter` is not supported by weir yet (issue #18)",
-        ),
-    ),
+    ("monitoring/metadata-full-example.hcl", Expect::Ok),
+    ("monitoring/metadata-minimal-example.hcl", Expect::Ok),
     ("monitoring/sentry-example.hcl", Expect::Ok),
     ("monitoring/statsd-example.hcl", Expect::Ok),
     ("monitoring/webhook-full-example.hcl", Expect::Ok),

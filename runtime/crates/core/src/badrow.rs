@@ -33,6 +33,8 @@ pub struct BadRows {
     /// Longest payload (in bytes) kept in a bad row.
     pub max_payload_bytes: usize,
     pub format: Format,
+    /// Counts failures with an error code for the metadata reporter, when there is one.
+    pub tally: Option<std::sync::Arc<crate::monitoring::ErrorTally>>,
 }
 
 /// `[bad_rows]`.
@@ -59,6 +61,19 @@ pub enum Format {
     EventForwarding,
 }
 
+/// A failure's error type and code as Snowbridge reports them (`event_forwarding_error`, the
+/// metadata reporter's `invalidErrors`), for the failures that have one.
+fn error_code(f: &Failed) -> Option<(&'static str, String)> {
+    match f.kind {
+        FailureKind::Api { status } => Some(("api", status.to_string())),
+        FailureKind::Template => Some(("template", String::new())),
+        FailureKind::Invalid if f.component.starts_with("transforms") => {
+            Some(("transformation", transformation_code(&f.reason).to_string()))
+        }
+        _ => None,
+    }
+}
+
 /// Snowbridge's error code of a transformation error: the JavaScript error class its message
 /// names, else `TransformationError`.
 fn transformation_code(message: &str) -> &'static str {
@@ -70,8 +85,11 @@ fn transformation_code(message: &str) -> &'static str {
 
 impl BadRows {
     pub fn encode(&self, f: &Failed) -> Record {
+        let coded = error_code(f);
+        if let (Some(t), Some((_, code))) = (&self.tally, &coded) {
+            t.record(code, &f.component);
+        }
         let message;
-        let code;
         let payload = match self.format {
             Format::EventForwarding => f
                 .record
@@ -86,28 +104,11 @@ impl BadRows {
                 FailureKind::Invalid | FailureKind::Api { .. } | FailureKind::Template,
                 Format::EventForwarding,
             ) => {
-                let error_type = match f.kind {
-                    FailureKind::Api { status } => {
-                        code = status.to_string();
-                        "api"
-                    }
-                    FailureKind::Template => {
-                        code = String::new();
-                        "template"
-                    }
-                    _ if f.component.starts_with("transforms") => {
-                        code = transformation_code(&f.reason).to_string();
-                        "transformation"
-                    }
-                    _ => {
-                        code = String::new();
-                        ""
-                    }
-                };
+                let (error_type, code) = coded.as_ref().map_or(("", ""), |(t, c)| (*t, c.as_str()));
                 Failure::EventForwarding {
                     error_type,
                     message: &f.reason,
-                    code: &code,
+                    code,
                     latest_state: &f.record.value,
                 }
             }
@@ -178,6 +179,7 @@ mod tests {
         let row = BadRows {
             max_payload_bytes: 10,
             format: Format::Snowplow,
+            tally: None,
         }
         .encode(&f);
         let v: serde_json::Value = serde_json::from_slice(&row.value).unwrap();

@@ -482,9 +482,23 @@ pub async fn run(
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
 
+    let tally = cfg
+        .monitoring
+        .metadata_reporter
+        .as_ref()
+        .map(|_| Arc::new(crate::monitoring::ErrorTally::default()));
+    let metadata_reporter = cfg.monitoring.metadata_reporter.clone().map(|m| {
+        tokio::spawn(crate::monitoring::run_metadata_reporter(
+            m,
+            stats.clone(),
+            tally.clone().expect("made with the reporter"),
+            statsd_stop.clone(),
+        ))
+    });
     let bad_rows = BadRows {
         max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
         format: cfg.bad_rows.format,
+        tally,
     };
     // Build every component before anything is read: each creates its clients and checks that
     // it can use them, so one that cannot fails the start, naming itself (`crate::setup`).
@@ -699,7 +713,7 @@ pub async fn run(
         r?;
     }
     statsd_stop.cancel();
-    for task in [statsd, webhook].into_iter().flatten() {
+    for task in [statsd, webhook, metadata_reporter].into_iter().flatten() {
         let _ = task.await;
     }
     let snapshot = stats.snapshot();

@@ -852,11 +852,23 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
     if let Some(b) = top.block(cx, "monitoring")? {
         let s = top.sub(cx, b)?;
         s.known(cx, &[], &["webhook", "metadata_reporter"])?;
-        if s.block(cx, "metadata_reporter")?.is_some() {
-            return Err(cx.err(
-                &s.key("metadata_reporter"),
-                unsupported("monitoring", "metadata_reporter", 18),
-            ));
+        if let Some(m) = s.block(cx, "metadata_reporter")? {
+            let m = s.sub(cx, m)?;
+            m.known(cx, &["endpoint", "tags"], &[])?;
+            let mut t = V::table();
+            let endpoint = m.string(cx, "endpoint")?;
+            t.set("endpoint", V::Str(m.required(cx, "endpoint", endpoint)?));
+            if let Some(tags) = m.string_table(cx, "tags")? {
+                t.set("tags", tags);
+            }
+            // Snowbridge reports at the stats receiver's interval (`buffer_sec`, default 60 s).
+            let every = match top.block(cx, "stats_receiver")? {
+                Some(b) => top.sub(cx, b)?.int(cx, "buffer_sec")?.unwrap_or(60),
+                None => 60,
+            };
+            t.set("interval", V::Str(format!("{}s", every.max(1))));
+            cx.map("monitoring.metadata_reporter", m.path.clone());
+            root.table_at("monitoring").set("metadata_reporter", t);
         }
         if let Some(w) = s.block(cx, "webhook")? {
             let w = s.sub(cx, w)?;
