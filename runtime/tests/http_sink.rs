@@ -815,3 +815,73 @@ fn webhook_monitoring_alerts_on_setup_errors_and_resumes_heartbeats() {
         assert_eq!(e["data"]["tags"]["pipeline"], "test");
     }
 }
+
+/// `[bad_rows] format = "event_forwarding"` (Snowbridge's `failure_parser`): a record the
+/// endpoint refuses is an `api` error with the HTTP status as its code, one the template
+/// cannot take a `template` error; the payload is the record as read, before the transform.
+#[test]
+fn event_forwarding_failures_carry_the_status_and_the_record_as_read() {
+    let server = Server::start(Arc::new(|s| {
+        if s.body.contains("\"kind\":\"invalid\"") {
+            Reply::Status(422, "bad purchase".into())
+        } else {
+            ok()
+        }
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let tmpl = write(dir.path(), "t.tmpl", "{{ prettyPrint . }}");
+    // Base64 in, decoded by a transform: the bad rows' payload is the base64 as read.
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let lines = [r#"{"kind":"ok"}"#, r#"{"kind":"invalid"}"#, "not json"]
+        .map(b64)
+        .join("\n");
+    let input = write(dir.path(), "in.txt", &(lines + "\n"));
+    let sink = format!(
+        "url = \"{}\"\nmax_batch_messages = 1\ntemplate_file = \"{}\"\n\
+         [[sink.response_rules]]\ntype = \"invalid\"\nhttp_codes = [422]\n",
+        server.url("http", "/e"),
+        tmpl.display()
+    );
+    let cfg = config(
+        dir.path(),
+        &input,
+        &sink,
+        "[[transforms]]\ntype = \"base64Decode\"\n[bad_rows]\nformat = \"event_forwarding\"\n",
+    );
+    run_ok(&cfg, &[]);
+    let mut bad = failures(dir.path());
+    bad.sort_by_key(|r| {
+        r["data"]["failure"]["errorType"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    let got: Vec<(&str, &str, &str, &str)> = bad
+        .iter()
+        .map(|r| {
+            let f = &r["data"]["failure"];
+            (
+                f["errorType"].as_str().unwrap(),
+                f["errorCode"].as_str().unwrap(),
+                r["data"]["payload"].as_str().unwrap(),
+                f["latestState"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let (invalid, not_json) = (b64(r#"{"kind":"invalid"}"#), b64("not json"));
+    assert_eq!(
+        got,
+        [
+            ("api", "422", invalid.as_str(), r#"{"kind":"invalid"}"#),
+            ("template", "", not_json.as_str(), "not json"),
+        ],
+        "{bad:?}"
+    );
+    assert!(bad.iter().all(|r| r["schema"]
+        == "iglu:com.snowplowanalytics.snowplow.badrows/event_forwarding_error/jsonschema/1-0-0"));
+    assert!(bad[0]["data"]["failure"]["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("422"));
+}

@@ -455,3 +455,89 @@ fn snowbridge_docs_scripts_compile() {
             .unwrap_or_else(|e| panic!("{s}: {e}"));
     }
 }
+
+/// `failure_parser { format = "event_forwarding" }`: a record the script fails is an
+/// `event_forwarding_error` with the record as read, what the transforms before made of it, and
+/// the JavaScript error's class as its code. The expected rows are what Snowbridge 5.1.1 wrote
+/// for this config and input (built here from snowplow/snowbridge; its timestamp, processor and
+/// the engine's own wording of the error aside).
+#[test]
+fn event_forwarding_failures_are_written_as_snowbridge_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = common::write(
+        dir.path(),
+        "script.js",
+        "function main(input) {\n\
+         \x20 if (input.Data.indexOf(\"Ym9\") === 0) { return null.boom; }\n\
+         \x20 if (input.Data.indexOf(\"dW5\") === 0) { return notDefinedAnywhere + 1; }\n\
+         \x20 return input;\n\
+         }\n",
+    );
+    let cfg = common::write(
+        dir.path(),
+        "cfg.hcl",
+        "transform {\n  use \"base64Encode\" {}\n  use \"js\" {\n    script_path = env.JS_PATH\n  }\n}\n\
+         target {\n  use \"stdout\" {\n    data_only_output = true\n  }\n}\n\
+         failure_target {\n  use \"stdout\" {\n    data_only_output = true\n  }\n}\n\
+         failure_parser {\n  format = \"event_forwarding\"\n}\n\
+         license {\n  accept = true\n}\n",
+    );
+    let mut child = weir_js()
+        .arg("run")
+        .arg(&cfg)
+        .env("JS_PATH", &script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"boom-1\nfine\nunknown-2\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut rows: Vec<Value> = Vec::new();
+    let mut good = Vec::new();
+    for l in stdout.lines() {
+        match serde_json::from_str::<Value>(l) {
+            Ok(v) if v.is_object() => rows.push(v),
+            _ => good.push(l),
+        }
+    }
+    assert_eq!(good, ["ZmluZQ=="], "{stdout}");
+    rows.sort_by_key(|r| r["data"]["payload"].as_str().unwrap().to_string());
+    let snowbridge = [
+        ("boom-1", "Ym9vbS0x", "TypeError"),
+        ("unknown-2", "dW5rbm93bi0y", "ReferenceError"),
+    ];
+    assert_eq!(rows.len(), snowbridge.len(), "{stdout}");
+    for (row, (payload, latest, code)) in rows.iter().zip(snowbridge) {
+        assert_eq!(
+            row["schema"],
+            "iglu:com.snowplowanalytics.snowplow.badrows/event_forwarding_error/jsonschema/1-0-0"
+        );
+        let f = &row["data"]["failure"];
+        assert_eq!(row["data"]["payload"], payload, "{row}");
+        assert_eq!(f["latestState"], latest, "{row}");
+        assert_eq!(f["errorType"], "transformation", "{row}");
+        assert_eq!(f["errorCode"], code, "{row}");
+        let message = f["errorMessage"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "error running JavaScript function [main]: {code}: "
+            )),
+            "{row}"
+        );
+        assert!(f["timestamp"].as_str().unwrap().ends_with('Z'), "{row}");
+        assert_eq!(row["data"]["processor"]["artifact"], "weir");
+    }
+}

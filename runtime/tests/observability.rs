@@ -302,11 +302,12 @@ fn statsd_gets_counts_and_latencies_with_prefix_and_tags() {
     assert!(!timing("min_processing_latency").is_empty(), "{lines:?}");
 }
 
-/// A stand-in for Sentry's ingestion endpoint: keeps each request's path and body, answers 200.
 /// What a fake server received: (path, body) of each request.
 type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
-fn fake_sentry() -> (std::net::SocketAddr, Received) {
+/// A stand-in for an HTTP endpoint (Sentry's ingestion, a metadata reporter's receiver): keeps
+/// each request's path and body, answers 200.
+fn fake_endpoint() -> (std::net::SocketAddr, Received) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -352,7 +353,7 @@ fn fake_sentry() -> (std::net::SocketAddr, Received) {
 /// and weir's release; a malformed DSN is a config error that does not show the DSN.
 #[test]
 fn sentry_gets_the_error_that_stops_weir() {
-    let (addr, got) = fake_sentry();
+    let (addr, got) = fake_endpoint();
     let dir = tempfile::tempdir().unwrap();
     let input = write(dir.path(), "in.txt", "a\nb\nc\n");
     let sentry = |dsn: &str| {
@@ -405,4 +406,111 @@ fn sentry_gets_the_error_that_stops_weir() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("key `monitoring.sentry.dsn`"), "{stderr}");
     assert!(!stderr.contains("secretish"), "{stderr}");
+}
+
+/// Snowbridge's `monitoring { metadata_reporter }`: every period's counts reach the endpoint as
+/// `event_forwarding_metrics` events, with the tags; failures with an error code are
+/// aggregated by code and component. Summed over the reports, the counts are the run's.
+#[test]
+fn the_metadata_reporter_sends_each_periods_counts_and_coded_errors() {
+    let (addr, got) = fake_endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        std::fs::read_to_string(repo_root().join("examples/data/micro-media-session.tsv")).unwrap();
+    let mut input: Vec<&str> = fixture.lines().filter(|l| !l.is_empty()).collect();
+    let events = input.len() as u64;
+    input.insert(5, "not an enriched event");
+    input.insert(9, "nor this");
+    let cfg = write(
+        dir.path(),
+        "p.hcl",
+        &format!(
+            "transform {{\n  use \"spEnrichedFilter\" {{\n    atomic_field = \"event_name\"\n    \
+             regex = \"^page_view$\"\n    filter_action = \"drop\"\n  }}\n  \
+             use \"spEnrichedToJson\" {{}}\n}}\n\
+             target {{\n  use \"stdout\" {{}}\n}}\nfailure_target {{\n  use \"stdout\" {{}}\n}}\n\
+             stats_receiver {{\n  buffer_sec = 1\n}}\n\
+             monitoring {{\n  metadata_reporter {{\n    endpoint = \"http://{addr}/metadata\"\n    \
+             tags = {{\n      pipeline = \"ci\"\n    }}\n  }}\n}}\nlicense {{\n  accept = true\n}}\n"
+        ),
+    );
+    // Half the input, a report that counts it, then the rest: two periods at least.
+    let mut child = weir()
+        .args(["run", "--progress=never"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (first, rest) = input.split_at(input.len() / 2);
+    writeln!(stdin, "{}", first.join("\n")).unwrap();
+    stdin.flush().unwrap();
+    wait_until(
+        "a report that counts the first half",
+        Duration::from_secs(30),
+        || {
+            got.lock().unwrap().iter().any(|(_, b)| {
+                serde_json::from_slice::<serde_json::Value>(b).unwrap()["data"]["successCount"]
+                    .as_u64()
+                    .is_some_and(|n| n > 0)
+            })
+        },
+    );
+    writeln!(stdin, "{}", rest.join("\n")).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let written = summary(&stderr, "written").unwrap();
+    let filtered = summary(&stderr, "filtered").unwrap();
+    assert_eq!(summary(&stderr, "failed"), Some(2), "{stderr}");
+    let reports: Vec<serde_json::Value> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(path, body)| {
+            assert_eq!(path, "/metadata");
+            serde_json::from_slice(body).unwrap()
+        })
+        .collect();
+    assert!(reports.len() >= 2, "{reports:?}");
+    let sum = |k: &str| -> u64 { reports.iter().map(|r| r["data"][k].as_u64().unwrap()).sum() };
+    assert_eq!(
+        (
+            sum("successCount"),
+            sum("filteredCount"),
+            sum("invalidCount"),
+            sum("failedCount")
+        ),
+        (written, filtered, 2, 0),
+        "{reports:?}"
+    );
+    assert_eq!(written + filtered, events);
+    let errors: Vec<&serde_json::Value> = reports
+        .iter()
+        .filter_map(|r| r["data"]["invalidErrors"].as_array())
+        .flatten()
+        .collect();
+    let counted: u64 = errors.iter().map(|e| e["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 2, "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e["code"] == "TransformationError"
+            && e["description"] == "transforms[0] (spEnrichedFilter)"),
+        "{errors:?}"
+    );
+    for r in &reports {
+        assert_eq!(
+            r["schema"],
+            "iglu:com.snowplowanalytics.snowplow/event_forwarding_metrics/jsonschema/1-0-0"
+        );
+        assert_eq!(r["data"]["tags"]["pipeline"], "ci");
+        assert_eq!(r["data"]["appName"], "weir");
+        let (start, end) = (
+            r["data"]["periodStart"].as_str().unwrap(),
+            r["data"]["periodEnd"].as_str().unwrap(),
+        );
+        assert!(start.ends_with('Z') && start <= end, "{r}");
+    }
 }

@@ -120,6 +120,8 @@ pub struct PipelineConfig {
     pub failure: Box<dyn SinkConfig>,
     pub batch: BatchConfig,
     pub limits: LimitsConfig,
+    /// `[bad_rows]`: how failed records are written.
+    pub bad_rows: crate::badrow::BadRowsConfig,
     pub http: Option<HttpConfig>,
     pub metrics: MetricsConfig,
     /// `[monitoring]`: heartbeats and alerts to a webhook (Snowbridge's `monitoring` block).
@@ -144,6 +146,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "failure",
     "batch",
     "limits",
+    "bad_rows",
     "http",
     "metrics",
     "monitoring",
@@ -285,6 +288,10 @@ impl PipelineConfig {
             .map(|v| top.child("limits").deserialize(v))
             .transpose()?
             .unwrap_or_default();
+        let bad_rows: crate::badrow::BadRowsConfig = section("bad_rows")
+            .map(|v| top.child("bad_rows").deserialize(v))
+            .transpose()?
+            .unwrap_or_default();
         let http: Option<HttpConfig> = section("http")
             .map(|v| top.child("http").deserialize(v))
             .transpose()?;
@@ -324,6 +331,7 @@ impl PipelineConfig {
             }
         }
         Ok(PipelineConfig {
+            bad_rows,
             file: file.to_string(),
             source,
             transforms,
@@ -354,7 +362,10 @@ impl PipelineConfig {
                 seconds: metrics::histogram!("weir_transform_batch_seconds", "transform" => t.label.clone()),
             });
         }
-        Ok(Chain { stages })
+        Ok(Chain {
+            stages,
+            keep_originals: self.bad_rows.format == crate::badrow::Format::EventForwarding,
+        })
     }
 }
 
@@ -370,6 +381,9 @@ fn registry_parse<B: ?Sized>(
 /// One instance of the transform chain, owned by one worker.
 pub struct Chain {
     stages: Vec<Stage>,
+    /// Each record keeps what the source read (`Meta::original`) for `event_forwarding` bad
+    /// rows: a reference to the same bytes, set before the first transform.
+    keep_originals: bool,
 }
 
 struct Stage {
@@ -385,6 +399,14 @@ impl Chain {
     /// every transform, so that transforms with time-driven output (windows, expiry) can emit
     /// records while no input arrives.
     pub fn process(&mut self, batch: &mut Batch) {
+        if self.keep_originals && !self.stages.is_empty() {
+            for r in &mut batch.records {
+                let meta = r.meta.get_or_insert_with(Default::default);
+                if meta.original.is_none() {
+                    meta.original = Some(r.value.clone());
+                }
+            }
+        }
         for s in &mut self.stages {
             let (f0, x0) = (batch.filtered.len(), batch.failed.len());
             let t = Instant::now();
@@ -460,8 +482,23 @@ pub async fn run(
     let abort = CancellationToken::new();
     let q = cfg.batch.queue;
 
+    let tally = cfg
+        .monitoring
+        .metadata_reporter
+        .as_ref()
+        .map(|_| Arc::new(crate::monitoring::ErrorTally::default()));
+    let metadata_reporter = cfg.monitoring.metadata_reporter.clone().map(|m| {
+        tokio::spawn(crate::monitoring::run_metadata_reporter(
+            m,
+            stats.clone(),
+            tally.clone().expect("made with the reporter"),
+            statsd_stop.clone(),
+        ))
+    });
     let bad_rows = BadRows {
         max_payload_bytes: cfg.limits.bad_row_max_payload_bytes.0 as usize,
+        format: cfg.bad_rows.format,
+        tally,
     };
     // Build every component before anything is read: each creates its clients and checks that
     // it can use them, so one that cannot fails the start, naming itself (`crate::setup`).
@@ -676,7 +713,7 @@ pub async fn run(
         r?;
     }
     statsd_stop.cancel();
-    for task in [statsd, webhook].into_iter().flatten() {
+    for task in [statsd, webhook, metadata_reporter].into_iter().flatten() {
         let _ = task.await;
     }
     let snapshot = stats.snapshot();

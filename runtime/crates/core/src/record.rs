@@ -32,6 +32,10 @@ pub struct Meta {
     pub timestamp: Option<i64>,
     /// Message headers, in order (a name may repeat).
     pub headers: Vec<(String, Bytes)>,
+    /// The record as the source read it, kept through the transforms only when bad rows are
+    /// written as `event_forwarding` errors (their `payload`; the failing value is their
+    /// `latestState`). Never written by sinks.
+    pub original: Option<Bytes>,
 }
 
 impl Record {
@@ -71,6 +75,12 @@ pub enum FailureKind {
     /// parameter at fault (empty when none applies); the record holds the payload as base64 of
     /// its Thrift encoding, as Snowplow's bad rows do.
     CollectorPayloadFormat { field: &'static str },
+    /// A sink's endpoint refused the record (an HTTP status a response rule calls invalid):
+    /// `generic_error`, or an `event_forwarding_error` of type `api` with the status as code.
+    Api { status: u16 },
+    /// A template could not be rendered over the record: `generic_error`, or an
+    /// `event_forwarding_error` of type `template`.
+    Template,
 }
 
 /// A record that failed, with the reason; it goes to the failure sink as a Snowplow bad row.

@@ -764,11 +764,10 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
         s.known(cx, &["format"], &[])?;
         match s.string(cx, "format")?.as_deref() {
             None | Some("snowplow") => {}
-            Some("event_forwarding") => {
-                return Err(cx.err(
-                    &s.key("format"),
-                    unsupported("failure format", "event_forwarding", 18),
-                ))
+            Some(f @ "event_forwarding") => {
+                let mut t = V::table();
+                t.set("format", V::Str(f.to_string()));
+                root.set("bad_rows", t);
             }
             Some(other) => {
                 return Err(cx.err(
@@ -853,11 +852,23 @@ fn translate_top(cx: &mut Cx, top: &Section) -> Result<V, ConfigError> {
     if let Some(b) = top.block(cx, "monitoring")? {
         let s = top.sub(cx, b)?;
         s.known(cx, &[], &["webhook", "metadata_reporter"])?;
-        if s.block(cx, "metadata_reporter")?.is_some() {
-            return Err(cx.err(
-                &s.key("metadata_reporter"),
-                unsupported("monitoring", "metadata_reporter", 18),
-            ));
+        if let Some(m) = s.block(cx, "metadata_reporter")? {
+            let m = s.sub(cx, m)?;
+            m.known(cx, &["endpoint", "tags"], &[])?;
+            let mut t = V::table();
+            let endpoint = m.string(cx, "endpoint")?;
+            t.set("endpoint", V::Str(m.required(cx, "endpoint", endpoint)?));
+            if let Some(tags) = m.string_table(cx, "tags")? {
+                t.set("tags", tags);
+            }
+            // Snowbridge reports at the stats receiver's interval (`buffer_sec`, default 60 s).
+            let every = match top.block(cx, "stats_receiver")? {
+                Some(b) => top.sub(cx, b)?.int(cx, "buffer_sec")?.unwrap_or(60),
+                None => 60,
+            };
+            t.set("interval", V::Str(format!("{}s", every.max(1))));
+            cx.map("monitoring.metadata_reporter", m.path.clone());
+            root.table_at("monitoring").set("metadata_reporter", t);
         }
         if let Some(w) = s.block(cx, "webhook")? {
             let w = s.sub(cx, w)?;
@@ -1673,7 +1684,8 @@ fn target(
             Ok(out)
         }
         "http" => http_target(cx, s, prefix, main),
-        "pubsub" | "eventhub" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
+        "eventhub" => eventhub_target(cx, s, prefix, main),
+        "pubsub" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
         other => Err(cx.err(
             &s.path,
             unknown_component(
@@ -1685,6 +1697,111 @@ fn target(
             ),
         )),
     }
+}
+
+/// Where Event Hubs' Kafka endpoint listens: `<namespace>.servicebus.windows.net:9093`, or a
+/// namespace given as a host name (with a dot: another Azure cloud, e.g.
+/// `ns.servicebus.chinacloudapi.cn`) and optional port, as it is.
+pub const EVENTHUB_DOMAIN: &str = "servicebus.windows.net";
+/// The connection string's variable, as Snowbridge's Event Hubs client reads it.
+pub const EVENTHUB_CONNECTION_STRING: &str = "EVENTHUB_CONNECTION_STRING";
+
+/// Snowbridge's `eventhub` target (`pkg/target/eventhub`) as weir's `kafka` sink on Event Hubs'
+/// Kafka endpoint: SASL PLAIN over TLS, user `$ConnectionString`, the connection string from
+/// `EVENTHUB_CONNECTION_STRING` as the password (read when weir runs, never written out).
+fn eventhub_target(
+    cx: &mut Cx,
+    s: &Section,
+    prefix: &str,
+    main: Option<(&mut V, &mut V)>,
+) -> Result<V, ConfigError> {
+    s.known(
+        cx,
+        &[
+            "namespace",
+            "name",
+            "max_auto_retries",
+            "context_timeout_in_seconds",
+            "set_eh_partition_key",
+        ],
+        &["batching"],
+    )?;
+    let b = batching(cx, s, main)?;
+    let mut out = typed("kafka");
+    let Some(namespace) = s.string(cx, "namespace")?.filter(|n| !n.is_empty()) else {
+        return Err(cx.err(
+            &s.key("namespace"),
+            "expected the Event Hubs namespace, found nothing",
+        ));
+    };
+    let host = if namespace.contains('.') {
+        namespace.clone()
+    } else {
+        format!("{namespace}.{EVENTHUB_DOMAIN}")
+    };
+    let bootstrap = if host.contains(':') {
+        host
+    } else {
+        format!("{host}:9093")
+    };
+    out.set("bootstrap_servers", V::Str(bootstrap));
+    cx.map(format!("{prefix}.bootstrap_servers"), s.key("namespace"));
+    put_str(cx, s, &mut out, prefix, "name", "topic", true)?;
+    let mut tls = V::table();
+    tls.set("verify", V::Bool(true));
+    out.set("tls", tls);
+    let mut sasl = V::table();
+    sasl.set("mechanism", V::Str("PLAIN".into()));
+    sasl.set("username", V::Str("$ConnectionString".into()));
+    let mut password = V::table();
+    password.set("env", V::Str(EVENTHUB_CONNECTION_STRING.into()));
+    sasl.set("password", password);
+    out.set("sasl", sasl);
+    cx.map(format!("{prefix}.sasl"), s.path.clone());
+    cx.note(
+        &s.path,
+        format!(
+            "weir writes to Event Hubs through its Kafka endpoint, authenticated by \
+             `{EVENTHUB_CONNECTION_STRING}` (EVENTHUB_KEY_NAME / EVENTHUB_KEY_VALUE and Azure AD \
+             credentials are not supported)"
+        ),
+    );
+    // Snowbridge's default maximum message size is 1,000,000 bytes (Event Hubs' own limit is
+    // 1 MiB per event on the standard tier).
+    out.set(
+        "max_message_bytes",
+        V::Int(b.max_message_bytes.unwrap_or(1_000_000)),
+    );
+    cx.map(
+        format!("{prefix}.max_message_bytes"),
+        s.key("batching.max_message_bytes"),
+    );
+    if let Some(n) = s.int(cx, "max_auto_retries")? {
+        cx.note(
+            &s.key("max_auto_retries"),
+            format!("{n}: weir's producer retries until `delivery_timeout`, then the pipeline retries the batch"),
+        );
+    }
+    if let Some(secs) = s.int(cx, "context_timeout_in_seconds")? {
+        if secs < 1 {
+            return Err(cx.err(
+                &s.key("context_timeout_in_seconds"),
+                format!("expected at least 1 second, found {secs}"),
+            ));
+        }
+        out.set("delivery_timeout", V::Str(format!("{secs}s")));
+        cx.map(
+            format!("{prefix}.delivery_timeout"),
+            s.key("context_timeout_in_seconds"),
+        );
+    }
+    if s.bool(cx, "set_eh_partition_key")? == Some(false) {
+        cx.note(
+            &s.key("set_eh_partition_key"),
+            "false: weir still sends a record's partition key, when it has one, as the Kafka key",
+        );
+    }
+    Ok(out)
 }
 
 /// Snowbridge's `http` target (`pkg/target/http/http.go`) as weir's `http` sink.

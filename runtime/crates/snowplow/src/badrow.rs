@@ -8,6 +8,9 @@ pub const GENERIC_ERROR: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/generic_error/jsonschema/1-0-0";
 pub const SIZE_VIOLATION: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/size_violation/jsonschema/1-0-0";
+/// Snowbridge's `failure_parser { format = "event_forwarding" }` bad row.
+pub const EVENT_FORWARDING_ERROR: &str =
+    "iglu:com.snowplowanalytics.snowplow.badrows/event_forwarding_error/jsonschema/1-0-0";
 pub const COLLECTOR_PAYLOAD_FORMAT_VIOLATION: &str =
     "iglu:com.snowplowanalytics.snowplow.badrows/collector_payload_format_violation/jsonschema/1-0-0";
 
@@ -25,6 +28,15 @@ pub enum Failure<'a> {
     /// `collector_payload_format_violation`: a collector payload that is not tracker protocol.
     /// `field` names the payload field or tracker parameter at fault (empty when none applies).
     CollectorPayloadFormat { field: &'a str, reason: &'a str },
+    /// `event_forwarding_error` (Snowbridge's event forwarding failures): the payload is the
+    /// record as it was read, `latest_state` what it had become when it failed; `error_type`
+    /// is `transformation`, `api` or `template` (or empty), `code` e.g. an HTTP status.
+    EventForwarding {
+        error_type: &'a str,
+        message: &'a str,
+        code: &'a str,
+        latest_state: &'a [u8],
+    },
 }
 
 impl Failure<'_> {
@@ -34,6 +46,7 @@ impl Failure<'_> {
             Failure::Generic { .. } => GENERIC_ERROR,
             Failure::SizeViolation { .. } => SIZE_VIOLATION,
             Failure::CollectorPayloadFormat { .. } => COLLECTOR_PAYLOAD_FORMAT_VIOLATION,
+            Failure::EventForwarding { .. } => EVENT_FORWARDING_ERROR,
         }
     }
 }
@@ -46,7 +59,9 @@ pub struct Processor<'a> {
 }
 
 /// The bad row for `failure` of `payload` at `now_ms`, with the payload cut to
-/// `max_payload_bytes` (at a character boundary; invalid UTF-8 replaced).
+/// `max_payload_bytes` (at a character boundary; invalid UTF-8 replaced). An
+/// `event_forwarding_error`'s latest state shares that budget and is cut first, as Snowbridge
+/// does.
 pub fn to_json(
     processor: Processor<'_>,
     failure: Failure<'_>,
@@ -55,6 +70,9 @@ pub fn to_json(
     now_ms: i64,
 ) -> Vec<u8> {
     let (text, truncated) = truncated_text(payload, max_payload_bytes);
+    // An event forwarding error's latest state gets what the payload (the record as read)
+    // leaves of the budget.
+    let latest_budget = max_payload_bytes.saturating_sub(text.len());
     let mut timestamp = String::with_capacity(24);
     if crate::tracker::format_tstamp(now_ms, &mut timestamp) {
         timestamp.replace_range(10..11, "T");
@@ -117,6 +135,28 @@ pub fn to_json(
                 }
             })
         }
+        Failure::EventForwarding {
+            error_type,
+            message,
+            code,
+            latest_state,
+        } => {
+            let (latest, _) = truncated_text(latest_state, latest_budget);
+            json!({
+                "schema": EVENT_FORWARDING_ERROR,
+                "data": {
+                    "processor": processor,
+                    "failure": {
+                        "timestamp": timestamp,
+                        "errorType": error_type,
+                        "errorMessage": message,
+                        "errorCode": code,
+                        "latestState": latest,
+                    },
+                    "payload": text,
+                }
+            })
+        }
     };
     serde_json::to_vec(&doc).expect("a json! value serialises")
 }
@@ -143,6 +183,70 @@ fn truncated_text(bytes: &[u8], max: usize) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Snowbridge's own vectors (pkg/failure/event_forwarding_test.go), timestamp aside.
+    #[test]
+    fn event_forwarding_errors_match_snowbridges() {
+        for (error_type, message, code) in [
+            ("transformation", "failure: failure", "TransformationError"),
+            ("template", "failure: failure", ""),
+            ("api", "HTTP Status Code: 401 Body: unauthorised", "401"),
+        ] {
+            let mut v = parse(to_json(
+                Processor {
+                    artifact: "test",
+                    version: "0.1.0",
+                },
+                Failure::EventForwarding {
+                    error_type,
+                    message,
+                    code,
+                    latest_state: b"Hello EventForwarding!!",
+                },
+                b"EventForwarding",
+                5000,
+                0,
+            ));
+            assert_eq!(
+                v["data"]["failure"]["timestamp"],
+                "1970-01-01T00:00:00.000Z"
+            );
+            v["data"]["failure"]["timestamp"] = json!("0001-01-01T00:00:00Z");
+            assert_eq!(
+                v,
+                json!({
+                    "data": {
+                        "processor": {"artifact": "test", "version": "0.1.0"},
+                        "payload": "EventForwarding",
+                        "failure": {
+                            "latestState": "Hello EventForwarding!!",
+                            "timestamp": "0001-01-01T00:00:00Z",
+                            "errorType": error_type,
+                            "errorMessage": message,
+                            "errorCode": code,
+                        },
+                    },
+                    "schema": EVENT_FORWARDING_ERROR,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_forwarding_error_cuts_its_latest_state_before_its_payload() {
+        let ef = |latest: &'static [u8]| Failure::EventForwarding {
+            error_type: "transformation",
+            message: "m",
+            code: "TypeError",
+            latest_state: latest,
+        };
+        let v = parse(to_json(WEIR, ef(b"0123456789"), b"abcdef", 10, 0));
+        assert_eq!(v["data"]["payload"], "abcdef");
+        assert_eq!(v["data"]["failure"]["latestState"], "0123");
+        let v = parse(to_json(WEIR, ef(b"0123456789"), b"abcdefghijkl", 10, 0));
+        assert_eq!(v["data"]["payload"], "abcdefghij");
+        assert_eq!(v["data"]["failure"]["latestState"], "");
+    }
 
     const WEIR: Processor<'static> = Processor {
         artifact: "weir",

@@ -210,6 +210,7 @@ impl Sink for FanoutSink {
                             Refusal {
                                 reason: texts.join("; "),
                                 oversized,
+                                kind: None,
                             },
                         )
                     })
@@ -379,6 +380,7 @@ mod tests {
                             .to_string(),
                         // One child refused it for its size: a size violation, with that limit.
                         oversized: Some((2000, 1000)),
+                        kind: None,
                     }
                 ),
                 (2, Refusal::from("fanout sinks[2] (fake) rejected it: bad")),

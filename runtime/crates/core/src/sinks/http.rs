@@ -605,10 +605,9 @@ impl HttpSink {
                         Err(e) => {
                             refused.push((
                                 i,
-                                format!(
+                                Refusal::template(format!(
                                     "record is not JSON, which the http sink's template needs: {e}"
-                                )
-                                .into(),
+                                )),
                             ));
                             false
                         }
@@ -631,8 +630,11 @@ impl HttpSink {
             Ok(Some(b)) => b,
             Ok(None) => return out,
             Err(why) => {
-                out.refused
-                    .extend(req.records.iter().map(|&i| (i, why.clone().into())));
+                out.refused.extend(
+                    req.records
+                        .iter()
+                        .map(|&i| (i, Refusal::template(why.clone()))),
+                );
                 return out;
             }
         };
@@ -708,7 +710,12 @@ impl HttpSink {
                 out.refused = req
                     .records
                     .iter()
-                    .map(|&i| (i, format!("the endpoint refused the record: {why}").into()))
+                    .map(|&i| {
+                        (
+                            i,
+                            Refusal::api(format!("the endpoint refused the record: {why}"), status),
+                        )
+                    })
                     .collect();
             }
             RuleType::Throttle => out.error = Some(SinkError::Throttled(e())),

@@ -118,6 +118,9 @@ pub struct Refusal {
     /// The record's size and the target's limit, when it is refused for its size: it becomes a
     /// `size_violation` bad row (as Snowbridge writes them), not a `generic_error`.
     pub oversized: Option<(usize, usize)>,
+    /// What kind of refusal it is, when it is more than a generic one (an endpoint's answer,
+    /// a template); decides an `event_forwarding` bad row's error type and code.
+    pub kind: Option<crate::record::FailureKind>,
 }
 
 impl Refusal {
@@ -126,14 +129,32 @@ impl Refusal {
         Refusal {
             reason: reason.into(),
             oversized: Some((actual, limit)),
+            kind: None,
+        }
+    }
+
+    /// A record an endpoint refused with HTTP `status`.
+    pub fn api(reason: impl Into<String>, status: u16) -> Refusal {
+        Refusal {
+            kind: Some(crate::record::FailureKind::Api { status }),
+            ..Refusal::from(reason.into())
+        }
+    }
+
+    /// A record a template could not be rendered over.
+    pub fn template(reason: impl Into<String>) -> Refusal {
+        Refusal {
+            kind: Some(crate::record::FailureKind::Template),
+            ..Refusal::from(reason.into())
         }
     }
 
     /// The bad-row kind this refusal is written as.
     pub fn kind(&self) -> crate::record::FailureKind {
-        match self.oversized {
-            Some((actual, limit)) => crate::record::FailureKind::Oversized { actual, limit },
-            None => crate::record::FailureKind::Invalid,
+        match (self.oversized, self.kind) {
+            (Some((actual, limit)), _) => crate::record::FailureKind::Oversized { actual, limit },
+            (None, Some(kind)) => kind,
+            (None, None) => crate::record::FailureKind::Invalid,
         }
     }
 }
@@ -143,6 +164,7 @@ impl From<String> for Refusal {
         Refusal {
             reason,
             oversized: None,
+            kind: None,
         }
     }
 }

@@ -945,6 +945,7 @@ impl Source for KafkaSource {
                                     .collect()
                             })
                             .unwrap_or_default(),
+                        original: None,
                     };
                     let record = Record {
                         value: if payload.len() > ctx.max_record_bytes {

@@ -314,6 +314,7 @@ mod tests {
                 offset,
                 timestamp: Some(1_795_677_553_600),
                 headers: vec![("h".into(), Bytes::from_static(b"v"))],
+                original: None,
             }))
         };
         let records = vec![
