@@ -216,13 +216,19 @@ fn a_table_that_is_not_weirs_fails_the_start_with_what_was_expected() {
     assert!(!log.contains("hunter2secret"), "{log}");
 }
 
-/// weir reading profiles from its stdin into the shared table, with a dashboard or not.
+/// weir reading profiles from its stdin into the shared table, with a dashboard (and a
+/// `/metrics` endpoint) or not.
 fn instance(pg: &Postgres, dir: &std::path::Path, name: &str, dashboard: bool) -> Logged {
     let cfg = write(
         dir,
         &format!("{name}.toml"),
         &format!(
-            "[source]\ntype = \"stdin\"\n{}[batch]\nflush_interval = \"10ms\"\n",
+            "[source]\ntype = \"stdin\"\n[batch]\nflush_interval = \"10ms\"\n{}\n{}",
+            if dashboard {
+                "[http]\naddress = \"127.0.0.1:0\"\n"
+            } else {
+                ""
+            },
             sink_config(
                 pg,
                 if dashboard {
@@ -247,6 +253,7 @@ fn two_instances_write_one_table_and_one_dashboard_shows_both_live() {
     let pg = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let mut a = instance(&pg, dir.path(), "a", true);
+    let metrics_addr = a.bound("serving /healthz").to_string();
     let addr = a.bound("live dashboard").to_string();
     let mut b = instance(&pg, dir.path(), "b", false);
     b.wait_for("b to connect", WAIT, |l| {
@@ -309,6 +316,26 @@ fn two_instances_write_one_table_and_one_dashboard_shows_both_live() {
         "from-a",
     );
     eprintln!("write in one instance → pushed by the other's dashboard: {latencies:?}");
+    // A's own write and nothing stale: one row applied by A (B's are B's).
+    let metrics = http_get(&metrics_addr, "/metrics").unwrap();
+    let rows = |outcome: &str| {
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(&format!(
+                "weir_postgres_rows_total{{outcome=\"{outcome}\"}} "
+            ))?
+            .parse::<f64>()
+            .ok()
+        })
+    };
+    assert_eq!(
+        (rows("applied"), rows("skipped")),
+        (Some(1.0), Some(0.0)),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_postgres_commit_seconds"),
+        "{metrics}"
+    );
 
     let body = http_get(&addr, "/api/viewers").unwrap();
     let snap: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -365,7 +392,7 @@ fn produce(bootstrap: &str, topic: &str, range: std::ops::Range<usize>, viewers:
 
 #[test]
 fn a_sigkill_and_a_postgresql_restart_mid_run_lose_nothing() {
-    const VIEWERS: usize = 3000;
+    const VIEWERS: usize = 10_000;
     let kafka = kafka_support::shared();
     kafka.create_topic("pg-in", 4, 1, &[]);
     let pg = Postgres::start();
@@ -413,8 +440,12 @@ fn a_sigkill_and_a_postgresql_restart_mid_run_lose_nothing() {
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{log}");
     let at_kill = rows_at(1.0);
 
-    // Restarted: what was not committed is read again.
+    // Restarted: what was not committed is read again. (Running before PostgreSQL stops: a
+    // sink that cannot reach its database at start fails the start, by design.)
     let mut weir = start();
+    weir.wait_for("the restarted pipeline", WAIT, |l| {
+        l.contains("pipeline running").then_some(())
+    });
     wait_until("every first profile after the restart", WAIT, || {
         rows_at(1.0) == VIEWERS
     });

@@ -22,6 +22,9 @@
 //! - `notify` (default on): a trigger sends each changed key on a `LISTEN`/`NOTIFY` channel. A
 //!   `[sink.dashboard]` on this sink listens on it, so every instance writing the table feeds it
 //!   live, not only its own writes; its snapshot is a query of the table.
+//! - Metrics: `weir_postgres_rows_total{outcome}` (`applied`; `skipped`: an update older than
+//!   the stored row, a removal of a row already gone), `weir_postgres_commit_seconds`,
+//!   `weir_postgres_reconnects_total`, `weir_postgres_swept_total`.
 //! - The connection string is a secret value (`{ env = "…" }` or `{ file = "…" }`); TLS through
 //!   rustls: `sslmode=require` (or `prefer`, libpq's default) in the URL, the system's CAs or
 //!   `tls.ca_file`, a client certificate for mutual TLS, verification on unless
@@ -992,6 +995,7 @@ impl PostgresSink {
                 .await
                 .map_err(SinkError::Setup)?;
             tracing::info!(at = %at, "postgres: connected");
+            metrics::counter!("weir_postgres_reconnects_total").increment(1);
             self.client = Some(w);
         }
         Ok(self.client.as_ref().expect("connected"))
@@ -1031,9 +1035,19 @@ impl PostgresSink {
             client.batch_execute("COMMIT").await?;
             Ok::<_, tokio_postgres::Error>(applied)
         };
+        let sent: usize = runs.iter().map(Vec::len).sum();
+        let t0 = std::time::Instant::now();
         let result = tokio::time::timeout(timeout, work).await;
         match result {
-            Ok(Ok(applied)) => Ok(applied),
+            Ok(Ok(applied)) => {
+                metrics::histogram!("weir_postgres_commit_seconds")
+                    .record(t0.elapsed().as_secs_f64());
+                metrics::counter!("weir_postgres_rows_total", "outcome" => "applied")
+                    .increment(applied.len() as u64);
+                metrics::counter!("weir_postgres_rows_total", "outcome" => "skipped")
+                    .increment(sent.saturating_sub(applied.len()) as u64);
+                Ok(applied)
+            }
             Ok(Err(e)) => {
                 let class = classify(&e);
                 // A failed transaction is rolled back by closing its connection with it.
