@@ -166,6 +166,19 @@ fn the_newest_profile_wins_once_per_viewer_and_bad_records_are_bad_rows() {
     assert_eq!(live.len(), 291);
 }
 
+/// Runs weir on `cfg`, which must fail to start; its log.
+fn failed_start(cfg: &std::path::Path) -> String {
+    let out = weir()
+        .arg("run")
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = strip_ansi(&String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{log}");
+    log
+}
+
 #[test]
 fn a_table_that_is_not_weirs_fails_the_start_with_what_was_expected() {
     let pg = Postgres::start();
@@ -179,14 +192,7 @@ fn a_table_that_is_not_weirs_fails_the_start_with_what_was_expected() {
             sink_config(&pg, "create_table = false")
         ),
     );
-    let out = weir()
-        .arg("run")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = strip_ansi(&String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{log}");
+    let log = failed_start(&cfg);
     assert!(
         log.contains("expected a column `doc` of type jsonb, found type json"),
         "{log}"
@@ -201,14 +207,7 @@ fn a_table_that_is_not_weirs_fails_the_start_with_what_was_expected() {
             pg.port
         ),
     );
-    let out = weir()
-        .arg("run")
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = strip_ansi(&String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{log}");
+    let log = failed_start(&cfg);
     assert!(
         log.contains("cannot connect to PostgreSQL at 127.0.0.1:"),
         "{log}"
@@ -592,14 +591,7 @@ fn tls_is_verified_against_the_ca_the_connection_string_names() {
         ["playing"]
     );
 
-    let out = weir()
-        .arg("run")
-        .arg(cfg("stranger.toml", &stranger))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = strip_ansi(&String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{log}");
+    let log = failed_start(&cfg("stranger.toml", &stranger));
     assert!(
         log.contains("the server's TLS certificate is not trusted"),
         "{log}"

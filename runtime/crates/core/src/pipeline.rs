@@ -971,7 +971,7 @@ async fn to_failure_sink<'a>(
         .map(|(r, refusal)| {
             bad_rows.encode(&Failed {
                 record: r.clone(),
-                kind: refusal.kind(),
+                kind: refusal.kind,
                 component: component.clone(),
                 reason: refusal.reason,
             })

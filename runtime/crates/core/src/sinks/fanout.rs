@@ -191,7 +191,7 @@ impl Sink for FanoutSink {
             for (i, refusal) in part.take_rejected() {
                 let (texts, oversized) = reasons.entry(i).or_default();
                 texts.push(format!("fanout {} rejected it: {refusal}", child.label));
-                if let Some((actual, limit)) = refusal.oversized {
+                if let Some((actual, limit)) = refusal.oversized_by() {
                     if oversized.is_none_or(|(_, l)| limit < l) {
                         *oversized = Some((actual, limit));
                     }
@@ -207,10 +207,11 @@ impl Sink for FanoutSink {
                     .map(|(i, (texts, oversized))| {
                         (
                             i,
-                            Refusal {
-                                reason: texts.join("; "),
-                                oversized,
-                                kind: None,
+                            match oversized {
+                                Some((actual, limit)) => {
+                                    Refusal::oversized(texts.join("; "), actual, limit)
+                                }
+                                None => Refusal::from(texts.join("; ")),
                             },
                         )
                     })
@@ -374,14 +375,13 @@ mod tests {
             vec![
                 (
                     1,
-                    Refusal {
-                        reason: "fanout sinks[0] (fake) rejected it: too large; \
-                                 fanout sinks[2] (fake) rejected it: no key"
-                            .to_string(),
-                        // One child refused it for its size: a size violation, with that limit.
-                        oversized: Some((2000, 1000)),
-                        kind: None,
-                    }
+                    // One child refused it for its size: a size violation, with that limit.
+                    Refusal::oversized(
+                        "fanout sinks[0] (fake) rejected it: too large; \
+                         fanout sinks[2] (fake) rejected it: no key",
+                        2000,
+                        1000
+                    )
                 ),
                 (2, Refusal::from("fanout sinks[2] (fake) rejected it: bad")),
             ]

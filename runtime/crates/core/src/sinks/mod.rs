@@ -115,12 +115,10 @@ pub enum SinkError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub reason: String,
-    /// The record's size and the target's limit, when it is refused for its size: it becomes a
-    /// `size_violation` bad row (as Snowbridge writes them), not a `generic_error`.
-    pub oversized: Option<(usize, usize)>,
-    /// What kind of refusal it is, when it is more than a generic one (an endpoint's answer,
-    /// a template); decides an `event_forwarding` bad row's error type and code.
-    pub kind: Option<crate::record::FailureKind>,
+    /// The bad row it becomes: `Invalid` (`generic_error`); `Oversized` with the record's size
+    /// and the target's limit (`size_violation`, as Snowbridge writes them); `Api` or
+    /// `Template` (an `event_forwarding` bad row's error type and code).
+    pub kind: crate::record::FailureKind,
 }
 
 impl Refusal {
@@ -128,15 +126,14 @@ impl Refusal {
     pub fn oversized(reason: impl Into<String>, actual: usize, limit: usize) -> Refusal {
         Refusal {
             reason: reason.into(),
-            oversized: Some((actual, limit)),
-            kind: None,
+            kind: crate::record::FailureKind::Oversized { actual, limit },
         }
     }
 
     /// A record an endpoint refused with HTTP `status`.
     pub fn api(reason: impl Into<String>, status: u16) -> Refusal {
         Refusal {
-            kind: Some(crate::record::FailureKind::Api { status }),
+            kind: crate::record::FailureKind::Api { status },
             ..Refusal::from(reason.into())
         }
     }
@@ -144,17 +141,16 @@ impl Refusal {
     /// A record a template could not be rendered over.
     pub fn template(reason: impl Into<String>) -> Refusal {
         Refusal {
-            kind: Some(crate::record::FailureKind::Template),
+            kind: crate::record::FailureKind::Template,
             ..Refusal::from(reason.into())
         }
     }
 
-    /// The bad-row kind this refusal is written as.
-    pub fn kind(&self) -> crate::record::FailureKind {
-        match (self.oversized, self.kind) {
-            (Some((actual, limit)), _) => crate::record::FailureKind::Oversized { actual, limit },
-            (None, Some(kind)) => kind,
-            (None, None) => crate::record::FailureKind::Invalid,
+    /// The record's size and the target's limit, when it is refused for its size.
+    pub fn oversized_by(&self) -> Option<(usize, usize)> {
+        match self.kind {
+            crate::record::FailureKind::Oversized { actual, limit } => Some((actual, limit)),
+            _ => None,
         }
     }
 }
@@ -163,8 +159,7 @@ impl From<String> for Refusal {
     fn from(reason: String) -> Refusal {
         Refusal {
             reason,
-            oversized: None,
-            kind: None,
+            kind: crate::record::FailureKind::Invalid,
         }
     }
 }

@@ -42,6 +42,7 @@ use serde::Deserialize;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client};
 
+use super::http::HttpTls;
 use super::{Progress, Refusal, Sink, SinkConfig, SinkError, SinkType};
 use crate::config::{ConfigError, Duration as CfgDuration, Origin};
 use crate::dashboard::{self, DashboardConfig, Hub};
@@ -103,18 +104,8 @@ pub struct PostgresConfig {
     pub max_key_bytes: usize,
     #[serde(default = "default_timeout")]
     pub timeout: CfgDuration,
-    pub tls: Option<PgTls>,
+    pub tls: Option<HttpTls>,
     pub dashboard: Option<DashboardConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PgTls {
-    pub ca_file: Option<PathBuf>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    #[serde(default = "yes")]
-    pub verify: bool,
 }
 
 fn yes() -> bool {
@@ -350,7 +341,7 @@ impl Db {
         Secret::new(url.clone());
         let mut config = parse_url(&url).map_err(|e| origin.error("url", e))?;
         // The config's `tls` wins; the URL's libpq parameters fill in what it leaves out.
-        let mut tls = cfg.tls.clone().unwrap_or(PgTls {
+        let mut tls = cfg.tls.clone().unwrap_or(HttpTls {
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -439,7 +430,7 @@ impl Db {
 }
 
 fn tls_connector(
-    tls: Option<&PgTls>,
+    tls: Option<&HttpTls>,
     origin: &Origin,
 ) -> anyhow::Result<tokio_postgres_rustls::MakeRustlsConnect> {
     use rustls_pki_types::pem::PemObject as _;
@@ -599,10 +590,8 @@ struct Names {
     table: String,
     /// The trigger function, in the table's schema.
     function: String,
-    /// The NOTIFY channel: the table's name as written.
+    /// The NOTIFY channel (and the advisory lock's name): the table's name as written.
     channel: String,
-    /// For the advisory lock around schema changes.
-    lock_key: i64,
 }
 
 impl Names {
@@ -613,15 +602,10 @@ impl Names {
             [schema, _] => format!("\"{schema}\".\"weir_notify_change\""),
             _ => "\"weir_notify_change\"".to_string(),
         };
-        // A stable 64-bit key (FNV-1a): the same table takes the same lock in every instance.
-        let lock_key = table.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        }) as i64;
         Names {
             table: quoted.join("."),
             function,
             channel: table.to_string(),
-            lock_key,
         }
     }
 }
@@ -661,13 +645,13 @@ const COLUMNS: &[(&str, &str)] = &[
 ];
 
 async fn create_schema(client: &Client, names: &Names, notify: bool) -> anyhow::Result<()> {
+    // The lock's key is PostgreSQL's own hash of the table's name: the same in every instance.
+    let channel = names.channel.replace('\'', "''");
     let mut sql = format!(
-        "BEGIN;\nSELECT pg_advisory_xact_lock({});\n{}\n",
-        names.lock_key,
+        "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('weir:{channel}'));\n{}\n",
         ddl(names)
     );
     if notify {
-        let channel = names.channel.replace('\'', "''");
         sql.push_str(&format!(
             "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $weir$\n\
              BEGIN\n\
@@ -927,8 +911,19 @@ struct Change<'a> {
     key: String,
     /// `None`: a removal.
     doc: Option<(&'a str, serde_json::Value)>,
-    version_n: Option<f64>,
-    version_s: Option<String>,
+    /// The record's `version_field` value (a number or a string orders it).
+    version: Option<serde_json::Value>,
+}
+
+impl Change<'_> {
+    /// The version as the table's two columns: a number, or text.
+    fn version_columns(&self) -> (Option<f64>, Option<&str>) {
+        match &self.version {
+            Some(serde_json::Value::String(s)) => (None, Some(s)),
+            Some(v) => (v.as_f64(), None),
+            None => (None, None),
+        }
+    }
 }
 
 impl PostgresSink {
@@ -939,17 +934,7 @@ impl PostgresSink {
         if !doc.is_object() {
             return Err(format!("not a JSON object: found {}", json_kind(&doc)));
         }
-        let key = match doc.get(&self.cfg.key_field) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            other => {
-                return Err(format!(
-                    "expected a non-empty string at `{}`, found {}",
-                    self.cfg.key_field,
-                    other.map_or("nothing".to_string(), |v| truncated(&v.to_string()))
-                ))
-            }
-        };
+        let key = super::profiles::row_key(&doc, &self.cfg.key_field)?;
         if key.len() > self.cfg.max_key_bytes {
             return Err(format!(
                 "the key at `{}` is {} bytes, over max_key_bytes ({})",
@@ -966,21 +951,19 @@ impl PostgresSink {
             return Ok(Change {
                 key,
                 doc: None,
-                version_n: None,
-                version_s: None,
+                version: None,
             });
         }
-        let (version_n, version_s) = match self.cfg.version_field.as_ref().and_then(|f| doc.get(f))
-        {
-            Some(serde_json::Value::String(s)) => (None, Some(s.clone())),
-            Some(v) => (v.as_f64(), None),
-            None => (None, None),
-        };
+        let version = self
+            .cfg
+            .version_field
+            .as_ref()
+            .and_then(|f| doc.get(f))
+            .cloned();
         Ok(Change {
             key,
             doc: Some((text, doc)),
-            version_n,
-            version_s,
+            version,
         })
     }
 
@@ -1018,9 +1001,8 @@ impl PostgresSink {
                 if !ups.is_empty() {
                     let keys: Vec<&str> = ups.iter().map(|c| c.key.as_str()).collect();
                     let docs: Vec<&str> = ups.iter().map(|c| c.doc.as_ref().unwrap().0).collect();
-                    let vn: Vec<Option<f64>> = ups.iter().map(|c| c.version_n).collect();
-                    let vs: Vec<Option<&str>> =
-                        ups.iter().map(|c| c.version_s.as_deref()).collect();
+                    let (vn, vs): (Vec<Option<f64>>, Vec<Option<&str>>) =
+                        ups.iter().map(|c| c.version_columns()).unzip();
                     for row in client.query(upsert, &[&keys, &docs, &vn, &vs]).await? {
                         applied.push(Applied::Upserted(row.get(0)));
                     }
@@ -1153,31 +1135,11 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn truncated(s: &str) -> String {
-    if s.len() <= 80 {
-        return s.to_string();
-    }
-    let mut end = 80;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &s[..end], s.len())
-}
-
 fn has_nul(v: &serde_json::Value) -> bool {
     match v {
         serde_json::Value::String(s) => s.contains('\0'),
         serde_json::Value::Array(a) => a.iter().any(has_nul),
         serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
-/// `a` is older than `b` by the version rule (see the module docs).
-fn older(a: &Change, b: &Change) -> bool {
-    match (&a.version_s, &b.version_s, a.version_n, b.version_n) {
-        (Some(x), Some(y), _, _) => x < y,
-        (_, _, Some(x), Some(y)) => x < y,
         _ => false,
     }
 }
@@ -1195,7 +1157,11 @@ fn runs<'c, 'a>(changes: &'c [Change<'a>]) -> Vec<Vec<&'c Change<'a>>> {
         });
         match ops.last_mut() {
             Some(last) if last.doc.is_some() && c.doc.is_some() => {
-                if !older(c, last) {
+                let newer_or_equal = match (&c.version, &last.version) {
+                    (Some(a), Some(b)) => !super::profiles::older(a, b),
+                    _ => true,
+                };
+                if newer_or_equal {
                     *last = c;
                 }
             }
@@ -1289,8 +1255,7 @@ mod tests {
         Change {
             key: key.into(),
             doc: doc.then(|| ("{}", serde_json::json!({}))),
-            version_n: v,
-            version_s: None,
+            version: v.map(|v| serde_json::json!(v)),
         }
     }
 
@@ -1298,7 +1263,7 @@ mod tests {
         runs.iter()
             .map(|r| {
                 r.iter()
-                    .map(|c| match (&c.doc, c.version_n) {
+                    .map(|c| match (&c.doc, c.version_columns().0) {
                         (Some(_), Some(v)) => format!("{}@{v}", c.key),
                         (Some(_), None) => format!("{}+", c.key),
                         (None, _) => format!("{}-", c.key),
@@ -1349,8 +1314,6 @@ mod tests {
         let n = Names::new("live.viewers");
         assert_eq!(n.table, "\"live\".\"viewers\"");
         assert_eq!(n.function, "\"live\".\"weir_notify_change\"");
-        assert_eq!(n.lock_key, Names::new("live.viewers").lock_key);
-        assert_ne!(n.lock_key, Names::new("viewers").lock_key);
     }
 
     #[test]

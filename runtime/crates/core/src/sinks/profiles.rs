@@ -167,17 +167,7 @@ impl ProfileSink {
     fn change(&self, r: &Record) -> Result<Change, String> {
         let doc: serde_json::Value =
             serde_json::from_slice(&r.value).map_err(|e| format!("not a JSON object: {e}"))?;
-        let key = match doc.get(&self.key_field) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(serde_json::Value::Number(n)) => n.to_string(),
-            other => {
-                return Err(format!(
-                    "expected a non-empty string at `{}`, found {}",
-                    self.key_field,
-                    other.map_or("nothing".to_string(), |v| v.to_string())
-                ))
-            }
-        };
+        let key = row_key(&doc, &self.key_field)?;
         if doc.get("removed").and_then(|v| v.as_bool()) == Some(true) {
             Ok(Change::Remove { key })
         } else {
@@ -186,8 +176,21 @@ impl ProfileSink {
     }
 }
 
+/// The row key of a profile: its `key_field`, a non-empty string or a number (the `profiles`
+/// and `postgres` stores).
+pub(crate) fn row_key(doc: &serde_json::Value, key_field: &str) -> Result<String, String> {
+    match doc.get(key_field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+        other => Err(format!(
+            "expected a non-empty string at `{key_field}`, found {}",
+            other.map_or("nothing".to_string(), |v| v.to_string())
+        )),
+    }
+}
+
 /// `a` is older than `b`: numbers numerically, strings (e.g. RFC 3339 timestamps) as text.
-fn older(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+pub(crate) fn older(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     match (a, b) {
         (serde_json::Value::String(x), serde_json::Value::String(y)) => x < y,
         _ => match (a.as_f64(), b.as_f64()) {

@@ -430,7 +430,7 @@ mod tests {
             .reason
             .contains("not UTF-8"));
         assert!(message_body(b"").unwrap_err().reason.contains("empty"));
-        assert_eq!(message_body(&[]).unwrap_err().oversized, None);
+        assert_eq!(message_body(&[]).unwrap_err().oversized_by(), None);
     }
 
     #[test]
