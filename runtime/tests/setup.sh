@@ -50,6 +50,25 @@ if ! "$EMU_DIR/venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ 
   python3 -m venv "$EMU_DIR/venv"
   "$EMU_DIR/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+# Google Cloud Pub/Sub emulator for the pubsub tests (runtime/tests/pubsub_support): Google's
+# in-memory fake from its Go client library (cloud.google.com/go/pubsub/v2/pstest) as a gRPC
+# server, built from runtime/tests/pubsub_support/emulator with the Go toolchain and the Go
+# module proxy into `<target dir>/pubsub-emulator/pstest-server`. Rebuilt when its source changes.
+PS_SRC="$ROOT/runtime/tests/pubsub_support/emulator"
+PS_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/pubsub-emulator"
+PS_STAMP="$(cat "$PS_SRC/main.go" "$PS_SRC/go.mod" "$PS_SRC/go.sum" | sha256sum | cut -c1-16)"
+if [ "$(cat "$PS_DIR/.stamp" 2>/dev/null)" != "$PS_STAMP" ] || [ ! -x "$PS_DIR/pstest-server" ]; then
+  GO="$(command -v go || true)"
+  [ -n "$GO" ] || [ ! -x /usr/local/go/bin/go ] || GO=/usr/local/go/bin/go
+  if [ -z "$GO" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go
+    GO="$(command -v go)"
+  fi
+  mkdir -p "$PS_DIR"
+  (cd "$PS_SRC" && GOFLAGS=-mod=mod "$GO" build -o "$PS_DIR/pstest-server" .)
+  echo "$PS_STAMP" > "$PS_DIR/.stamp"
+fi
 # Apache Kafka for the Kafka tests and benches (runtime/tests/kafka_support): a pinned release's
 # jars (the KRaft broker, its tools and a log4j2 binding) from Maven Central, fetched once into
 # `<target dir>/kafka-<version>/libs` and run with `java -cp 'libs/*' kafka.Kafka`. Needs a JDK

@@ -63,10 +63,7 @@ const DOCS: &[(&str, Expect)] = &[
     ("monitoring/statsd-example.hcl", Expect::Ok),
     ("monitoring/webhook-full-example.hcl", Expect::Ok),
     ("monitoring/webhook-minimal-example.hcl", Expect::Ok),
-    (
-        "overview-full-example.hcl",
-        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
-    ),
+    ("overview-full-example.hcl", Expect::Ok),
     ("retry-example.hcl", Expect::Ok),
     (
         "sources/http-full-example.hcl",
@@ -80,14 +77,8 @@ const DOCS: &[(&str, Expect)] = &[
     ("sources/kafka-minimal-example.hcl", Expect::Ok),
     ("sources/kinesis-full-example.hcl", Expect::Ok),
     ("sources/kinesis-minimal-example.hcl", Expect::Ok),
-    (
-        "sources/pubsub-full-example.hcl",
-        Expect::Refused("source.use \"pubsub\"", "source `pubsub` "),
-    ),
-    (
-        "sources/pubsub-minimal-example.hcl",
-        Expect::Refused("source.use \"pubsub\"", "source `pubsub` "),
-    ),
+    ("sources/pubsub-full-example.hcl", Expect::Ok),
+    ("sources/pubsub-minimal-example.hcl", Expect::Ok),
     ("sources/sqs-full-example.hcl", Expect::Ok),
     ("sources/sqs-minimal-example.hcl", Expect::Ok),
     ("sources/stdin-full-example.hcl", Expect::Ok),
@@ -100,14 +91,8 @@ const DOCS: &[(&str, Expect)] = &[
     ("targets/kafka-minimal-example.hcl", Expect::Ok),
     ("targets/kinesis-full-example.hcl", Expect::Ok),
     ("targets/kinesis-minimal-example.hcl", Expect::Ok),
-    (
-        "targets/pubsub-full-example.hcl",
-        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
-    ),
-    (
-        "targets/pubsub-minimal-example.hcl",
-        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
-    ),
+    ("targets/pubsub-full-example.hcl", Expect::Ok),
+    ("targets/pubsub-minimal-example.hcl", Expect::Ok),
     ("targets/sqs-full-example.hcl", Expect::Ok),
     ("targets/sqs-minimal-example.hcl", Expect::Ok),
     ("targets/stdout-full-example.hcl", Expect::Ok),
@@ -227,10 +212,7 @@ const FIXTURES: &[(&str, Expect)] = &[
     ("transform-jq-hash-salt-function.hcl", Expect::Ok),
     ("http-target.hcl", Expect::Ok),
     ("http-full-example.hcl", Expect::Ok),
-    (
-        "pubsub-target.hcl",
-        Expect::Refused("target.use \"pubsub\"", "target `pubsub` "),
-    ),
+    ("pubsub-target.hcl", Expect::Ok),
     (
         "js-transform.hcl",
         Expect::Transform("transform.use \"js\"", "js"),
@@ -544,14 +526,17 @@ fn convert_writes_what_it_drops_as_comments() {
         "{text}"
     );
     // a refused config converts to nothing, with the same error as validate
+    let dir = tempfile::tempdir().unwrap();
+    let refused = dir.path().join("http-source.hcl");
+    std::fs::write(&refused, "source {\n  use \"http\" {}\n}\n").unwrap();
     let out = weir()
         .args(["config", "convert"])
-        .arg(fixture_path("pubsub-target.hcl"))
+        .arg(&refused)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("target `pubsub` is not supported"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("source `http` is not supported"));
 }
 
 #[test]

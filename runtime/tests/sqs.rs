@@ -121,51 +121,15 @@ async fn in_queue(c: &aws_sdk_sqs::Client, url: &str) -> (u64, u64) {
 }
 
 fn spawn_weir(config: &Path) -> Child {
-    let log = std::fs::File::create(config.with_extension("log")).unwrap();
-    weir_aws()
-        .arg("run")
-        .arg(config)
-        .arg("--progress=never")
-        .env("WEIR_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("weir starts")
+    spawn_logging(weir_aws(), config)
 }
 
-fn log_of(config: &Path) -> String {
-    strip_ansi(&std::fs::read_to_string(config.with_extension("log")).unwrap_or_default())
+fn stop(child: Child, config: &Path) {
+    stop_logged(child, config)
 }
 
-fn lines_of(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn stop(mut child: Child, config: &Path) {
-    signal(child.id(), libc::SIGTERM);
-    let status = child.wait().unwrap();
-    assert!(
-        status.success(),
-        "weir exited {status}:\n{}",
-        log_of(config)
-    );
-}
-
-async fn wait_for(what: &str, config: &Path, mut ok: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !ok().await {
-        assert!(
-            start.elapsed() < WAIT,
-            "timed out waiting for {what}\n{}",
-            log_of(config)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for(what: &str, config: &Path, ok: impl AsyncFnMut() -> bool) {
+    wait_for_logged(what, config, WAIT, ok).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

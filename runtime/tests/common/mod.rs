@@ -434,3 +434,62 @@ pub fn statsd_total(lines: &[String], name: &str, suffix: &str) -> u64 {
         })
         .sum()
 }
+
+/// Starts `cmd` (a `weir()` with its environment) on `config`, logging at info into the file
+/// beside it.
+pub fn spawn_logging(mut cmd: Command, config: &Path) -> Child {
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    cmd.arg("run")
+        .arg(config)
+        .arg("--progress=never")
+        .env("WEIR_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("weir starts")
+}
+
+/// The log of a weir started by [`spawn_logging`] on `config`.
+pub fn log_of(config: &Path) -> String {
+    strip_ansi(&std::fs::read_to_string(config.with_extension("log")).unwrap_or_default())
+}
+
+/// The lines of a file (none if it does not exist yet).
+pub fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// SIGTERM, and the exit must be clean (else the failure shows the log).
+pub fn stop_logged(mut child: Child, config: &Path) {
+    signal(child.id(), libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "weir exited {status}:\n{}",
+        log_of(config)
+    );
+}
+
+/// Waits (up to `timeout`, checking every 100 ms) for `ok`; fails with the log of the weir
+/// started on `config`.
+pub async fn wait_for_logged(
+    what: &str,
+    config: &Path,
+    timeout: Duration,
+    mut ok: impl AsyncFnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !ok().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}\n{}",
+            log_of(config)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -21,6 +21,7 @@ pub mod aws;
 pub mod badrow;
 pub mod config;
 pub mod dashboard;
+pub mod gcp;
 pub mod go_template;
 pub mod http_server;
 pub mod kafka;

@@ -1226,7 +1226,67 @@ fn source(cx: &mut Cx, u: &Use) -> Result<V, ConfigError> {
             aws_role(cx, s, &mut out, "source")?;
             Ok(out)
         }
-        "pubsub" | "http" => Err(cx.err(&s.path, unsupported("source", &u.name, 18))),
+        "pubsub" => {
+            s.known(
+                cx,
+                &[
+                    "project_id",
+                    "subscription_id",
+                    "max_outstanding_messages",
+                    "max_outstanding_bytes",
+                    "min_extension_period_seconds",
+                    "streaming_pull_goroutines",
+                    "grpc_connection_pool_size",
+                    "credentials_path",
+                ],
+                &[],
+            )?;
+            let mut out = typed("pubsub");
+            put_str(cx, s, &mut out, "source", "project_id", "project_id", true)?;
+            put_str(
+                cx,
+                s,
+                &mut out,
+                "source",
+                "subscription_id",
+                "subscription",
+                true,
+            )?;
+            put_str(
+                cx,
+                s,
+                &mut out,
+                "source",
+                "credentials_path",
+                "credentials_path",
+                false,
+            )?;
+            // Snowbridge's defaults: 1,000 messages, 1e9 bytes, one pull at a time.
+            for (hcl, weir, min) in [
+                ("max_outstanding_messages", "max_in_flight", 1),
+                ("max_outstanding_bytes", "max_in_flight_bytes", 1),
+                ("streaming_pull_goroutines", "receivers", 1),
+                ("grpc_connection_pool_size", "pool_size", 1),
+            ] {
+                if let Some(n) = s.int(cx, hcl)? {
+                    // Snowbridge (the Go client) takes 0 or less as its default.
+                    if n >= min {
+                        out.set(weir, V::Int(n));
+                        cx.map(format!("source.{weir}"), s.key(hcl));
+                    }
+                }
+            }
+            if let Some(secs) = s.int(cx, "min_extension_period_seconds")? {
+                // The Go client extends leases by at least this; weir leases for this long, in
+                // Pub/Sub's range (0: the client's default, weir's 60 s).
+                if secs > 0 {
+                    out.set("ack_deadline", V::Str(format!("{}s", secs.clamp(10, 600))));
+                    cx.map("source.ack_deadline", s.key("min_extension_period_seconds"));
+                }
+            }
+            Ok(out)
+        }
+        "http" => Err(cx.err(&s.path, unsupported("source", &u.name, 18))),
         other => Err(cx.err(
             &s.path,
             unknown_component(
@@ -1685,7 +1745,48 @@ fn target(
         }
         "http" => http_target(cx, s, prefix, main),
         "eventhub" => eventhub_target(cx, s, prefix, main),
-        "pubsub" => Err(cx.err(&s.path, unsupported("target", &u.name, 18))),
+        "pubsub" => {
+            s.known(
+                cx,
+                &["project_id", "topic_name", "credentials_path"],
+                &["batching"],
+            )?;
+            let b = batching(cx, s, main)?;
+            let mut out = typed("pubsub");
+            put_str(cx, s, &mut out, prefix, "project_id", "project_id", true)?;
+            put_str(cx, s, &mut out, prefix, "topic_name", "topic", true)?;
+            put_str(
+                cx,
+                s,
+                &mut out,
+                prefix,
+                "credentials_path",
+                "credentials_path",
+                false,
+            )?;
+            // Snowbridge's defaults: 100 messages and 10 MiB a request, 5 requests in flight.
+            out.set(
+                "max_batch_messages",
+                V::Int(b.max_batch_messages.unwrap_or(100).min(1000)),
+            );
+            cx.map(
+                format!("{prefix}.max_batch_messages"),
+                s.key("batching.max_batch_messages"),
+            );
+            if let Some(bytes) = b.max_batch_bytes {
+                out.set("max_batch_bytes", V::Int(bytes.min(10 * 1024 * 1024)));
+                cx.map(
+                    format!("{prefix}.max_batch_bytes"),
+                    s.key("batching.max_batch_bytes"),
+                );
+            }
+            out.set("concurrency", V::Int(b.max_concurrent_batches.unwrap_or(5)));
+            cx.map(
+                format!("{prefix}.concurrency"),
+                s.key("batching.max_concurrent_batches"),
+            );
+            Ok(out)
+        }
         other => Err(cx.err(
             &s.path,
             unknown_component(
@@ -2643,17 +2744,32 @@ target {
 
     #[test]
     fn components_weir_lacks_are_named() {
-        let e = err("target {\n use \"pubsub\" {}\n}");
-        assert_eq!(e.key, r#"target.use "pubsub""#);
+        let e = err("source {\n use \"http\" {}\n}");
+        assert_eq!(e.key, r#"source.use "http""#);
         assert_eq!(
             e.message,
-            "target `pubsub` is not supported by weir yet (issue #18)"
+            "source `http` is not supported by weir yet (issue #18)"
         );
-        let e = err("source {\n use \"pubsub\" {}\n}");
+        let e = err("source {\n use \"pubsub\" {\n project_id = \"p\"\n }\n}");
+        assert_eq!(e.key, r#"source.use "pubsub".subscription_id"#);
+        let t = tr("source {\n use \"pubsub\" {\n project_id = \"acme-project\"\n subscription_id = \"s\"\n max_outstanding_bytes = 2e9\n min_extension_period_seconds = 5\n streaming_pull_goroutines = 0\n }\n}\ntarget {\n use \"pubsub\" {\n project_id = \"acme-project\"\n topic_name = \"t\"\n batching {\n max_batch_messages = 20\n }\n }\n}");
+        assert_eq!(get(&t.tree, "source.type"), &s("pubsub"));
+        assert_eq!(get(&t.tree, "source.subscription"), &s("s"));
         assert_eq!(
-            e.message,
-            "source `pubsub` is not supported by weir yet (issue #18)"
+            get(&t.tree, "source.max_in_flight_bytes"),
+            &V::Int(2_000_000_000)
         );
+        assert_eq!(get(&t.tree, "source.ack_deadline"), &s("10s"));
+        let V::Table(src) = get(&t.tree, "source") else {
+            panic!()
+        };
+        assert!(
+            !src.iter().any(|(k, _)| k == "receivers"),
+            "0 is the client's default"
+        );
+        assert_eq!(get(&t.tree, "sink.topic"), &s("t"));
+        assert_eq!(get(&t.tree, "sink.max_batch_messages"), &V::Int(20));
+        assert_eq!(get(&t.tree, "sink.concurrency"), &V::Int(5));
         let e = err("stats_receiver {\n use \"prometheus\" {}\n}");
         assert_eq!(
             e.message,

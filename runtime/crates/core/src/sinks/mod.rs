@@ -16,9 +16,11 @@ pub mod file;
 pub mod http;
 pub mod kafka;
 pub mod kinesis;
+pub mod lanes;
 pub mod null;
 pub mod postgres;
 pub mod profiles;
+pub mod pubsub;
 pub mod sqs;
 pub mod stdout;
 
@@ -34,6 +36,7 @@ pub static REGISTRY: &[Registration<dyn SinkConfig>] = &[
     sink::<postgres::PostgresConfig>(),
     sink::<kafka::KafkaConfig>(),
     sink::<sqs::SqsConfig>(),
+    sink::<pubsub::PubsubConfig>(),
     sink::<http::HttpConfig>(),
     Registration {
         name: fanout::TYPE,

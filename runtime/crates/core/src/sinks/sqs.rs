@@ -24,10 +24,10 @@ use std::hash::{Hash, Hasher};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use aws_sdk_sqs::Client;
-use futures::stream::{self, StreamExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::lanes::{self, Outcome};
 use super::{Progress, Refusal, Sink, SinkConfig, SinkError, SinkType};
 use crate::aws::{self, ErrorClass, SqsQueue};
 use crate::config::{ConfigError, Origin};
@@ -111,17 +111,7 @@ pub struct SqsSink {
     queue: SqsQueue,
 }
 
-/// One message ready to send: its index in the batch, its size and its entry.
-type Entry = (usize, usize, SendMessageBatchRequestEntry);
-
-/// What one request (and its retries) did: entries landed, entries refused for good, and the
-/// error that stopped it, if any.
-#[derive(Default)]
-struct Outcome {
-    landed: Vec<usize>,
-    refused: Vec<(usize, Refusal)>,
-    error: Option<SinkError>,
-}
+type Entry = lanes::Entry<SendMessageBatchRequestEntry>;
 
 impl SqsSink {
     /// A sink for `cfg` with an already configured client and a resolved queue (tests, tools).
@@ -178,21 +168,6 @@ impl SqsSink {
                 }
             },
         }
-    }
-
-    /// Sends a lane's requests one after the other, stopping at the first that fails (what
-    /// follows it is sent when the batch is retried, after it).
-    async fn send_in_order(&self, lane: Vec<Vec<Entry>>) -> Vec<Outcome> {
-        let mut outcomes = Vec::with_capacity(lane.len());
-        for req in lane {
-            let o = self.send(req).await;
-            let failed = o.error.is_some();
-            outcomes.push(o);
-            if failed {
-                break;
-            }
-        }
-        outcomes
     }
 
     /// Sends one request, then again only its entries that failed and may succeed later.
@@ -306,68 +281,33 @@ impl Sink for SqsSink {
         // a lane (a hash of it): a lane's requests go one after the other, so that a group's
         // messages land in order, and the lanes go at once. On a standard queue, which keeps no
         // order, every request goes at once (up to `concurrency`).
-        let limit = self.queue.max_message_bytes;
         let lanes = if self.queue.fifo {
             self.cfg.concurrency
         } else {
             1
         };
-        let mut requests: Vec<Vec<Vec<Entry>>> = vec![Vec::new(); lanes];
-        let mut current: Vec<(Vec<Entry>, usize)> = vec![(Vec::new(), 0); lanes];
+        let mut entries = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             if progress.is_settled(i) {
                 continue;
             }
-            let (size, lane, entry) = match self.entry(i, r) {
-                Ok(e) => e,
-                Err(refusal) => {
-                    progress.reject(i, refusal);
-                    continue;
-                }
-            };
-            let (cur, bytes) = &mut current[lane];
-            if cur.len() == MAX_MESSAGES_PER_REQUEST || *bytes + size > limit {
-                requests[lane].push(std::mem::take(cur));
-                *bytes = 0;
-            }
-            *bytes += size;
-            cur.push((i, size, entry));
-        }
-        for (lane, (cur, _)) in current.into_iter().enumerate() {
-            if !cur.is_empty() {
-                requests[lane].push(cur);
+            match self.entry(i, r) {
+                Ok((size, lane, entry)) => entries.push((lane, (i, size, entry))),
+                Err(refusal) => progress.reject(i, refusal),
             }
         }
-        let outcomes: Vec<Outcome> = if self.queue.fifo {
-            stream::iter(requests)
-                .map(|lane| self.send_in_order(lane))
-                .buffer_unordered(self.cfg.concurrency)
-                .flat_map(stream::iter)
-                .collect()
-                .await
-        } else {
-            stream::iter(requests.into_iter().flatten())
-                .map(|req| self.send(req))
-                .buffer_unordered(self.cfg.concurrency)
-                .collect()
-                .await
-        };
-        let mut error = None;
-        for o in outcomes {
-            for i in o.landed {
-                progress.take(i);
-            }
-            for (i, why) in o.refused {
-                progress.reject(i, why);
-            }
-            if error.is_none() {
-                error = o.error;
-            }
-        }
-        if let Some(e) = error {
-            return Err(e);
-        }
-        progress.written()
+        let requests = lanes::plan(
+            lanes,
+            MAX_MESSAGES_PER_REQUEST,
+            self.queue.max_message_bytes,
+            entries,
+        );
+        let this = &*self;
+        let outcomes = lanes::send_all(requests, self.queue.fifo, self.cfg.concurrency, |req| {
+            this.send(req)
+        })
+        .await;
+        lanes::settle(outcomes, progress)
     }
 }
 

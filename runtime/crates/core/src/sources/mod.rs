@@ -19,9 +19,11 @@ use crate::setup::{BuildContext, SetupError};
 pub mod collector;
 pub mod file;
 pub mod frames;
+pub mod held;
 pub mod kafka;
 pub mod kinesis;
 pub mod lines;
+pub mod pubsub;
 pub mod sqs;
 pub mod stdin;
 
@@ -33,6 +35,7 @@ pub static REGISTRY: &[Registration<dyn SourceConfig>] = &[
     source::<kafka::KafkaConfig>(),
     source::<collector::CollectorConfig>(),
     source::<sqs::SqsConfig>(),
+    source::<pubsub::PubsubConfig>(),
 ];
 
 /// A source's validated settings.

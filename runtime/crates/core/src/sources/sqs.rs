@@ -13,11 +13,12 @@
 //!   becomes visible again when its visibility times out, and is read again (at-least-once;
 //!   duplicates are bounded by what was in flight).
 //!
+//! The holding, extending and settling are [`super::held`]'s, shared with the `pubsub` source.
+//!
 //! Each message becomes one record: its body as it is, with the message group id (FIFO queues) as
 //! the record key.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -27,11 +28,11 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 use serde::Deserialize;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::held::{Holding, Lender, Room};
 use super::{Source, SourceConfig, SourceContext, SourceType};
-use crate::ack::{Ack, AckHandler};
 use crate::aws::{self, SqsQueue};
 use crate::config::{self, ConfigError, Origin};
 use crate::record::{Failed, FailureKind, Record};
@@ -155,140 +156,55 @@ impl SqsSource {
     }
 }
 
-/// The messages weir holds: those of the open batch and of each batch in the pipeline, by ack
-/// token, with when their visibility was last extended.
-#[derive(Default)]
-struct Held {
-    open: Vec<String>,
-    open_since: Option<Instant>,
-    sent: HashMap<u64, (Instant, Vec<String>)>,
+/// The queue, as [`Holding`] needs it: delete, and change visibility.
+struct Queue {
+    client: Client,
+    url: String,
 }
 
-/// Hears the pipeline's acknowledgements and tells the task that deletes delivered messages
-/// (and makes undelivered ones visible again) which batch it may settle. The batch's handles stay
-/// in [`Held`], and keep being extended, until that task takes them: a backlog of deletes does
-/// not let a delivered message become visible again and be read twice.
-struct Acks {
-    outcomes: mpsc::UnboundedSender<(u64, bool)>,
-}
-
-impl AckHandler for Acks {
-    fn acked(&self, token: u64, delivered: bool) {
-        // Bounded by construction: one entry per batch in flight, and at most `max_in_flight`
-        // messages are.
-        let _ = self.outcomes.send((token, delivered));
+#[async_trait]
+impl Lender for Queue {
+    async fn delete(&self, handles: Vec<String>) {
+        delete(&self.client, &self.url, handles).await;
     }
-}
-
-fn lock(m: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
-    m.lock().expect("the sqs source's lock poisoned")
+    async fn hide(&self, handles: &[String], for_: Duration) {
+        change_visibility(&self.client, &self.url, handles, for_).await;
+    }
 }
 
 #[async_trait]
 impl Source for SqsSource {
-    async fn run(self: Box<Self>, mut ctx: SourceContext) -> anyhow::Result<()> {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> anyhow::Result<()> {
         let SqsSource { cfg, client, queue } = *self;
         tracing::info!(queue = %queue.url, fifo = queue.fifo, "sqs source starting");
-        let held = Arc::new(Mutex::new(Held::default()));
-        let room = Arc::new(Semaphore::new(cfg.max_in_flight));
-        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
-        let handler: Arc<dyn AckHandler> = Arc::new(Acks {
-            outcomes: outcomes_tx,
-        });
-
-        // Receivers → this loop, through a channel of a few receives.
-        let stop_receiving = CancellationToken::new();
-        let (msgs_tx, mut msgs_rx) = mpsc::channel::<(Instant, Vec<Message>)>(cfg.receivers);
-        let mut receivers = Vec::new();
-        for _ in 0..cfg.receivers {
-            receivers.push(tokio::spawn(receive(
-                client.clone(),
-                queue.url.clone(),
-                cfg.clone(),
-                room.clone(),
-                msgs_tx.clone(),
-                stop_receiving.clone(),
-            )));
-        }
-        drop(msgs_tx);
-        let done_acking = CancellationToken::new();
-        let acker = tokio::spawn(settle(
-            client.clone(),
-            queue.url.clone(),
-            held.clone(),
-            room.clone(),
-            outcomes_rx,
-            done_acking.clone(),
-        ));
-        let extender = tokio::spawn(keep_hidden(
-            client.clone(),
-            queue.url.clone(),
+        let holding = Holding::start(
+            Arc::new(Queue {
+                client: client.clone(),
+                url: queue.url.clone(),
+            }),
             cfg.visibility_timeout.0,
-            held.clone(),
-            done_acking.clone(),
-        ));
-
+            cfg.max_in_flight,
+            None,
+        );
         let max = ctx.max_record_bytes;
-        let mut next_token = 0u64;
-        // Moves the open batch's handles under a token and returns the batch's ack.
-        let mut seal = |held: &Mutex<Held>| -> Ack {
-            let token = next_token;
-            next_token += 1;
-            let mut h = lock(held);
-            let handles = std::mem::take(&mut h.open);
-            let since = h.open_since.take().unwrap_or_else(Instant::now);
-            h.sent.insert(token, (since, handles));
-            Ack::new(token, handler.clone())
-        };
-
-        loop {
-            let deadline = ctx.emitter.deadline();
-            tokio::select! {
-                biased;
-                _ = ctx.shutdown.cancelled() => break,
-                msgs = msgs_rx.recv() => {
-                    let Some((asked, msgs)) = msgs else { break };
-                    for m in msgs {
-                        if push(&mut ctx, &held, m, asked, max) {
-                            let ack = seal(&held);
-                            ctx.emitter.flush_with(ack).await?;
-                        }
-                    }
-                }
-                _ = sleep_until(deadline) => {
-                    let ack = seal(&held);
-                    ctx.emitter.flush_with(ack).await?;
-                }
-            }
-        }
-
-        // Stop receiving; what the receivers already have is emitted too, then the pipeline
-        // acknowledges what it can before the held messages are settled.
-        // Read the channel until every receiver is gone (a receiver waiting for room in it
-        // would otherwise never see the stop).
-        stop_receiving.cancel();
-        while let Some((asked, msgs)) = msgs_rx.recv().await {
-            for m in msgs {
-                if push(&mut ctx, &held, m, asked, max) {
-                    let ack = seal(&held);
-                    ctx.emitter.flush_with(ack).await?;
-                }
-            }
-        }
-        for r in receivers {
-            let _ = r.await;
-        }
-        let ack = seal(&held);
-        ctx.emitter.flush_with(ack).await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !lock(&held).sent.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        drop(handler);
-        done_acking.cancel();
-        let _ = extender.await;
-        let _ = acker.await;
-        Ok(())
+        let receivers = cfg.receivers;
+        holding
+            .run(
+                ctx,
+                receivers,
+                |room, out, stop| {
+                    receive(
+                        client.clone(),
+                        queue.url.clone(),
+                        cfg.clone(),
+                        room,
+                        out,
+                        stop,
+                    )
+                },
+                |ctx, holding, m, asked| push(ctx, holding, m, asked, max),
+            )
+            .await
     }
 }
 
@@ -296,7 +212,7 @@ impl Source for SqsSource {
 /// batch is full.
 fn push(
     ctx: &mut SourceContext,
-    held: &Mutex<Held>,
+    holding: &Holding,
     m: Message,
     asked: Instant,
     max: usize,
@@ -304,12 +220,7 @@ fn push(
     let Some(handle) = m.receipt_handle else {
         return false;
     };
-    {
-        let mut h = lock(held);
-        h.open.push(handle);
-        // The open batch counts from its oldest message.
-        h.open_since = Some(h.open_since.map_or(asked, |t| t.min(asked)));
-    }
+    holding.hold(handle, m.body.as_ref().map_or(0, String::len), asked);
     let key = m
         .attributes
         .as_ref()
@@ -330,32 +241,22 @@ fn push(
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// One receiver: long polls while there is room for 10 more messages in flight.
 async fn receive(
     client: Client,
     url: String,
     cfg: SqsConfig,
-    room: Arc<Semaphore>,
+    room: Arc<Room>,
     out: mpsc::Sender<(Instant, Vec<Message>)>,
     stop: CancellationToken,
 ) {
     let mut failures = 0u32;
     loop {
-        let permits = tokio::select! {
+        tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            p = room.clone().acquire_many_owned(PER_CALL as u32) => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
+            r = room.take(PER_CALL) => if r.is_none() { return },
+        }
         // SQS starts a message's visibility timeout when it answers: counting from the request
         // errs on the safe side.
         let asked = Instant::now();
@@ -376,7 +277,7 @@ async fn receive(
                 let grace = cfg.wait_time.0.min(STOP_GRACE) + Duration::from_secs(1);
                 match tokio::time::timeout(grace, &mut call).await {
                     Ok(r) => r,
-                    Err(_) => return,
+                    Err(_) => { room.give_back(PER_CALL); return }
                 }
             }
             r = &mut call => r,
@@ -385,10 +286,9 @@ async fn receive(
             Ok(out_) => {
                 failures = 0;
                 let msgs = out_.messages.unwrap_or_default();
-                // The permits of the messages received are given back when their batch is
-                // acknowledged; the rest now.
-                permits.forget();
-                room.add_permits(PER_CALL - msgs.len().min(PER_CALL));
+                // The room of the messages received is given back when their batch is
+                // settled; the rest now.
+                room.give_back(PER_CALL - msgs.len().min(PER_CALL));
                 if msgs.is_empty() {
                     continue;
                 }
@@ -398,7 +298,7 @@ async fn receive(
                 }
             }
             Err(e) => {
-                drop(permits);
+                room.give_back(PER_CALL);
                 failures += 1;
                 tracing::warn!(queue = %url, error = %aws::describe(&e), "receiving from SQS failed; retrying");
                 let wait = crate::retry::REQUEST.delay(failures.min(10));
@@ -408,103 +308,6 @@ async fn receive(
                 }
             }
         }
-    }
-}
-
-/// Keeps the messages weir holds hidden: every quarter of the visibility timeout, extends those
-/// held that long, 4 calls at once. Its own task, so that slow deletes never delay an extension.
-async fn keep_hidden(
-    client: Client,
-    url: String,
-    visibility: Duration,
-    held: Arc<Mutex<Held>>,
-    done: CancellationToken,
-) {
-    // A message is extended once held a quarter of the timeout, at the latest half of it
-    // (ticks are a quarter apart), leaving the other half for the call under load.
-    let every = (visibility / 4).max(Duration::from_millis(500));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let due: Vec<String> = {
-            let now = Instant::now();
-            let mut h = lock(&held);
-            let mut due = Vec::new();
-            if h.open_since.is_some_and(|t| now - t >= every) {
-                due.extend(h.open.iter().cloned());
-                h.open_since = Some(now);
-            }
-            for (since, handles) in h.sent.values_mut() {
-                if now - *since >= every {
-                    due.extend(handles.iter().cloned());
-                    *since = now;
-                }
-            }
-            due
-        };
-        if !due.is_empty() {
-            metrics::counter!("weir_sqs_visibility_extended_total").increment(due.len() as u64);
-            use futures::stream::{self, StreamExt};
-            stream::iter(due.chunks(PER_CALL * 10))
-                .for_each_concurrent(4, |part| change_visibility(&client, &url, part, visibility))
-                .await;
-        }
-    }
-}
-
-/// Deletes delivered messages and makes undelivered ones visible again, as the pipeline
-/// acknowledges their batches. Runs until `done`, then settles what is left: the outcomes
-/// already heard, and every message still held is made visible again.
-async fn settle(
-    client: Client,
-    url: String,
-    held: Arc<Mutex<Held>>,
-    room: Arc<Semaphore>,
-    mut outcomes: mpsc::UnboundedReceiver<(u64, bool)>,
-    done: CancellationToken,
-) {
-    let one = async |token: u64, delivered: bool| {
-        let Some((_, handles)) = lock(&held).sent.remove(&token) else {
-            return;
-        };
-        let n = handles.len();
-        if delivered {
-            delete(&client, &url, handles).await;
-        } else {
-            change_visibility(&client, &url, &handles, Duration::ZERO).await;
-        }
-        room.add_permits(n);
-    };
-    loop {
-        tokio::select! {
-            o = outcomes.recv() => {
-                let Some((token, delivered)) = o else { break };
-                one(token, delivered).await;
-            }
-            _ = done.cancelled() => break,
-        }
-    }
-    while let Ok((token, delivered)) = outcomes.try_recv() {
-        one(token, delivered).await;
-    }
-    let rest: Vec<String> = {
-        let mut h = lock(&held);
-        let mut rest = std::mem::take(&mut h.open);
-        for (_, (_, handles)) in h.sent.drain() {
-            rest.extend(handles);
-        }
-        rest
-    };
-    if !rest.is_empty() {
-        tracing::warn!(
-            messages = rest.len(),
-            "sqs source stopping with messages not acknowledged; making them visible again"
-        );
-        change_visibility(&client, &url, &rest, Duration::ZERO).await;
     }
 }
 
