@@ -62,6 +62,7 @@ try {
     return {
       status: c.querySelector(".status").textContent.replace(" ", "_"),
       title: c.querySelector(".title").textContent,
+      client: c.querySelector(".client").textContent,
       ad: ad ? ad.textContent : null,
       stats,
       seen: window.e2eSeen,
