@@ -246,14 +246,26 @@ fn android_and_ios_tracker_sessions_become_mobile_viewers_on_the_dashboard() {
             .clone()
     };
     let c = card(android_id);
-    assert_eq!(c["client"], "mobile · Google Pixel 8 · android 14 · app 2.4.1 (241)", "{c}");
+    assert_eq!(
+        c["client"], "mobile · Google Pixel 8 · android 14 · app 2.4.1 (241)",
+        "{c}"
+    );
     assert_eq!(c["title"], "Big Buck Bunny (2 min cut)");
-    assert_eq!((c["status"].as_str(), c["stats"]["ads"].as_str()), (Some("ended"), Some("1")));
+    assert_eq!(
+        (c["status"].as_str(), c["stats"]["ads"].as_str()),
+        (Some("ended"), Some("1"))
+    );
     let c = card(ios_id);
-    assert_eq!(c["client"], "mobile · Apple Inc. iPhone15,2 · ios 17.5.1 · app 2.4.1 (42)", "{c}");
+    assert_eq!(
+        c["client"], "mobile · Apple Inc. iPhone15,2 · ios 17.5.1 · app 2.4.1 (42)",
+        "{c}"
+    );
     assert_eq!(c["title"], "Sintel (90 s cut)");
     assert_eq!(c["status"], "ended");
-    assert_eq!((c["stats"]["ads"].as_str(), c["stats"]["skipped"].as_str()), (Some("2"), Some("1")));
+    assert_eq!(
+        (c["stats"]["ads"].as_str(), c["stats"]["skipped"].as_str()),
+        (Some("2"), Some("1"))
+    );
     drop(weir);
     let by_id = |id: &str| {
         viewers

@@ -355,11 +355,10 @@ impl Stateful for ViewerState {
         if event.field(fields::EVENT_VENDOR) != Some(MEDIA_VENDOR) {
             return Ok(()); // not a media event: filtered
         }
-        let viewer = viewer_id(event)
-            .ok_or(
-                "no user_id, domain_userid, client_session user id or network_userid to identify \
+        let viewer = viewer_id(event).ok_or(
+            "no user_id, domain_userid, client_session user id or network_userid to identify \
                  the viewer",
-            )?;
+        )?;
         if viewer.len() > self.max_id {
             return Err(Error::msg(format!(
                 "viewer id of {} bytes, over max_viewer_id_bytes ({})",

@@ -544,15 +544,21 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
 fn mobile(line: &[u8], install_id: &str) -> Vec<u8> {
     let mut contexts: Value = serde_json::from_str(&field(line, fields::CONTEXTS)).unwrap();
     let data = contexts["data"].as_array_mut().unwrap();
-    data.push(json!({"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+    data.push(
+        json!({"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
         "data": {"userId": install_id, "sessionId": "3994693e-a3ae-4e68-9323-451b4a95902a",
                  "sessionIndex": 5, "storageMechanism": "LOCAL_STORAGE", "eventIndex": 5,
-                 "previousSessionId": null}}));
-    data.push(json!({"schema": "iglu:com.snowplowanalytics.mobile/application/jsonschema/1-0-0",
-        "data": {"version": "2.4.1", "build": "241"}}));
-    data.push(json!({"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+                 "previousSessionId": null}}),
+    );
+    data.push(
+        json!({"schema": "iglu:com.snowplowanalytics.mobile/application/jsonschema/1-0-0",
+        "data": {"version": "2.4.1", "build": "241"}}),
+    );
+    data.push(
+        json!({"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
         "data": {"osType": "android", "osVersion": "14", "deviceModel": "Pixel 8",
-                 "deviceManufacturer": "Google", "networkType": "wifi"}}));
+                 "deviceManufacturer": "Google", "networkType": "wifi"}}),
+    );
     let line = set(line, fields::CONTEXTS, &contexts.to_string());
     let line = set(&line, fields::PLATFORM, "mob");
     let line = set(&line, fields::USER_ID, "");
@@ -566,7 +572,10 @@ fn a_mobile_viewer_is_its_install_and_its_profile_has_platform_device_and_app() 
     let mut h = harness();
     let out = run(&mut h, &events);
     assert!(!out.is_empty());
-    assert!(h.state.value(VIEWER.as_bytes()).is_none(), "not keyed by the web id");
+    assert!(
+        h.state.value(VIEWER.as_bytes()).is_none(),
+        "not keyed by the web id"
+    );
     let p = profile(&h, install);
     assert_eq!(p["viewer_id"], install);
     assert_eq!(p["platform"], "mob");
@@ -584,7 +593,10 @@ fn a_mobile_viewer_is_its_install_and_its_profile_has_platform_device_and_app() 
         assert_eq!(mobile_profile[k], p[k], "{k}");
     }
     assert_eq!(p["platform"], "web");
-    assert_eq!((p["device"].clone(), p["app"].clone()), (Value::Null, Value::Null));
+    assert_eq!(
+        (p["device"].clone(), p["app"].clone()),
+        (Value::Null, Value::Null)
+    );
     // user_id still wins over the install id; an escaped install id is not used.
     let first_media = lines()
         .into_iter()
@@ -598,7 +610,10 @@ fn a_mobile_viewer_is_its_install_and_its_profile_has_platform_device_and_app() 
     let nuid = field(&escaped, fields::NETWORK_USERID);
     let mut h = harness();
     run(&mut h, &[escaped]);
-    assert!(h.state.value(nuid.as_bytes()).is_some(), "falls back to network_userid");
+    assert!(
+        h.state.value(nuid.as_bytes()).is_some(),
+        "falls back to network_userid"
+    );
 }
 
 #[test]

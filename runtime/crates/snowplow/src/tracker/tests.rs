@@ -585,13 +585,18 @@ fn escaped_slashes_are_written_as_enrich_writes_them() {
         r#"{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"a":"b\\/c \"/\""}}"#
     );
     // Whitespace between tokens goes too; in strings it stays.
-    assert_eq!(minify("{ \"a\" : [1, \"x \\/ y\"] }"), r#"{"a":[1,"x / y"]}"#);
+    assert_eq!(
+        minify("{ \"a\" : [1, \"x \\/ y\"] }"),
+        r#"{"a":[1,"x / y"]}"#
+    );
     assert_eq!(minify(r#"{"a":"\\"}"#), r#"{"a":"\\"}"#);
     // An escaped-slash context from a mobile tracker: the entity's schema reads plainly.
     let cx = r#"{"schema":"iglu:com.snowplowanalytics.snowplow\/contexts\/jsonschema\/1-0-1","data":[{"schema":"iglu:com.snowplowanalytics.snowplow\/mobile_context\/jsonschema\/1-0-3","data":{"osType":"ios","osVersion":"17.5.1","deviceManufacturer":"Apple Inc.","deviceModel":"iPhone15,2"}}]}"#;
     let out = contexts("cx", cx).unwrap();
     assert!(
-        out.contains(r#""schema":"iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3""#),
+        out.contains(
+            r#""schema":"iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3""#
+        ),
         "{out}"
     );
     assert_eq!(
@@ -618,7 +623,10 @@ fn mobile_tracker_requests_become_enriched_events() {
         for l in &out {
             assert_eq!(get(l, "platform"), "mob");
             assert_eq!(get(l, "v_tracker"), tv);
-            assert!(!l.contains("\\/"), "{platform}: slashes written plainly: {l}");
+            assert!(
+                !l.contains("\\/"),
+                "{platform}: slashes written plainly: {l}"
+            );
             let j = as_json(l);
             let names: Vec<&str> = j["contexts_com_snowplowanalytics_snowplow_client_session_1"]
                 .as_array()
@@ -646,6 +654,10 @@ fn mobile_tracker_requests_become_enriched_events() {
                 assert_eq!(get(&out[0], "br_viewwidth"), "1179");
             }
         }
-        assert_eq!(get(&out[0], "domain_userid"), "", "mobile trackers send no duid");
+        assert_eq!(
+            get(&out[0], "domain_userid"),
+            "",
+            "mobile trackers send no duid"
+        );
     }
 }
