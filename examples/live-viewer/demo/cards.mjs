@@ -5,28 +5,11 @@
 //   node cards.mjs DASHBOARD_URL COUNT SCREENSHOT.png
 //
 // Chromium: $CHROMIUM, else `chromium` or `chromium-browser` on PATH.
-import { existsSync } from "node:fs";
-import { delimiter, join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [dashboard, count, screenshot] = process.argv.slice(2);
 
-function chromiumPath() {
-  if (process.env.CHROMIUM) return process.env.CHROMIUM;
-  for (const dir of (process.env.PATH || "").split(delimiter)) {
-    for (const name of ["chromium", "chromium-browser"]) {
-      const path = join(dir, name);
-      if (existsSync(path)) return path;
-    }
-  }
-  throw new Error("no Chromium: set CHROMIUM or put chromium on PATH (runtime/tests/setup.sh installs Debian's)");
-}
-
-const browser = await chromium.launch({
-  executablePath: chromiumPath(),
-  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const dash = await browser.newPage({ viewport: { width: 1400, height: 500 } });
   dash.on("pageerror", (e) => console.error("dashboard page error:", e.message));
