@@ -688,6 +688,37 @@ async fn viewers(
     }
 }
 
+impl App {
+    /// A place among the `max_stream_clients` streams, if one is free.
+    fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let p = self.clients.clone().try_acquire_owned().ok();
+        if p.is_none() {
+            metrics::counter!("weir_dashboard_stream_refused_total").increment(1);
+        }
+        p
+    }
+}
+
+fn too_many_clients() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "10")],
+        "too many dashboard clients\n",
+    )
+        .into_response()
+}
+
+fn sse_response(body: ClientBody) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
 async fn summary(State(app): State<App>) -> Response {
     let s = serde_json::to_string(&app.hub.index_read().summary()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], s).into_response()
@@ -715,14 +746,8 @@ async fn view(
     axum::extract::Query(q): axum::extract::Query<Query>,
     conn: Option<Extension<Connection>>,
 ) -> Response {
-    let Ok(permit) = app.clients.clone().try_acquire_owned() else {
-        metrics::counter!("weir_dashboard_stream_refused_total").increment(1);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "10")],
-            "too many dashboard clients\n",
-        )
-            .into_response();
+    let Some(permit) = app.stream_permit() else {
+        return too_many_clients();
     };
     let (tx, rx) = mpsc::channel(1);
     let progress = Arc::new(Progress::new());
@@ -766,14 +791,7 @@ async fn view(
         }
         drop(permit);
     });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    sse_response(body)
 }
 
 /// `GET /api/stream`: one client's event stream. The client gets its own bounded queue, fed by
@@ -781,14 +799,8 @@ async fn view(
 /// after `send_timeout` its connection is closed (what it had not read is freed), and its
 /// browser reconnects to a fresh snapshot.
 async fn stream(State(app): State<App>, conn: Option<Extension<Connection>>) -> Response {
-    let Ok(permit) = app.clients.clone().try_acquire_owned() else {
-        metrics::counter!("weir_dashboard_stream_refused_total").increment(1);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "10")],
-            "too many dashboard clients\n",
-        )
-            .into_response();
+    let Some(permit) = app.stream_permit() else {
+        return too_many_clients();
     };
     let (tx, rx) = mpsc::channel(app.client_buffer);
     let progress = Arc::new(Progress::new());
@@ -808,14 +820,7 @@ async fn stream(State(app): State<App>, conn: Option<Extension<Connection>>) -> 
         }
         drop(permit);
     });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    sse_response(body)
 }
 
 /// Feeds one client until it goes away (false) or must be dropped for not reading (true).
