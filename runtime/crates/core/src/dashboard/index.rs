@@ -32,6 +32,10 @@ struct Entry {
     ads: f64,
     skipped: f64,
     clicked: f64,
+    /// The key and then the title, lower-cased once: what `user` (the first `id_len` bytes) and
+    /// `q` (all of it) search.
+    search: Box<str>,
+    id_len: usize,
 }
 
 /// A page request: filters (exact status, platform and title; `user` a part of the row's key;
@@ -146,11 +150,18 @@ impl Index {
         self.take(&key);
         let session = doc.get("session");
         let num = |k: &str| session.and_then(|s| s.get(k)).and_then(|v| v.as_f64());
+        let title = text(doc.get("media").and_then(|m| m.get("title")));
+        let mut search = key.to_lowercase();
+        let id_len = search.len();
+        search.push('\n');
+        search.push_str(&title.as_deref().unwrap_or("").to_lowercase());
         let e = Entry {
             doc: Arc::from(doc.to_string()),
             status: text(doc.get("status")),
             platform: text(doc.get("platform")),
-            title: text(doc.get("media").and_then(|m| m.get("title"))),
+            title,
+            search: search.into_boxed_str(),
+            id_len,
             last_seen: text(doc.get("last_seen")).unwrap_or_else(|| Arc::from("")),
             ads: num("ads").unwrap_or(0.0),
             skipped: num("ads_skipped").unwrap_or(0.0),
@@ -242,8 +253,16 @@ impl Index {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect::<HashMap<_, _>>()
         };
+        // The most watched first: only the top ones are sorted, however many titles there are.
         let mut titles: Vec<(&Arc<str>, &usize)> = self.by_title.iter().collect();
-        titles.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let most = |a: &(&Arc<str>, &usize), b: &(&Arc<str>, &usize)| {
+            b.1.cmp(a.1).then_with(|| a.0.cmp(b.0))
+        };
+        if titles.len() > TOP_TITLES {
+            titles.select_nth_unstable_by(TOP_TITLES, most);
+            titles.truncate(TOP_TITLES);
+        }
+        titles.sort_by(most);
         let (started, skipped, clicked) = self.ads;
         let rate = |n: f64| (started > 0.0).then(|| (n / started * 1000.0).round() / 1000.0);
         Summary {
@@ -277,7 +296,8 @@ impl Index {
             s.as_deref()
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(str::to_lowercase)
+                // The key and title are joined by a `\n`: a needle never spans them.
+                .map(|s| s.replace('\n', " ").to_lowercase())
         };
         let (user, search) = (needle(&q.user), needle(&q.q));
         let unfiltered = user.is_none()
@@ -306,9 +326,6 @@ impl Index {
             None | Some("") => true,
             Some(w) => have.as_deref() == Some(w),
         };
-        let contains = |hay: &str, needle: &str| {
-            hay.len() >= needle.len() && hay.to_lowercase().contains(needle)
-        };
         let mut total = 0usize;
         let mut out = String::with_capacity(per * 1024);
         out.push('[');
@@ -320,15 +337,12 @@ impl Index {
             {
                 continue;
             }
-            if let Some(u) = &user {
-                if !contains(key, u) {
-                    continue;
-                }
+            let id = &e.search[..e.id_len];
+            if user.as_deref().is_some_and(|u| !id.contains(u)) {
+                continue;
             }
-            if let Some(s) = &search {
-                if !contains(key, s) && !e.title.as_deref().is_some_and(|t| contains(t, s)) {
-                    continue;
-                }
+            if search.as_deref().is_some_and(|s| !e.search.contains(s)) {
+                continue;
             }
             if total >= skip && total < skip + per {
                 if out.len() > 1 {
@@ -444,6 +458,66 @@ mod tests {
         ix.remove("viewer-005");
         assert_eq!(page(&ix, Query::default())["total"], 99);
         assert!(!ix.page_json(&Query::default()).contains("viewer-005"));
+    }
+
+    #[test]
+    fn search_is_per_field_and_titles_are_the_most_watched() {
+        let mut ix = Index::default();
+        for i in 0..50 {
+            // 50 titles, title k watched by k viewers... up to the 50 rows.
+            ix.upsert(
+                &format!("Ab\nC-{i}"),
+                &viewer(i, "watching", "web", &format!("T{}", i % 7), 0),
+            );
+        }
+        let s = ix.summary();
+        assert_eq!(s.top_titles.len(), 7);
+        assert!(
+            s.top_titles.windows(2).all(|w| w[0].1 >= w[1].1),
+            "{:?}",
+            s.top_titles
+        );
+        // `user` looks at the id only, `q` at the id and the title; a needle never spans them.
+        let p = page(
+            &ix,
+            Query {
+                user: Some("t3".into()),
+                ..Query::default()
+            },
+        );
+        assert_eq!(p["total"], 0);
+        let p = page(
+            &ix,
+            Query {
+                q: Some("t3".into()),
+                ..Query::default()
+            },
+        );
+        assert_eq!(p["total"], 7);
+        let p = page(
+            &ix,
+            Query {
+                q: Some("c-1\nt".into()),
+                ..Query::default()
+            },
+        );
+        assert_eq!(p["total"], 0, "no match across the id and the title");
+        let p = page(
+            &ix,
+            Query {
+                user: Some("AB\nc-4".into()),
+                ..Query::default()
+            },
+        );
+        assert_eq!(p["total"], 0, "the newline in a needle is a space");
+        let p = page(
+            &ix,
+            Query {
+                user: Some("b\nc-4".into()),
+                ..Query::default()
+            },
+        );
+        assert_eq!(p["total"], 0);
     }
 
     #[test]

@@ -390,6 +390,9 @@ pub struct Hub {
     generations: Arc<tokio::sync::Mutex<Generations>>,
     /// Every row, for pages and aggregates.
     index: Arc<std::sync::RwLock<Index>>,
+    /// The aggregates as JSON, with the index version they are of: built once per change for
+    /// every screen, not once per screen.
+    summary: Arc<std::sync::Mutex<(u64, Arc<str>)>>,
 }
 
 impl Hub {
@@ -402,7 +405,21 @@ impl Hub {
             seq: Arc::new(AtomicU64::new(0)),
             generations: Arc::new(tokio::sync::Mutex::new(Generations::default())),
             index: Arc::default(),
+            summary: Arc::new(std::sync::Mutex::new((u64::MAX, Arc::from("")))),
         }
+    }
+
+    /// The aggregates of `ix` (this hub's index, read-locked) as JSON.
+    fn summary_json(&self, ix: &Index) -> Arc<str> {
+        let mut cached = self
+            .summary
+            .lock()
+            .expect("the dashboard summary lock poisoned");
+        if cached.0 != ix.version {
+            let json = serde_json::to_string(&ix.summary()).unwrap_or_default();
+            *cached = (ix.version, Arc::from(json));
+        }
+        cached.1.clone()
     }
 
     fn index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
@@ -720,14 +737,14 @@ fn sse_response(body: ClientBody) -> Response {
 }
 
 async fn summary(State(app): State<App>) -> Response {
-    let s = serde_json::to_string(&app.hub.index_read().summary()).unwrap_or_default();
-    ([(header::CONTENT_TYPE, "application/json")], s).into_response()
+    let s = app.hub.summary_json(&app.hub.index_read());
+    ([(header::CONTENT_TYPE, "application/json")], s.to_string()).into_response()
 }
 
 /// One `view` event: the aggregates and the client's page, built under one read of the index.
 fn view_frame(hub: &Hub, q: &Query) -> (u64, Bytes) {
     let ix = hub.index_read();
-    let summary = serde_json::to_string(&ix.summary()).unwrap_or_default();
+    let summary = hub.summary_json(&ix);
     let page = ix.page_json(q);
     let mut frame = Vec::with_capacity(summary.len() + page.len() + 48);
     frame.extend_from_slice(b"event: view\ndata: {\"summary\":");
