@@ -161,6 +161,141 @@ fn replaying_the_recorded_tracker_session_gives_the_profile_of_that_session() {
     assert_eq!(profile["last_event"], "end_event");
 }
 
+/// A media session from Snowplow's Android tracker and one from its iOS tracker, each as one
+/// request shaped exactly as the tracker sends it (runtime/tests/fixtures/collector/
+/// mobile-trackers.md says where each detail comes from), replayed at the demo's collector: both
+/// viewers are on the dashboard with their platform, device, app and title, ended, with their
+/// ad counts. The Android app sets a user id; the iOS app does not, so that viewer is its
+/// install (the `client_session` user id).
+#[test]
+fn android_and_ios_tracker_sessions_become_mobile_viewers_on_the_dashboard() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (weir, collector, dashboard, _) = start_demo(&root, &dir.path().join("profiles.redb"));
+    let fixtures: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("collector/mobile-trackers.json")).unwrap(),
+    )
+    .unwrap();
+    for platform in ["android", "ios"] {
+        let r = &fixtures[platform];
+        let headers: Vec<(String, String)> = r["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "host" | "content-length" | "connection" | "accept-encoding"
+                )
+            })
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        let (status, body) = http(
+            collector,
+            "POST",
+            r["path"].as_str().unwrap(),
+            &headers,
+            r["raw_body"].as_str().unwrap(),
+        );
+        assert_eq!(status, 200, "{platform}: {body}");
+    }
+    let android_id = "user-7@example.com";
+    let ios_id = "c48f6f41-a450-4d59-ab87-a4dc157a8060";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let viewers = loop {
+        let (_, body) = http(dashboard, "GET", "/api/viewers", &[], "");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let viewers = v["viewers"].as_array().unwrap().clone();
+        if viewers.len() == 2 && viewers.iter().all(|p| p["status"] == "ended") {
+            break viewers;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not two ended viewers: {viewers:?}\n{}",
+            weir.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // And as a browser shows them: each card names the device and the app.
+    let demo = root.join("examples/live-viewer/demo");
+    let shot = root.join("target/live-viewer-mobile.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let out = std::process::Command::new("node")
+        .arg("cards.mjs")
+        .arg(format!("http://127.0.0.1:{dashboard}"))
+        .arg("2")
+        .arg(&shot)
+        .env("CHROMIUM", chromium())
+        .current_dir(&demo)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cards: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let card = |id: &str| {
+        cards
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["key"] == id)
+            .unwrap_or_else(|| panic!("no card for {id}: {cards}"))
+            .clone()
+    };
+    let c = card(android_id);
+    assert_eq!(
+        c["client"], "mobile · Google Pixel 8 · android 14 · app 2.4.1 (241)",
+        "{c}"
+    );
+    assert_eq!(c["title"], "Big Buck Bunny (2 min cut)");
+    assert_eq!(
+        (c["status"].as_str(), c["stats"]["ads"].as_str()),
+        (Some("ended"), Some("1"))
+    );
+    let c = card(ios_id);
+    assert_eq!(
+        c["client"], "mobile · Apple Inc. iPhone15,2 · ios 17.5.1 · app 2.4.1 (42)",
+        "{c}"
+    );
+    assert_eq!(c["title"], "Sintel (90 s cut)");
+    assert_eq!(c["status"], "ended");
+    assert_eq!(
+        (c["stats"]["ads"].as_str(), c["stats"]["skipped"].as_str()),
+        (Some("2"), Some("1"))
+    );
+    drop(weir);
+    let by_id = |id: &str| {
+        viewers
+            .iter()
+            .find(|p| p["viewer_id"] == id)
+            .unwrap_or_else(|| panic!("no viewer {id}: {viewers:?}"))
+            .clone()
+    };
+    let android = by_id(android_id);
+    assert_eq!(android["platform"], "mob", "{android}");
+    assert_eq!(android["device"]["manufacturer"], "Google");
+    assert_eq!(android["device"]["model"], "Pixel 8");
+    assert_eq!(android["device"]["os"], "android");
+    assert_eq!(android["app"]["version"], "2.4.1");
+    assert_eq!(android["app_id"], "media-demo-android");
+    assert_eq!(android["media"]["title"], "Big Buck Bunny (2 min cut)");
+    assert_eq!(android["last_event"], "end_event");
+    assert_eq!(android["session"]["ads"].as_f64(), Some(1.0), "{android}");
+    assert_eq!(android["session"]["ad_breaks"].as_f64(), Some(1.0));
+    let ios = by_id(ios_id);
+    assert_eq!(ios["platform"], "mob", "{ios}");
+    assert_eq!(ios["device"]["manufacturer"], "Apple Inc.");
+    assert_eq!(ios["device"]["model"], "iPhone15,2");
+    assert_eq!(ios["device"]["os_version"], "17.5.1");
+    assert_eq!(ios["app"]["build"], "42");
+    assert_eq!(ios["media"]["title"], "Sintel (90 s cut)");
+    assert_eq!(ios["session"]["ads"].as_f64(), Some(2.0), "{ios}");
+    assert_eq!(ios["session"]["ads_skipped"].as_f64(), Some(1.0), "{ios}");
+}
+
 #[test]
 fn a_browser_viewer_goes_watching_paused_in_ad_watching_ended_on_the_dashboard() {
     let root = repo_root();
@@ -224,6 +359,7 @@ fn a_browser_viewer_goes_watching_paused_in_ad_watching_ended_on_the_dashboard()
     assert_eq!(card["stats"]["ads"], "2", "{card}");
     assert_eq!(card["stats"]["skipped"], "1", "{card}");
     assert_eq!(card["stats"]["clicked"], "0", "{card}");
+    assert_eq!(card["client"], "web", "{card}");
     let text = report["dashboardText"].as_str().unwrap();
     assert!(text.contains("Fixture test pattern (30 s)"), "{text}");
     assert!(shot.is_file(), "screenshot saved");

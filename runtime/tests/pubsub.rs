@@ -197,10 +197,20 @@ async fn kill_9_mid_run_loses_nothing_and_duplicates_only_what_was_in_flight() {
     let second = write(dir.path(), "second.toml", &config("second.txt"));
     let weir = spawn_weir(&second);
     let out2 = dir.path().join("second.txt");
-    // Everything not acknowledged comes back once its deadline (10 s) passes.
+    // Everything not acknowledged comes back once its deadline (10 s) passes: what the first run
+    // held (written or not) is redelivered to the second, so it runs past those deadlines.
+    let killed = std::time::Instant::now();
     wait_for("every message to be written", &second, async || {
         let all: HashSet<String> = lines_of(&out1).into_iter().chain(lines_of(&out2)).collect();
         all.len() >= n
+    })
+    .await;
+    let rest = Duration::from_secs(15).saturating_sub(killed.elapsed());
+    tokio::time::sleep(rest).await;
+    wait_for("the redeliveries to be written", &second, async || {
+        let before = lines_of(&out2).len();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        lines_of(&out2).len() == before
     })
     .await;
     stop(weir, &second);

@@ -8,30 +8,13 @@
 //   node e2e.mjs DASHBOARD_URL COLLECTOR_URL SCREENSHOT.png
 //
 // Chromium: $CHROMIUM, else `chromium` or `chromium-browser` on PATH.
-import { existsSync } from "node:fs";
-import { delimiter, join } from "node:path";
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [dashboard, collector, screenshot] = process.argv.slice(2);
 const viewer = "e2e-viewer";
 
-function chromiumPath() {
-  if (process.env.CHROMIUM) return process.env.CHROMIUM;
-  for (const dir of (process.env.PATH || "").split(delimiter)) {
-    for (const name of ["chromium", "chromium-browser"]) {
-      const path = join(dir, name);
-      if (existsSync(path)) return path;
-    }
-  }
-  throw new Error("no Chromium: set CHROMIUM or put chromium on PATH (runtime/tests/setup.sh installs Debian's)");
-}
-
-const browser = await chromium.launch({
-  executablePath: chromiumPath(),
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required", "--mute-audio"],
-});
+const browser = await launch(["--disable-quic", "--autoplay-policy=no-user-gesture-required",
+  "--mute-audio"]);
 try {
   // The dashboard first, connected to the live stream before anything is played.
   const dash = await browser.newPage({ viewport: { width: 1400, height: 700 } });
@@ -62,6 +45,7 @@ try {
     return {
       status: c.querySelector(".status").textContent.replace(" ", "_"),
       title: c.querySelector(".title").textContent,
+      client: c.querySelector(".client").textContent,
       ad: ad ? ad.textContent : null,
       stats,
       seen: window.e2eSeen,

@@ -6,7 +6,7 @@
 
 use serde_json::ser::{CompactFormatter, Formatter};
 
-use crate::{Ad, AdBreak, Media, Page, Session, Status, Stored};
+use crate::{Ad, AdBreak, App, Device, Media, Page, Session, Status, Stored};
 
 /// A JSON writer over a byte buffer, for objects with keys known in advance.
 pub(crate) struct Out<'b> {
@@ -168,6 +168,28 @@ fn ad_break(o: &mut Out<'_>, a: &AdBreak) {
     o.buf.push(b'}');
 }
 
+fn app(o: &mut Out<'_>, a: &App) {
+    o.buf.push(b'{');
+    o.key("build");
+    o.opt_str(&a.build);
+    o.key("version");
+    o.opt_str(&a.version);
+    o.buf.push(b'}');
+}
+
+fn device(o: &mut Out<'_>, d: &Device) {
+    o.buf.push(b'{');
+    o.key("manufacturer");
+    o.opt_str(&d.manufacturer);
+    o.key("model");
+    o.opt_str(&d.model);
+    o.key("os");
+    o.opt_str(&d.os);
+    o.key("os_version");
+    o.opt_str(&d.os_version);
+    o.buf.push(b'}');
+}
+
 fn media(o: &mut Out<'_>, m: &Media) {
     o.buf.push(b'{');
     o.key("duration");
@@ -250,8 +272,18 @@ pub(crate) fn profile(stored: &Stored, viewer: &str, buf: &mut Vec<u8>) {
         Some(a) => ad_break(&mut o, a),
         None => o.null(),
     }
+    o.key("app");
+    match &stored.client.app {
+        Some(a) => app(&mut o, a),
+        None => o.null(),
+    }
     o.key("app_id");
     o.opt_str(&c.app_id);
+    o.key("device");
+    match &stored.client.device {
+        Some(d) => device(&mut o, d),
+        None => o.null(),
+    }
     o.key("events");
     o.u64(stored.events);
     o.key("first_seen");
@@ -264,6 +296,8 @@ pub(crate) fn profile(stored: &Stored, viewer: &str, buf: &mut Vec<u8>) {
     media(&mut o, &c.media);
     o.key("page");
     page(&mut o, &c.page);
+    o.key("platform");
+    o.opt_str(&stored.client.platform);
     if let Some(s) = &stored.session {
         o.key("session");
         session(&mut o, s);

@@ -1,6 +1,10 @@
 //! `viewer-state`: turns Snowplow media events into one live profile per viewer.
 //!
-//! A viewer is the event's `user_id`, else its `domain_userid`, else its `network_userid`. For
+//! A viewer is the event's `user_id`, else its `domain_userid` (web), else the user id of its
+//! `client_session` entity (Snowplow's mobile trackers: an id per app install), else its
+//! `network_userid`. The profile records the viewer's platform (`web`, `mob`, …), device (the
+//! mobile trackers' `mobile_context`: manufacturer, model, OS and its version) and app (the
+//! `application` entity's version and build). For
 //! every media event (vendor `com.snowplowanalytics.snowplow.media`) the transform updates that
 //! viewer's profile — held in weir's keyed state, never in the guest — and emits it (keyed by the
 //! viewer) when it changed. Design choices, each against a flaw of the original backend:
@@ -43,11 +47,17 @@ const PLAYER: &str = "iglu:com.snowplowanalytics.snowplow/media_player/jsonschem
 const SESSION: &str = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/";
 const AD: &str = "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/";
 const AD_BREAK: &str = "iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/";
+const CLIENT_SESSION: &str = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/";
+const MOBILE_CONTEXT: &str = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/";
+const APPLICATION: &str = "iglu:com.snowplowanalytics.mobile/application/jsonschema/";
 /// The first byte of a stored profile in this format. Profiles stored by earlier versions are
-/// JSON (`{`) and are read once, then rewritten in this format.
-const FORMAT: u8 = 1;
-const READS: [usize; 13] = [
+/// read once, then rewritten in this format: JSON (`{`), and [`FORMAT_1`] (this layout without
+/// `client`).
+const FORMAT: u8 = 2;
+const FORMAT_1: u8 = 1;
+const READS: [usize; 14] = [
     fields::APP_ID,
+    fields::PLATFORM,
     fields::COLLECTOR_TSTAMP,
     fields::DVCE_CREATED_TSTAMP,
     fields::EVENT_ID,
@@ -151,6 +161,31 @@ struct Page {
     url: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Device {
+    manufacturer: Option<String>,
+    model: Option<String>,
+    os: Option<String>,
+    os_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct App {
+    build: Option<String>,
+    version: Option<String>,
+}
+
+/// Where the viewer watches: from the newest event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct Client {
+    app: Option<App>,
+    device: Option<Device>,
+    platform: Option<String>,
+}
+
 /// The fields that follow the newest event.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Current {
@@ -176,6 +211,9 @@ struct Stored {
     session: Option<Session>,
     /// Fingerprints of the last `dedup_events` event ids, oldest first.
     seen: Vec<u64>,
+    /// Platform, device and app, from the newest event (new in [`FORMAT`] 2: last, so that a
+    /// [`FORMAT_1`] profile reads as this layout with a default `client` appended).
+    client: Client,
 }
 
 /// A profile as earlier versions stored it: `{"profile": {…}, "newest_ms": …}`.
@@ -215,6 +253,11 @@ impl Stored {
     fn decode(bytes: &[u8]) -> Result<Stored, String> {
         match bytes.first() {
             Some(&FORMAT) => postcard::from_bytes(&bytes[1..]).map_err(|e| e.to_string()),
+            Some(&FORMAT_1) => {
+                let mut v2 = bytes[1..].to_vec();
+                v2.extend(postcard::to_allocvec(&Client::default()).map_err(|e| e.to_string())?);
+                postcard::from_bytes(&v2).map_err(|e| e.to_string())
+            }
             Some(b'{') => {
                 let old: JsonStored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
                 let p = old.profile;
@@ -234,6 +277,7 @@ impl Stored {
                     },
                     session: p.session,
                     seen: Vec::new(),
+                    client: Client::default(),
                 })
             }
             _ => Err("an unknown encoding".into()),
@@ -311,8 +355,10 @@ impl Stateful for ViewerState {
         if event.field(fields::EVENT_VENDOR) != Some(MEDIA_VENDOR) {
             return Ok(()); // not a media event: filtered
         }
-        let viewer = viewer_id(event)
-            .ok_or("no user_id, domain_userid or network_userid to identify the viewer")?;
+        let viewer = viewer_id(event).ok_or(
+            "no user_id, domain_userid, client_session user id or network_userid to identify \
+                 the viewer",
+        )?;
         if viewer.len() > self.max_id {
             return Err(Error::msg(format!(
                 "viewer id of {} bytes, over max_viewer_id_bytes ({})",
@@ -375,9 +421,10 @@ impl Stateful for ViewerState {
         // Only the newest event sets the current fields.
         if ts >= stored.newest_ms {
             stored.newest_ms = ts;
-            let (current, session) = read_current(event, name);
-            changed |= current != stored.current;
+            let (current, session, client) = read_current(event, name);
+            changed |= current != stored.current || client != stored.client;
             stored.current = current;
+            stored.client = client;
             if session.is_some() && session != stored.session {
                 changed = true;
                 stored.session = session;
@@ -420,7 +467,18 @@ fn viewer_id<'r>(event: &Record<'r>) -> Option<&'r [u8]> {
     event
         .field(fields::USER_ID)
         .or_else(|| event.field(fields::DOMAIN_USERID))
+        .or_else(|| install_id(event))
         .or_else(|| event.field(fields::NETWORK_USERID))
+}
+
+/// The `userId` of the event's `client_session` entity (the mobile trackers' id of an app
+/// install), as it is in the event (an id with JSON escapes, which the trackers never write, is
+/// not used).
+fn install_id<'r>(event: &Record<'r>) -> Option<&'r [u8]> {
+    let session = event.entities().find(|e| e.is(CLIENT_SESSION))?;
+    let raw = session.data.get("userId")?.raw();
+    let id = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    (!id.is_empty() && !id.contains(&b'\\')).then_some(id)
 }
 
 fn num(v: Json<'_>) -> Option<f64> {
@@ -434,8 +492,9 @@ fn text(v: Json<'_>) -> Option<String> {
 }
 
 /// The current fields from the newest event, reading each entity's members in one pass.
-fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>) {
+fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>, Client) {
     let (mut player, mut session, mut ad, mut ad_break) = (None, None, None, None);
+    let (mut mobile, mut application) = (None, None);
     for e in event.entities() {
         let slot = if e.is(PLAYER) {
             &mut player
@@ -445,6 +504,10 @@ fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>) {
             &mut ad_break
         } else if e.is(AD) {
             &mut ad
+        } else if e.is(MOBILE_CONTEXT) {
+            &mut mobile
+        } else if e.is(APPLICATION) {
+            &mut application
         } else {
             continue;
         };
@@ -556,7 +619,34 @@ fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>) {
         },
         status,
     };
-    (current, session)
+    let client = Client {
+        platform: event.field_str(fields::PLATFORM).map(str::to_owned),
+        device: mobile.map(|m| {
+            let mut r = Device::default();
+            for (k, v) in m.members() {
+                match k {
+                    b"deviceManufacturer" => r.manufacturer = text(v),
+                    b"deviceModel" => r.model = text(v),
+                    b"osType" => r.os = text(v),
+                    b"osVersion" => r.os_version = text(v),
+                    _ => {}
+                }
+            }
+            r
+        }),
+        app: application.map(|a| {
+            let mut r = App::default();
+            for (k, v) in a.members() {
+                match k {
+                    b"version" => r.version = text(v),
+                    b"build" => r.build = text(v),
+                    _ => {}
+                }
+            }
+            r
+        }),
+    };
+    (current, session, client)
 }
 
 /// `2024-11-16 13:33:22.625` → milliseconds since the epoch (UTC).

@@ -294,7 +294,10 @@ fn a_profile_stored_as_json_by_an_earlier_version_is_read_and_kept() {
     let mut h2 = harness();
     h2.state
         .insert(VIEWER.as_bytes(), &serde_json::to_vec(&old).unwrap());
-    assert_eq!(profile(&h2, VIEWER), expected, "read as it was");
+    // Profiles of 0.1 had no platform (nor device, nor app): read as unknown.
+    let mut as_it_was = expected.clone();
+    as_it_was["platform"] = Value::Null;
+    assert_eq!(profile(&h2, VIEWER), as_it_was, "read as it was");
     // An older event still counts and is stored in the new format, the rest kept.
     let play = lines()
         .into_iter()
@@ -376,13 +379,16 @@ fn long_viewer_ids_and_replaced_settings_are_refused() {
 struct Profile<'a> {
     ad: &'a Option<Ad>,
     ad_break: &'a Option<AdBreak>,
+    app: &'a Option<App>,
     app_id: &'a Option<String>,
+    device: &'a Option<Device>,
     events: u64,
     first_seen: &'a str,
     last_event: &'a str,
     last_seen: &'a str,
     media: &'a Media,
     page: &'a Page,
+    platform: &'a Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     session: &'a Option<Session>,
     status: Status,
@@ -396,13 +402,16 @@ fn reference_json(s: &Stored, viewer: &str) -> Vec<u8> {
     serde_json::to_vec(&Profile {
         ad: &c.ad,
         ad_break: &c.ad_break,
+        app: &s.client.app,
         app_id: &c.app_id,
+        device: &s.client.device,
         events: s.events,
         first_seen: &s.first_seen,
         last_event: &c.last_event,
         last_seen: &s.last_seen,
         media: &c.media,
         page: &c.page,
+        platform: &s.client.platform,
         session: &s.session,
         status: c.status,
         version: &version,
@@ -506,6 +515,19 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
                 ..Session::default()
             }),
             seen: vec![1, 2],
+            client: Client {
+                app: (i % 2 == 0).then(|| App {
+                    build: t.clone(),
+                    version: None,
+                }),
+                device: (i % 3 == 0).then(|| Device {
+                    manufacturer: t.clone(),
+                    model: t.clone(),
+                    os: None,
+                    os_version: t.clone(),
+                }),
+                platform: (i % 2 == 1).then(|| nasty.clone()),
+            },
         };
         let mut mine = Vec::new();
         s.write_json(&nasty, &mut mine);
@@ -515,6 +537,101 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
             "case {i}"
         );
     }
+}
+
+/// `line` as a mobile tracker's event: platform `mob`, no user id or domain user id, and the
+/// entities Snowplow's Android tracker attaches (client_session, mobile_context, application).
+fn mobile(line: &[u8], install_id: &str) -> Vec<u8> {
+    let mut contexts: Value = serde_json::from_str(&field(line, fields::CONTEXTS)).unwrap();
+    let data = contexts["data"].as_array_mut().unwrap();
+    data.push(
+        json!({"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+        "data": {"userId": install_id, "sessionId": "3994693e-a3ae-4e68-9323-451b4a95902a",
+                 "sessionIndex": 5, "storageMechanism": "LOCAL_STORAGE", "eventIndex": 5,
+                 "previousSessionId": null}}),
+    );
+    data.push(
+        json!({"schema": "iglu:com.snowplowanalytics.mobile/application/jsonschema/1-0-0",
+        "data": {"version": "2.4.1", "build": "241"}}),
+    );
+    data.push(
+        json!({"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+        "data": {"osType": "android", "osVersion": "14", "deviceModel": "Pixel 8",
+                 "deviceManufacturer": "Google", "networkType": "wifi"}}),
+    );
+    let line = set(line, fields::CONTEXTS, &contexts.to_string());
+    let line = set(&line, fields::PLATFORM, "mob");
+    let line = set(&line, fields::USER_ID, "");
+    set(&line, fields::DOMAIN_USERID, "")
+}
+
+#[test]
+fn a_mobile_viewer_is_its_install_and_its_profile_has_platform_device_and_app() {
+    let install = "db149e47-14be-49ab-b93f-e42eabd2d9f2";
+    let events: Vec<Vec<u8>> = lines().iter().map(|l| mobile(l, install)).collect();
+    let mut h = harness();
+    let out = run(&mut h, &events);
+    assert!(!out.is_empty());
+    assert!(
+        h.state.value(VIEWER.as_bytes()).is_none(),
+        "not keyed by the web id"
+    );
+    let p = profile(&h, install);
+    assert_eq!(p["viewer_id"], install);
+    assert_eq!(p["platform"], "mob");
+    assert_eq!(
+        p["device"],
+        json!({"manufacturer": "Google", "model": "Pixel 8", "os": "android", "os_version": "14"})
+    );
+    assert_eq!(p["app"], json!({"build": "241", "version": "2.4.1"}));
+    let mobile_profile = p;
+    // A web viewer of the same session: the same media state; platform web, no device, no app.
+    let mut h = harness();
+    run(&mut h, &lines());
+    let p = profile(&h, VIEWER);
+    for k in ["status", "media", "session", "events", "last_event"] {
+        assert_eq!(mobile_profile[k], p[k], "{k}");
+    }
+    assert_eq!(p["platform"], "web");
+    assert_eq!(
+        (p["device"].clone(), p["app"].clone()),
+        (Value::Null, Value::Null)
+    );
+    // user_id still wins over the install id; an escaped install id is not used.
+    let first_media = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_VENDOR) == "com.snowplowanalytics.snowplow.media")
+        .unwrap();
+    let with_user = set(&mobile(&first_media, install), fields::USER_ID, "user-7");
+    let mut h = harness();
+    run(&mut h, &[with_user]);
+    assert!(h.state.value(b"user-7").is_some());
+    let escaped = mobile(&first_media, "a\\u0041b");
+    let nuid = field(&escaped, fields::NETWORK_USERID);
+    let mut h = harness();
+    run(&mut h, &[escaped]);
+    assert!(
+        h.state.value(nuid.as_bytes()).is_some(),
+        "falls back to network_userid"
+    );
+}
+
+#[test]
+fn a_profile_stored_in_format_1_is_read_with_an_empty_client() {
+    let mut h = harness();
+    run(&mut h, &lines());
+    let v2 = h.state.value(VIEWER.as_bytes()).unwrap().to_vec();
+    let stored = Stored::decode(&v2).unwrap();
+    assert_eq!(stored.client.platform.as_deref(), Some("web"));
+    // Format 1 is format 2 without the trailing client.
+    let mut v1 = v2.clone();
+    let tail = postcard::to_allocvec(&stored.client).unwrap();
+    v1.truncate(v1.len() - tail.len());
+    v1[0] = FORMAT_1;
+    let old = Stored::decode(&v1).unwrap();
+    assert_eq!(old.client, Client::default());
+    assert_eq!(old.current, stored.current);
+    assert_eq!(old.seen, stored.seen);
 }
 
 #[test]

@@ -1077,11 +1077,16 @@ fn unstruct(name: &'static str, json: &str) -> Result<(String, [String; 4]), Con
 }
 
 /// Removes the whitespace between JSON tokens of a valid JSON text (strings are copied as they
-/// are: they cannot hold raw control characters), so the field has no tab or newline.
+/// are: they cannot hold raw control characters), so the field has no tab or newline; and writes
+/// `\/` in strings as `/`, as Enrich's JSON printer does. Snowplow's mobile trackers escape every
+/// `/` (Android's org.json, Apple's JSONSerialization), schema URIs included: unescaped, an
+/// entity's schema reads the same from every tracker, byte for byte.
 fn minify(json: &str) -> String {
     let b = json.as_bytes();
-    // Trackers mostly send compact JSON: then there is nothing to remove.
-    if !b.iter().any(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r')) {
+    // Trackers mostly send compact JSON without escaped slashes: then there is nothing to do.
+    if !b.iter().any(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        && memchr::memmem::find(b, b"\\/").is_none()
+    {
         return json.to_string();
     }
     // Whitespace, quotes and backslashes are ASCII, so bytes can be walked one by one: every
@@ -1091,14 +1096,17 @@ fn minify(json: &str) -> String {
     let mut escaped = false;
     for &c in b {
         if in_string {
-            out.push(c);
             if escaped {
                 escaped = false;
+                if c == b'/' {
+                    out.pop(); // the backslash: `\/` is `/`
+                }
             } else if c == b'\\' {
                 escaped = true;
             } else if c == b'"' {
                 in_string = false;
             }
+            out.push(c);
         } else if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
             if c == b'"' {
                 in_string = true;
@@ -1106,7 +1114,7 @@ fn minify(json: &str) -> String {
             out.push(c);
         }
     }
-    String::from_utf8(out).expect("removing ASCII whitespace keeps UTF-8 valid")
+    String::from_utf8(out).expect("removing ASCII whitespace and backslashes keeps UTF-8 valid")
 }
 
 // ---------------------------------------------------------------------------------------------

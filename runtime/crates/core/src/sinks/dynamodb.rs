@@ -203,6 +203,12 @@ struct TableSnapshot {
 #[async_trait]
 impl dashboard::Snapshot for TableSnapshot {
     async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut rows = Vec::new();
+        self.each_row(&mut |r| rows.push(r)).await?;
+        Ok(rows)
+    }
+
+    async fn each_row(&self, f: &mut (dyn FnMut(serde_json::Value) + Send)) -> anyhow::Result<()> {
         let mut pages = self
             .client
             .scan()
@@ -210,7 +216,6 @@ impl dashboard::Snapshot for TableSnapshot {
             .into_paginator()
             .items()
             .send();
-        let mut rows = Vec::new();
         while let Some(item) = pages.next().await {
             let item = match item {
                 Ok(item) => item,
@@ -220,15 +225,15 @@ impl dashboard::Snapshot for TableSnapshot {
                         && e.as_service_error()
                             .is_some_and(|se| se.is_resource_not_found_exception()) =>
                 {
-                    return Ok(rows);
+                    return Ok(());
                 }
                 Err(e) => anyhow::bail!("scan {}: {}", self.cfg.table, aws::describe(&e)),
             };
             if !is_tombstone(&item, &self.cfg.tombstone_attribute) {
-                rows.push(item_to_json(&item));
+                f(item_to_json(&item));
             }
         }
-        Ok(rows)
+        Ok(())
     }
 }
 

@@ -724,24 +724,36 @@ struct Snapshotter {
 #[async_trait]
 impl dashboard::Snapshot for Snapshotter {
     async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut rows = Vec::new();
+        self.each_row(&mut |r| rows.push(r)).await?;
+        Ok(rows)
+    }
+
+    /// Row by row, as PostgreSQL sends them (a cursor-less stream of one query).
+    async fn each_row(&self, f: &mut (dyn FnMut(serde_json::Value) + Send)) -> anyhow::Result<()> {
+        use futures::TryStreamExt;
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(|c| c.is_closed()) {
             *guard = Some(self.db.connect().await?);
         }
         let client = guard.as_ref().expect("connected");
+        let sql = format!(
+            "SELECT doc::text FROM {} WHERE doc IS NOT NULL",
+            self.names.table
+        );
         let rows = client
-            .query(
-                &format!(
-                    "SELECT doc::text FROM {} WHERE doc IS NOT NULL",
-                    self.names.table
-                ),
-                &[],
-            )
+            .query_raw(&sql, std::iter::empty::<&str>())
             .await
             .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
-        rows.iter()
-            .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
-            .collect()
+        let mut rows = std::pin::pin!(rows);
+        while let Some(r) = rows
+            .try_next()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?
+        {
+            f(serde_json::from_str(r.get::<_, &str>(0))?);
+        }
+        Ok(())
     }
 }
 

@@ -119,14 +119,20 @@ impl Store {
 
     /// Every row, as JSON documents.
     pub fn snapshot(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        self.each(&mut |v| out.push(v))?;
+        Ok(out)
+    }
+
+    /// Every row, one at a time.
+    pub fn each(&self, f: &mut dyn FnMut(serde_json::Value)) -> anyhow::Result<()> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(ROWS)?;
-        let mut out = Vec::new();
         for row in table.iter()? {
             let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value())?);
+            f(serde_json::from_slice(v.value())?);
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn len(&self) -> anyhow::Result<u64> {
@@ -143,6 +149,10 @@ impl Store {
 impl dashboard::Snapshot for Store {
     async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         self.snapshot()
+    }
+
+    async fn each_row(&self, f: &mut (dyn FnMut(serde_json::Value) + Send)) -> anyhow::Result<()> {
+        self.each(f)
     }
 }
 

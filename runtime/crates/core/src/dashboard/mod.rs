@@ -2,13 +2,27 @@
 //! [`profiles`](crate::sinks::profiles) store or a [`dynamodb`](crate::sinks::dynamodb) table — and
 //! pushes every change its sink writes to the browser.
 //!
-//! * `GET /` — the dashboard page (made for a wall screen).
-//! * `GET /api/viewers` — a JSON snapshot: `{"viewers": [profile, …]}`.
-//! * `GET /api/stream` — Server-Sent Events: one `snapshot` event with every profile on connect,
+//! * `GET /` — the dashboard page (made for a wall screen, usable on a laptop): the aggregates
+//!   first, then a page of viewers, filtered and searched on the server.
+//! * `GET /api/viewers` — the full export: a JSON snapshot, `{"viewers": [profile, …]}`. With any
+//!   of `status`, `platform`, `title`, `user` (a part of the viewer id), `q` (a part of the id or
+//!   title), `page`, `per_page` (≤ 200): one page of the viewers they select, most recently
+//!   active first: `{"total", "page", "per_page", "pages", "viewers"}`.
+//! * `GET /api/summary` — the aggregates: viewers by status, platform and title, live viewers
+//!   over the last hour, ad completion, skip and click rates.
+//! * `GET /api/view?…` — Server-Sent Events for one screen: `view` events (`{"summary", "page"}`,
+//!   the page as `/api/viewers?…` gives it) at most every `push_interval`, when something
+//!   changed. Whatever the store holds, a client is sent a page and the aggregates, never more.
+//! * `GET /api/stream` — Server-Sent Events of everything (for tools; the page uses
+//!   `/api/view`): one `snapshot` event with every profile on connect,
 //!   then `profile` (a JSON profile) and `removed` (`{"key": …}`) events as they happen. A client
 //!   that falls behind gets a fresh `snapshot` instead of an unbounded backlog.
 //! * `GET /demo/…` — static files (the tracker demo page), if `static_dir` is set.
 //! * `GET /healthz` — never behind `auth`.
+//!
+//! **The index.** The pages and aggregates come from an in-memory [`index::Index`] of the
+//! store: read once at start (and again after a [`Hub::resync`]), then kept current by every
+//! change the sink announces.
 //!
 //! **Bounds.** One snapshot is built at a time (at most once a second), on a blocking thread,
 //! and shared by every client that needs it (each holds a reference, never a copy); at most
@@ -44,13 +58,26 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use crate::config::{self, ConfigError, Origin};
 use crate::http_server::{self, Connection, ServerConfig, ServerLimits};
 
-const PAGE: &str = include_str!("../assets/dashboard.html");
+pub mod index;
+
+use index::{Index, Query};
+
+const PAGE: &str = include_str!("../../assets/dashboard.html");
 
 /// Where a dashboard reads its full snapshot (on connect, and for a client that fell behind).
 #[async_trait::async_trait]
 pub trait Snapshot: Send + Sync {
     /// Every live row, as JSON objects.
     async fn rows(&self) -> anyhow::Result<Vec<serde_json::Value>>;
+
+    /// Every live row, one at a time (a store that can read row by row overrides this, so that
+    /// the rows are never all in memory as JSON values at once).
+    async fn each_row(&self, f: &mut (dyn FnMut(serde_json::Value) + Send)) -> anyhow::Result<()> {
+        for r in self.rows().await? {
+            f(r);
+        }
+        Ok(())
+    }
 }
 
 /// `[sink.dashboard]` of the profiles and dynamodb sinks.
@@ -62,6 +89,7 @@ pub trait Snapshot: Send + Sync {
 /// max_stream_clients = 32       # /api/stream clients at once (503 beyond)
 /// client_buffer = 256           # events queued for one client
 /// send_timeout = "30s"          # an event (or the snapshot) not taken within this: dropped
+/// push_interval = "1s"          # /api/view: a screen's page and aggregates, when changed
 /// [sink.dashboard.auth]         # optional
 /// scheme = "basic"              # or "bearer"
 /// username = "wall"             # basic only
@@ -87,6 +115,9 @@ pub struct DashboardConfig {
     /// dropped; its browser reconnects and starts again from a snapshot.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: config::Duration,
+    /// How often a `/api/view` client is sent its page and the aggregates, when they changed.
+    #[serde(default = "default_push_interval")]
+    pub push_interval: config::Duration,
     /// Require credentials on everything but `/healthz`.
     pub auth: Option<AuthConfig>,
     /// Timeouts, connection cap and size limits (defaults: [`ServerLimits::admin`]).
@@ -102,6 +133,9 @@ fn default_client_buffer() -> usize {
 }
 fn default_send_timeout() -> config::Duration {
     config::Duration(Duration::from_secs(30))
+}
+fn default_push_interval() -> config::Duration {
+    config::Duration(Duration::from_secs(1))
 }
 
 /// `[sink.dashboard.auth]`: HTTP authentication. The secret (token or password) comes from an
@@ -145,6 +179,15 @@ impl DashboardConfig {
                 format!(
                     "expected at least 1s, found {}",
                     humantime::format_duration(self.send_timeout.0)
+                ),
+            ));
+        }
+        if self.push_interval.0 < Duration::from_millis(50) {
+            return Err(origin.error(
+                "push_interval",
+                format!(
+                    "expected at least 50ms, found {}",
+                    humantime::format_duration(self.push_interval.0)
                 ),
             ));
         }
@@ -345,6 +388,11 @@ pub struct Hub {
     seq: Arc<AtomicU64>,
     /// The snapshots in memory (one build at a time: the lock is held while building).
     generations: Arc<tokio::sync::Mutex<Generations>>,
+    /// Every row, for pages and aggregates.
+    index: Arc<std::sync::RwLock<Index>>,
+    /// The aggregates as JSON, with the index version they are of: built once per change for
+    /// every screen, not once per screen.
+    summary: Arc<std::sync::Mutex<(u64, Arc<str>)>>,
 }
 
 impl Hub {
@@ -356,24 +404,90 @@ impl Hub {
             key_field: key_field.into(),
             seq: Arc::new(AtomicU64::new(0)),
             generations: Arc::new(tokio::sync::Mutex::new(Generations::default())),
+            index: Arc::default(),
+            summary: Arc::new(std::sync::Mutex::new((u64::MAX, Arc::from("")))),
         }
     }
 
+    /// The aggregates of `ix` (this hub's index, read-locked) as JSON.
+    fn summary_json(&self, ix: &Index) -> Arc<str> {
+        let mut cached = self
+            .summary
+            .lock()
+            .expect("the dashboard summary lock poisoned");
+        if cached.0 != ix.version {
+            let json = serde_json::to_string(&ix.summary()).unwrap_or_default();
+            *cached = (ix.version, Arc::from(json));
+        }
+        cached.1.clone()
+    }
+
+    fn index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index
+            .write()
+            .expect("the dashboard index lock poisoned")
+    }
+
+    fn index_read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index
+            .read()
+            .expect("the dashboard index lock poisoned")
+    }
+
     /// A row was written (call after the store holds it).
-    pub fn upserted(&self, _key: &str, doc: serde_json::Value) {
+    pub fn upserted(&self, key: &str, doc: serde_json::Value) {
+        self.index().upsert(key, &doc);
         self.announce(sse_frame("profile", &doc.to_string()));
     }
 
     /// A row was removed (call after the store no longer holds it).
     pub fn removed(&self, key: &str) {
+        self.index().remove(key);
         let msg = serde_json::json!({ "key": key, "key_field": &*self.key_field });
         self.announce(sse_frame("removed", &msg.to_string()));
     }
 
     /// Every client takes a fresh snapshot (the store changed in ways not announced, e.g. while
-    /// a change feed was away).
+    /// a change feed was away), and the index is read again.
     pub fn resync(&self) {
         self.announce(Bytes::from_static(RESYNC));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let hub = self.clone();
+            rt.spawn(async move { hub.load_index().await });
+        }
+    }
+
+    /// Reads the store into the index (the changes announced meanwhile win over the rows read),
+    /// row by row on a blocking thread, outside the index's lock.
+    pub async fn load_index(&self) {
+        self.index().begin_load();
+        let started = Instant::now();
+        let store = self.store.clone();
+        let key_field = self.key_field.clone();
+        let rt = tokio::runtime::Handle::current();
+        let read = tokio::task::spawn_blocking(move || -> anyhow::Result<Index> {
+            let mut fresh = Index::default();
+            rt.block_on(store.each_row(&mut |r| {
+                if let Some(k) = r.get(&*key_field).and_then(|k| k.as_str()) {
+                    fresh.load_row(k, &r);
+                }
+            }))?;
+            Ok(fresh)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("the index task failed: {e}"))
+        .and_then(|r| r);
+        match read {
+            Ok(fresh) => {
+                let n = fresh.len();
+                self.index().finish_load(fresh);
+                tracing::info!(rows = n, took = ?started.elapsed(), "dashboard: profile store read");
+            }
+            Err(e) => {
+                self.index().abort_load();
+                tracing::warn!(error = %e, "dashboard: cannot read the profile store into its index");
+            }
+        }
     }
 
     fn announce(&self, frame: Bytes) {
@@ -489,6 +603,7 @@ fn sse_frame(event: &str, data: &str) -> Bytes {
 #[derive(Clone)]
 struct App {
     hub: Hub,
+    push_interval: Duration,
     clients: Arc<Semaphore>,
     client_buffer: usize,
     send_timeout: Duration,
@@ -503,8 +618,24 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("dashboard.address {}: cannot listen", cfg.address))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
+    // The index: read once, then sampled every 10 s for the live-viewers chart.
+    {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            hub.load_index().await;
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                hub.index().sample(now);
+            }
+        });
+    }
     let app = App {
         hub,
+        push_interval: cfg.push_interval.0,
         clients: Arc::new(Semaphore::new(cfg.max_stream_clients)),
         client_buffer: cfg.client_buffer,
         send_timeout: cfg.send_timeout.0,
@@ -514,6 +645,8 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
     let mut router = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/api/viewers", get(viewers))
+        .route("/api/summary", get(summary))
+        .route("/api/view", get(view))
         .route("/api/stream", get(stream));
     if let Some(dir) = cfg.static_dir {
         router = router.nest_service("/demo", tower_http::services::ServeDir::new(dir));
@@ -547,7 +680,15 @@ pub fn spawn(cfg: DashboardConfig, hub: Hub) -> anyhow::Result<SocketAddr> {
     Ok(bound)
 }
 
-async fn viewers(State(app): State<App>, conn: Option<Extension<Connection>>) -> Response {
+async fn viewers(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<Query>,
+    conn: Option<Extension<Connection>>,
+) -> Response {
+    if !q.is_empty() {
+        let page = app.hub.index_read().page_json(&q);
+        return ([(header::CONTENT_TYPE, "application/json")], page).into_response();
+    }
     let (_, seq) = app.hub.subscribe();
     match app.hub.snapshot(seq, conn.as_ref().map(|c| &c.0)).await {
         Ok(b) => (
@@ -564,19 +705,119 @@ async fn viewers(State(app): State<App>, conn: Option<Extension<Connection>>) ->
     }
 }
 
+impl App {
+    /// A place among the `max_stream_clients` streams, if one is free.
+    fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let p = self.clients.clone().try_acquire_owned().ok();
+        if p.is_none() {
+            metrics::counter!("weir_dashboard_stream_refused_total").increment(1);
+        }
+        p
+    }
+}
+
+fn too_many_clients() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "10")],
+        "too many dashboard clients\n",
+    )
+        .into_response()
+}
+
+fn sse_response(body: ClientBody) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+async fn summary(State(app): State<App>) -> Response {
+    let s = app.hub.summary_json(&app.hub.index_read());
+    ([(header::CONTENT_TYPE, "application/json")], s.to_string()).into_response()
+}
+
+/// One `view` event: the aggregates and the client's page, built under one read of the index.
+fn view_frame(hub: &Hub, q: &Query) -> (u64, Bytes) {
+    let ix = hub.index_read();
+    let summary = hub.summary_json(&ix);
+    let page = ix.page_json(q);
+    let mut frame = Vec::with_capacity(summary.len() + page.len() + 48);
+    frame.extend_from_slice(b"event: view\ndata: {\"summary\":");
+    frame.extend_from_slice(summary.as_bytes());
+    frame.extend_from_slice(b",\"page\":");
+    frame.extend_from_slice(page.as_bytes());
+    frame.extend_from_slice(b"}\n\n");
+    (ix.version, Bytes::from(frame))
+}
+
+/// `GET /api/view?…`: one screen's stream: its page and the aggregates, sent again (at most
+/// every `push_interval`) when the index changed. Bounded like `/api/stream`: the same cap on
+/// clients, one frame queued at a time, a client that takes none for `send_timeout` dropped.
+async fn view(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<Query>,
+    conn: Option<Extension<Connection>>,
+) -> Response {
+    let Some(permit) = app.stream_permit() else {
+        return too_many_clients();
+    };
+    let (tx, rx) = mpsc::channel(1);
+    let progress = Arc::new(Progress::new());
+    let body = ClientBody {
+        rx,
+        progress: progress.clone(),
+    };
+    tokio::spawn(async move {
+        let mut sent_version = None;
+        let mut tick = tokio::time::interval(app.push_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tx.closed() => break,
+            }
+            if progress.stuck_for() > app.send_timeout {
+                metrics::counter!("weir_dashboard_stream_dropped_total").increment(1);
+                if let Some(c) = &conn {
+                    c.0.close();
+                }
+                break;
+            }
+            let version = app.hub.index_read().version;
+            let frame = if sent_version != Some(version) {
+                let (v, frame) = view_frame(&app.hub, &q);
+                sent_version = Some(v);
+                frame
+            } else if last_sent.elapsed() >= app.keep_alive {
+                Bytes::from_static(b":\n\n")
+            } else {
+                continue;
+            };
+            // One frame queued at most: a client still reading the last one skips to the newest.
+            match tx.try_send(frame) {
+                Ok(()) => last_sent = Instant::now(),
+                Err(mpsc::error::TrySendError::Full(_)) => sent_version = None,
+                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            }
+        }
+        drop(permit);
+    });
+    sse_response(body)
+}
+
 /// `GET /api/stream`: one client's event stream. The client gets its own bounded queue, fed by
 /// a task; the body it reads takes from that queue. A client that stops reading stops taking:
 /// after `send_timeout` its connection is closed (what it had not read is freed), and its
 /// browser reconnects to a fresh snapshot.
 async fn stream(State(app): State<App>, conn: Option<Extension<Connection>>) -> Response {
-    let Ok(permit) = app.clients.clone().try_acquire_owned() else {
-        metrics::counter!("weir_dashboard_stream_refused_total").increment(1);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "10")],
-            "too many dashboard clients\n",
-        )
-            .into_response();
+    let Some(permit) = app.stream_permit() else {
+        return too_many_clients();
     };
     let (tx, rx) = mpsc::channel(app.client_buffer);
     let progress = Arc::new(Progress::new());
@@ -596,14 +837,7 @@ async fn stream(State(app): State<App>, conn: Option<Extension<Connection>>) -> 
         }
         drop(permit);
     });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(body),
-    )
-        .into_response()
+    sse_response(body)
 }
 
 /// Feeds one client until it goes away (false) or must be dropped for not reading (true).
