@@ -125,12 +125,12 @@ fn bump(map: &mut HashMap<Arc<str>, usize>, k: &Option<Arc<str>>, up: bool) {
 }
 
 impl Index {
-    /// A row was written.
-    pub fn upsert(&mut self, key: &str, doc: &serde_json::Value) {
+    /// A row was written: `doc`, serialised as `json` (the caller's, so it is done once).
+    pub fn upsert(&mut self, key: &str, doc: &serde_json::Value, json: &str) {
         if let Some(l) = &mut self.loading {
             l.insert(Arc::from(key), Some(doc.clone()));
         }
-        self.put(key, doc);
+        self.put(key, doc, Arc::from(json));
     }
 
     /// A row was removed.
@@ -142,7 +142,7 @@ impl Index {
         self.version += 1;
     }
 
-    fn put(&mut self, key: &str, doc: &serde_json::Value) {
+    fn put(&mut self, key: &str, doc: &serde_json::Value, json: Arc<str>) {
         let key: Arc<str> = match self.rows.get_key_value(key) {
             Some((k, _)) => k.clone(),
             None => Arc::from(key),
@@ -156,7 +156,7 @@ impl Index {
         search.push('\n');
         search.push_str(&title.as_deref().unwrap_or("").to_lowercase());
         let e = Entry {
-            doc: Arc::from(doc.to_string()),
+            doc: json,
             status: text(doc.get("status")),
             platform: text(doc.get("platform")),
             title,
@@ -197,7 +197,7 @@ impl Index {
 
     /// Adds a row read from the store to an index being built (see [`Index::finish_load`]).
     pub fn load_row(&mut self, key: &str, doc: &serde_json::Value) {
-        self.put(key, doc);
+        self.put(key, doc, Arc::from(doc.to_string()));
     }
 
     /// `fresh`, built from the store's rows read after [`Index::begin_load`], replaces the
@@ -213,7 +213,7 @@ impl Index {
         };
         for (k, change) in meanwhile {
             match change {
-                Some(doc) => self.put(&k, &doc),
+                Some(doc) => self.put(&k, &doc, Arc::from(doc.to_string())),
                 None => self.take(&k),
             }
         }
@@ -371,6 +371,10 @@ mod tests {
                "session": {"ads": ads, "ads_skipped": ads / 2, "ads_clicked": 0}})
     }
 
+    fn up(ix: &mut Index, key: &str, doc: &Value) {
+        ix.upsert(key, doc, &doc.to_string());
+    }
+
     fn page(ix: &Index, q: Query) -> Value {
         serde_json::from_str(&ix.page_json(&q)).unwrap()
     }
@@ -390,7 +394,8 @@ mod tests {
         for i in 0..100 {
             let status = STATUSES[i % 5];
             let platform = if i % 4 == 0 { "mob" } else { "web" };
-            ix.upsert(
+            up(
+                &mut ix,
                 &format!("viewer-{i:03}"),
                 &viewer(i, status, platform, &format!("T{}", i % 3), 2),
             );
@@ -453,7 +458,7 @@ mod tests {
         // An update moves a viewer to the top; a removal takes it out of everything.
         let mut v = viewer(5, "ended", "web", "T2", 2);
         v["last_seen"] = json!("2026-12-07T11:00:00Z");
-        ix.upsert("viewer-005", &v);
+        up(&mut ix, "viewer-005", &v);
         assert_eq!(keys(&page(&ix, Query::default()))[0], "viewer-005");
         ix.remove("viewer-005");
         assert_eq!(page(&ix, Query::default())["total"], 99);
@@ -465,7 +470,8 @@ mod tests {
         let mut ix = Index::default();
         for i in 0..50 {
             // 50 titles, title k watched by k viewers... up to the 50 rows.
-            ix.upsert(
+            up(
+                &mut ix,
                 &format!("Ab\nC-{i}"),
                 &viewer(i, "watching", "web", &format!("T{}", i % 7), 0),
             );
@@ -523,16 +529,24 @@ mod tests {
     #[test]
     fn aggregates_follow_every_change() {
         let mut ix = Index::default();
-        ix.upsert("a", &viewer(1, "watching", "web", "Sintel", 4));
-        ix.upsert("b", &viewer(2, "ended", "mob", "Sintel", 2));
-        ix.upsert("c", &viewer(3, "in_ad", "mob", "Big Buck Bunny", 0));
+        up(&mut ix, "a", &viewer(1, "watching", "web", "Sintel", 4));
+        up(&mut ix, "b", &viewer(2, "ended", "mob", "Sintel", 2));
+        up(
+            &mut ix,
+            "c",
+            &viewer(3, "in_ad", "mob", "Big Buck Bunny", 0),
+        );
         let s = ix.summary();
         assert_eq!((s.viewers, s.live), (3, 2));
         assert_eq!(s.by_platform["mob"], 2);
         assert_eq!(s.top_titles[0], ("Sintel".to_string(), 2));
         assert_eq!((s.ads.started, s.ads.skipped), (6.0, 3.0));
         assert_eq!(s.ads.completion_rate, Some(0.5));
-        ix.upsert("a", &viewer(1, "ended", "web", "Tears of Steel", 6));
+        up(
+            &mut ix,
+            "a",
+            &viewer(1, "ended", "web", "Tears of Steel", 6),
+        );
         ix.remove("c");
         let s = ix.summary();
         assert_eq!((s.viewers, s.live), (2, 0));
@@ -547,7 +561,7 @@ mod tests {
     fn changes_during_a_load_win_over_the_rows_read() {
         let mut ix = Index::default();
         ix.begin_load();
-        ix.upsert("a", &viewer(1, "ended", "web", "New", 0));
+        up(&mut ix, "a", &viewer(1, "ended", "web", "New", 0));
         ix.remove("b");
         // The store's rows, read before those changes.
         let mut fresh = Index::default();

@@ -436,8 +436,9 @@ impl Hub {
 
     /// A row was written (call after the store holds it).
     pub fn upserted(&self, key: &str, doc: serde_json::Value) {
-        self.index().upsert(key, &doc);
-        self.announce(sse_frame("profile", &doc.to_string()));
+        let json = doc.to_string();
+        self.index().upsert(key, &doc, &json);
+        self.announce(sse_frame("profile", &json));
     }
 
     /// A row was removed (call after the store no longer holds it).
