@@ -224,3 +224,52 @@ fn environment_overrides_any_key_including_array_elements() {
     // Without the override the same file is valid: the error came from the environment.
     assert_eq!(validate(&cfg).0, Some(0));
 }
+
+/// `delivery = "exactly-once"` commits the source's offsets in the sink's Kafka transaction: a
+/// source without offsets, durable state (not in the transaction yet) and a producer without
+/// idempotence are each refused at their key.
+#[test]
+fn exactly_once_needs_a_kafka_source_no_state_and_idempotence() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = "[sink]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopic = \"out\"\ndelivery = \"exactly-once\"\n";
+    let kafka_source = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
+    let ok = write(dir.path(), "eos.toml", &format!("{kafka_source}{sink}"));
+    let (code, text) = validate(&ok);
+    assert_eq!(code, Some(0), "{text}");
+
+    let stdin = write(
+        dir.path(),
+        "stdin.toml",
+        &format!("[source]\ntype = \"stdin\"\n{sink}"),
+    );
+    let text = invalid(&stdin);
+    assert!(text.contains("stdin.toml: key `sink.delivery`"), "{text}");
+    assert!(text.contains("expected a `kafka` source"), "{text}");
+
+    let on_read = write(
+        dir.path(),
+        "on-read.toml",
+        &format!("{kafka_source}commit = \"on-read\"\n{sink}"),
+    );
+    assert!(invalid(&on_read).contains("key `sink.delivery`"));
+
+    let state = write(
+        dir.path(),
+        "state.toml",
+        &format!(
+            "{kafka_source}{sink}[state]\nbackend = \"disk\"\npath = \"{}\"\n",
+            dir.path().join("st").display()
+        ),
+    );
+    let text = invalid(&state);
+    assert!(text.contains("key `sink.delivery`"), "{text}");
+    assert!(text.contains("no `[state]` section"), "{text}");
+
+    let no_idem = write(
+        dir.path(),
+        "idem.toml",
+        &format!("{kafka_source}{sink}idempotence = false\n"),
+    );
+    let text = invalid(&no_idem);
+    assert!(text.contains("key `sink.idempotence`"), "{text}");
+}

@@ -127,9 +127,15 @@ struct Tail {
 }
 
 impl Tail {
+    /// A read_committed reader (librdkafka's default): aborted records are never read.
     fn new(bootstrap: &str, topic: &str) -> Tail {
+        Tail::with_isolation(bootstrap, topic, "read_committed")
+    }
+
+    fn with_isolation(bootstrap: &str, topic: &str, isolation: &str) -> Tail {
         let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
+            .set("isolation.level", isolation)
             .set("group.id", "checker")
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "50")
@@ -166,16 +172,23 @@ impl Tail {
         }
         let mut out = Vec::new();
         let start = Instant::now();
+        let mut last = Instant::now();
         while ends.iter().any(|(p, end)| self.next[p] < *end) {
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "reading {} to its end",
                 self.topic
             );
+            // A transactional topic ends in commit and abort markers (and aborted records),
+            // which a read_committed reader never gets: it is at the end once quiet.
+            if last.elapsed() > Duration::from_secs(2) {
+                break;
+            }
             if let Some(m) = self.c.poll(Duration::from_millis(100)) {
                 let m = m.unwrap();
                 self.next.insert(m.partition(), m.offset() + 1);
                 out.push(m.detach());
+                last = Instant::now();
             }
         }
         out
@@ -285,6 +298,9 @@ struct Pipe<'a> {
     max_records: usize,
     queue: usize,
     session_ms: u32,
+    /// `"classic"` or `"consumer"` (KIP-848: session and heartbeats are the broker's, so the
+    /// config sets neither).
+    group_protocol: &'a str,
     /// Extra `[source]` keys, `[source.options]` lines, `[sink]` keys, and trailing sections.
     source: String,
     source_options: String,
@@ -303,6 +319,7 @@ impl<'a> Pipe<'a> {
             max_records: 200,
             queue: 2,
             session_ms: 6000,
+            group_protocol: "classic",
             source: String::new(),
             source_options: String::new(),
             sink: String::new(),
@@ -321,6 +338,14 @@ impl<'a> Pipe<'a> {
 
     fn write(&self, dir: &Path) -> PathBuf {
         let heartbeat_ms = self.session_ms / 5;
+        let timing = if self.group_protocol == "classic" {
+            format!(
+                "\"session.timeout.ms\" = \"{}\"\n\"heartbeat.interval.ms\" = \"{heartbeat_ms}\"",
+                self.session_ms
+            )
+        } else {
+            String::new()
+        };
         write(
             dir,
             &format!("{}.toml", self.name),
@@ -333,11 +358,11 @@ topics = ["{input}"]
 group_id = "{group}"
 commit_interval = "{ci}"
 prefetch = "256 KiB"
+group_protocol = "{protocol}"
 {source}
 
 [source.options]
-"session.timeout.ms" = "{session_ms}"
-"heartbeat.interval.ms" = "{heartbeat_ms}"
+{timing}
 {source_options}
 
 [[transforms]]
@@ -365,7 +390,7 @@ queue = {queue}
                 output = self.topics.output,
                 group = self.group,
                 ci = self.commit_interval,
-                session_ms = self.session_ms,
+                protocol = self.group_protocol,
                 source = self.source,
                 source_options = self.source_options,
                 sink = self.sink,
@@ -662,11 +687,29 @@ fn crash_run(
     commits: bool,
     at: KillAt,
 ) -> Crashes {
+    crash_run_as(kafka, tag, kills, per_kill, commits, false, at)
+}
+
+/// [`crash_run`]; with `exactly_once`, the sink's `delivery = "exactly-once"` and static
+/// membership (each restart aborts what the killed instance left open).
+fn crash_run_as(
+    kafka: &Kafka,
+    tag: &str,
+    kills: usize,
+    per_kill: usize,
+    commits: bool,
+    exactly_once: bool,
+    at: KillAt,
+) -> Crashes {
     let bs = kafka.bootstrap();
     let t = topics(kafka, tag);
     let dir = tempfile::tempdir().unwrap();
     let group = format!("g-{tag}");
     let mut pipe = Pipe::new("crash", &bs, &t, &group);
+    if exactly_once {
+        pipe.sink = "delivery = \"exactly-once\"".into();
+        pipe.source = format!("group_instance_id = \"{tag}-1\"");
+    }
     let interval = format!("{}ms", CRASH_COMMIT_INTERVAL.as_millis());
     pipe.commit_interval = if commits { &interval } else { "1h" };
     pipe.max_records = 100;
@@ -779,6 +822,56 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
         "most records were written between kills"
     );
     r.check().unwrap();
+}
+
+/// Exactly-once under SIGKILL: `WEIR_KAFKA_EOS_KILLS` (default 25) kills at random moments
+/// while input keeps coming, the sink writing in Kafka transactions with the offsets. A
+/// read_committed reader of the output must see every id exactly once: what a killed instance
+/// had written but not committed is aborted (by its successor's `init_transactions`) and written
+/// again by the next. The at-least-once crash test above, with the same kills, shows the
+/// duplicates this removes.
+#[test]
+fn exactly_once_sigkill_at_random_moments_writes_every_id_exactly_once() {
+    let _serial = serial();
+    let kills: usize = std::env::var("WEIR_KAFKA_EOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25);
+    let r = crash_run_as(
+        kafka_support::shared(),
+        "eos",
+        kills,
+        600,
+        true,
+        true,
+        KillAt::Random(1500),
+    );
+    let dups: usize = r.dups_per_kill.iter().sum();
+    eprintln!(
+        "exactly-once crash test: {kills} kills in {:?}, {} ids written while crashing, {} ids, {} missing, {dups} duplicates",
+        r.crashing, r.during, r.expected, r.missing,
+    );
+    assert_eq!(r.missing, 0, "records lost");
+    assert_eq!(dups, 0, "ids written twice: {:?}", r.dups_per_kill);
+    // Not vacuous: kills did leave records written in transactions that were then aborted (a
+    // read_uncommitted reader sees them), and the read_committed reader skipped them.
+    let uncommitted = Tail::with_isolation(
+        &kafka_support::shared().bootstrap(),
+        "out-eos",
+        "read_uncommitted",
+    )
+    .catch_up()
+    .len();
+    eprintln!("exactly-once crash test: {uncommitted} records in the output with the aborted ones");
+    assert!(
+        uncommitted > r.expected,
+        "no kill left an aborted write behind ({uncommitted} records for {} ids): the test shows nothing",
+        r.expected
+    );
+    assert!(
+        r.during > r.expected / 4,
+        "most records were written between kills"
+    );
 }
 
 /// The control of the crash test's duplicate check: the same check on a weir that never commits
@@ -1174,6 +1267,200 @@ fn two_instances_share_the_group_and_the_survivor_takes_over_a_killed_ones_parti
         log.matches("partitions assigned").count() >= 2,
         "the survivor got partitions twice (at the start and after the kill): {log}"
     );
+}
+
+/// Fencing a zombie: instance A is frozen (SIGSTOP) in the middle of a backlog with a
+/// transaction open; B joins, takes every partition once A's session expires and writes the
+/// rest; A is thawed while its transaction is still open (before the broker's transaction
+/// timeout). A's next commit carries its old group generation: the coordinator refuses it, A
+/// aborts, and nothing A wrote after its partitions moved is ever read (read_committed: every
+/// id exactly once).
+#[test]
+fn exactly_once_fences_a_zombie_that_wakes_after_its_partitions_moved() {
+    let _serial = serial();
+    let kafka = kafka_support::shared();
+    let bs = kafka.bootstrap();
+    let t = topics(kafka, "zombie");
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = produce(&bs, &t.input, 0..20_000);
+    let (http_a, http_b) = (free_addr(), free_addr());
+    let mut a = Pipe::new("zombie-a", &bs, &t, "g-zombie");
+    a.session_ms = 2000;
+    a.commit_interval = "1s";
+    a.sink = "delivery = \"exactly-once\"".into();
+    a.source = "group_instance_id = \"zombie-a\"".into();
+    a.extra = format!("[http]\naddress = \"{http_a}\"\n");
+    let mut b = Pipe::new("zombie-b", &bs, &t, "g-zombie");
+    b.session_ms = 2000;
+    b.sink = a.sink.clone();
+    b.source = "group_instance_id = \"zombie-b\"".into();
+    b.extra = format!("[http]\naddress = \"{http_b}\"\n");
+    let (cfg_a, cfg_b) = (a.write(dir.path()), b.write(dir.path()));
+    let written = |http: &str| stats(http).and_then(|v| v["written"].as_u64()).unwrap_or(0);
+    let mut inst_a = Reaper(spawn(&cfg_a));
+    let start = Instant::now();
+    while written(&http_a) < 2000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "A works: {}",
+            log_tail(&cfg_a, 20)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(inst_a.0.id(), libc::SIGSTOP);
+    let frozen = Instant::now();
+    let frozen_at = written(&http_b); // 0: B is not there yet
+    let mut inst_b = Reaper(spawn(&cfg_b));
+    // B holds every partition once A's session (2 s) expired.
+    let start = Instant::now();
+    while !log_of(&cfg_b).contains("partitions assigned") || written(&http_b) == frozen_at {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "B takes over: {}",
+            log_tail(&cfg_b, 20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Thaw A well within the transaction timeout (10 s) of its open transaction.
+    while frozen.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(inst_a.0.id(), libc::SIGCONT);
+    expected.extend(produce(&bs, &t.input, 20_000..24_000));
+    let mut out = OutIds::new(&bs, &t.output);
+    out.wait_all(&expected, Duration::from_secs(120), || {
+        format!(
+            "--- a:\n{}\n--- b:\n{}",
+            log_tail(&cfg_a, 30),
+            log_tail(&cfg_b, 30)
+        )
+    });
+    // Give the zombie time for a commit attempt or two, then stop both.
+    std::thread::sleep(Duration::from_secs(3));
+    for (i, cfg) in [(&mut inst_a, &cfg_a), (&mut inst_b, &cfg_b)] {
+        signal(i.0.id(), libc::SIGTERM);
+        let start = Instant::now();
+        while i.0.try_wait().unwrap().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{} did not stop: {}\n{}",
+                cfg.display(),
+                log_tail(cfg, 60),
+                backtraces(i.0.id())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    out.update();
+    let log_a = log_of(&cfg_a);
+    eprintln!(
+        "zombie test: {} ids, {} duplicates; A wrote {} before it froze",
+        out.ids.len(),
+        out.dups(),
+        2000
+    );
+    assert_eq!(
+        out.dups(),
+        0,
+        "a zombie's write became visible\n--- a:\n{log_a}\n--- b:\n{}",
+        log_tail(&cfg_b, 40)
+    );
+    assert!(out.has_all(&expected));
+    assert!(
+        log_a.contains("aborting the transaction") || log_a.contains("failed for good"),
+        "the zombie's transaction was refused: {log_a}"
+    );
+}
+
+/// Group membership on the real coordinator, and what a crash loop costs: for the classic
+/// protocol and KIP-848's consumer protocol (`group_protocol = "consumer"`), each with and
+/// without static membership (`group_instance_id`), weir works, is SIGKILLed, 2,000 more events
+/// come and a new weir starts at once (a supervisor's restart). Every id must come out in each
+/// mode; printed: the time from the restart to the last of those events written. Without static
+/// membership the killed member keeps its partitions until its session (6 s here, for both
+/// protocols) expires; with the classic protocol a static member takes its partitions back at
+/// once, while KIP-848 refuses its return until the predecessor's session expired
+/// (UNRELEASED_INSTANCE_ID, fatal for the consumer: weir exits naming it and the test, as a
+/// supervisor, starts it again). `WEIR_KAFKA_MEMBERSHIP=consumer-true` runs one mode.
+#[test]
+fn a_crash_restart_resumes_with_and_without_static_membership_classic_and_kip848() {
+    let _serial = serial();
+    let kafka = kafka_support::shared();
+    let bs = kafka.bootstrap();
+    let mut figures = Vec::new();
+    for (protocol, fixed) in [
+        ("classic", false),
+        ("classic", true),
+        ("consumer", false),
+        ("consumer", true),
+    ]
+    .into_iter()
+    .filter(|(p, f)| {
+        std::env::var("WEIR_KAFKA_MEMBERSHIP").map_or(true, |o| o == format!("{p}-{f}"))
+    }) {
+        let tag = format!(
+            "member-{protocol}-{}",
+            if fixed { "static" } else { "dynamic" }
+        );
+        let t = topics(kafka, &tag);
+        let dir = tempfile::tempdir().unwrap();
+        let group = format!("g-{tag}");
+        let mut pipe = Pipe::new(&tag, &bs, &t, &group);
+        pipe.group_protocol = protocol;
+        if let Ok(d) = std::env::var("WEIR_KAFKA_TEST_RDKAFKA_DEBUG") {
+            pipe.source_options = format!("\"debug\" = \"{d}\"");
+        }
+        if fixed {
+            pipe.source = format!("group_instance_id = \"{tag}-1\"");
+        }
+        let cfg = pipe.write(dir.path());
+        let mut out = OutIds::new(&bs, &t.output);
+        let mut expected = produce(&bs, &t.input, 0..1000);
+        let mut first = Reaper(spawn(&cfg));
+        out.wait_all(&expected, Duration::from_secs(90), || log_tail(&cfg, 30));
+        signal(first.0.id(), libc::SIGKILL);
+        wait_exit(&mut first.0, Duration::from_secs(10));
+        expected.extend(produce(&bs, &t.input, 1000..3000));
+        let restarted = Instant::now();
+        let mut second = Reaper(spawn(&cfg));
+        // As a supervisor would: a weir that exits is started again (KIP-848 refuses a static
+        // member's return until its predecessor's session expired: weir exits naming it).
+        let mut restarts = 0;
+        while !out.has_all(&expected) {
+            assert!(
+                restarted.elapsed() < Duration::from_secs(120),
+                "{tag}: only {} of {} ids came: {}",
+                out.present(&expected),
+                expected.len(),
+                log_tail(&cfg, 30)
+            );
+            if let Some(status) = second.0.try_wait().unwrap() {
+                let log = log_of(&cfg);
+                assert!(
+                    !status.success() && log.contains("failed for good"),
+                    "{tag}: weir exited ({status}) without saying why: {log}"
+                );
+                restarts += 1;
+                std::thread::sleep(Duration::from_millis(500));
+                second = Reaper(spawn(&cfg));
+            }
+            out.update();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let cost = restarted.elapsed();
+        signal(second.0.id(), libc::SIGTERM);
+        let status = wait_exit(&mut second.0, Duration::from_secs(60));
+        assert!(status.success(), "{protocol}: {}", log_tail(&cfg, 30));
+        assert!(
+            log_of(&cfg).contains("partitions assigned"),
+            "{protocol}: the restarted weir got partitions"
+        );
+        eprintln!(
+            "membership: {tag}: restart to caught up in {cost:.1?} ({restarts} more restarts)"
+        );
+        figures.push((tag, cost, restarts));
+    }
+    eprintln!("membership (restart after SIGKILL → 1,500 events written): {figures:?}");
 }
 
 /// Produces `range` as records keyed `k<i % keys>` with the id as value; returns, per key, the
@@ -2267,12 +2554,9 @@ fn bench_kafka_plain_pipe_vs_weir() {
         let t0 = Instant::now();
         bench_produce(&bs, &input, backlog);
         eprintln!("round {round}: {n} events produced in {:.1?}", t0.elapsed());
-        // Alternate the order, so neither pipeline always reads a cold page cache.
-        let order: [&str; 2] = if round % 2 == 0 {
-            ["plain", "weir"]
-        } else {
-            ["weir", "plain"]
-        };
+        // Rotate the order, so no pipeline always reads a cold page cache.
+        let mut order = ["plain", "weir", "weir-eos"];
+        order.rotate_left(round % 3);
         for which in order {
             let output = format!("bench-out-{which}-{round}");
             kafka.create_topic(
@@ -2313,7 +2597,13 @@ cache_dir = {cache:?}
 type = "kafka"
 bootstrap_servers = "{bs}"
 topic = "{output}"
+{delivery}
 "#,
+                        delivery = if which == "weir-eos" {
+                            "delivery = \"exactly-once\""
+                        } else {
+                            ""
+                        },
                         wasm = wasm.display().to_string(),
                         cache = wasm_support::cache_dir().display().to_string(),
                         source_options = source_options,
@@ -2346,7 +2636,7 @@ topic = "{output}"
         x.sort_by(f64::total_cmp);
         x[x.len() / 2]
     };
-    for which in ["plain", "weir"] {
+    for which in ["plain", "weir", "weir-eos"] {
         let v = &results[which];
         eprintln!(
             "bench {which}: median {:.0} events/s, p99 {:.0} ms (p50 {:.0} ms) at {rate:.0}/s, peak RSS {:.0} KiB",
@@ -2356,9 +2646,11 @@ topic = "{output}"
             median(v, |f| f.peak_rss_kib as f64)
         );
     }
+    let plain = median(&results["plain"], |f| f.rate);
     eprintln!(
-        "bench: weir / plain = {:.2}",
-        median(&results["weir"], |f| f.rate) / median(&results["plain"], |f| f.rate)
+        "bench: (b) weir / plain = {:.2}, (c) weir exactly-once / plain = {:.2}",
+        median(&results["weir"], |f| f.rate) / plain,
+        median(&results["weir-eos"], |f| f.rate) / plain
     );
 }
 

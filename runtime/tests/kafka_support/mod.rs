@@ -346,6 +346,12 @@ impl Kafka {
             // rebalance, and short sessions allowed.
             ("group.initial.rebalance.delay.ms", "0".into()),
             ("group.min.session.timeout.ms", "500".into()),
+            // The same for KIP-848's consumer protocol (whose timing is the broker's): a
+            // 6 s session, 1 s heartbeats (Kafka's defaults: 45 s and 5 s).
+            ("group.consumer.min.session.timeout.ms", "1000".into()),
+            ("group.consumer.session.timeout.ms", "6000".into()),
+            ("group.consumer.min.heartbeat.interval.ms", "500".into()),
+            ("group.consumer.heartbeat.interval.ms", "1000".into()),
             // The log cleaner looks for work often, so compaction happens during a test.
             ("log.cleaner.backoff.ms", "500".into()),
             ("log.segment.delete.delay.ms", "1000".into()),

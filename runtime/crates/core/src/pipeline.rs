@@ -135,6 +135,9 @@ pub struct PipelineConfig {
     /// The log level a Snowbridge config's `log_level` asks for (weir's own configs leave the
     /// log level to `WEIR_LOG`).
     pub log_level: Option<String>,
+    /// With a sink of `delivery = "exactly-once"`: the `transactional.id` of the pipeline's
+    /// Kafka transactions (see [`crate::kafka::txn`]), from the Kafka source's group.
+    pub transactional_id: Option<String>,
 }
 
 /// The sections of a weir config.
@@ -330,7 +333,37 @@ impl PipelineConfig {
                 return Err(top.error(key, format!("expected {what}, found 0")));
             }
         }
+        let exactly_once = [
+            ("sink", Some(&sink)),
+            ("failure", Some(&failure)),
+            ("filtered", filtered.as_ref()),
+        ]
+        .into_iter()
+        .find_map(|(key, s)| s.filter(|s| s.exactly_once()).map(|_| key));
+        let transactional_id = match exactly_once {
+            None => None,
+            Some(key) => {
+                let Some(id) = source.transactional_id() else {
+                    return Err(top.error(
+                        &format!("{key}.delivery"),
+                        "expected a `kafka` source with commit = \"acknowledged\" for \
+                         delivery = \"exactly-once\" (the transaction commits the input \
+                         offsets with the output), found a source without offsets to commit",
+                    ));
+                };
+                if state.is_some() {
+                    return Err(top.error(
+                        &format!("{key}.delivery"),
+                        "expected no `[state]` section with delivery = \"exactly-once\": \
+                         durable state checkpoints and its changelog are not yet part of the \
+                         transaction (use at-least-once delivery with durable state)",
+                    ));
+                }
+                Some(id)
+            }
+        };
         Ok(PipelineConfig {
+            transactional_id,
             bad_rows,
             file: file.to_string(),
             source,
@@ -509,6 +542,10 @@ pub async fn run(
         stats: stats.clone(),
         shutdown: shutdown.clone(),
         state: None,
+        transactions: cfg
+            .transactional_id
+            .clone()
+            .map(crate::kafka::txn::Slot::new),
     };
     let mut failure = sinks::build(cfg.failure.as_ref(), &build.at("failure")).await?;
     let mut main = sinks::build(cfg.sink.as_ref(), &build.at("sink")).await?;

@@ -35,6 +35,9 @@ pub struct BuildContext {
     /// The pipeline's durable transform state (`[state]`), which a source that commits
     /// positions checkpoints with them (the Kafka source); `None` for sinks.
     pub state: Option<Arc<dyn Checkpointed>>,
+    /// The pipeline's Kafka transactions when a sink asks for exactly-once delivery (made by
+    /// the first such sink, committed by the Kafka source; see [`crate::kafka::txn`]).
+    pub transactions: Option<Arc<crate::kafka::txn::Slot>>,
 }
 
 impl BuildContext {
@@ -47,6 +50,7 @@ impl BuildContext {
             stats: Arc::default(),
             shutdown: CancellationToken::new(),
             state: None,
+            transactions: None,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::config::{ConfigError, Origin};
 
 pub mod changelog;
 pub mod security;
+pub mod txn;
 
 use security::Resolved;
 

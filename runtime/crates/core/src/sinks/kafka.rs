@@ -20,6 +20,13 @@
 //! topic forgets that key. A removal without a key has nothing to tombstone and goes to the
 //! failure sink.
 //!
+//! With `delivery = "exactly-once"` (the source must be Kafka), the sink writes through the
+//! pipeline's transactional producer and the source commits its offsets in the same
+//! transaction ([`crate::kafka::txn`]): read_committed consumers see each input record's output
+//! once, across crashes and rebalances. A failed delivery then poisons the transaction: the
+//! batch (and every one after it until the source rewinds) is discarded, to be read and
+//! written again in a new transaction.
+//!
 //! As the failure sink (a dead-letter topic), each bad row carries the error in the headers
 //! `weir.error`, `weir.component` and `weir.schema`, followed by the original record's headers.
 
@@ -52,6 +59,7 @@ use crate::setup::{self, BuildContext};
 /// delivery_timeout = "5m"      # librdkafka retries a message this long before reporting failure
 /// max_message_bytes = "1 MiB"  # larger records go to the failure sink
 /// removal_field = "removed"    # optional: `"removed": true` → a tombstone (key, null value)
+/// delivery = "at-least-once"   # or "exactly-once": in a Kafka transaction with the source's offsets
 ///
 /// [sink.tls]                   # optional: TLS (see crate::kafka::security)
 /// ca_file = "/etc/kafka/ca.pem"
@@ -80,6 +88,8 @@ pub struct KafkaConfig {
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: ByteSize,
     pub removal_field: Option<String>,
+    #[serde(default)]
+    pub delivery: Delivery,
     #[serde(default)]
     pub tls: Option<Tls>,
     #[serde(default)]
@@ -111,6 +121,19 @@ pub enum Compression {
     Lz4,
 }
 
+/// What a written record is worth.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum Delivery {
+    /// Acknowledged once the broker has it; after a crash, what was written but not committed
+    /// by the source is written again.
+    #[default]
+    #[serde(rename = "at-least-once")]
+    AtLeastOnce,
+    /// Written in a Kafka transaction with the source's offsets.
+    #[serde(rename = "exactly-once")]
+    ExactlyOnce,
+}
+
 impl SinkType for KafkaConfig {
     const TYPE: &'static str = "kafka";
 }
@@ -133,16 +156,45 @@ impl SinkConfig for KafkaConfig {
                 "expected a JSON field name, found an empty string",
             ));
         }
+        if self.delivery == Delivery::ExactlyOnce && !self.idempotence {
+            return Err(origin.error(
+                "idempotence",
+                "expected true with delivery = \"exactly-once\" (transactions need the \
+                 idempotent producer), found false",
+            ));
+        }
         let security = self.security(origin)?;
         security.warn(&origin.key);
         kafka::check_options(&self.client_config(&security), &security, origin)
     }
 
-    /// Creates the producer and checks that the brokers answer and accept it.
+    fn exactly_once(&self) -> bool {
+        self.delivery == Delivery::ExactlyOnce
+    }
+
+    /// Creates the producer (with exactly-once: the pipeline's transactional producer, made by
+    /// the first such sink) and checks that the brokers answer and accept it.
     async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>> {
         let log = ClientLog::default();
         let security = self.security(&Origin::new("", &ctx.path))?;
-        let producer = self.producer_with(&security, log.clone())?;
+        let txn = match (self.delivery, &ctx.transactions) {
+            (Delivery::AtLeastOnce, _) => None,
+            (Delivery::ExactlyOnce, None) => anyhow::bail!(
+                "delivery = \"exactly-once\" needs a `kafka` source to commit the transactions"
+            ),
+            (Delivery::ExactlyOnce, Some(slot)) => {
+                let (slot, config, bs) = (
+                    slot.clone(),
+                    self.client_config(&security),
+                    self.bootstrap_servers.clone(),
+                );
+                Some(tokio::task::spawn_blocking(move || slot.get_or_start(&bs, &config)).await??)
+            }
+        };
+        let producer = match &txn {
+            Some(t) => t.producer().clone(),
+            None => self.producer_with(&security, log.clone())?,
+        };
         let (client, topic) = (producer.clone(), self.topic.clone());
         tokio::task::spawn_blocking(move || {
             kafka::check_cluster(client.client(), &log, &[&topic], setup::CHECK_TIMEOUT)
@@ -153,6 +205,7 @@ impl SinkConfig for KafkaConfig {
             producer,
             cfg: self.clone(),
             security,
+            txn,
         }))
     }
 }
@@ -238,6 +291,8 @@ struct KafkaSink {
     cfg: KafkaConfig,
     /// The resolved security settings, for rebuilding the producer.
     security: Resolved,
+    /// With exactly-once: the transactions `producer` writes in.
+    txn: Option<std::sync::Arc<kafka::txn::Transactions>>,
 }
 
 impl KafkaSink {
@@ -285,6 +340,10 @@ impl Sink for KafkaSink {
         progress: &mut Progress,
     ) -> Result<(), SinkError> {
         let len = records.len();
+        if self.txn.as_ref().is_some_and(|t| t.poisoned()) {
+            // The open transaction will be aborted and these records read again: discard.
+            return discard(records, progress);
+        }
         let max_message = self.cfg.max_message_bytes.0 as usize;
         let mut retry_error: Option<KafkaError> = None;
         let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::with_capacity(len);
@@ -342,6 +401,12 @@ impl Sink for KafkaSink {
             settle(progress, &mut retry_error, i, outcome);
         }
         if let Some(e) = retry_error {
+            if let Some(t) = &self.txn {
+                // A failed delivery leaves the transaction abortable only: everything in it
+                // is read again after the source aborted it and rewound.
+                t.poison(format!("kafka sink: a delivery failed: {e}"));
+                return discard(records, progress);
+            }
             if let Some((code, reason)) = self.producer.client().fatal_error() {
                 tracing::error!(
                     ?code,
@@ -387,6 +452,18 @@ impl Sink for KafkaSink {
             .map_err(|e| SinkError::Retriable(e.into()))?
             .map_err(|e| SinkError::Retriable(anyhow::Error::new(e).context("kafka sink: flush")))
     }
+}
+
+/// Settles every record of a batch the poisoned transaction could not take: the source rewinds
+/// to before it, so it is read and written again.
+fn discard(records: &[Record], progress: &mut Progress) -> Result<(), SinkError> {
+    drop(progress.take_rejected());
+    for i in 0..records.len() {
+        if !progress.is_settled(i) {
+            progress.take(i);
+        }
+    }
+    progress.written()
 }
 
 fn delivery(

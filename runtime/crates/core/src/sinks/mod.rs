@@ -54,6 +54,11 @@ pub trait SinkConfig: Debug + Send + Sync {
     /// Builds the sink for `weir run`: creates its clients and checks, once, that it can reach
     /// its service with its credentials, so that a sink that cannot work fails the start (see
     /// [`crate::setup`]). Starts nothing that serves others: that is [`Sink::start`].
+    /// Whether this sink writes inside the pipeline's Kafka transactions (`delivery =
+    /// "exactly-once"`), which the source must commit.
+    fn exactly_once(&self) -> bool {
+        false
+    }
     async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Sink>>;
 }
 

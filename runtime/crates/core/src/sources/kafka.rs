@@ -24,6 +24,18 @@
 //!   `batch.flush_interval`, or — the fullest — when all buffers together hold two batches), so
 //!   that a transform processes one partition per call and its keyed state is that partition's.
 //!
+//! ## Exactly-once
+//! With a sink of `delivery = "exactly-once"` ([`crate::kafka::txn`]) the offsets are not
+//! committed by the consumer but in the sinks' Kafka transaction: every `commit_interval`, on a
+//! revoke and at shutdown the source stops emitting, waits until every batch it emitted was
+//! written (up to `revoke_wait`; past it the transaction is aborted), sends the released offsets
+//! with the consumer's group metadata and commits. After an abort (a failed write, a refused
+//! commit, a lost assignment) every partition is rewound to its last committed offset and
+//! read again; what was buffered is dropped. The transactional id is
+//! `weir-<group_id>-<group_instance_id>` with static membership (a restarted instance aborts
+//! what its predecessor left open at once), else unique per run (a crashed run's open
+//! transaction blocks read_committed readers until it times out, 10 s).
+//!
 //! ## Durable keyed state
 //! With `[state] backend = "disk"`, transform state is checkpointed *with* these offsets (see
 //! `docs/state.md` and [`crate::state::disk`]): before an offset is committed, the state of
@@ -34,7 +46,7 @@
 //! is applied twice, even for non-idempotent state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +57,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::RebalanceProtocol;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
@@ -55,6 +67,7 @@ use super::{Source, SourceConfig, SourceContext, SourceType};
 use crate::ack::{Ack, PositionAcks};
 use crate::config::{ByteSize, ConfigError, Duration as CfgDuration, Origin};
 use crate::kafka::security::{self, Options, Resolved, Sasl, Tls};
+use crate::kafka::txn::{Committed, Transactions};
 use crate::kafka::{self, ClientLog};
 use crate::record::{Failed, FailureKind, Meta, PartitionId, Record, SourcePosition};
 use crate::setup::{self, BuildContext};
@@ -67,6 +80,7 @@ use crate::state::{CheckpointFailed, Checkpointed};
 /// topics = ["enriched-good"]
 /// group_id = "weir-media"
 /// group_instance_id = "weir-1"   # optional: static membership (no rebalance on a quick restart)
+/// group_protocol = "classic"     # or "consumer": KIP-848, the broker assigns (Kafka ≥ 4.0)
 /// start = "earliest"             # or "latest": where a group without commits starts
 /// commit = "acknowledged"        # or "on-read" (no delivery guarantee; benchmarks)
 /// commit_interval = "1s"
@@ -95,6 +109,8 @@ pub struct KafkaConfig {
     pub group_id: String,
     #[serde(default)]
     pub group_instance_id: Option<String>,
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
     #[serde(default)]
     pub start: Start,
     #[serde(default)]
@@ -135,6 +151,19 @@ pub enum Start {
     #[default]
     Earliest,
     Latest,
+}
+
+/// How the group's members get their partitions.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic protocol: the members assign among themselves (cooperative-sticky, so a
+    /// rebalance moves only the partitions that change hands).
+    #[default]
+    Classic,
+    /// KIP-848's consumer protocol: the group coordinator assigns, incrementally, and session
+    /// and heartbeat timing are the broker's (`group.consumer.*` settings).
+    Consumer,
 }
 
 /// When offsets are committed.
@@ -180,11 +209,19 @@ impl SourceConfig for KafkaConfig {
     /// state's changelog (if any). Joins no group yet: that is `run`.
     async fn build(&self, ctx: &BuildContext) -> anyhow::Result<Box<dyn Source>> {
         let manual = self.commit == Commit::Acknowledged;
+        let txn = match &ctx.transactions {
+            None => None,
+            Some(slot) => Some(slot.get().ok_or_else(|| {
+                anyhow::anyhow!("exactly-once: no sink started the transactions")
+            })?),
+        };
         let shared = manual.then(|| {
             Arc::new(Shared {
                 tracker: Mutex::default(),
                 generation: AtomicU64::new(0),
                 state: ctx.state.clone(),
+                txn,
+                rewind: AtomicBool::new(false),
             })
         });
         let client = self.client_config(&self.security(&Origin::new("", &ctx.path))?);
@@ -214,6 +251,27 @@ impl SourceConfig for KafkaConfig {
         self.commit == Commit::Acknowledged
     }
 
+    fn transactional_id(&self) -> Option<String> {
+        if self.commit != Commit::Acknowledged {
+            return None;
+        }
+        Some(match &self.group_instance_id {
+            Some(instance) => format!("weir-{}-{instance}", self.group_id),
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default();
+                format!(
+                    "weir-{}-{}-{:x}",
+                    self.group_id,
+                    std::process::id(),
+                    nanos & 0xffff_ffff
+                )
+            }
+        })
+    }
+
     fn input_streams(&self) -> usize {
         self.topics.len()
     }
@@ -233,9 +291,12 @@ impl KafkaConfig {
     fn own_settings(&self, c: &mut ClientConfig) {
         let manual = self.commit == Commit::Acknowledged;
         let kib = (self.prefetch.0 / 1024).max(1);
-        c.set("group.id", &self.group_id)
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("enable.auto.commit", (!manual).to_string())
+        c.set("group.id", &self.group_id);
+        match self.group_protocol {
+            GroupProtocol::Classic => c.set("partition.assignment.strategy", "cooperative-sticky"),
+            GroupProtocol::Consumer => c.set("group.protocol", "consumer"),
+        };
+        c.set("enable.auto.commit", (!manual).to_string())
             .set("enable.auto.offset.store", (!manual).to_string())
             .set(
                 "auto.offset.reset",
@@ -283,6 +344,11 @@ struct Shared {
     generation: AtomicU64,
     /// The pipeline's durable transform state, checkpointed before each commit.
     state: Option<Arc<dyn Checkpointed>>,
+    /// Exactly-once: the transactions offsets are committed in (instead of by the consumer).
+    txn: Option<Arc<Transactions>>,
+    /// Exactly-once: a transaction was aborted; every partition must go back to its last
+    /// committed offset before anything more is emitted.
+    rewind: AtomicBool,
 }
 
 impl Shared {
@@ -413,6 +479,111 @@ impl Shared {
         tpl
     }
 
+    /// Exactly-once: waits (blocking) until every batch emitted is written, then commits the
+    /// open transaction with every partition's released offset; returns how many partitions
+    /// moved. Past `wait` the transaction is poisoned (the sinks discard what they hold) and,
+    /// once nothing is in flight, aborted; after any abort the partitions must be rewound
+    /// ([`Shared::rewind`] is set). An error is fatal (fenced by another producer).
+    fn commit_transaction<C: Consumer<X>, X: ConsumerContext>(
+        &self,
+        consumer: &C,
+        txn: &Transactions,
+        wait: Duration,
+    ) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + wait;
+        while self.in_flight(None) > 0 {
+            if Instant::now() >= deadline && !txn.poisoned() {
+                txn.poison(format!(
+                    "{} batch(es) still in flight after {wait:?}",
+                    self.in_flight(None)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        {
+            let t = self.lock();
+            for (tp, p) in &t.parts {
+                if let Some(off) = p.acks.released() {
+                    if p.committed != Some(off) {
+                        let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(off));
+                        moved.push((tp.clone(), p.epoch, off));
+                    }
+                }
+            }
+        }
+        let group = consumer.group_metadata();
+        match txn.commit(&tpl, group.as_ref())? {
+            Committed::Yes => {
+                let mut t = self.lock();
+                for (tp, epoch, off) in &moved {
+                    if let Some(p) = t.parts.get_mut(tp).filter(|p| p.epoch == *epoch) {
+                        p.committed = Some(*off);
+                    }
+                }
+                Ok(moved.len())
+            }
+            Committed::Aborted(_) => {
+                self.rewind.store(true, Ordering::Release);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Exactly-once, after an abort: every assigned partition goes back to its last committed
+    /// offset (the group's, when this run committed none) under a new epoch, so that what was
+    /// read since (buffered or in flight) is dropped and read again.
+    fn rewind<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, start: Start) {
+        if !self.rewind.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let parts: Vec<(Tp, Option<i64>)> = {
+            let mut t = self.lock();
+            t.epoch += 1;
+            let epoch = t.epoch;
+            t.parts
+                .iter_mut()
+                .map(|(tp, p)| {
+                    p.epoch = epoch;
+                    p.acks = PositionAcks::new(format!("{}/{}", tp.0, tp.1));
+                    (tp.clone(), p.committed)
+                })
+                .collect()
+        };
+        self.generation.fetch_add(1, Ordering::Release);
+        let mut ask = TopicPartitionList::new();
+        for (tp, _) in parts.iter().filter(|(_, c)| c.is_none()) {
+            ask.add_partition(&tp.0, tp.1);
+        }
+        let group = if ask.count() > 0 {
+            consumer
+                .committed_offsets(ask, Duration::from_secs(10))
+                .unwrap_or_default()
+        } else {
+            TopicPartitionList::new()
+        };
+        for (tp, committed) in parts {
+            let to = match committed {
+                Some(o) => Offset::Offset(o),
+                None => match group.find_partition(&tp.0, tp.1).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => Offset::Offset(o),
+                    _ if start == Start::Earliest => Offset::Beginning,
+                    _ => Offset::End,
+                },
+            };
+            match consumer.seek(&tp.0, tp.1, to, Duration::from_secs(10)) {
+                Ok(()) => {
+                    tracing::info!(topic = %tp.0, partition = tp.1, offset = ?to, "exactly-once: rewound to the last committed offset")
+                }
+                Err(e) => {
+                    tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "exactly-once: cannot rewind the partition; retrying");
+                    self.rewind.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
     fn forget(&self, tps: &[Tp]) {
         let mut t = self.lock();
         for tp in tps {
@@ -538,7 +709,28 @@ impl Context {
                 partitions = tps.len(),
                 "assignment lost: not committing (another member owns these now)"
             );
+            if let Some(txn) = &shared.txn {
+                // What the open transaction holds of these partitions is another member's to
+                // write now: abort it all, and rewind the partitions kept.
+                txn.poison("the assignment was lost");
+                if let Err(e) = shared.commit_transaction(consumer, txn, self.revoke_wait) {
+                    tracing::error!("{e:#}");
+                }
+            }
             shared.forget(&tps);
+            return;
+        }
+        if let Some(txn) = &shared.txn {
+            // Everything in the open transaction is committed with these partitions' offsets
+            // before another member may read them.
+            let committed = shared
+                .commit_transaction(consumer, txn, self.revoke_wait)
+                .unwrap_or_else(|e| {
+                    tracing::error!("on revoke: {e:#}");
+                    0
+                });
+            shared.forget(&tps);
+            tracing::info!(partitions = tps.len(), committed, "partitions revoked");
             return;
         }
         // Give batches in flight a moment to be written, so the next owner starts after them.
@@ -902,9 +1094,30 @@ impl Source for KafkaSource {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
                 m = consumer.recv() => {
+                    if let Some(s) = shared.as_ref().filter(|s| s.rewind.load(Ordering::Acquire)) {
+                        // A transaction was aborted (in a rebalance): this record is read again.
+                        blocking(|| s.rewind(&consumer, cfg.start));
+                        continue;
+                    }
                     let m = match m {
                         Ok(m) => m,
                         Err(e) => {
+                            if let Some((code, reason)) = consumer.client().fatal_error() {
+                                // The consumer can do nothing more (e.g. KIP-848's
+                                // UNRELEASED_INSTANCE_ID: a static member restarted before its
+                                // predecessor's session expired). Nothing read since the last
+                                // commit was acknowledged for it: stop, so that a supervisor's
+                                // restart makes a new one.
+                                anyhow::bail!(
+                                    "kafka source: the consumer failed for good ({code:?}): {reason}{}",
+                                    if code == RDKafkaErrorCode::UnreleasedInstanceId {
+                                        " — another member still holds this group_instance_id; \
+                                         it is released when that member's session expires"
+                                    } else {
+                                        ""
+                                    }
+                                );
+                            }
                             tracing::warn!(error = %e, "kafka source: consume error");
                             // librdkafka reports transient errors (a broker unreachable, all
                             // brokers down) here for information only and reconnects by itself,
@@ -982,7 +1195,12 @@ impl Source for KafkaSource {
                     }
                 }
                 _ = commit_tick.tick() => {
-                    if let Some(s) = &shared {
+                    if let Some((s, txn)) = shared.as_ref().and_then(|s| s.txn.as_ref().map(|t| (s, t))) {
+                        blocking(|| s.commit_transaction(&consumer, txn, cfg.revoke_wait.0))
+                            .context("kafka source")?;
+                        blocking(|| s.rewind(&consumer, cfg.start));
+                        bufs.refresh(&shared);
+                    } else if let Some(s) = &shared {
                         if !s.lock().unrestored.is_empty() {
                             blocking(|| retry_unrestored(&consumer, s));
                         }
@@ -1010,9 +1228,15 @@ impl Source for KafkaSource {
             if left > 0 {
                 tracing::warn!(batches = left, "kafka source: shutdown_wait passed with batches unacknowledged; they will be read again");
             }
-            let tpl = s.committable(None, true);
-            let n = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Sync))
-                .map_err(|e| anyhow::anyhow!(e).context("kafka source: final commit"))?;
+            let n = match &s.txn {
+                Some(txn) => blocking(|| s.commit_transaction(&consumer, txn, Duration::ZERO))
+                    .context("kafka source: final commit")?,
+                None => {
+                    let tpl = s.committable(None, true);
+                    blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Sync))
+                        .map_err(|e| anyhow::anyhow!(e).context("kafka source: final commit"))?
+                }
+            };
             tracing::info!(
                 partitions = n,
                 "kafka source: offsets committed at shutdown"
@@ -1038,12 +1262,50 @@ impl Source for KafkaSource {
 mod tests {
     use super::*;
 
+    /// A config with the required keys and `extra` (JSON members, each ending in a comma).
+    fn config(extra: &str) -> KafkaConfig {
+        serde_json::from_str(&format!(
+            "{{{extra}\"bootstrap_servers\": \"k:9092\", \"topics\": [\"in\"], \"group_id\": \"g\"}}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_transactional_id_follows_static_membership_and_is_unique_without_it() {
+        let fixed = config("\"group_instance_id\": \"weir-1\",");
+        assert_eq!(fixed.transactional_id().as_deref(), Some("weir-g-weir-1"));
+        assert_eq!(fixed.transactional_id(), fixed.transactional_id());
+        let dynamic = config("");
+        let id = dynamic.transactional_id().unwrap();
+        assert!(id.starts_with("weir-g-"), "{id}");
+        assert_ne!(id, "weir-g-");
+        // commit = "on-read" has no offsets to put in a transaction.
+        assert_eq!(config("\"commit\": \"on-read\",").transactional_id(), None);
+    }
+
+    #[test]
+    fn the_consumer_protocol_leaves_assignment_to_the_broker() {
+        let mut c = ClientConfig::new();
+        config("").own_settings(&mut c);
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(c.get("group.protocol"), None);
+        let mut c = ClientConfig::new();
+        config("\"group_protocol\": \"consumer\",").own_settings(&mut c);
+        assert_eq!(c.get("partition.assignment.strategy"), None);
+        assert_eq!(c.get("group.protocol"), Some("consumer"));
+    }
+
     #[test]
     fn offsets_commit_per_partition_only_past_delivered_batches() {
         let shared = Arc::new(Shared {
             tracker: Mutex::default(),
             generation: AtomicU64::new(0),
             state: None,
+            txn: None,
+            rewind: AtomicBool::new(false),
         });
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition("t", 0);
@@ -1143,6 +1405,8 @@ mod tests {
                 fails: AtomicU64::new(5),
                 checkpoint: 6,
             })),
+            txn: None,
+            rewind: AtomicBool::new(false),
         });
         let consumer: BaseConsumer<Context> = ClientConfig::new()
             .set("bootstrap.servers", mock.bootstrap_servers())
@@ -1195,6 +1459,8 @@ mod tests {
             tracker: Mutex::default(),
             generation: AtomicU64::new(0),
             state: None,
+            txn: None,
+            rewind: AtomicBool::new(false),
         }));
         let s = shared.as_ref().unwrap();
         let mut tpl = TopicPartitionList::new();

@@ -54,6 +54,11 @@ pub trait SourceConfig: Debug + Send + Sync {
     fn checkpoints_state(&self) -> bool {
         false
     }
+    /// The `transactional.id` this source's exactly-once transactions take, if it can commit its
+    /// positions in a Kafka transaction (the Kafka source, from its group).
+    fn transactional_id(&self) -> Option<String> {
+        None
+    }
     /// How many independently partitioned inputs (Kafka topics) this source reads.
     fn input_streams(&self) -> usize {
         1
