@@ -442,7 +442,11 @@ mod tests {
         assert_eq!(acks.unsettled(), (1, true));
         c.delivered();
         assert_eq!(acks.unsettled(), (0, true), "settled, one failed");
-        assert_eq!(acks.in_flight(), 3, "nothing released past the failed batch");
+        assert_eq!(
+            acks.in_flight(),
+            3,
+            "nothing released past the failed batch"
+        );
     }
 
     #[test]

@@ -465,10 +465,10 @@ impl Shared {
     /// whether one was not delivered.
     fn unsettled(&self) -> (usize, bool) {
         let t = self.lock();
-        t.parts.values().map(|p| p.acks.unsettled()).fold(
-            (0, false),
-            |(n, f), (pn, pf)| (n + pn, f || pf),
-        )
+        t.parts
+            .values()
+            .map(|p| p.acks.unsettled())
+            .fold((0, false), |(n, f), (pn, pf)| (n + pn, f || pf))
     }
 
     /// Offsets safe to commit; `all`: also those already committed (for a final, sync commit).
