@@ -167,6 +167,11 @@ impl<P: Clone + Send + 'static> PositionAcks<P> {
     pub fn in_flight(&self) -> usize {
         lock(&self.state).order.in_flight()
     }
+
+    /// Batches emitted whose outcome is not known yet, and whether one was not delivered.
+    pub fn unsettled(&self) -> (usize, bool) {
+        lock(&self.state).order.unsettled()
+    }
 }
 
 impl<P: Clone + Send + 'static> AckHandler for PositionAcks<P> {
@@ -349,6 +354,20 @@ impl<P: Clone> OrderedAcks<P> {
     pub fn in_flight(&self) -> usize {
         self.pending.len()
     }
+
+    /// Batches whose outcome is not known yet, and whether one failed.
+    pub fn unsettled(&self) -> (usize, bool) {
+        let pending = self
+            .pending
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Pending))
+            .count();
+        let failed = self
+            .pending
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Failed));
+        (pending, failed)
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +429,24 @@ mod tests {
         o.ack(s4, true);
         assert_eq!(o.committable(), None);
         assert!(o.blocked_by_failure());
+    }
+
+    #[test]
+    fn unsettled_counts_batches_without_an_outcome_and_notices_a_failed_one() {
+        let acks = PositionAcks::new("t/0");
+        let (a, b, c) = (acks.ack_for(1), acks.ack_for(2), acks.ack_for(3));
+        assert_eq!(acks.unsettled(), (3, false));
+        b.delivered();
+        assert_eq!(acks.unsettled(), (2, false));
+        drop(a); // not delivered: blocks the positions for good
+        assert_eq!(acks.unsettled(), (1, true));
+        c.delivered();
+        assert_eq!(acks.unsettled(), (0, true), "settled, one failed");
+        assert_eq!(
+            acks.in_flight(),
+            3,
+            "nothing released past the failed batch"
+        );
     }
 
     #[test]

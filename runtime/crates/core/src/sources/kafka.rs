@@ -461,6 +461,16 @@ impl Shared {
             .sum()
     }
 
+    /// Exactly-once: batches of the assigned partitions whose outcome is not known yet, and
+    /// whether one was not delivered.
+    fn unsettled(&self) -> (usize, bool) {
+        let t = self.lock();
+        t.parts
+            .values()
+            .map(|p| p.acks.unsettled())
+            .fold((0, false), |(n, f), (pn, pf)| (n + pn, f || pf))
+    }
+
     /// Offsets safe to commit; `all`: also those already committed (for a final, sync commit).
     fn committable(&self, only: Option<&[Tp]>, all: bool) -> TopicPartitionList {
         let mut t = self.lock();
@@ -491,11 +501,19 @@ impl Shared {
         wait: Duration,
     ) -> anyhow::Result<usize> {
         let deadline = Instant::now() + wait;
-        while self.in_flight(None) > 0 {
+        loop {
+            let (pending, failed) = self.unsettled();
+            if failed {
+                // Its records are not in the transaction, those of later batches may be: the
+                // offsets cannot be committed past it, nor the later records without it.
+                txn.poison("a batch was not delivered");
+            }
+            if pending == 0 {
+                break;
+            }
             if Instant::now() >= deadline && !txn.poisoned() {
                 txn.poison(format!(
-                    "{} batch(es) still in flight after {wait:?}",
-                    self.in_flight(None)
+                    "{pending} batch(es) still in flight after {wait:?}"
                 ));
             }
             std::thread::sleep(Duration::from_millis(2));
