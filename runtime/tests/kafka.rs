@@ -824,7 +824,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
     r.check().unwrap();
 }
 
-/// Exactly-once under SIGKILL: `WEIR_KAFKA_EOS_KILLS` (default 25) kills at random moments
+/// Exactly-once under SIGKILL: `WEIR_KAFKA_EOS_KILLS` (default 50) kills at random moments
 /// while input keeps coming, the sink writing in Kafka transactions with the offsets. A
 /// read_committed reader of the output must see every id exactly once: what a killed instance
 /// had written but not committed is aborted (by its successor's `init_transactions`) and written
@@ -836,7 +836,7 @@ fn exactly_once_sigkill_at_random_moments_writes_every_id_exactly_once() {
     let kills: usize = std::env::var("WEIR_KAFKA_EOS_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(25);
+        .unwrap_or(50);
     let r = crash_run_as(
         kafka_support::shared(),
         "eos",
@@ -2552,8 +2552,10 @@ fn bench_kafka_plain_pipe_vs_weir() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let n = env("WEIR_KAFKA_BENCH_EVENTS", 300_000);
-    let rounds = env("WEIR_KAFKA_BENCH_ROUNDS", 5);
+    // A million events: the plain pipe goes through 300,000 in about a second, too short a
+    // window to measure.
+    let n = env("WEIR_KAFKA_BENCH_EVENTS", 1_000_000);
+    let rounds = env("WEIR_KAFKA_BENCH_ROUNDS", 3);
     let rate = env("WEIR_KAFKA_BENCH_RATE", 20_000) as f64;
     let paced_n = (rate * 5.0) as usize;
     let kafka = Kafka::single();
