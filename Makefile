@@ -38,12 +38,13 @@ dist:
 # is installed by runtime/tests/setup.sh, idempotently.
 # runtime/tests/kafka.rs (~16 min on two cores, most of it waiting on brokers: sessions, kills,
 # restarts, a 30 s outage) runs beside everything else; its output is printed at the end.
-WEIR_TESTS := $(filter-out kafka,$(basename $(notdir $(wildcard runtime/tests/*.rs))))
+# Every selection keeps `--workspace`, so that cargo resolves the same features as the build.
+OTHER_TESTS := $(filter-out kafka,$(basename $(notdir $(wildcard runtime/tests/*.rs runtime/crates/*/tests/*.rs))))
 
 test: setup-test
 	$(CARGO) test --workspace --no-run
 	@log=$$(mktemp); \
-	$(CARGO) test -p weir --test kafka > $$log 2>&1 & kafka=$$!; \
+	$(CARGO) test --workspace --test kafka > $$log 2>&1 & kafka=$$!; \
 	$(MAKE) --no-print-directory test-rest; rest=$$?; \
 	wait $$kafka; k=$$?; \
 	echo "== runtime/tests/kafka.rs (ran beside the rest; exit $$k) =="; cat $$log; rm -f $$log; \
@@ -51,12 +52,12 @@ test: setup-test
 
 # The Kafka tests alone (a real broker, started by the tests).
 test-kafka: setup-test
-	$(CARGO) test -p weir --test kafka
+	$(CARGO) test --workspace --test kafka
 
 # Everything `make test` runs but the Kafka tests.
 test-rest:
-	$(CARGO) test --workspace --exclude weir
-	$(CARGO) test -p weir --bins $(addprefix --test ,$(WEIR_TESTS))
+	$(CARGO) test --workspace --lib --bins $(addprefix --test ,$(OTHER_TESTS))
+	$(CARGO) test --workspace --doc
 	$(CARGO) test --manifest-path transforms/Cargo.toml --workspace
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path transforms/Cargo.toml --all -- --check
