@@ -960,7 +960,7 @@ fn spawn_sink(
                                     Some((i, r, reason))
                                 })
                                 .collect();
-                            acks.to_failure_sink((&to.0, &to.1), role, &stats, failed)
+                            acks.route_failed((&to.0, &to.1), role, &stats, failed)
                                 .await;
                             break;
                         }
@@ -988,7 +988,7 @@ fn spawn_sink(
                             tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
                             Some((i, records.get(i)?, reason))
                         }).collect();
-                        acks.to_failure_sink((failure, bad_rows), role, &stats, failed)
+                        acks.route_failed((failure, bad_rows), role, &stats, failed)
                             .await;
                         break;
                     }
@@ -1048,7 +1048,7 @@ impl Acks {
     /// Sends `failed` (records by index, in increasing order, each with its reason) to the
     /// failure sink, each batch's as one part holding a share of that batch's ack; a batch with
     /// no failed record is delivered as it is.
-    async fn to_failure_sink(
+    async fn route_failed(
         self,
         to: (&mpsc::Sender<SinkBatch>, &BadRows),
         role: &str,
@@ -1291,7 +1291,7 @@ mod tests {
             })
             .collect();
         c.acks
-            .to_failure_sink((&ftx, &bad_rows), "sink", &Stats::default(), failed)
+            .route_failed((&ftx, &bad_rows), "sink", &Stats::default(), failed)
             .await;
         drop(ftx);
         let mut parts = Vec::new();
