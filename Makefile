@@ -5,7 +5,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo demo-build js-engine sample dist test lint bench bench-collector bench-viewers bench-js setup-test fuzz
+.PHONY: demo demo-build js-engine sample dist test test-kafka test-rest lint bench bench-collector bench-viewers bench-js setup-test fuzz
 
 # The live viewer demo: collector -> media-filter -> viewer-state -> profile store + dashboard.
 # Open http://127.0.0.1:8080/demo/ (the tracked video) and http://127.0.0.1:8080/ (the dashboard).
@@ -36,8 +36,28 @@ dist:
 
 # Everything the test suite needs that is not a crate (rustup targets, emulators, browsers, ...)
 # is installed by runtime/tests/setup.sh, idempotently.
+# runtime/tests/kafka.rs (~16 min on two cores, most of it waiting on brokers: sessions, kills,
+# restarts, a 30 s outage) runs beside everything else; its output is printed at the end.
+# Every selection keeps `--workspace`, so that cargo resolves the same features as the build.
+OTHER_TESTS := $(filter-out kafka,$(basename $(notdir $(wildcard runtime/tests/*.rs runtime/crates/*/tests/*.rs))))
+
 test: setup-test
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-run
+	@log=$$(mktemp); \
+	$(CARGO) test --workspace --test kafka > $$log 2>&1 & kafka=$$!; \
+	$(MAKE) --no-print-directory test-rest; rest=$$?; \
+	wait $$kafka; k=$$?; \
+	echo "== runtime/tests/kafka.rs (ran beside the rest; exit $$k) =="; cat $$log; rm -f $$log; \
+	[ $$rest -eq 0 ] && [ $$k -eq 0 ]
+
+# The Kafka tests alone (a real broker, started by the tests).
+test-kafka: setup-test
+	$(CARGO) test --workspace --test kafka
+
+# Everything `make test` runs but the Kafka tests.
+test-rest:
+	$(CARGO) test --workspace --lib --bins $(addprefix --test ,$(OTHER_TESTS))
+	$(CARGO) test --workspace --doc
 	$(CARGO) test --manifest-path transforms/Cargo.toml --workspace
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path transforms/Cargo.toml --all -- --check

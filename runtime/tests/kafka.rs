@@ -824,7 +824,7 @@ fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_win
     r.check().unwrap();
 }
 
-/// Exactly-once under SIGKILL: `WEIR_KAFKA_EOS_KILLS` (default 25) kills at random moments
+/// Exactly-once under SIGKILL: `WEIR_KAFKA_EOS_KILLS` (default 50) kills at random moments
 /// while input keeps coming, the sink writing in Kafka transactions with the offsets. A
 /// read_committed reader of the output must see every id exactly once: what a killed instance
 /// had written but not committed is aborted (by its successor's `init_transactions`) and written
@@ -836,7 +836,7 @@ fn exactly_once_sigkill_at_random_moments_writes_every_id_exactly_once() {
     let kills: usize = std::env::var("WEIR_KAFKA_EOS_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(25);
+        .unwrap_or(50);
     let r = crash_run_as(
         kafka_support::shared(),
         "eos",
@@ -2341,6 +2341,22 @@ struct BenchFigures {
     p99_ms: f64,
     p50_ms: f64,
     peak_rss_kib: u64,
+    /// CPU seconds the pipeline process spent per million input events (backlog phase).
+    cpu_s_per_m: f64,
+    /// CPU seconds the broker spent per million input events in the same window.
+    broker_cpu_s_per_m: f64,
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf takes a plain integer and returns one.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
 }
 
 /// Runs one pipeline process (already started, reading the backlog topic from the start) until
@@ -2349,6 +2365,7 @@ struct BenchFigures {
 #[allow(clippy::too_many_arguments)]
 fn bench_measure(
     child: &mut Child,
+    broker_pid: u32,
     bootstrap: &str,
     paced_topic: &str,
     output: &str,
@@ -2360,8 +2377,14 @@ fn bench_measure(
 ) -> BenchFigures {
     let pid = child.id();
     let start = Instant::now();
-    let mut first: Option<(Instant, i64)> = None;
+    let mut first: Option<(Instant, i64, f64, f64)> = None;
     let mut peak = 0;
+    let cpu = || {
+        (
+            cpu_secs(pid).unwrap_or(0.0),
+            cpu_secs(broker_pid).unwrap_or(0.0),
+        )
+    };
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
@@ -2381,7 +2404,8 @@ fn bench_measure(
             peak = peak.max(h);
         }
         if w > 0 && first.is_none() {
-            first = Some((Instant::now(), w));
+            let (p, b) = cpu();
+            first = Some((Instant::now(), w, p, b));
         }
         if w >= out_expected {
             break;
@@ -2396,9 +2420,11 @@ fn bench_measure(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (t0, w0) = first.unwrap();
+    let (t0, w0, p0, b0) = first.unwrap();
     let secs = t0.elapsed().as_secs_f64();
-    let rate_in = (out_expected - w0) as f64 / secs * n_in as f64 / out_expected as f64;
+    let (p1, b1) = cpu();
+    let events_in = (out_expected - w0) as f64 * n_in as f64 / out_expected as f64;
+    let rate_in = events_in / secs;
     // Latency at a steady input rate, well below either pipeline's limit.
     let mut tail = Tail::new(bootstrap, output);
     tail.catch_up();
@@ -2431,6 +2457,8 @@ fn bench_measure(
         p99_ms: q(0.99),
         p50_ms: q(0.50),
         peak_rss_kib: peak,
+        cpu_s_per_m: (p1 - p0) / events_in * 1e6,
+        broker_cpu_s_per_m: (b1 - b0) / events_in * 1e6,
     }
 }
 
@@ -2524,8 +2552,10 @@ fn bench_kafka_plain_pipe_vs_weir() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let n = env("WEIR_KAFKA_BENCH_EVENTS", 300_000);
-    let rounds = env("WEIR_KAFKA_BENCH_ROUNDS", 5);
+    // A million events: the plain pipe goes through 300,000 in about a second, too short a
+    // window to measure.
+    let n = env("WEIR_KAFKA_BENCH_EVENTS", 1_000_000);
+    let rounds = env("WEIR_KAFKA_BENCH_ROUNDS", 3);
     let rate = env("WEIR_KAFKA_BENCH_RATE", 20_000) as f64;
     let paced_n = (rate * 5.0) as usize;
     let kafka = Kafka::single();
@@ -2538,15 +2568,14 @@ fn bench_kafka_plain_pipe_vs_weir() {
         .count();
     let kept_paced = kept - kept_backlog;
     let wasm = wasm_support::rust_guest("media_filter");
-    // With weir's small prefetch (2 MiB), librdkafka's fetch.queue.backoff.ms (default 1 s
-    // since librdkafka 2.3) stalls each partition's fetching for a second whenever its queue is
-    // full: weir then reads about 2 MiB/s. The bench sets it to 10 ms unless
-    // WEIR_KAFKA_BENCH_DEFAULTS is set (weir's defaults as they are).
-    let source_options = if std::env::var_os("WEIR_KAFKA_BENCH_DEFAULTS").is_some() {
-        String::new()
-    } else {
-        "[source.options]\n\"fetch.queue.backoff.ms\" = \"10\"\n".to_string()
-    };
+    // Settings to try (TOML lines put at the top of weir's config, e.g.
+    // `WEIR_KAFKA_BENCH_CONFIG='[batch]\nmax_records = 4000'`).
+    // `WEIR_KAFKA_BENCH_SOURCE` goes into `[source]` (`prefetch = "16 MiB"`).
+    let from_env = |k: &str| std::env::var(k).unwrap_or_default().replace("\\n", "\n");
+    let (extra, source_extra) = (
+        from_env("WEIR_KAFKA_BENCH_CONFIG"),
+        from_env("WEIR_KAFKA_BENCH_SOURCE"),
+    );
     let mut results: HashMap<&str, Vec<BenchFigures>> = HashMap::new();
     for round in 0..rounds {
         let input = format!("bench-in-{round}");
@@ -2581,12 +2610,14 @@ fn bench_kafka_plain_pipe_vs_weir() {
                     "bench.toml",
                     &format!(
                         r#"
+{extra}
+
 [source]
 type = "kafka"
 bootstrap_servers = "{bs}"
 topics = ["{input}", "{paced_topic}"]
 group_id = "{group}"
-{source_options}
+{source_extra}
 
 [[transforms]]
 type = "wasm"
@@ -2606,13 +2637,13 @@ topic = "{output}"
                         },
                         wasm = wasm.display().to_string(),
                         cache = wasm_support::cache_dir().display().to_string(),
-                        source_options = source_options,
                     ),
                 );
                 (spawn(&cfg), kept_backlog as i64, kept_paced)
             };
             let f = bench_measure(
                 &mut child,
+                kafka.pid(kafka.node_ids()[0]).expect("the broker runs"),
                 &bs,
                 &paced_topic,
                 &output,
@@ -2623,8 +2654,8 @@ topic = "{output}"
                 rate,
             );
             eprintln!(
-                "round {round} {which}: {:.0} events/s, latency p50 {:.0} ms p99 {:.0} ms at {rate:.0}/s, peak RSS {} KiB",
-                f.rate, f.p50_ms, f.p99_ms, f.peak_rss_kib
+                "round {round} {which}: {:.0} events/s, latency p50 {:.0} ms p99 {:.0} ms at {rate:.0}/s, peak RSS {} KiB, CPU per 1M events: pipeline {:.2} s, broker {:.2} s",
+                f.rate, f.p50_ms, f.p99_ms, f.peak_rss_kib, f.cpu_s_per_m, f.broker_cpu_s_per_m
             );
             results.entry(which).or_default().push(f);
             delete_topics(&bs, &[&output, &paced_topic]);
@@ -2639,11 +2670,13 @@ topic = "{output}"
     for which in ["plain", "weir", "weir-eos"] {
         let v = &results[which];
         eprintln!(
-            "bench {which}: median {:.0} events/s, p99 {:.0} ms (p50 {:.0} ms) at {rate:.0}/s, peak RSS {:.0} KiB",
+            "bench {which}: median {:.0} events/s, p99 {:.0} ms (p50 {:.0} ms) at {rate:.0}/s, peak RSS {:.0} KiB, CPU per 1M events: pipeline {:.2} s, broker {:.2} s",
             median(v, |f| f.rate),
             median(v, |f| f.p99_ms),
             median(v, |f| f.p50_ms),
-            median(v, |f| f.peak_rss_kib as f64)
+            median(v, |f| f.peak_rss_kib as f64),
+            median(v, |f| f.cpu_s_per_m),
+            median(v, |f| f.broker_cpu_s_per_m)
         );
     }
     let plain = median(&results["plain"], |f| f.rate);

@@ -876,7 +876,12 @@ fn spawn_sink(
         let retries = metrics::counter!("weir_sink_retries_total", "sink" => role);
         let seconds = metrics::histogram!("weir_sink_write_seconds", "sink" => role);
         let sizes = metrics::histogram!("weir_batch_records", "stage" => role);
-        while let Some(SinkBatch { records, ack }) = rx.recv().await {
+        while let Some(first) = rx.recv().await {
+            // Every batch already waiting is written with this one: a sink whose write waits
+            // for a round trip (Kafka's delivery reports, an HTTP answer) then takes what
+            // queued up during the last one in a single write, instead of one round trip per
+            // (often small, filtered) batch. What waits is bounded by the queue.
+            let Coalesced { records, acks } = Coalesced::drain(first, &mut rx);
             // Failed writes of this batch so far, per failure class.
             let mut attempts = [0u32; 3];
             // What the sink took of this batch, kept across its retries.
@@ -899,7 +904,7 @@ fn spawn_sink(
                                 std::sync::atomic::Ordering::Relaxed,
                             );
                         }
-                        ack.delivered();
+                        acks.delivered();
                         if attempts[crate::retry::FailureClass::Setup as usize] > 0 {
                             crate::monitoring::setup_resolved();
                         }
@@ -943,15 +948,20 @@ fn spawn_sink(
                                 usize,
                                 crate::sinks::Refusal,
                             > = progress.take_rejected().into_iter().collect();
-                            let failed = records.iter().enumerate().filter_map(|(i, r)| {
-                                let reason = match rejected.remove(&i) {
-                                    Some(reason) => reason,
-                                    None if progress.is_settled(i) => return None,
-                                    None => crate::sinks::Refusal::from(why.clone()),
-                                };
-                                Some((r, reason))
-                            });
-                            to_failure_sink((&to.0, &to.1), role, &stats, ack, failed).await;
+                            let failed: Vec<_> = records
+                                .iter()
+                                .enumerate()
+                                .filter_map(|(i, r)| {
+                                    let reason = match rejected.remove(&i) {
+                                        Some(reason) => reason,
+                                        None if progress.is_settled(i) => return None,
+                                        None => crate::sinks::Refusal::from(why.clone()),
+                                    };
+                                    Some((i, r, reason))
+                                })
+                                .collect();
+                            acks.route_failed((&to.0, &to.1), role, &stats, failed)
+                                .await;
                             break;
                         }
                         retries.increment(1);
@@ -972,11 +982,14 @@ fn spawn_sink(
                                 .written
                                 .fetch_add(accepted as u64, std::sync::atomic::Ordering::Relaxed);
                         }
-                        let failed = rejected.into_iter().filter_map(|(i, reason)| {
+                        let mut rejected = rejected;
+                        rejected.sort_by_key(|(i, _)| *i);
+                        let failed: Vec<_> = rejected.into_iter().filter_map(|(i, reason)| {
                             tracing::warn!(sink = role, reason = %reason, "record rejected by the sink: sending it to the failure sink");
-                            Some((records.get(i)?, reason))
-                        });
-                        to_failure_sink((failure, bad_rows), role, &stats, ack, failed).await;
+                            Some((i, records.get(i)?, reason))
+                        }).collect();
+                        acks.route_failed((failure, bad_rows), role, &stats, failed)
+                            .await;
                         break;
                     }
                     Err(e @ (SinkError::Fatal(_) | SinkError::Rejected(_))) => {
@@ -992,6 +1005,72 @@ fn spawn_sink(
             .map_err(|e| anyhow::Error::new(e).context(format!("{role}: closing")))
     });
     (tx, task)
+}
+
+/// Batches waiting for one sink, written together: their records end to end, and each batch's
+/// ack with the index of its first record.
+struct Coalesced {
+    records: Vec<Record>,
+    acks: Acks,
+}
+
+/// The acks of the batches in one [`Coalesced`] write, each with the index of its first record.
+struct Acks(Vec<(usize, Ack)>);
+
+impl Coalesced {
+    /// `first` and every batch already queued behind it.
+    fn drain(first: SinkBatch, rx: &mut mpsc::Receiver<SinkBatch>) -> Coalesced {
+        let SinkBatch { mut records, ack } = first;
+        let mut acks = vec![(0, ack)];
+        while let Ok(next) = rx.try_recv() {
+            acks.push((records.len(), next.ack));
+            if records.is_empty() {
+                records = next.records;
+            } else {
+                records.extend(next.records);
+            }
+        }
+        Coalesced {
+            records,
+            acks: Acks(acks),
+        }
+    }
+}
+
+impl Acks {
+    /// Every batch was written.
+    fn delivered(self) {
+        for (_, ack) in self.0 {
+            ack.delivered();
+        }
+    }
+
+    /// Sends `failed` (records by index, in increasing order, each with its reason) to the
+    /// failure sink, each batch's as one part holding a share of that batch's ack; a batch with
+    /// no failed record is delivered as it is.
+    async fn route_failed(
+        self,
+        to: (&mpsc::Sender<SinkBatch>, &BadRows),
+        role: &str,
+        stats: &Stats,
+        failed: Vec<(usize, &Record, crate::sinks::Refusal)>,
+    ) {
+        let mut failed = failed.into_iter().peekable();
+        let mut parts = self.0.into_iter().peekable();
+        while let Some((_, ack)) = parts.next() {
+            let end = parts.peek().map_or(usize::MAX, |(start, _)| *start);
+            let mut mine = Vec::new();
+            while let Some((i, r, reason)) = failed.next_if(|(i, _, _)| *i < end) {
+                debug_assert!(i < end);
+                mine.push((r, reason));
+            }
+            if mine.is_empty() {
+                ack.delivered();
+            } else {
+                to_failure_sink(to, role, stats, ack, mine.into_iter()).await;
+            }
+        }
+    }
 }
 
 /// Sends `failed` (records of a batch, each with its reason) to the failure sink as bad rows of
@@ -1166,5 +1245,89 @@ mod tests {
         let on_read = format!("{kafka}commit = \"on-read\"\n");
         let e = load(&on_read, "backend = \"disk\"\npath = \"/tmp/x.redb\"");
         assert!(e.contains("state.backend"), "{e}");
+    }
+
+    /// Batches queued for a sink are written together, and what fails of the combined write
+    /// goes back to the failure sink under the ack of the batch it came from.
+    #[tokio::test]
+    async fn queued_batches_are_written_together_and_failures_keep_their_batch() {
+        use crate::ack::AckHandler;
+        #[derive(Default)]
+        struct Log(std::sync::Mutex<Vec<(u64, bool)>>);
+        impl AckHandler for Log {
+            fn acked(&self, token: u64, delivered: bool) {
+                self.0.lock().unwrap().push((token, delivered));
+            }
+        }
+        let log = Arc::new(Log::default());
+        let batch = |token: u64, values: &[&str]| SinkBatch {
+            records: values.iter().map(|v| Record::new(v.to_string())).collect(),
+            ack: Ack::new(token, log.clone()),
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        tx.send(batch(2, &["c", "d", "e"])).await.unwrap();
+        tx.send(batch(3, &[])).await.unwrap();
+        tx.send(batch(4, &["f"])).await.unwrap();
+        let c = Coalesced::drain(batch(1, &["a", "b"]), &mut rx);
+        let values: Vec<&[u8]> = c.records.iter().map(|r| &r.value[..]).collect();
+        assert_eq!(values, [&b"a"[..], b"b", b"c", b"d", b"e", b"f"]);
+        assert!(rx.try_recv().is_err(), "everything queued was taken");
+
+        // "b" (batch 1) and "e", "d" (batch 2) fail; batches 3 and 4 were written.
+        let (ftx, mut frx) = mpsc::channel(8);
+        let bad_rows = BadRows {
+            max_payload_bytes: 1000,
+            format: Default::default(),
+            tally: None,
+        };
+        let failed = [1usize, 3, 4]
+            .into_iter()
+            .map(|i| {
+                (
+                    i,
+                    &c.records[i],
+                    crate::sinks::Refusal::from(format!("no {i}")),
+                )
+            })
+            .collect();
+        c.acks
+            .route_failed((&ftx, &bad_rows), "sink", &Stats::default(), failed)
+            .await;
+        drop(ftx);
+        let mut parts = Vec::new();
+        while let Some(b) = frx.recv().await {
+            parts.push(b);
+        }
+        let texts: Vec<Vec<String>> = parts
+            .iter()
+            .map(|b| {
+                b.records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(texts.len(), 2, "one failure part per batch with failures");
+        assert_eq!(texts[0].len(), 1);
+        assert!(texts[0][0].contains("no 1"), "{texts:?}");
+        assert_eq!(texts[1].len(), 2);
+        assert!(texts[1][0].contains("no 3") && texts[1][1].contains("no 4"));
+        {
+            let acked = log.0.lock().unwrap();
+            let mut done: Vec<u64> = acked.iter().map(|(t, _)| *t).collect();
+            done.sort();
+            assert_eq!(
+                done,
+                [3, 4],
+                "batches without failures are delivered at once"
+            );
+        }
+        // The failure sink writes its parts: only then do batches 1 and 2 count as delivered.
+        for p in parts {
+            p.ack.delivered();
+        }
+        let acked = log.0.lock().unwrap();
+        assert_eq!(acked.len(), 4);
+        assert!(acked.iter().all(|(_, delivered)| *delivered), "{acked:?}");
     }
 }
