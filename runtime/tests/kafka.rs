@@ -788,7 +788,7 @@ fn high_watermarks(bootstrap: &str, topic: &str) -> i64 {
 /// The crash test of a stateless pipeline: `WEIR_KAFKA_KILLS` (default 50) SIGKILLs at random
 /// moments while input keeps coming. Every id must come out, and each kill may cost at most the
 /// in-flight window the config allows (checked per kill). The long run is
-/// `WEIR_KAFKA_KILLS=1000 cargo test --release -p weir --test kafka sigkill_at_random -- --nocapture`.
+/// `WEIR_KAFKA_KILLS=1000 cargo test --release -p weir --test kafka sigkill_at_random_moments_loses -- --nocapture`.
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_duplicates_only_the_in_flight_window() {
     let _serial = serial();
