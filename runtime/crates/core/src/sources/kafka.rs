@@ -21,8 +21,10 @@
 //!   benchmarks and for data that may be lost.
 //!
 //! * Batches hold records of one partition each (a buffer per partition, sent when full, after
-//!   `batch.flush_interval`, or — the fullest — when all buffers together hold two batches), so
-//!   that a transform processes one partition per call and its keyed state is that partition's.
+//!   `batch.flush_interval`, as soon as librdkafka has no further record ready, or — the fullest
+//!   — when all buffers together hold two batches), so that a transform processes one partition
+//!   per call and its keyed state is that partition's. A backlog keeps batches full; a quiet
+//!   stream is not held back.
 //!
 //! ## Exactly-once
 //! With a sink of `delivery = "exactly-once"` ([`crate::kafka::txn`]) the offsets are not
