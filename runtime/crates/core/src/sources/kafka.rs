@@ -21,8 +21,10 @@
 //!   benchmarks and for data that may be lost.
 //!
 //! * Batches hold records of one partition each (a buffer per partition, sent when full, after
-//!   `batch.flush_interval`, or — the fullest — when all buffers together hold two batches), so
-//!   that a transform processes one partition per call and its keyed state is that partition's.
+//!   `batch.flush_interval`, as soon as librdkafka has no further record ready, or — the fullest
+//!   — when all buffers together hold two batches), so that a transform processes one partition
+//!   per call and its keyed state is that partition's. A backlog keeps batches full; a quiet
+//!   stream is not held back.
 //!
 //! ## Exactly-once
 //! With a sink of `delivery = "exactly-once"` ([`crate::kafka::txn`]) the offsets are not
@@ -1119,6 +1121,31 @@ impl Source for KafkaSource {
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
+                // The timers before the records: with a backlog librdkafka always has a record
+                // ready, and a biased select would never get to them (no commit, and in
+                // exactly-once mode a transaction that grows until the broker aborts it).
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    bufs.refresh(&shared);
+                    for tp in bufs.due() {
+                        send(emitter, &shared, &mut bufs, &tp).await?;
+                    }
+                }
+                _ = commit_tick.tick() => {
+                    if let Some((s, txn)) = shared.as_ref().and_then(|s| s.txn.as_ref().map(|t| (s, t))) {
+                        blocking(|| s.commit_transaction(&consumer, txn, cfg.revoke_wait.0))
+                            .context("kafka source")?;
+                        blocking(|| s.rewind(&consumer, cfg.start));
+                        bufs.refresh(&shared);
+                    } else if let Some(s) = &shared {
+                        if !s.lock().unrestored.is_empty() {
+                            blocking(|| retry_unrestored(&consumer, s));
+                        }
+                        let tpl = s.committable(None, false);
+                        if let Err(e) = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Async)) {
+                            tracing::warn!("kafka source: {e}");
+                        }
+                    }
+                }
                 m = consumer.recv() => {
                     if let Some(s) = shared.as_ref().filter(|s| s.rewind.load(Ordering::Acquire)) {
                         // A transaction was aborted (in a rebalance): this record is read again.
@@ -1214,26 +1241,14 @@ impl Source for KafkaSource {
                         send(emitter, &shared, &mut bufs, &full).await?;
                     }
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                // librdkafka has nothing more ready (the recv above is pending): send what
+                // was read rather than hold it for `flush_interval`. A backlog never gets here
+                // between records, so its batches stay full; a quiet stream is not delayed.
+                _ = std::future::ready(()), if bufs.total > 0 => {
                     bufs.refresh(&shared);
-                    for tp in bufs.due() {
+                    let all: Vec<Tp> = bufs.bufs.keys().cloned().collect();
+                    for tp in all {
                         send(emitter, &shared, &mut bufs, &tp).await?;
-                    }
-                }
-                _ = commit_tick.tick() => {
-                    if let Some((s, txn)) = shared.as_ref().and_then(|s| s.txn.as_ref().map(|t| (s, t))) {
-                        blocking(|| s.commit_transaction(&consumer, txn, cfg.revoke_wait.0))
-                            .context("kafka source")?;
-                        blocking(|| s.rewind(&consumer, cfg.start));
-                        bufs.refresh(&shared);
-                    } else if let Some(s) = &shared {
-                        if !s.lock().unrestored.is_empty() {
-                            blocking(|| retry_unrestored(&consumer, s));
-                        }
-                        let tpl = s.committable(None, false);
-                        if let Err(e) = blocking(|| s.checkpoint_and_commit(&consumer, tpl, CommitMode::Async)) {
-                            tracing::warn!("kafka source: {e}");
-                        }
                     }
                 }
             }
