@@ -34,8 +34,6 @@ sample:
 dist:
 	bash deploy/dist.sh dist
 
-# Everything the test suite needs that is not a crate (rustup targets, emulators, browsers, ...)
-# is installed by runtime/tests/setup.sh, idempotently.
 # runtime/tests/kafka.rs (~16 min on two cores, most of it waiting on brokers: sessions, kills,
 # restarts, a 30 s outage) runs beside everything else; its output is printed at the end.
 # Every selection keeps `--workspace`, so that cargo resolves the same features as the build.
@@ -76,6 +74,8 @@ FUZZ_SECONDS ?= 600
 fuzz:
 	bash runtime/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
+# Everything the test suite needs that is not a crate (rustup targets, emulators, browsers, ...)
+# is installed by runtime/tests/setup.sh, idempotently.
 setup-test:
 	bash runtime/tests/setup.sh
 

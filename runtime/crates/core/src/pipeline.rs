@@ -1060,8 +1060,7 @@ impl Acks {
         while let Some((_, ack)) = parts.next() {
             let end = parts.peek().map_or(usize::MAX, |(start, _)| *start);
             let mut mine = Vec::new();
-            while let Some((i, r, reason)) = failed.next_if(|(i, _, _)| *i < end) {
-                debug_assert!(i < end);
+            while let Some((_, r, reason)) = failed.next_if(|(i, _, _)| *i < end) {
                 mine.push((r, reason));
             }
             if mine.is_empty() {

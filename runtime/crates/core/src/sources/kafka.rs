@@ -1079,6 +1079,20 @@ async fn send(
     emitter.send(b.records, b.failed, Some(position), ack).await
 }
 
+/// Sends every partition's buffer (of partitions still held under the epoch they were read in).
+async fn send_all(
+    emitter: &mut crate::sources::Emitter,
+    shared: &Option<Arc<Shared>>,
+    bufs: &mut Bufs,
+) -> anyhow::Result<()> {
+    bufs.refresh(shared);
+    let all: Vec<Tp> = bufs.bufs.keys().cloned().collect();
+    for tp in all {
+        send(emitter, shared, bufs, &tp).await?;
+    }
+    Ok(())
+}
+
 /// Runs blocking work (a state checkpoint's fsync) without stalling the runtime's other tasks.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
@@ -1121,9 +1135,9 @@ impl Source for KafkaSource {
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => break,
-                // The timers before the records: with a backlog librdkafka always has a record
-                // ready, and a biased select would never get to them (no commit, and in
-                // exactly-once mode a transaction that grows until the broker aborts it).
+                // The timers before the records: a backlog can keep a record ready for long
+                // stretches, and a biased select polls later branches only when none is (no
+                // commit meanwhile; in exactly-once mode a transaction that keeps growing).
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                     bufs.refresh(&shared);
                     for tp in bufs.due() {
@@ -1245,21 +1259,13 @@ impl Source for KafkaSource {
                 // was read rather than hold it for `flush_interval`. A backlog never gets here
                 // between records, so its batches stay full; a quiet stream is not delayed.
                 _ = std::future::ready(()), if bufs.total > 0 => {
-                    bufs.refresh(&shared);
-                    let all: Vec<Tp> = bufs.bufs.keys().cloned().collect();
-                    for tp in all {
-                        send(emitter, &shared, &mut bufs, &tp).await?;
-                    }
+                    send_all(emitter, &shared, &mut bufs).await?;
                 }
             }
         }
 
         // Shutdown: send what was read, wait for it to be acknowledged, commit, leave the group.
-        bufs.refresh(&shared);
-        let left: Vec<Tp> = bufs.bufs.keys().cloned().collect();
-        for tp in left {
-            send(emitter, &shared, &mut bufs, &tp).await?;
-        }
+        send_all(emitter, &shared, &mut bufs).await?;
         if let Some(s) = &shared {
             let deadline = Instant::now() + cfg.shutdown_wait.0;
             while s.in_flight(None) > 0 && Instant::now() < deadline {
