@@ -38,7 +38,29 @@ pub trait Changelog: Send + Sync + Debug {
     /// records was delivered. Nothing sent is left in flight when this returns.
     fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>>;
 
-    /// Calls `f(offset, key, value)` for every record of `partition` in `[from, to)`; returns
-    /// how many.
-    fn read(&self, partition: i32, from: i64, to: i64, f: &mut Visit<'_>) -> anyhow::Result<usize>;
+    /// Calls `f(offset, key, value)` for every committed record of `partition` in `[from,
+    /// to)` (records of aborted transactions are never seen; reading stops early at the first
+    /// record of a transaction still open); returns how many, and the offset reading stopped
+    /// at (`to`, or where an open transaction begins).
+    fn read(
+        &self,
+        partition: i32,
+        from: i64,
+        to: i64,
+        f: &mut Visit<'_>,
+    ) -> anyhow::Result<(usize, i64)>;
+
+    /// Exactly-once: whether checkpoints append inside the pipeline's Kafka transaction
+    /// ([`Changelog::append_in_transaction`]).
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// Exactly-once: [`Changelog::append`] inside the pipeline's open transaction: readers
+    /// see the records once it commits, never if it aborts. An error means the transaction
+    /// can only be aborted.
+    fn append_in_transaction(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+        let _ = appends;
+        vec![]
+    }
 }
