@@ -636,6 +636,16 @@ impl Shared {
                     _ => Offset::End,
                 },
             };
+            match consumer.seek(&tp.0, tp.1, to, Duration::from_secs(10)) {
+                Ok(()) => {
+                    tracing::info!(topic = %tp.0, partition = tp.1, offset = ?to, "exactly-once: rewound to the last committed offset")
+                }
+                Err(e) => {
+                    tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "exactly-once: cannot rewind the partition; retrying");
+                    self.rewind.store(true, Ordering::Release);
+                }
+            }
+            // (After the seek: a partition paused here resumes from the committed offset.)
             if let Some(state) = &self.state {
                 let k = match to {
                     Offset::Offset(o) => Some(o as u64),
@@ -649,16 +659,6 @@ impl Shared {
                         tracing::error!(error = %e, "cannot pause a partition whose state is missing");
                     }
                     self.lock().unrestored.push((tp.clone(), epoch));
-                    continue;
-                }
-            }
-            match consumer.seek(&tp.0, tp.1, to, Duration::from_secs(10)) {
-                Ok(()) => {
-                    tracing::info!(topic = %tp.0, partition = tp.1, offset = ?to, "exactly-once: rewound to the last committed offset")
-                }
-                Err(e) => {
-                    tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "exactly-once: cannot rewind the partition; retrying");
-                    self.rewind.store(true, Ordering::Release);
                 }
             }
         }
