@@ -364,18 +364,20 @@ impl Changelog for KafkaChangelog {
             .with_context(|| format!("cannot read the offsets of changelog {:?}", self.topic))
     }
 
+    /// The last stable offset: the high watermark a read_committed client is given.
+    fn stable_end(&self, partition: i32) -> anyhow::Result<i64> {
+        self.check_partition(partition)?;
+        let r = self.reader.lock().expect("reader lock poisoned");
+        Ok(r.fetch_watermarks(&self.topic, partition, TIMEOUT)
+            .with_context(|| format!("cannot read the offsets of changelog {:?}", self.topic))?
+            .1)
+    }
+
     /// Calls `f(offset, key, value)` for every committed record of `partition` in `[from,
-    /// to)`; stops early where a transaction still open begins (the end of what a
-    /// read_committed reader is given).
-    fn read(
-        &self,
-        partition: i32,
-        from: i64,
-        to: i64,
-        f: &mut Visit<'_>,
-    ) -> anyhow::Result<(usize, i64)> {
+    /// to)`.
+    fn read(&self, partition: i32, from: i64, to: i64, f: &mut Visit<'_>) -> anyhow::Result<usize> {
         if from >= to {
-            return Ok((0, from));
+            return Ok(0);
         }
         let r = self.reader.lock().expect("reader lock poisoned");
         let mut tpl = TopicPartitionList::new();
@@ -394,31 +396,19 @@ impl Changelog for KafkaChangelog {
                 Some(Ok(m)) => {
                     progress = Instant::now();
                     if m.offset() >= to {
-                        break Ok((n, to));
+                        break Ok(n);
                     }
                     if let Err(e) = f(m.offset(), m.key().unwrap_or_default(), m.payload()) {
                         break Err(e);
                     }
                     n += 1;
                     if m.offset() + 1 >= to {
-                        break Ok((n, to));
+                        break Ok(n);
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    // The end of what is committed (control records and aborted records are
-                    // skipped, and the position moved past them).
-                    let at = r
-                        .position()
-                        .ok()
-                        .and_then(
-                            |l| match l.find_partition(&self.topic, partition)?.offset() {
-                                Offset::Offset(o) => Some(o),
-                                _ => None,
-                            },
-                        )
-                        .unwrap_or(from);
-                    break Ok((n, at.clamp(from, to)));
-                }
+                // (The end of what is committed: control records and aborted records are
+                // never delivered.)
+                Some(Err(KafkaError::PartitionEOF(_))) => break Ok(n),
                 Some(Err(e)) => {
                     tracing::warn!(topic = %self.topic, partition, error = %e, "reading the changelog")
                 }

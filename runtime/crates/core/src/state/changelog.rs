@@ -38,17 +38,15 @@ pub trait Changelog: Send + Sync + Debug {
     /// records was delivered. Nothing sent is left in flight when this returns.
     fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>>;
 
-    /// Calls `f(offset, key, value)` for every committed record of `partition` in `[from,
-    /// to)` (records of aborted transactions are never seen; reading stops early at the first
-    /// record of a transaction still open); returns how many, and the offset reading stopped
-    /// at (`to`, or where an open transaction begins).
-    fn read(
-        &self,
-        partition: i32,
-        from: i64,
-        to: i64,
-        f: &mut Visit<'_>,
-    ) -> anyhow::Result<(usize, i64)>;
+    /// The offset below which every transaction in `partition` is decided (Kafka's last stable
+    /// offset): every committed record below it can be read. The high watermark when no
+    /// transaction is open.
+    fn stable_end(&self, partition: i32) -> anyhow::Result<i64>;
+
+    /// Calls `f(offset, key, value)` for every committed record of `partition` in `[from, to)`
+    /// (`to` at most [`Changelog::stable_end`]; records of aborted transactions are never
+    /// seen); returns how many.
+    fn read(&self, partition: i32, from: i64, to: i64, f: &mut Visit<'_>) -> anyhow::Result<usize>;
 
     /// Exactly-once: whether checkpoints append inside the pipeline's Kafka transaction
     /// ([`Changelog::append_in_transaction`]).

@@ -363,10 +363,12 @@ impl DiskState {
             // Entries of a checkpoint apply only once its marker is seen.
             let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
             let mut ckpt = if wipe { None } else { local_ckpt };
-            let (mut read, mut at, mut high) = (0, from, high);
+            let (mut read, mut at) = (0, from);
             let waited = std::time::Instant::now();
             loop {
-                let (n, stopped) = cl.read(p.partition, at, high, &mut |_, key, value| {
+                // Up to where every transaction is decided.
+                let end = cl.stable_end(p.partition)?.max(at);
+                read += cl.read(p.partition, at, end, &mut |_, key, value| {
                     let Some(rest) = key.strip_prefix(pk.as_slice()) else {
                         return Ok(()); // another input topic's partition of the same number
                     };
@@ -384,12 +386,11 @@ impl DiskState {
                     }
                     Ok(())
                 })?;
-                read += n;
-                at = stopped;
+                at = end;
                 let Some(k) = committed.filter(|&k| ckpt.is_none_or(|c| c < k)) else {
                     break;
                 };
-                if at >= high {
+                if at >= cl.watermarks(p.partition)?.1 {
                     // Everything is committed and read: the offset was committed without a
                     // marker (by an at-least-once run, or with no state changes before markers
                     // were written for every offset).
@@ -412,7 +413,6 @@ impl DiskState {
                     p.partition
                 );
                 std::thread::sleep(std::time::Duration::from_millis(100));
-                high = cl.watermarks(p.partition)?.1;
             }
             (read, pending, at)
         };
@@ -1610,27 +1610,28 @@ mod tests {
         fn append_in_transaction(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
             self.0.push(appends, 1)
         }
+        fn stable_end(&self, _: i32) -> anyhow::Result<i64> {
+            let log = lock(&self.0.log);
+            Ok(log.iter().position(|r| r.2 == 1).unwrap_or(log.len()) as i64)
+        }
         fn read(
             &self,
             _: i32,
             from: i64,
             to: i64,
             f: &mut crate::state::changelog::Visit<'_>,
-        ) -> anyhow::Result<(usize, i64)> {
+        ) -> anyhow::Result<usize> {
             let log = lock(&self.0.log).clone();
             let mut n = 0;
             for o in from..to.min(log.len() as i64) {
                 let (k, v, status) = &log[o as usize];
-                match status {
-                    0 => {
-                        f(o, k, v.as_deref())?;
-                        n += 1;
-                    }
-                    1 => return Ok((n, o)),
-                    _ => {}
+                assert_ne!(*status, 1, "read past the stable end");
+                if *status == 0 {
+                    f(o, k, v.as_deref())?;
+                    n += 1;
                 }
             }
-            Ok((n, to))
+            Ok(n)
         }
     }
 
