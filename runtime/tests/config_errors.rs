@@ -226,10 +226,10 @@ fn environment_overrides_any_key_including_array_elements() {
 }
 
 /// `delivery = "exactly-once"` commits the source's offsets in the sink's Kafka transaction: a
-/// source without offsets, durable state (not in the transaction yet) and a producer without
-/// idempotence are each refused at their key.
+/// source without offsets, durable state without a changelog (which the transaction commits)
+/// and a producer without idempotence are each refused at their key.
 #[test]
-fn exactly_once_needs_a_kafka_source_no_state_and_idempotence() {
+fn exactly_once_needs_a_kafka_source_a_state_changelog_and_idempotence() {
     let dir = tempfile::tempdir().unwrap();
     let sink = "[sink]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopic = \"out\"\ndelivery = \"exactly-once\"\n";
     let kafka_source = "[source]\ntype = \"kafka\"\nbootstrap_servers = \"k:9092\"\ntopics = [\"in\"]\ngroup_id = \"g\"\n";
@@ -262,8 +262,19 @@ fn exactly_once_needs_a_kafka_source_no_state_and_idempotence() {
         ),
     );
     let text = invalid(&state);
-    assert!(text.contains("key `sink.delivery`"), "{text}");
-    assert!(text.contains("no `[state]` section"), "{text}");
+    assert!(text.contains("key `state.changelog_topic`"), "{text}");
+    assert!(text.contains("expected a changelog topic"), "{text}");
+    // With a changelog, state is committed in the transaction.
+    let with_changelog = write(
+        dir.path(),
+        "state-changelog.toml",
+        &format!(
+            "{kafka_source}{sink}[state]\nbackend = \"disk\"\npath = \"{}\"\nchangelog_topic = \"cl\"\n",
+            dir.path().join("st").display()
+        ),
+    );
+    let (code, text) = validate(&with_changelog);
+    assert_eq!(code, Some(0), "{text}");
 
     let no_idem = write(
         dir.path(),

@@ -1539,10 +1539,38 @@ fn check_counts(
 
 /// The counter pipeline of instance `name`, with its own state file and the group's changelog.
 fn state_config(dir: &Path, bootstrap: &str, t: &Topics, changelog: &str, name: &str) -> PathBuf {
+    state_config_as(dir, bootstrap, t, changelog, name, false)
+}
+
+/// [`state_config`]; `exactly_once`: group `g-state-eos`, `delivery = "exactly-once"` and
+/// static membership (a restart aborts what the killed instance left open); transactions time
+/// out after 5 s (what an instance that never comes back holds up read_committed readers for).
+fn state_config_as(
+    dir: &Path,
+    bootstrap: &str,
+    t: &Topics,
+    changelog: &str,
+    name: &str,
+    exactly_once: bool,
+) -> PathBuf {
     let wasm = wasm_support::rust_guest("counter");
+    let group = if exactly_once {
+        "g-state-eos"
+    } else {
+        "g-state"
+    };
+    let (source_extra, sink_extra) = if exactly_once {
+        (
+            format!("group_instance_id = \"{group}-{name}\"\n"),
+            "delivery = \"exactly-once\"\n\n[sink.options]\n\"transaction.timeout.ms\" = \"5000\"\n"
+                .to_string(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     write(
         dir,
-        &format!("g-state-{name}.toml"),
+        &format!("{group}-{name}.toml"),
         &format!(
             r#"
 # Two workers: a partition's batches still go to one of them, in order.
@@ -1552,10 +1580,10 @@ workers = 2
 type = "kafka"
 bootstrap_servers = "{bootstrap}"
 topics = ["{input}"]
-group_id = "g-state"
+group_id = "{group}"
 commit_interval = "200ms"
 prefetch = "256 KiB"
-
+{source_extra}
 [source.options]
 "session.timeout.ms" = "1000"
 "heartbeat.interval.ms" = "200"
@@ -1575,7 +1603,7 @@ changelog_topic = "{changelog}"
 type = "kafka"
 bootstrap_servers = "{bootstrap}"
 topic = "{output}"
-
+{sink_extra}
 [batch]
 max_records = 200
 queue = 2
@@ -1584,12 +1612,44 @@ queue = 2
             output = t.output,
             wasm = wasm.display().to_string(),
             cache = wasm_support::cache_dir().display().to_string(),
-            state = dir.join(format!("state/{name}.redb")).display().to_string(),
+            state = dir
+                .join(format!("state/{group}-{name}.redb"))
+                .display()
+                .to_string(),
             debug = std::env::var("WEIR_KAFKA_TEST_RDKAFKA_DEBUG")
                 .map(|d| format!("debug = {d:?}"))
                 .unwrap_or_default(),
         ),
     )
+}
+
+/// Runs the counter pipeline `cfg` until all `produced` ids came out, then stops it cleanly.
+fn run_counter_to_end(
+    cfg: &Path,
+    produced: usize,
+    order: &HashMap<String, Vec<String>>,
+    counted: &mut Counted,
+) {
+    let mut child = Reaper(spawn(cfg));
+    let start = Instant::now();
+    loop {
+        let got = check_counts(counted.update(), order).0;
+        if got == produced {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "only {got} of {produced} ids came out: {}",
+            log_tail(cfg, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(child.0.id(), libc::SIGTERM);
+    assert!(
+        wait_exit(&mut child.0, Duration::from_secs(60)).success(),
+        "{}",
+        log_of(cfg)
+    );
 }
 
 /// Of a (compacted) topic: the records it still has and the offsets it spans (per partition,
@@ -1677,31 +1737,7 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     let during = check_counts(counted.update(), &order).0;
 
     // Run to the end, stop cleanly.
-    let run_to_end = |cfg: &Path,
-                      produced: usize,
-                      order: &HashMap<String, Vec<String>>,
-                      counted: &mut Counted| {
-        let mut child = Reaper(spawn(cfg));
-        let start = Instant::now();
-        loop {
-            let got = check_counts(counted.update(), order).0;
-            if got == produced {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(180),
-                "only {got} of {produced} ids came out: {}",
-                log_tail(cfg, 40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        signal(child.0.id(), libc::SIGTERM);
-        assert!(
-            wait_exit(&mut child.0, Duration::from_secs(60)).success(),
-            "{}",
-            log_of(cfg)
-        );
-    };
+    let run_to_end = run_counter_to_end;
     run_to_end(&cfg, produced, &order, &mut counted);
     let (ids, dups) = check_counts(counted.update(), &order);
     assert_eq!(ids, produced, "every record came out");
@@ -1833,6 +1869,155 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     );
     let (ids, _) = check_counts(counted.update(), &order);
     assert_eq!(ids, produced);
+}
+
+/// Exactly-once with durable state: the per-key counter of the durable-state test with
+/// `delivery = "exactly-once"`, so that each output record, the state changes behind it (in the
+/// changelog) and the input offsets are committed in one Kafka transaction. SIGKILLed
+/// `WEIR_KAFKA_EOS_STATE_KILLS` (default 50) times at random moments while input keeps coming,
+/// every third restart as another instance whose state file lacks the other's work (so state
+/// must come from the changelog's committed records), with the changelog compacted as it goes;
+/// then two instances share the partitions and one is killed. A read_committed reader must see
+/// every record exactly once, each carrying exactly its position in its key's sequence: no
+/// duplicate, no update lost or applied twice, whatever the kills aborted.
+#[test]
+fn exactly_once_with_durable_state_counts_every_record_exactly_once_across_kills() {
+    let _serial = serial();
+    let kills: usize = std::env::var("WEIR_KAFKA_EOS_STATE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let kafka = kafka_support::shared();
+    let bs = kafka.bootstrap();
+    let t = topics(kafka, "eos-state");
+    let changelog = "g-state-eos-changelog";
+    kafka.create_topic(
+        changelog,
+        PARTITIONS,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "500"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("min.compaction.lag.ms", "0"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = state_config_as(dir.path(), &bs, &t, changelog, "a", true);
+    let other = state_config_as(dir.path(), &bs, &t, changelog, "b", true);
+    let keys = 64;
+    let mut order = HashMap::new();
+    let mut rng = 0x853C49E6748FEA9Bu64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let per_kill = (4000 / kills.max(1)).max(20);
+    let mut produced = 0;
+    let mut counted = Counted::new(&bs, &t.output);
+    let start = Instant::now();
+    for k in 0..kills {
+        produce_keyed(
+            &bs,
+            &t.input,
+            produced..produced + per_kill,
+            keys,
+            &mut order,
+        );
+        produced += per_kill;
+        let instance = if k % 3 == 2 { &other } else { &cfg };
+        kill_after_join(instance, k, Duration::from_secs(60), next() % 1500);
+    }
+    let crashing = start.elapsed();
+    let (during, dups) = check_counts(counted.update(), &order);
+    assert_eq!(dups, 0, "a record came out twice while crashing");
+    run_counter_to_end(&cfg, produced, &order, &mut counted);
+    let (ids, dups) = check_counts(counted.update(), &order);
+    assert_eq!(ids, produced, "every record came out");
+    assert_eq!(dups, 0, "every record came out exactly once");
+    let uncommitted = Tail::with_isolation(&bs, &t.output, "read_uncommitted")
+        .catch_up()
+        .len();
+    eprintln!(
+        "exactly-once stateful crash test: {kills} kills in {crashing:?}, {during} ids out while crashing, {ids} ids, 0 duplicates, counts all consecutive; {uncommitted} records with the aborted ones"
+    );
+    assert!(during >= produced / 4, "records came out between kills");
+    // Not vacuous: kills left writes behind in transactions that were aborted.
+    assert!(
+        uncommitted > ids,
+        "no kill left an aborted write ({uncommitted} records for {ids} ids)"
+    );
+    let log = log_of(&other);
+    assert!(
+        log.contains("state restored from the changelog"),
+        "the other instance restored: {log}"
+    );
+
+    // The broker compacts the changelog (aborted records go too); restores below read it.
+    let start = Instant::now();
+    let (records, span) = loop {
+        let (records, span) = records_and_span(&bs, changelog);
+        if (records as i64) < span {
+            break (records, span);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the changelog was never compacted: {records} records over {span} offsets"
+        );
+        produce_keyed(&bs, &t.input, produced..produced + 64, keys, &mut order);
+        produced += 64;
+        run_counter_to_end(&cfg, produced, &order, &mut counted);
+    };
+    eprintln!("changelog compacted: {records} records left of {span} offsets");
+
+    // Two instances share the partitions; one is killed mid-stream and the survivor takes its
+    // partitions over with their committed state.
+    let mut a = Reaper(spawn(&cfg));
+    let mut b = Reaper(spawn(&other));
+    let start = Instant::now();
+    while !(log_of(&cfg).contains("partitions assigned")
+        && log_of(&other).contains("partitions assigned"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "both join");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_keyed(&bs, &t.input, produced..produced + 2000, keys, &mut order);
+    produced += 2000;
+    while check_counts(counted.update(), &order).0 < produced - 1500 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "progress with two instances"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(a.0.id(), libc::SIGKILL);
+    wait_exit(&mut a.0, Duration::from_secs(10));
+    produce_keyed(&bs, &t.input, produced..produced + 1000, keys, &mut order);
+    produced += 1000;
+    let start = Instant::now();
+    loop {
+        let got = check_counts(counted.update(), &order).0;
+        if got == produced {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {got} of {produced} ids came out after the kill: {}",
+            log_tail(&other, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(b.0.id(), libc::SIGTERM);
+    assert!(
+        wait_exit(&mut b.0, Duration::from_secs(60)).success(),
+        "{}",
+        log_of(&other)
+    );
+    let (ids, dups) = check_counts(counted.update(), &order);
+    assert_eq!(ids, produced);
+    assert_eq!(dups, 0, "nothing came out twice across the take-over");
 }
 
 /// weir's Kafka source and sink through a secured listener. `source_security` and

@@ -351,12 +351,19 @@ impl PipelineConfig {
                          offsets with the output), found a source without offsets to commit",
                     ));
                 };
-                if state.is_some() {
+                if state
+                    .as_ref()
+                    .is_some_and(|s| s.changelog_topic().is_none())
+                {
                     return Err(top.error(
-                        &format!("{key}.delivery"),
-                        "expected no `[state]` section with delivery = \"exactly-once\": \
-                         durable state checkpoints and its changelog are not yet part of the \
-                         transaction (use at-least-once delivery with durable state)",
+                        "state.changelog_topic",
+                        format!(
+                            "expected a changelog topic for durable state with {key}.delivery = \
+                             \"exactly-once\" (state changes are committed in the Kafka \
+                             transaction through their changelog, with the output and the \
+                             offsets; a state file alone would fall behind the committed \
+                             offsets after a crash), found none"
+                        ),
                     ));
                 }
                 Some(id)

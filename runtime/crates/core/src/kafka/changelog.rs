@@ -23,6 +23,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::txn::Transactions;
 use super::ClientLog;
 use crate::state::changelog::{Append, Changelog, Visit};
 use crate::state::Checkpointed;
@@ -36,13 +37,18 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Connects the changelog `state` asks for (if any) on the cluster of the source's consumer
 /// (`consumer`: its settings; only the connection and security ones are used), for the input
 /// topics `inputs`. Blocking. Called once, before the first assignment.
+///
+/// `txn`: exactly-once, the pipeline's transactions: checkpoints append inside them
+/// ([`Changelog::append_in_transaction`]).
 pub fn attach(
     state: &dyn Checkpointed,
     consumer: &ClientConfig,
     inputs: &[String],
+    txn: Option<Arc<Transactions>>,
 ) -> anyhow::Result<()> {
     if let Some(topic) = state.changelog_name() {
-        let changelog = KafkaChangelog::connect(consumer, topic, inputs)?;
+        let mut changelog = KafkaChangelog::connect(consumer, topic, inputs)?;
+        changelog.txn = txn;
         state.attach_changelog(Box::new(changelog))?;
     }
     Ok(())
@@ -54,7 +60,12 @@ pub struct KafkaChangelog {
     /// Connection settings, to recreate the producer after a fatal error.
     base: ClientConfig,
     producer: std::sync::Mutex<FutureProducer<ClientLog>>,
+    /// Reads committed records only (read_committed).
     reader: std::sync::Mutex<BaseConsumer<ClientLog>>,
+    /// Asks for the log end offsets, open transactions included (read_uncommitted).
+    probe: BaseConsumer<ClientLog>,
+    /// Exactly-once: the pipeline's transactions, which checkpoints append inside.
+    txn: Option<Arc<Transactions>>,
     partitions: AtomicI32,
     /// The topic's `delete.retention.ms` (ms): how long compaction keeps a deletion readable.
     /// Read in the background (Kafka's default until then).
@@ -100,6 +111,20 @@ impl KafkaChangelog {
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
+            // Records of aborted transactions (exactly-once checkpoints) are never applied.
+            .set("isolation.level", "read_committed")
+            // A restore reads to the end of the partition, which the broker only says once a
+            // fetch came back short: do not let it hold that fetch (500 ms by default) for
+            // data that is not coming. Assignments restore partition after partition, inside
+            // the group's session.
+            .set("fetch.wait.max.ms", "10")
+            .create_with_context(ClientLog::default())
+            .context("cannot create the changelog reader")?;
+        let probe: BaseConsumer<ClientLog> = base
+            .clone()
+            .set("group.id", "weir-state-restore")
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_uncommitted")
             .create_with_context(ClientLog::default())
             .context("cannot create the changelog reader")?;
 
@@ -184,6 +209,8 @@ impl KafkaChangelog {
             base,
             producer: std::sync::Mutex::new(producer),
             reader: std::sync::Mutex::new(reader),
+            probe,
+            txn: None,
             partitions: AtomicI32::new(partitions),
         })
     }
@@ -239,37 +266,28 @@ impl KafkaChangelog {
     }
 }
 
-impl Changelog for KafkaChangelog {
-    fn name(&self) -> &str {
-        &self.topic
-    }
-
-    /// `delete.retention.ms` of the topic (Kafka's default when it cannot be read).
-    fn tombstone_retention(&self) -> Duration {
-        Duration::from_millis(self.tombstone_retention.load(Ordering::Relaxed))
-    }
-
-    /// Appends each partition's records then its marker and waits until every one of them is
-    /// delivered or failed; returns, per append, its marker's offset or why it failed. A marker
-    /// is sent only after all its records were queued, and an append is `Ok` only if every one
-    /// of its records was delivered. Nothing sent is left in flight when this returns.
-    fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
-        let mut producer = self.producer.lock().expect("producer lock poisoned");
+impl KafkaChangelog {
+    /// Appends each partition's records then its marker with `producer` and waits until every
+    /// one of them is delivered or failed (see [`Changelog::append`]).
+    fn append_with(
+        &self,
+        producer: &FutureProducer<ClientLog>,
+        appends: &[Append],
+    ) -> Vec<anyhow::Result<i64>> {
         // Per append: its futures (the marker's last) or the error that stopped it.
         let mut sent: Vec<(Vec<DeliveryFuture>, Option<anyhow::Error>)> = Vec::new();
         for a in appends {
             let mut futures = Vec::with_capacity(a.records.len() + 1);
             let r = self.check_partition(a.partition).and_then(|()| {
                 for (k, v) in &a.records {
-                    futures.push(self.send(&producer, a.partition, k, v.as_deref())?);
+                    futures.push(self.send(producer, a.partition, k, v.as_deref())?);
                 }
-                futures.push(self.send(&producer, a.partition, &a.marker.0, Some(&a.marker.1))?);
+                futures.push(self.send(producer, a.partition, &a.marker.0, Some(&a.marker.1))?);
                 Ok(())
             });
             sent.push((futures, r.err()));
         }
-        let results: Vec<anyhow::Result<i64>> = sent
-            .into_iter()
+        sent.into_iter()
             .map(|(futures, err)| {
                 let mut first = err;
                 let mut last = None;
@@ -287,7 +305,27 @@ impl Changelog for KafkaChangelog {
                     (None, None) => Err(anyhow!("nothing was appended")),
                 }
             })
-            .collect();
+            .collect()
+    }
+}
+
+impl Changelog for KafkaChangelog {
+    fn name(&self) -> &str {
+        &self.topic
+    }
+
+    /// `delete.retention.ms` of the topic (Kafka's default when it cannot be read).
+    fn tombstone_retention(&self) -> Duration {
+        Duration::from_millis(self.tombstone_retention.load(Ordering::Relaxed))
+    }
+
+    /// Appends each partition's records then its marker and waits until every one of them is
+    /// delivered or failed; returns, per append, its marker's offset or why it failed. A marker
+    /// is sent only after all its records were queued, and an append is `Ok` only if every one
+    /// of its records was delivered. Nothing sent is left in flight when this returns.
+    fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+        let mut producer = self.producer.lock().expect("producer lock poisoned");
+        let results = self.append_with(&producer, appends);
         if let Some(e) = producer.client().fatal_error() {
             tracing::error!(error = ?e, "changelog producer: fatal error; creating a new one");
             match self::producer(&self.base) {
@@ -298,15 +336,45 @@ impl Changelog for KafkaChangelog {
         results
     }
 
-    /// The (low, high) offsets of a changelog partition.
+    fn transactional(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Through the transactional producer, inside the open transaction.
+    fn append_in_transaction(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+        match &self.txn {
+            Some(txn) if txn.poisoned() => appends
+                .iter()
+                .map(|_| Err(anyhow!("the transaction can only be aborted")))
+                .collect(),
+            Some(txn) => self.append_with(txn.producer(), appends),
+            None => appends
+                .iter()
+                .map(|_| Err(anyhow!("the changelog is not transactional")))
+                .collect(),
+        }
+    }
+
+    /// The (low, high) offsets of a changelog partition (high: the log end, records of open
+    /// transactions included).
     fn watermarks(&self, partition: i32) -> anyhow::Result<(i64, i64)> {
         self.check_partition(partition)?;
-        let r = self.reader.lock().expect("reader lock poisoned");
-        r.fetch_watermarks(&self.topic, partition, TIMEOUT)
+        self.probe
+            .fetch_watermarks(&self.topic, partition, TIMEOUT)
             .with_context(|| format!("cannot read the offsets of changelog {:?}", self.topic))
     }
 
-    /// Calls `f(offset, key, value)` for every record of `partition` in `[from, to)`.
+    /// The last stable offset: the high watermark a read_committed client is given.
+    fn stable_end(&self, partition: i32) -> anyhow::Result<i64> {
+        self.check_partition(partition)?;
+        let r = self.reader.lock().expect("reader lock poisoned");
+        Ok(r.fetch_watermarks(&self.topic, partition, TIMEOUT)
+            .with_context(|| format!("cannot read the offsets of changelog {:?}", self.topic))?
+            .1)
+    }
+
+    /// Calls `f(offset, key, value)` for every committed record of `partition` in `[from,
+    /// to)`.
     fn read(&self, partition: i32, from: i64, to: i64, f: &mut Visit<'_>) -> anyhow::Result<usize> {
         if from >= to {
             return Ok(0);
@@ -338,6 +406,8 @@ impl Changelog for KafkaChangelog {
                         break Ok(n);
                     }
                 }
+                // (The end of what is committed: control records and aborted records are
+                // never delivered.)
                 Some(Err(KafkaError::PartitionEOF(_))) => break Ok(n),
                 Some(Err(e)) => {
                     tracing::warn!(topic = %self.topic, partition, error = %e, "reading the changelog")
@@ -441,7 +511,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let instance = |name: &str| {
             let st = DiskState::with_changelog(&dir.path().join(name), Some("cl".into()));
-            attach(&*st, &client, &["in".to_string()]).unwrap();
+            attach(&*st, &client, &["in".to_string()], None).unwrap();
             st
         };
 
@@ -535,7 +605,7 @@ mod tests {
         let (_mock, client) = kafka(2);
         let dir = tempfile::tempdir().unwrap();
         let st = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
-        attach(&*st, &client, &["in".to_string()]).unwrap();
+        attach(&*st, &client, &["in".to_string()], None).unwrap();
         // Partition 5 has no changelog partition (as if the input grew and the changelog not).
         for p in [0, 5] {
             st.assign(&pid(p), 1).unwrap_or_default();
@@ -577,10 +647,10 @@ mod tests {
             old.checkpoint(&[(pid(0), 7)]).unwrap();
         }
         let a = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
-        attach(&*a, &client, &["in".to_string()]).unwrap();
+        attach(&*a, &client, &["in".to_string()], None).unwrap();
         assert_eq!(a.assign(&pid(0), 1).unwrap(), Some(7));
         let b = DiskState::with_changelog(&dir.path().join("b.redb"), Some("cl".into()));
-        attach(&*b, &client, &["in".to_string()]).unwrap();
+        attach(&*b, &client, &["in".to_string()], None).unwrap();
         assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(7));
         assert_eq!(
             get(&b.open(&scope("t", 0)).unwrap(), "k").as_deref(),

@@ -188,6 +188,11 @@ impl ClientContext for ClientLog {
         log(level, fac, log_message);
     }
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            // The end of a partition a reader asked to be told of (`enable.partition.eof`).
+            tracing::debug!(target: "librdkafka", "{reason}");
+            return;
+        }
         tracing::warn!(target: "librdkafka", error = %error, "{reason}");
         let mut last = self.lock();
         // A refusal (bad credentials, an untrusted certificate) is the cause of the "all

@@ -18,6 +18,9 @@
 //!   discard what they are handed until the source has aborted it and rewound its partitions to
 //!   the last committed offsets; those records are read and written again in a new transaction.
 //!
+//! Durable state's changelog ([`crate::kafka::changelog`]) appends each checkpoint through this
+//! producer too, so that state changes commit and abort with the output and the offsets.
+//!
 //! Sinks that are not Kafka (a file or stderr failure sink, a DynamoDB sink) are not part of the
 //! transaction: they stay at-least-once.
 

@@ -46,6 +46,12 @@
 //! committed offset and its state checkpoint, and un-checkpointed effects are dropped. So after
 //! a crash, a rebalance or a restart, state and input agree exactly: no update is lost and none
 //! is applied twice, even for non-idempotent state.
+//!
+//! Exactly-once, the state's changes go to its changelog inside the transaction
+//! ([`Checkpointed::stage`] before the commit, [`Checkpointed::complete`] after it); after an
+//! abort each partition is assigned to the state again (its aborted effects dropped), and on
+//! assignment the committed offsets are read first so that the restore can wait for the
+//! checkpoint committed with them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -243,7 +249,8 @@ impl SourceConfig for KafkaConfig {
         blocking(|| kafka::check_cluster(consumer.client(), log, &topics, setup::CHECK_TIMEOUT))
             .with_context(|| format!("kafka brokers {}", self.bootstrap_servers))?;
         if let Some(state) = &ctx.state {
-            blocking(|| kafka::changelog::attach(state.as_ref(), &client, &self.topics))
+            let txn = shared.as_ref().and_then(|s| s.txn.clone());
+            blocking(|| kafka::changelog::attach(state.as_ref(), &client, &self.topics, txn))
                 .context("the state changelog")?;
         }
         Ok(Box::new(KafkaSource {
@@ -541,6 +548,24 @@ impl Shared {
                 }
             }
         }
+        // Durable state: the changes up to these offsets go to the changelog inside the
+        // transaction, each partition's marker with them; the file follows after the commit.
+        let staged = match &self.state {
+            Some(state) if !moved.is_empty() && !txn.poisoned() => {
+                let positions: Vec<(PartitionId, u64)> = moved
+                    .iter()
+                    .map(|(tp, _, off)| (partition_id(&tp.0, tp.1), *off as u64))
+                    .collect();
+                match state.stage(&positions) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        txn.poison(format!("the state checkpoint: {e:#}"));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let group = consumer.group_metadata();
         match txn.commit(&tpl, group.as_ref())? {
             Committed::Yes => {
@@ -548,6 +573,15 @@ impl Shared {
                 for (tp, epoch, off) in &moved {
                     if let Some(p) = t.parts.get_mut(tp).filter(|p| p.epoch == *epoch) {
                         p.committed = Some(*off);
+                    }
+                }
+                drop(t);
+                if let (Some(state), Some(staged)) = (&self.state, staged) {
+                    if let Err(e) = state.complete(staged) {
+                        // Committed in Kafka, not in the file: the partitions are assigned
+                        // again, which catches the file up from the changelog.
+                        tracing::error!("exactly-once: the committed state checkpoint could not be written to the state file: {e:#}; restoring from the changelog");
+                        self.rewind.store(true, Ordering::Release);
                     }
                 }
                 Ok(moved.len())
@@ -561,7 +595,8 @@ impl Shared {
 
     /// Exactly-once, after an abort: every assigned partition goes back to its last committed
     /// offset (the group's, when this run committed none) under a new epoch, so that what was
-    /// read since (buffered or in flight) is dropped and read again.
+    /// read since (buffered or in flight) is dropped and read again; with durable state, each
+    /// partition is assigned to the state again (its overlay of the aborted effects dropped).
     fn rewind<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C, start: Start) {
         if !self.rewind.swap(false, Ordering::AcqRel) {
             return;
@@ -591,6 +626,7 @@ impl Shared {
         } else {
             TopicPartitionList::new()
         };
+        let epoch = self.lock().epoch;
         for (tp, committed) in parts {
             let to = match committed {
                 Some(o) => Offset::Offset(o),
@@ -607,6 +643,22 @@ impl Shared {
                 Err(e) => {
                     tracing::error!(topic = %tp.0, partition = tp.1, error = %e, "exactly-once: cannot rewind the partition; retrying");
                     self.rewind.store(true, Ordering::Release);
+                }
+            }
+            // (After the seek: a partition paused here resumes from the committed offset.)
+            if let Some(state) = &self.state {
+                let k = match to {
+                    Offset::Offset(o) => Some(o as u64),
+                    _ => None,
+                };
+                if let Err(e) = state.assign_committed(&partition_id(&tp.0, tp.1), epoch, k) {
+                    tracing::error!(topic = %tp.0, partition = tp.1, "exactly-once: cannot get the state of this partition back: {e:#}; the partition is paused until it can");
+                    let mut one = TopicPartitionList::new();
+                    one.add_partition(&tp.0, tp.1);
+                    if let Err(e) = consumer.pause(&one) {
+                        tracing::error!(error = %e, "cannot pause a partition whose state is missing");
+                    }
+                    self.lock().unrestored.push((tp.clone(), epoch));
                 }
             }
         }
@@ -678,7 +730,13 @@ impl Context {
             if let Some(shared) = &self.shared {
                 let epochs = shared.assign(tpl);
                 if let Some(state) = &shared.state {
-                    unrestored = resume_at_checkpoints(consumer, state.as_ref(), &epochs, tpl);
+                    unrestored = resume_at_checkpoints(
+                        consumer,
+                        state.as_ref(),
+                        &epochs,
+                        tpl,
+                        shared.txn.is_some(),
+                    );
                 }
             }
         }
@@ -790,18 +848,29 @@ impl Context {
 /// checkpoint (both cover only acknowledged records; the checkpoint is ahead after a crash
 /// between checkpointing and committing). Returns the partitions whose state could not be
 /// had, after retrying for a while: the caller pauses them.
+///
+/// `exactly_once`: offsets and state were committed in the same transactions: the committed
+/// offsets are read first (a read_committed consumer waits for those of a transaction still
+/// open), and each partition's state is restored up to its committed offset.
 fn resume_at_checkpoints<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     state: &dyn Checkpointed,
     epochs: &[(Tp, u64)],
     tpl: &mut TopicPartitionList,
+    exactly_once: bool,
 ) -> TopicPartitionList {
     let mut checkpoints = Vec::new();
     let mut failed = TopicPartitionList::new();
+    let committed = if exactly_once {
+        committed_of(consumer, epochs.iter().map(|(tp, _)| tp))
+    } else {
+        HashMap::new()
+    };
     for (tp, epoch) in epochs {
         let mut attempt = 0;
         loop {
-            match state.assign(&partition_id(&tp.0, tp.1), *epoch) {
+            let k = committed.get(tp).copied();
+            match state.assign_committed(&partition_id(&tp.0, tp.1), *epoch, k) {
                 Ok(Some(c)) => checkpoints.push((tp.clone(), c as i64)),
                 Ok(None) => {}
                 // A few quick tries here (this blocks the consumer); then the source task retries
@@ -865,6 +934,32 @@ fn resume_at_checkpoints<C: ConsumerContext>(
     failed
 }
 
+/// The committed offsets of these partitions (those that have one); empty when they cannot be
+/// read.
+fn committed_of<'a, C: Consumer<X>, X: ConsumerContext>(
+    consumer: &C,
+    tps: impl Iterator<Item = &'a Tp>,
+) -> HashMap<Tp, u64> {
+    let mut ask = TopicPartitionList::new();
+    let tps: Vec<&Tp> = tps.collect();
+    for tp in &tps {
+        ask.add_partition(&tp.0, tp.1);
+    }
+    match consumer.committed_offsets(ask, Duration::from_secs(30)) {
+        Ok(l) => tps
+            .into_iter()
+            .filter_map(|tp| match l.find_partition(&tp.0, tp.1)?.offset() {
+                Offset::Offset(o) => Some((tp.clone(), o as u64)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read committed offsets");
+            HashMap::new()
+        }
+    }
+}
+
 /// Tries again to get the state of partitions held paused for the lack of it; resumes each one
 /// that gets it, at the later of its committed offset and its state checkpoint.
 fn retry_unrestored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, shared: &Shared) {
@@ -877,7 +972,14 @@ fn retry_unrestored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, shared: &S
         if shared.lock().parts.get(&tp).map(|p| p.epoch) != Some(epoch) {
             continue; // revoked or assigned again since
         }
-        let checkpoint = match state.assign(&partition_id(&tp.0, tp.1), epoch) {
+        let k = if shared.txn.is_some() {
+            committed_of(consumer, std::iter::once(&tp))
+                .get(&tp)
+                .copied()
+        } else {
+            None
+        };
+        let checkpoint = match state.assign_committed(&partition_id(&tp.0, tp.1), epoch, k) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(topic = %tp.0, partition = tp.1, "still cannot get the state of this partition: {e:#}");
@@ -1149,6 +1251,10 @@ impl Source for KafkaSource {
                         blocking(|| s.commit_transaction(&consumer, txn, cfg.revoke_wait.0))
                             .context("kafka source")?;
                         blocking(|| s.rewind(&consumer, cfg.start));
+                        if !s.lock().unrestored.is_empty() {
+                            // (Just after a commit: the open transaction holds nothing yet.)
+                            blocking(|| retry_unrestored(&consumer, s));
+                        }
                         bufs.refresh(&shared);
                     } else if let Some(s) = &shared {
                         if !s.lock().unrestored.is_empty() {

@@ -38,7 +38,27 @@ pub trait Changelog: Send + Sync + Debug {
     /// records was delivered. Nothing sent is left in flight when this returns.
     fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>>;
 
-    /// Calls `f(offset, key, value)` for every record of `partition` in `[from, to)`; returns
-    /// how many.
+    /// The offset below which every transaction in `partition` is decided (Kafka's last stable
+    /// offset): every committed record below it can be read. The high watermark when no
+    /// transaction is open.
+    fn stable_end(&self, partition: i32) -> anyhow::Result<i64>;
+
+    /// Calls `f(offset, key, value)` for every committed record of `partition` in `[from, to)`
+    /// (`to` at most [`Changelog::stable_end`]; records of aborted transactions are never
+    /// seen); returns how many.
     fn read(&self, partition: i32, from: i64, to: i64, f: &mut Visit<'_>) -> anyhow::Result<usize>;
+
+    /// Exactly-once: whether checkpoints append inside the pipeline's Kafka transaction
+    /// ([`Changelog::append_in_transaction`]).
+    fn transactional(&self) -> bool {
+        false
+    }
+
+    /// Exactly-once: [`Changelog::append`] inside the pipeline's open transaction: readers
+    /// see the records once it commits, never if it aborts. An error means the transaction
+    /// can only be aborted.
+    fn append_in_transaction(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+        let _ = appends;
+        vec![]
+    }
 }

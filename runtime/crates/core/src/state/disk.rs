@@ -38,11 +38,15 @@ use anyhow::Context as _;
 
 use super::changelog::{Append, Changelog};
 use super::{
-    entry_bytes, page_push, At, CheckpointFailed, Checkpointed, Expired, StateBackend, StateScope,
-    StateStore, Usage, Usages, Write,
+    entry_bytes, page_push, At, CheckpointFailed, Checkpointed, Expired, Staged, StateBackend,
+    StateScope, StateStore, Usage, Usages, Write,
 };
 use crate::config::{ConfigError, Origin};
 use crate::record::PartitionId;
+
+/// How long a restore waits for a transaction still open in the changelog (exactly-once: the
+/// previous owner's, committed or aborted within its `transaction.timeout.ms`).
+const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Entries: scope prefix + key → 8-byte big-endian expiry (`i64::MAX`: none) + value.
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
@@ -222,6 +226,7 @@ impl Part {
             let mut o = lock(&s.overlay);
             o.closed = true;
             o.log.clear();
+            o.sealed = 0;
             o.index.clear();
             o.deadlines.clear();
             // No longer ours: it no longer counts against the budget.
@@ -270,7 +275,18 @@ impl DiskState {
     /// it, after wiping `p`, if the file has never seen this changelog or is too far behind),
     /// and overwrites entries after the last marker (an interrupted checkpoint) with the
     /// restored values. With an empty changelog and local state, seeds the changelog from it.
-    fn restore(&self, cl: &dyn Changelog, p: &PartitionId) -> anyhow::Result<()> {
+    ///
+    /// Only committed records are read (exactly-once checkpoints are appended in Kafka
+    /// transactions). `committed`, exactly-once: the partition's committed input offset, whose
+    /// checkpoint marker was committed in the same transaction: while the checkpoint read falls
+    /// short of it and a transaction is still open in the changelog, the restore waits for it
+    /// (up to [`RESTORE_WAIT`]) and reads on.
+    fn restore(
+        &self,
+        cl: &dyn Changelog,
+        p: &PartitionId,
+        committed: Option<u64>,
+    ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let db = self.db.get()?;
         let pk = part_key(p);
@@ -291,7 +307,9 @@ impl DiskState {
         // A file that caught up longer ago than deletions stay readable may have missed some.
         let fresh =
             |at: i64| now.saturating_sub(at) < cl.tombstone_retention().as_millis() as i64 * 9 / 10;
-        if local_pos.map(|(l, _)| l) == Some(high as u64) {
+        if local_pos.map(|(l, _)| l) == Some(high as u64)
+            && committed.is_none_or(|k| local_ckpt.is_some_and(|c| c >= k))
+        {
             // Nothing was appended since this file caught up: it is current, however old.
             set_pos(&db, &pk, high as u64)?;
             return Ok(());
@@ -332,7 +350,7 @@ impl DiskState {
             _ => (low, true),
         };
         let txn = db.begin_write()?;
-        let (read, orphans) = {
+        let (read, orphans, read_to) = {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut expiry = txn.open_table(EXPIRY)?;
             let mut checkpoints = txn.open_table(CHECKPOINTS)?;
@@ -344,29 +362,66 @@ impl DiskState {
             }
             // Entries of a checkpoint apply only once its marker is seen.
             let mut pending: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-            let read = cl.read(p.partition, from, high, &mut |_, key, value| {
-                let Some(rest) = key.strip_prefix(pk.as_slice()) else {
-                    return Ok(()); // another input topic's partition of the same number
+            let mut ckpt = if wipe { None } else { local_ckpt };
+            let (mut read, mut at) = (0, from);
+            let waited = std::time::Instant::now();
+            loop {
+                // Up to where every transaction is decided.
+                let end = cl.stable_end(p.partition)?.max(at);
+                read += cl.read(p.partition, at, end, &mut |_, key, value| {
+                    let Some(rest) = key.strip_prefix(pk.as_slice()) else {
+                        return Ok(()); // another input topic's partition of the same number
+                    };
+                    if rest == MARKER {
+                        for (k, v) in pending.drain(..) {
+                            apply(&mut entries, &mut expiry, &k, v.as_deref())?;
+                        }
+                        if let Some(o) = value.and_then(|v| v.first_chunk::<8>()) {
+                            let o = u64::from_be_bytes(*o);
+                            checkpoints.insert(pk.as_slice(), o)?;
+                            ckpt = Some(o);
+                        }
+                    } else {
+                        pending.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+                    }
+                    Ok(())
+                })?;
+                at = end;
+                let Some(k) = committed.filter(|&k| ckpt.is_none_or(|c| c < k)) else {
+                    break;
                 };
-                if rest == MARKER {
-                    for (k, v) in pending.drain(..) {
-                        apply(&mut entries, &mut expiry, &k, v.as_deref())?;
-                    }
-                    if let Some(o) = value.and_then(|v| v.first_chunk::<8>()) {
-                        checkpoints.insert(pk.as_slice(), u64::from_be_bytes(*o))?;
-                    }
-                } else {
-                    pending.push((key.to_vec(), value.map(<[u8]>::to_vec)));
+                if at >= cl.watermarks(p.partition)?.1 {
+                    // Everything is committed and read: the offset was committed without a
+                    // marker (by an at-least-once run, or with no state changes before markers
+                    // were written for every offset).
+                    tracing::warn!(
+                        topic = %p.topic, partition = p.partition, committed = k, checkpoint = ?ckpt,
+                        "exactly-once: the changelog has no checkpoint at the committed offset; \
+                         resuming with the latest one it has"
+                    );
+                    break;
                 }
-                Ok(())
-            })?;
-            (read, pending)
+                // A transaction is open in the changelog from `at` on (the previous owner's,
+                // being committed or aborted): its outcome decides what this offset's state is.
+                anyhow::ensure!(
+                    waited.elapsed() < RESTORE_WAIT,
+                    "the changelog's checkpoint of {}[{}] ({ckpt:?}) has not reached its \
+                     committed offset {k} after {RESTORE_WAIT:?}: a transaction has stayed open \
+                     in changelog partition {} since offset {at}",
+                    p.topic,
+                    p.partition,
+                    p.partition
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            (read, pending, at)
         };
         let ckpt = txn
             .open_table(CHECKPOINTS)?
             .get(pk.as_slice())?
             .map(|v| v.value());
-        let mut pos = high as u64;
+        // Up to where it was read (not past a transaction still open).
+        let mut pos = read_to as u64;
         if !orphans.is_empty() {
             // An interrupted checkpoint: overwrite its entries with the checkpointed values.
             let mut keys: Vec<Vec<u8>> = orphans.into_iter().map(|(k, _)| k).collect();
@@ -425,7 +480,7 @@ impl DiskState {
                     lock(&s.overlay)
                         .log
                         .iter()
-                        .map(|(_, w)| w.len())
+                        .map(|l| l.writes.len())
                         .sum::<usize>()
                 })
                 .sum()
@@ -433,7 +488,173 @@ impl DiskState {
     }
 }
 
+/// What a checkpoint takes: per partition, its changes and marker for the changelog, and what
+/// to write to the file and drop from the overlays once they are durable.
+struct Collected {
+    /// (store, log entries taken, the last one's seq).
+    due: Vec<(PartitionId, Arc<DiskStore>, usize, u64)>,
+    /// The positions of the partitions owned.
+    owned: Vec<(PartitionId, u64)>,
+    /// Per partition in `appended`, its changelog append.
+    appends: Vec<Append>,
+    appended: Vec<PartitionId>,
+    /// Where each partition's marker went in the changelog.
+    logged: Vec<(PartitionId, i64)>,
+}
+
+impl Collected {
+    /// Takes the outcome of appending `appends` (in order): the partitions whose append
+    /// failed are left out of the checkpoint; returns them with why.
+    fn appended(&mut self, results: Vec<anyhow::Result<i64>>) -> Vec<(PartitionId, String)> {
+        let mut failed = Vec::new();
+        let mut kept = Vec::with_capacity(self.appends.len());
+        let mut kept_parts = Vec::with_capacity(self.appends.len());
+        let mut results = results.into_iter();
+        for (p, a) in self.appended.drain(..).zip(self.appends.drain(..)) {
+            match results
+                .next()
+                .unwrap_or_else(|| Err(anyhow::anyhow!("no outcome for this append")))
+            {
+                Ok(m) => {
+                    self.logged.push((p.clone(), m));
+                    kept.push(a);
+                    kept_parts.push(p);
+                }
+                Err(e) => failed.push((p, format!("{e:#}"))),
+            }
+        }
+        self.appends = kept;
+        self.appended = kept_parts;
+        self.owned
+            .retain(|(p, _)| !failed.iter().any(|(f, _)| f == p));
+        self.due
+            .retain(|(p, ..)| !failed.iter().any(|(f, _)| f == p));
+        failed
+    }
+}
+
 impl DiskState {
+    /// Takes a partition on under `epoch`: drops what its previous assignment left in the
+    /// overlays and brings its file up to the changelog (waiting for the committed checkpoint
+    /// to reach `committed`, exactly-once).
+    fn assign_to(
+        &self,
+        partition: &PartitionId,
+        epoch: u64,
+        committed: Option<u64>,
+    ) -> anyhow::Result<Option<u64>> {
+        let _l = lock(&self.lifecycle);
+        let old = lock(&self.parts).insert(
+            partition.clone(),
+            Arc::new(Part {
+                epoch,
+                owned: true,
+                stores: Mutex::default(),
+            }),
+        );
+        if let Some(old) = old {
+            old.close();
+        }
+        if let Some(cl) = self.changelog()? {
+            self.restore(cl, partition, committed)?;
+        }
+        self.checkpoint_of(partition)
+    }
+
+    /// Takes what a checkpoint at `positions` makes durable (the overlays stay readable until
+    /// it is). `markers`: a marker for every owned partition, not only those with changes.
+    fn collect(&self, positions: &[(PartitionId, u64)], markers: bool) -> Collected {
+        let mut c = Collected {
+            due: Vec::new(),
+            owned: Vec::new(),
+            appends: Vec::new(),
+            appended: Vec::new(),
+            logged: Vec::new(),
+        };
+        let parts = lock(&self.parts);
+        for (p, upto) in positions {
+            let Some(part) = parts.get(p).filter(|p| p.owned) else {
+                continue;
+            };
+            c.owned.push((p.clone(), *upto));
+            let mut records = Vec::new();
+            for s in lock(&part.stores).values() {
+                let mut o = lock(&s.overlay);
+                let mut n = 0;
+                let mut seq = 0;
+                for l in o.log.iter().take_while(|l| l.pos <= *upto) {
+                    n += 1;
+                    seq = l.seq;
+                    records.extend(l.writes.iter().map(|w| {
+                        let mut k = s.prefix.clone();
+                        k.extend_from_slice(&w.key);
+                        (k, w.value.as_deref().map(|v| encode(w.expires_at_ms, v)))
+                    }));
+                }
+                if n > 0 {
+                    o.sealed = n;
+                    c.due.push((p.clone(), s.clone(), n, seq));
+                }
+            }
+            if !records.is_empty() || markers {
+                c.appended.push(p.clone());
+                c.appends.push(Append {
+                    partition: p.partition,
+                    records,
+                    marker: marker(&part_key(p), Some(*upto)),
+                });
+            }
+        }
+        c
+    }
+
+    /// Writes a checkpoint's changes and positions to the file in one transaction, then drops
+    /// them from the overlays.
+    fn write_local(&self, c: Collected) -> anyhow::Result<()> {
+        let db = self.db.get()?;
+        let now = crate::snowplow::now_ms();
+        let txn = db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut expiry = txn.open_table(EXPIRY)?;
+            let mut checkpoints = txn.open_table(CHECKPOINTS)?;
+            for a in &c.appends {
+                for (k, v) in &a.records {
+                    apply(&mut entries, &mut expiry, k, v.as_deref())?;
+                }
+            }
+            for (p, upto) in &c.owned {
+                checkpoints.insert(part_key(p).as_slice(), upto)?;
+            }
+            let mut changelog_pos = txn.open_table(CHANGELOG_POS)?;
+            for (p, m) in &c.logged {
+                changelog_pos.insert(part_key(p).as_slice(), ((m + 1) as u64, now))?;
+            }
+        }
+        txn.commit()?;
+        // Durable now: drop it from the overlays.
+        for (_, s, n, upto_seq) in c.due {
+            let mut o = lock(&s.overlay);
+            if o.closed {
+                continue;
+            }
+            let n = n.min(o.log.len());
+            o.log.drain(..n);
+            o.sealed = o.sealed.saturating_sub(n);
+            let Overlay {
+                index, deadlines, ..
+            } = &mut *o;
+            index.retain(|k, e| {
+                let keep = e.seq > upto_seq;
+                if let Some(d) = e.deadline().filter(|_| !keep) {
+                    deadlines.remove(&(d, k.clone()));
+                }
+                keep
+            });
+        }
+        Ok(())
+    }
+
     fn part(&self, p: &PartitionId) -> Arc<Part> {
         lock(&self.parts)
             .entry(p.clone())
@@ -505,22 +726,7 @@ impl StateBackend for DiskState {
 
 impl Checkpointed for DiskState {
     fn assign(&self, partition: &PartitionId, epoch: u64) -> anyhow::Result<Option<u64>> {
-        let _l = lock(&self.lifecycle);
-        let old = lock(&self.parts).insert(
-            partition.clone(),
-            Arc::new(Part {
-                epoch,
-                owned: true,
-                stores: Mutex::default(),
-            }),
-        );
-        if let Some(old) = old {
-            old.close();
-        }
-        if let Some(cl) = self.changelog()? {
-            self.restore(cl, partition)?;
-        }
-        self.checkpoint_of(partition)
+        self.assign_to(partition, epoch, None)
     }
 
     fn changelog_name(&self) -> Option<&str> {
@@ -547,115 +753,67 @@ impl Checkpointed for DiskState {
             return Ok(());
         }
         let _l = lock(&self.lifecycle);
-        let db = self.db.get()?;
-        // Copy what is due (the overlay stays readable until it is durable).
-        let mut due: Vec<(&PartitionId, Arc<DiskStore>, usize, u64)> = Vec::new();
-        let mut owned: Vec<(&PartitionId, u64)> = Vec::new();
-        // Per partition with writes: its entries as stored (entry key, encoded value or None).
-        let mut changed: Vec<&PartitionId> = Vec::new();
-        let mut appends: Vec<Append> = Vec::new();
-        {
-            let parts = lock(&self.parts);
-            for (p, upto) in positions {
-                let Some(part) = parts.get(p).filter(|p| p.owned) else {
-                    continue;
-                };
-                owned.push((p, *upto));
-                let mut records = Vec::new();
-                for s in lock(&part.stores).values() {
-                    let o = lock(&s.overlay);
-                    let mut n = 0;
-                    for (_, ws) in o.log.iter().take_while(|(pos, _)| pos <= upto) {
-                        n += 1;
-                        records.extend(ws.iter().map(|w| {
-                            let mut k = s.prefix.clone();
-                            k.extend_from_slice(&w.key);
-                            (k, w.value.as_deref().map(|v| encode(w.expires_at_ms, v)))
-                        }));
-                    }
-                    if n > 0 {
-                        due.push((p, s.clone(), n, *upto));
-                    }
-                }
-                if !records.is_empty() {
-                    let pk = part_key(p);
-                    changed.push(p);
-                    appends.push(Append {
-                        partition: p.partition,
-                        records,
-                        marker: marker(&pk, Some(*upto)),
-                    });
-                }
-            }
-        }
+        let mut c = self.collect(positions, false);
         // With a changelog, the changes are in Kafka before they are in the file (and long before
         // the offsets are committed): a new owner replays them.
         // A partition whose append failed is not checkpointed (its writes stay in the overlay,
         // its offsets uncommitted); the others are.
         let mut failed: Vec<(PartitionId, String)> = Vec::new();
-        let mut logged: Vec<(&PartitionId, i64)> = Vec::new();
         if let Some(cl) = self.changelog()? {
-            if !appends.is_empty() {
-                let results = cl.append(&appends);
-                let mut kept = Vec::with_capacity(appends.len());
-                for ((p, a), r) in changed.iter().zip(appends).zip(results) {
-                    match r {
-                        Ok(m) => {
-                            logged.push((p, m));
-                            kept.push(a);
-                        }
-                        Err(e) => failed.push(((*p).clone(), format!("{e:#}"))),
-                    }
-                }
-                appends = kept;
-                owned.retain(|(p, _)| !failed.iter().any(|(f, _)| f == *p));
-                due.retain(|(p, ..)| !failed.iter().any(|(f, _)| f == *p));
+            anyhow::ensure!(
+                !cl.transactional(),
+                "an exactly-once changelog is checkpointed through stage and complete"
+            );
+            if !c.appends.is_empty() {
+                let results = cl.append(&c.appends);
+                failed = c.appended(results);
             }
         }
-        let now = crate::snowplow::now_ms();
-        let txn = db.begin_write()?;
-        {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let mut expiry = txn.open_table(EXPIRY)?;
-            let mut checkpoints = txn.open_table(CHECKPOINTS)?;
-            for a in &appends {
-                for (k, v) in &a.records {
-                    apply(&mut entries, &mut expiry, k, v.as_deref())?;
-                }
-            }
-            for (p, upto) in owned {
-                checkpoints.insert(part_key(p).as_slice(), upto)?;
-            }
-            let mut changelog_pos = txn.open_table(CHANGELOG_POS)?;
-            for (p, m) in &logged {
-                changelog_pos.insert(part_key(p).as_slice(), ((m + 1) as u64, now))?;
-            }
-        }
-        txn.commit()?;
-        // Durable now: drop it from the overlays.
-        for (_, s, n, upto) in due {
-            let mut o = lock(&s.overlay);
-            if o.closed {
-                continue;
-            }
-            let n = n.min(o.log.len());
-            o.log.drain(..n);
-            let Overlay {
-                index, deadlines, ..
-            } = &mut *o;
-            index.retain(|k, e| {
-                let keep = e.pos > upto;
-                if let Some(d) = e.deadline().filter(|_| !keep) {
-                    deadlines.remove(&(d, k.clone()));
-                }
-                keep
-            });
-        }
+        self.write_local(c)?;
         if failed.is_empty() {
             Ok(())
         } else {
             Err(CheckpointFailed { partitions: failed }.into())
         }
+    }
+
+    fn assign_committed(
+        &self,
+        partition: &PartitionId,
+        epoch: u64,
+        committed: Option<u64>,
+    ) -> anyhow::Result<Option<u64>> {
+        self.assign_to(partition, epoch, committed)
+    }
+
+    fn stage(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<Staged> {
+        let _l = lock(&self.lifecycle);
+        let Some(cl) = self.changelog()?.filter(|c| c.transactional()) else {
+            anyhow::bail!(
+                "exactly-once with durable state needs a changelog in the transaction \
+                 ([state] changelog_topic)"
+            );
+        };
+        // Every partition whose offset moves gets a marker, changes or not: a restore then
+        // knows it has read all the committed state of an offset once it saw its marker.
+        let mut c = self.collect(positions, true);
+        if !c.appends.is_empty() {
+            let results = cl.append_in_transaction(&c.appends);
+            let failed = c.appended(results);
+            if !failed.is_empty() {
+                return Err(CheckpointFailed { partitions: failed }.into());
+            }
+        }
+        Ok(Staged(Box::new(c)))
+    }
+
+    fn complete(&self, staged: Staged) -> anyhow::Result<()> {
+        let _l = lock(&self.lifecycle);
+        let c = staged
+            .0
+            .downcast::<Collected>()
+            .map_err(|_| anyhow::anyhow!("not a checkpoint staged by this backend"))?;
+        self.write_local(*c)
     }
 
     fn revoke(&self, partition: &PartitionId) {
@@ -685,10 +843,24 @@ impl fmt::Debug for Db {
     }
 }
 
+/// The writes of committed guest calls at one input position.
+#[derive(Debug)]
+struct Logged {
+    pos: u64,
+    /// The [`Overlay::seq`] of its last commit.
+    seq: u64,
+    writes: Vec<Write>,
+}
+
 #[derive(Debug, Default)]
 struct Overlay {
     /// Committed guest calls not yet durable, by position (ascending).
-    log: VecDeque<(u64, Vec<Write>)>,
+    log: VecDeque<Logged>,
+    /// How many entries of `log` a checkpoint in progress took: later writes at the same
+    /// position start a new entry, so that a checkpoint never drops writes it did not take.
+    sealed: usize,
+    /// Numbers the commits (the newest one's).
+    seq: u64,
     /// The newest overlay write of each key.
     index: HashMap<Vec<u8>, Entry>,
     /// The time index of `index`: (deadline, key) of its values with an expiry.
@@ -706,7 +878,8 @@ struct Overlay {
 struct Entry {
     value: Option<Vec<u8>>,
     expires_at_ms: Option<i64>,
-    pos: u64,
+    /// The commit that wrote it ([`Overlay::seq`]).
+    seq: u64,
 }
 
 impl Entry {
@@ -849,6 +1022,8 @@ impl StateStore for DiskStore {
         o.held.1 += keys;
         let pos = at.map_or(o.head, |a| a.end.max(o.head));
         o.head = pos;
+        o.seq += 1;
+        let seq = o.seq;
         let Overlay {
             index, deadlines, ..
         } = &mut *o;
@@ -856,7 +1031,7 @@ impl StateStore for DiskStore {
             let e = Entry {
                 value: w.value.clone(),
                 expires_at_ms: w.expires_at_ms,
-                pos,
+                seq,
             };
             if let Some(d) = e.deadline() {
                 deadlines.insert((d, w.key.clone()));
@@ -869,9 +1044,13 @@ impl StateStore for DiskStore {
                 deadlines.remove(&(d, w.key.clone()));
             }
         }
+        let open = o.log.len() > o.sealed;
         match o.log.back_mut() {
-            Some((p, ws)) if *p == pos => ws.extend(writes),
-            _ => o.log.push_back((pos, writes)),
+            Some(l) if l.pos == pos && open => {
+                l.seq = seq;
+                l.writes.extend(writes);
+            }
+            _ => o.log.push_back(Logged { pos, seq, writes }),
         }
         Ok(())
     }
@@ -1375,5 +1554,227 @@ mod tests {
         let e = s.commit(vec![put("d", "1")], at(2, 5), 0).unwrap_err();
         assert!(e.is::<crate::state::OverBudget>(), "{e:#}");
         s.commit(vec![put("a", "3")], at(2, 5), 0).unwrap();
+    }
+
+    /// A changelog in memory with Kafka's transactional visibility: records appended in a
+    /// transaction are read by nobody until it commits, and never if it aborts; a reader stops
+    /// at the first record of a transaction still open.
+    /// (key, value, 0 committed / 1 open / 2 aborted).
+    type TxnRecord = (Vec<u8>, Option<Vec<u8>>, u8);
+
+    #[derive(Debug, Default)]
+    struct TxnLog {
+        log: Mutex<Vec<TxnRecord>>,
+    }
+
+    impl TxnLog {
+        fn end(&self, outcome: u8) {
+            for r in lock(&self.log).iter_mut().filter(|r| r.2 == 1) {
+                r.2 = outcome;
+            }
+        }
+        fn push(&self, appends: &[Append], status: u8) -> Vec<anyhow::Result<i64>> {
+            let mut log = lock(&self.log);
+            appends
+                .iter()
+                .map(|a| {
+                    for (k, v) in &a.records {
+                        log.push((k.clone(), v.clone(), status));
+                    }
+                    log.push((a.marker.0.clone(), Some(a.marker.1.clone()), status));
+                    Ok(log.len() as i64 - 1)
+                })
+                .collect()
+        }
+    }
+
+    #[derive(Debug)]
+    struct Handle(Arc<TxnLog>);
+
+    impl Changelog for Handle {
+        fn name(&self) -> &str {
+            "txn-log"
+        }
+        fn tombstone_retention(&self) -> std::time::Duration {
+            std::time::Duration::from_secs(86_400)
+        }
+        fn watermarks(&self, _: i32) -> anyhow::Result<(i64, i64)> {
+            Ok((0, lock(&self.0.log).len() as i64))
+        }
+        fn append(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+            self.0.push(appends, 0)
+        }
+        fn transactional(&self) -> bool {
+            true
+        }
+        fn append_in_transaction(&self, appends: &[Append]) -> Vec<anyhow::Result<i64>> {
+            self.0.push(appends, 1)
+        }
+        fn stable_end(&self, _: i32) -> anyhow::Result<i64> {
+            let log = lock(&self.0.log);
+            Ok(log.iter().position(|r| r.2 == 1).unwrap_or(log.len()) as i64)
+        }
+        fn read(
+            &self,
+            _: i32,
+            from: i64,
+            to: i64,
+            f: &mut crate::state::changelog::Visit<'_>,
+        ) -> anyhow::Result<usize> {
+            let log = lock(&self.0.log).clone();
+            let mut n = 0;
+            for o in from..to.min(log.len() as i64) {
+                let (k, v, status) = &log[o as usize];
+                assert_ne!(*status, 1, "read past the stable end");
+                if *status == 0 {
+                    f(o, k, v.as_deref())?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    fn txn_instance(dir: &Path, name: &str, log: &Arc<TxnLog>) -> Arc<DiskState> {
+        let st = DiskState::with_changelog(&dir.join(name), Some("txn-log".into()));
+        st.attach_changelog(Box::new(Handle(log.clone()))).unwrap();
+        st
+    }
+
+    /// Exactly-once: a staged checkpoint is in the changelog's open transaction and nowhere
+    /// else; it reaches the file only once complete (after the commit); an aborted one is
+    /// dropped with the overlay when the partition is assigned again, and no other instance
+    /// ever sees it.
+    #[test]
+    fn a_staged_checkpoint_counts_only_once_its_transaction_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(TxnLog::default());
+        let a = txn_instance(dir.path(), "a.redb", &log);
+        a.assign_committed(&pid(0), 1, None).unwrap();
+        let s = a.open(&scope("t", 0)).unwrap();
+        s.commit(vec![put("k", "1")], at(1, 10), 0).unwrap();
+        let staged = a.stage(&[(pid(0), 10)]).unwrap();
+        assert_eq!(
+            a.checkpoint_of(&pid(0)).unwrap(),
+            None,
+            "not before the commit"
+        );
+        assert_eq!(
+            get(&s, "k").as_deref(),
+            Some("1"),
+            "the overlay still reads"
+        );
+        // Another instance restoring now sees nothing of the open transaction.
+        let b = txn_instance(dir.path(), "b.redb", &log);
+        assert_eq!(b.assign_committed(&pid(0), 1, None).unwrap(), None);
+        assert_eq!(get(&b.open(&scope("t", 0)).unwrap(), "k"), None);
+        log.end(0);
+        a.complete(staged).unwrap();
+        assert_eq!(a.checkpoint_of(&pid(0)).unwrap(), Some(10));
+        assert_eq!(a.pending_writes(&pid(0)), 0);
+
+        // An aborted transaction: the next assignment drops its effects.
+        s.commit(vec![put("k", "2"), put("x", "1")], at(1, 20), 0)
+            .unwrap();
+        let staged = a.stage(&[(pid(0), 20)]).unwrap();
+        log.end(2);
+        drop(staged);
+        assert_eq!(a.assign_committed(&pid(0), 2, Some(10)).unwrap(), Some(10));
+        let s = a.open(&scope("t", 0)).unwrap();
+        assert_eq!(get(&s, "k").as_deref(), Some("1"));
+        assert_eq!(get(&s, "x"), None);
+        // A marker goes with every offset that moves, changes or not.
+        s.commit(vec![], at(2, 30), 0).unwrap();
+        let before = lock(&log.log).len();
+        let staged = a.stage(&[(pid(0), 30)]).unwrap();
+        assert_eq!(lock(&log.log).len(), before + 1, "one marker");
+        log.end(0);
+        a.complete(staged).unwrap();
+        let c = txn_instance(dir.path(), "c.redb", &log);
+        assert_eq!(c.assign_committed(&pid(0), 1, Some(30)).unwrap(), Some(30));
+        let sc = c.open(&scope("t", 0)).unwrap();
+        assert_eq!(
+            (get(&sc, "k").as_deref(), get(&sc, "x")),
+            (Some("1"), None),
+            "the aborted write never reached the changelog's readers"
+        );
+    }
+
+    /// Exactly-once: killed after the commit and before the file was written, an instance
+    /// catches its file up from the changelog; and a restore waits for a transaction still
+    /// open when the committed offset says its checkpoint is committed.
+    #[test]
+    fn a_restore_reaches_the_committed_offset_through_the_changelog() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(TxnLog::default());
+        {
+            let a = txn_instance(dir.path(), "a.redb", &log);
+            a.assign_committed(&pid(0), 1, None).unwrap();
+            let s = a.open(&scope("t", 0)).unwrap();
+            s.commit(vec![put("k", "1")], at(1, 10), 0).unwrap();
+            let staged = a.stage(&[(pid(0), 10)]).unwrap();
+            log.end(0);
+            drop(staged); // the crash: committed, never completed
+        }
+        let a = txn_instance(dir.path(), "a.redb", &log);
+        assert_eq!(a.assign_committed(&pid(0), 1, Some(10)).unwrap(), Some(10));
+        assert_eq!(
+            get(&a.open(&scope("t", 0)).unwrap(), "k").as_deref(),
+            Some("1")
+        );
+
+        // B's commit is on its way when A restores: A waits for it.
+        let b = txn_instance(dir.path(), "b.redb", &log);
+        b.assign_committed(&pid(0), 2, Some(10)).unwrap();
+        b.open(&scope("t", 0))
+            .unwrap()
+            .commit(vec![put("k", "2")], at(2, 20), 0)
+            .unwrap();
+        let staged = b.stage(&[(pid(0), 20)]).unwrap();
+        let committer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                log.end(0);
+            })
+        };
+        let started = std::time::Instant::now();
+        assert_eq!(a.assign_committed(&pid(0), 3, Some(20)).unwrap(), Some(20));
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        assert_eq!(
+            get(&a.open(&scope("t", 0)).unwrap(), "k").as_deref(),
+            Some("2")
+        );
+        committer.join().unwrap();
+        b.complete(staged).unwrap();
+        // A committed offset no marker matches (an at-least-once past) does not block.
+        assert_eq!(a.assign_committed(&pid(0), 4, Some(25)).unwrap(), Some(20));
+    }
+
+    /// A write at the position a checkpoint in progress took is not dropped with it.
+    #[test]
+    fn a_write_during_a_checkpoint_is_kept_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(TxnLog::default());
+        let a = txn_instance(dir.path(), "a.redb", &log);
+        a.assign_committed(&pid(0), 1, None).unwrap();
+        let s = a.open(&scope("t", 0)).unwrap();
+        s.commit(vec![put("k", "1")], at(1, 10), 0).unwrap();
+        let staged = a.stage(&[(pid(0), 10)]).unwrap();
+        // A flush's write (no input position: it counts at the latest, 10).
+        s.commit(vec![put("f", "1")], None, 0).unwrap();
+        log.end(0);
+        a.complete(staged).unwrap();
+        assert_eq!(get(&s, "f").as_deref(), Some("1"), "still readable");
+        assert_eq!(a.pending_writes(&pid(0)), 1, "kept for the next checkpoint");
+        let staged = a.stage(&[(pid(0), 10)]).unwrap();
+        log.end(0);
+        a.complete(staged).unwrap();
+        let b = txn_instance(dir.path(), "b.redb", &log);
+        b.assign_committed(&pid(0), 2, Some(10)).unwrap();
+        assert_eq!(
+            get(&b.open(&scope("t", 0)).unwrap(), "f").as_deref(),
+            Some("1")
+        );
     }
 }

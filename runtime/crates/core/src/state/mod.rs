@@ -330,6 +330,35 @@ pub trait Checkpointed: Send + Sync + Debug {
     fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
     /// `partition` is no longer ours: drop its effects that were not checkpointed.
     fn revoke(&self, partition: &PartitionId);
+    /// Exactly-once: [`Checkpointed::assign`] for a partition whose input offset `committed`
+    /// was committed in a Kafka transaction together with its state's changelog entries: the
+    /// restore reads the changelog's committed records until its checkpoint reaches
+    /// `committed` (waiting, within limits, for transactions still open to end).
+    fn assign_committed(
+        &self,
+        partition: &PartitionId,
+        epoch: u64,
+        committed: Option<u64>,
+    ) -> anyhow::Result<Option<u64>> {
+        let _ = committed;
+        self.assign(partition, epoch)
+    }
+    /// Exactly-once, before the transaction commits: appends the effects of every batch up to
+    /// the given positions, and a marker of each position, to the changelog inside the open
+    /// transaction. Nothing local changes until [`Checkpointed::complete`], after the commit;
+    /// on an abort the staged checkpoint is dropped (and the partitions assigned again, which
+    /// drops their overlays). An error means the transaction must be aborted.
+    fn stage(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<Staged> {
+        let _ = positions;
+        anyhow::bail!("this state backend cannot take part in a Kafka transaction")
+    }
+    /// Exactly-once, after the transaction committed: makes the staged checkpoint local (the
+    /// file is a cache of the changelog; on error, the partitions must be assigned again so
+    /// that they catch up from the changelog).
+    fn complete(&self, staged: Staged) -> anyhow::Result<()> {
+        let _ = staged;
+        anyhow::bail!("this state backend cannot take part in a Kafka transaction")
+    }
     /// The name of the changelog this backend mirrors its checkpoints to (`[state]
     /// changelog_topic`), if it has one: the source connects it where its input lives and hands
     /// it over with [`Checkpointed::attach_changelog`] before the first assignment.
@@ -344,6 +373,16 @@ pub trait Checkpointed: Send + Sync + Debug {
     /// assignment always gets the partition's latest state.
     fn follows_partitions(&self) -> bool {
         false
+    }
+}
+
+/// A checkpoint appended to a changelog inside an open Kafka transaction, waiting for the
+/// transaction to commit ([`Checkpointed::stage`], [`Checkpointed::complete`]).
+pub struct Staged(pub(crate) Box<dyn std::any::Any + Send>);
+
+impl Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Staged")
     }
 }
 
