@@ -517,8 +517,8 @@ mod tests {
 
         // A processes p0 and checkpoints twice; p1 once.
         let a = instance("a.redb");
-        a.assign(&pid(0), 1).unwrap();
-        a.assign(&pid(1), 1).unwrap();
+        a.assign(&pid(0), 1, None).unwrap();
+        a.assign(&pid(1), 1, None).unwrap();
         let s = a.open(&scope("t", 0)).unwrap();
         s.commit(vec![put("a", "1"), put("gone", "x")], at(1, 10), 0)
             .unwrap();
@@ -545,13 +545,17 @@ mod tests {
 
         // B, with an empty file, is assigned p0: it gets exactly the checkpointed state.
         let b = instance("b.redb");
-        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(20), "resume position");
+        assert_eq!(
+            b.assign(&pid(0), 1, None).unwrap(),
+            Some(20),
+            "resume position"
+        );
         let sb = b.open(&scope("t", 0)).unwrap();
         assert_eq!(get(&sb, "a").as_deref(), Some("2"));
         assert_eq!(get(&sb, "b").as_deref(), Some("1"));
         assert_eq!(get(&sb, "gone"), None, "a deletion follows too");
         assert_eq!(get(&b.open(&scope("u", 0)).unwrap(), "a"), None);
-        assert_eq!(b.assign(&pid(1), 1).unwrap(), Some(5));
+        assert_eq!(b.assign(&pid(1), 1, None).unwrap(), Some(5));
         assert_eq!(
             get(&b.open(&scope("t", 1)).unwrap(), "a").as_deref(),
             Some("p1")
@@ -564,7 +568,7 @@ mod tests {
             .unwrap();
         p.flush(Duration::from_secs(10)).unwrap();
         let c = instance("c.redb");
-        assert_eq!(c.assign(&pid(0), 1).unwrap(), Some(20));
+        assert_eq!(c.assign(&pid(0), 1, None).unwrap(), Some(20));
         assert_eq!(
             get(&c.open(&scope("t", 0)).unwrap(), "a").as_deref(),
             Some("2"),
@@ -572,7 +576,7 @@ mod tests {
         );
         // It was overwritten in the changelog: a later full replay and A's incremental one agree.
         let d = instance("d.redb");
-        d.assign(&pid(0), 1).unwrap();
+        d.assign(&pid(0), 1, None).unwrap();
         assert_eq!(
             get(&d.open(&scope("t", 0)).unwrap(), "a").as_deref(),
             Some("2")
@@ -580,7 +584,7 @@ mod tests {
         b.revoke(&pid(0));
         drop((a, s));
         let a = instance("a.redb");
-        assert_eq!(a.assign(&pid(0), 2).unwrap(), Some(20));
+        assert_eq!(a.assign(&pid(0), 2, None).unwrap(), Some(20));
         assert_eq!(
             get(&a.open(&scope("t", 0)).unwrap(), "a").as_deref(),
             Some("2")
@@ -591,7 +595,7 @@ mod tests {
         sd.commit(vec![put("b", "2")], at(1, 40), 0).unwrap();
         d.checkpoint(&[(pid(0), 40)]).unwrap();
         d.revoke(&pid(0));
-        assert_eq!(b.assign(&pid(0), 2).unwrap(), Some(40));
+        assert_eq!(b.assign(&pid(0), 2, None).unwrap(), Some(40));
         let sb = b.open(&scope("t", 0)).unwrap();
         assert_eq!(
             (get(&sb, "a").as_deref(), get(&sb, "b").as_deref()),
@@ -608,7 +612,7 @@ mod tests {
         attach(&*st, &client, &["in".to_string()], None).unwrap();
         // Partition 5 has no changelog partition (as if the input grew and the changelog not).
         for p in [0, 5] {
-            st.assign(&pid(p), 1).unwrap_or_default();
+            st.assign(&pid(p), 1, None).unwrap_or_default();
             st.open(&scope("t", p))
                 .unwrap()
                 .commit(vec![put("k", "v")], at(1, 3), 0)
@@ -639,7 +643,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let old = DiskState::new(&dir.path().join("a.redb"));
-            old.assign(&pid(0), 1).unwrap();
+            old.assign(&pid(0), 1, None).unwrap();
             old.open(&scope("t", 0))
                 .unwrap()
                 .commit(vec![put("k", "v")], at(1, 7), 0)
@@ -648,10 +652,10 @@ mod tests {
         }
         let a = DiskState::with_changelog(&dir.path().join("a.redb"), Some("cl".into()));
         attach(&*a, &client, &["in".to_string()], None).unwrap();
-        assert_eq!(a.assign(&pid(0), 1).unwrap(), Some(7));
+        assert_eq!(a.assign(&pid(0), 1, None).unwrap(), Some(7));
         let b = DiskState::with_changelog(&dir.path().join("b.redb"), Some("cl".into()));
         attach(&*b, &client, &["in".to_string()], None).unwrap();
-        assert_eq!(b.assign(&pid(0), 1).unwrap(), Some(7));
+        assert_eq!(b.assign(&pid(0), 1, None).unwrap(), Some(7));
         assert_eq!(
             get(&b.open(&scope("t", 0)).unwrap(), "k").as_deref(),
             Some("v")

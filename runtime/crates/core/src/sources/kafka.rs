@@ -651,7 +651,7 @@ impl Shared {
                     Offset::Offset(o) => Some(o as u64),
                     _ => None,
                 };
-                if let Err(e) = state.assign_committed(&partition_id(&tp.0, tp.1), epoch, k) {
+                if let Err(e) = state.assign(&partition_id(&tp.0, tp.1), epoch, k) {
                     tracing::error!(topic = %tp.0, partition = tp.1, "exactly-once: cannot get the state of this partition back: {e:#}; the partition is paused until it can");
                     let mut one = TopicPartitionList::new();
                     one.add_partition(&tp.0, tp.1);
@@ -870,7 +870,7 @@ fn resume_at_checkpoints<C: ConsumerContext>(
         let mut attempt = 0;
         loop {
             let k = committed.get(tp).copied();
-            match state.assign_committed(&partition_id(&tp.0, tp.1), *epoch, k) {
+            match state.assign(&partition_id(&tp.0, tp.1), *epoch, k) {
                 Ok(Some(c)) => checkpoints.push((tp.clone(), c as i64)),
                 Ok(None) => {}
                 // A few quick tries here (this blocks the consumer); then the source task retries
@@ -979,7 +979,7 @@ fn retry_unrestored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, shared: &S
         } else {
             None
         };
-        let checkpoint = match state.assign_committed(&partition_id(&tp.0, tp.1), epoch, k) {
+        let checkpoint = match state.assign(&partition_id(&tp.0, tp.1), epoch, k) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(topic = %tp.0, partition = tp.1, "still cannot get the state of this partition: {e:#}");
@@ -1513,7 +1513,7 @@ mod tests {
     }
 
     impl Checkpointed for Unreachable {
-        fn assign(&self, _: &PartitionId, _: u64) -> anyhow::Result<Option<u64>> {
+        fn assign(&self, _: &PartitionId, _: u64, _: Option<u64>) -> anyhow::Result<Option<u64>> {
             if self
                 .fails
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))

@@ -534,33 +534,6 @@ impl Collected {
 }
 
 impl DiskState {
-    /// Takes a partition on under `epoch`: drops what its previous assignment left in the
-    /// overlays and brings its file up to the changelog (waiting for the committed checkpoint
-    /// to reach `committed`, exactly-once).
-    fn assign_to(
-        &self,
-        partition: &PartitionId,
-        epoch: u64,
-        committed: Option<u64>,
-    ) -> anyhow::Result<Option<u64>> {
-        let _l = lock(&self.lifecycle);
-        let old = lock(&self.parts).insert(
-            partition.clone(),
-            Arc::new(Part {
-                epoch,
-                owned: true,
-                stores: Mutex::default(),
-            }),
-        );
-        if let Some(old) = old {
-            old.close();
-        }
-        if let Some(cl) = self.changelog()? {
-            self.restore(cl, partition, committed)?;
-        }
-        self.checkpoint_of(partition)
-    }
-
     /// Takes what a checkpoint at `positions` makes durable (the overlays stay readable until
     /// it is). `markers`: a marker for every owned partition, not only those with changes.
     fn collect(&self, positions: &[(PartitionId, u64)], markers: bool) -> Collected {
@@ -725,8 +698,31 @@ impl StateBackend for DiskState {
 }
 
 impl Checkpointed for DiskState {
-    fn assign(&self, partition: &PartitionId, epoch: u64) -> anyhow::Result<Option<u64>> {
-        self.assign_to(partition, epoch, None)
+    /// Takes a partition on under `epoch`: drops what its previous assignment left in the
+    /// overlays and brings its file up to the changelog (waiting for the committed checkpoint
+    /// to reach `committed`, exactly-once).
+    fn assign(
+        &self,
+        partition: &PartitionId,
+        epoch: u64,
+        committed: Option<u64>,
+    ) -> anyhow::Result<Option<u64>> {
+        let _l = lock(&self.lifecycle);
+        let old = lock(&self.parts).insert(
+            partition.clone(),
+            Arc::new(Part {
+                epoch,
+                owned: true,
+                stores: Mutex::default(),
+            }),
+        );
+        if let Some(old) = old {
+            old.close();
+        }
+        if let Some(cl) = self.changelog()? {
+            self.restore(cl, partition, committed)?;
+        }
+        self.checkpoint_of(partition)
     }
 
     fn changelog_name(&self) -> Option<&str> {
@@ -775,15 +771,6 @@ impl Checkpointed for DiskState {
         } else {
             Err(CheckpointFailed { partitions: failed }.into())
         }
-    }
-
-    fn assign_committed(
-        &self,
-        partition: &PartitionId,
-        epoch: u64,
-        committed: Option<u64>,
-    ) -> anyhow::Result<Option<u64>> {
-        self.assign_to(partition, epoch, committed)
     }
 
     fn stage(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<Staged> {
@@ -1293,7 +1280,7 @@ mod tests {
         let path = dir.path().join("state.redb");
         {
             let st = DiskState::new(&path);
-            assert_eq!(st.assign(&pid(0), 1).unwrap(), None, "nothing yet");
+            assert_eq!(st.assign(&pid(0), 1, None).unwrap(), None, "nothing yet");
             let s = st.open(&scope("t", 0)).unwrap();
             s.commit(vec![put("a", "1")], at(1, 10), 0).unwrap();
             s.commit(vec![put("a", "2"), put("b", "1")], at(1, 20), 0)
@@ -1308,7 +1295,7 @@ mod tests {
         }
         let st = DiskState::new(&path);
         assert_eq!(
-            st.assign(&pid(0), 1).unwrap(),
+            st.assign(&pid(0), 1, None).unwrap(),
             Some(10),
             "resume at the checkpoint"
         );
@@ -1328,7 +1315,7 @@ mod tests {
     fn revoked_and_stale_epoch_effects_never_reach_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let st = DiskState::new(&dir.path().join("s.redb"));
-        st.assign(&pid(0), 1).unwrap();
+        st.assign(&pid(0), 1, None).unwrap();
         let old = st.open(&scope("t", 0)).unwrap();
         old.commit(vec![put("a", "1")], at(1, 5), 0).unwrap();
         st.checkpoint(&[(pid(0), 5)]).unwrap();
@@ -1336,7 +1323,7 @@ mod tests {
         // Revoked before 9 was acknowledged, then assigned again.
         st.revoke(&pid(0));
         old.commit(vec![put("a", "late")], at(1, 12), 0).unwrap();
-        assert_eq!(st.assign(&pid(0), 2).unwrap(), Some(5));
+        assert_eq!(st.assign(&pid(0), 2, None).unwrap(), Some(5));
         let s = st.open(&scope("t", 0)).unwrap();
         assert_eq!(
             get(&s, "a").as_deref(),
@@ -1349,7 +1336,7 @@ mod tests {
         st.checkpoint(&[(pid(0), 9)]).unwrap();
         drop((st, s, old));
         let st = DiskState::new(&dir.path().join("s.redb"));
-        assert_eq!(st.assign(&pid(0), 1).unwrap(), Some(9));
+        assert_eq!(st.assign(&pid(0), 1, None).unwrap(), Some(9));
         let s = st.open(&scope("t", 0)).unwrap();
         assert_eq!(get(&s, "a").as_deref(), Some("1"));
         assert_eq!(get(&s, "b").as_deref(), Some("1"));
@@ -1385,7 +1372,7 @@ mod tests {
         let path = dir.path().join("s.redb");
         {
             let st = DiskState::new(&path);
-            st.assign(&pid(0), 1).unwrap();
+            st.assign(&pid(0), 1, None).unwrap();
             let s = st.open(&scope("t", 0)).unwrap();
             s.commit(
                 vec![
@@ -1446,7 +1433,7 @@ mod tests {
         }
         // The file keeps its time index across a restart.
         let st = DiskState::new(&path);
-        st.assign(&pid(0), 2).unwrap();
+        st.assign(&pid(0), 2, None).unwrap();
         let s = st.open(&scope("t", 0)).unwrap();
         assert_eq!(expired_keys(&s, 1_000, 10), ["a"]);
         assert_eq!(
@@ -1480,7 +1467,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let st = DiskState::new(&path);
-        st.assign(&pid(0), 1).unwrap();
+        st.assign(&pid(0), 1, None).unwrap();
         let s = st.open(&scope("t", 0)).unwrap();
         assert_eq!(
             s.expired(100, 10, 1 << 20).unwrap(),
@@ -1502,8 +1489,8 @@ mod tests {
         {
             let st = DiskState::new(&path);
             st.usage("t").set_budget(budget);
-            st.assign(&pid(0), 1).unwrap();
-            st.assign(&pid(1), 1).unwrap();
+            st.assign(&pid(0), 1, None).unwrap();
+            st.assign(&pid(1), 1, None).unwrap();
             let s0 = st.open(&scope("t", 0)).unwrap();
             let s1 = st.open(&scope("t", 1)).unwrap();
             s0.commit(vec![put("a", "1")], at(1, 1), 0).unwrap();
@@ -1548,7 +1535,7 @@ mod tests {
         // Another instance counts what the file holds when it opens the store.
         let st = DiskState::new(&path);
         st.usage("t").set_budget(budget);
-        st.assign(&pid(0), 2).unwrap();
+        st.assign(&pid(0), 2, None).unwrap();
         let s = st.open(&scope("t", 0)).unwrap();
         assert_eq!(st.usage("t").held(), (4, 2), "a=2 and c=1 from the file");
         let e = s.commit(vec![put("d", "1")], at(2, 5), 0).unwrap_err();
@@ -1650,7 +1637,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(TxnLog::default());
         let a = txn_instance(dir.path(), "a.redb", &log);
-        a.assign_committed(&pid(0), 1, None).unwrap();
+        a.assign(&pid(0), 1, None).unwrap();
         let s = a.open(&scope("t", 0)).unwrap();
         s.commit(vec![put("k", "1")], at(1, 10), 0).unwrap();
         let staged = a.stage(&[(pid(0), 10)]).unwrap();
@@ -1666,7 +1653,7 @@ mod tests {
         );
         // Another instance restoring now sees nothing of the open transaction.
         let b = txn_instance(dir.path(), "b.redb", &log);
-        assert_eq!(b.assign_committed(&pid(0), 1, None).unwrap(), None);
+        assert_eq!(b.assign(&pid(0), 1, None).unwrap(), None);
         assert_eq!(get(&b.open(&scope("t", 0)).unwrap(), "k"), None);
         log.end(0);
         a.complete(staged).unwrap();
@@ -1679,7 +1666,7 @@ mod tests {
         let staged = a.stage(&[(pid(0), 20)]).unwrap();
         log.end(2);
         drop(staged);
-        assert_eq!(a.assign_committed(&pid(0), 2, Some(10)).unwrap(), Some(10));
+        assert_eq!(a.assign(&pid(0), 2, Some(10)).unwrap(), Some(10));
         let s = a.open(&scope("t", 0)).unwrap();
         assert_eq!(get(&s, "k").as_deref(), Some("1"));
         assert_eq!(get(&s, "x"), None);
@@ -1691,7 +1678,7 @@ mod tests {
         log.end(0);
         a.complete(staged).unwrap();
         let c = txn_instance(dir.path(), "c.redb", &log);
-        assert_eq!(c.assign_committed(&pid(0), 1, Some(30)).unwrap(), Some(30));
+        assert_eq!(c.assign(&pid(0), 1, Some(30)).unwrap(), Some(30));
         let sc = c.open(&scope("t", 0)).unwrap();
         assert_eq!(
             (get(&sc, "k").as_deref(), get(&sc, "x")),
@@ -1709,7 +1696,7 @@ mod tests {
         let log = Arc::new(TxnLog::default());
         {
             let a = txn_instance(dir.path(), "a.redb", &log);
-            a.assign_committed(&pid(0), 1, None).unwrap();
+            a.assign(&pid(0), 1, None).unwrap();
             let s = a.open(&scope("t", 0)).unwrap();
             s.commit(vec![put("k", "1")], at(1, 10), 0).unwrap();
             let staged = a.stage(&[(pid(0), 10)]).unwrap();
@@ -1717,7 +1704,7 @@ mod tests {
             drop(staged); // the crash: committed, never completed
         }
         let a = txn_instance(dir.path(), "a.redb", &log);
-        assert_eq!(a.assign_committed(&pid(0), 1, Some(10)).unwrap(), Some(10));
+        assert_eq!(a.assign(&pid(0), 1, Some(10)).unwrap(), Some(10));
         assert_eq!(
             get(&a.open(&scope("t", 0)).unwrap(), "k").as_deref(),
             Some("1")
@@ -1725,7 +1712,7 @@ mod tests {
 
         // B's commit is on its way when A restores: A waits for it.
         let b = txn_instance(dir.path(), "b.redb", &log);
-        b.assign_committed(&pid(0), 2, Some(10)).unwrap();
+        b.assign(&pid(0), 2, Some(10)).unwrap();
         b.open(&scope("t", 0))
             .unwrap()
             .commit(vec![put("k", "2")], at(2, 20), 0)
@@ -1739,7 +1726,7 @@ mod tests {
             })
         };
         let started = std::time::Instant::now();
-        assert_eq!(a.assign_committed(&pid(0), 3, Some(20)).unwrap(), Some(20));
+        assert_eq!(a.assign(&pid(0), 3, Some(20)).unwrap(), Some(20));
         assert!(started.elapsed() >= std::time::Duration::from_millis(250));
         assert_eq!(
             get(&a.open(&scope("t", 0)).unwrap(), "k").as_deref(),
@@ -1748,7 +1735,7 @@ mod tests {
         committer.join().unwrap();
         b.complete(staged).unwrap();
         // A committed offset no marker matches (an at-least-once past) does not block.
-        assert_eq!(a.assign_committed(&pid(0), 4, Some(25)).unwrap(), Some(20));
+        assert_eq!(a.assign(&pid(0), 4, Some(25)).unwrap(), Some(20));
     }
 
     /// A write at the position a checkpoint in progress took is not dropped with it.
@@ -1757,7 +1744,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Arc::new(TxnLog::default());
         let a = txn_instance(dir.path(), "a.redb", &log);
-        a.assign_committed(&pid(0), 1, None).unwrap();
+        a.assign(&pid(0), 1, None).unwrap();
         let s = a.open(&scope("t", 0)).unwrap();
         s.commit(vec![put("k", "1")], at(1, 10), 0).unwrap();
         let staged = a.stage(&[(pid(0), 10)]).unwrap();
@@ -1771,7 +1758,7 @@ mod tests {
         log.end(0);
         a.complete(staged).unwrap();
         let b = txn_instance(dir.path(), "b.redb", &log);
-        b.assign_committed(&pid(0), 2, Some(10)).unwrap();
+        b.assign(&pid(0), 2, Some(10)).unwrap();
         assert_eq!(
             get(&b.open(&scope("t", 0)).unwrap(), "f").as_deref(),
             Some("1")

@@ -323,26 +323,23 @@ pub trait Checkpointed: Send + Sync + Debug {
     /// `partition` is (re)assigned under `epoch`: whatever effects of it were not checkpointed
     /// are dropped (they belong to input that will be read again). Returns the position its
     /// durable state reflects, if any: the source must resume there at the latest.
-    fn assign(&self, partition: &PartitionId, epoch: u64) -> anyhow::Result<Option<u64>>;
+    ///
+    /// `committed`, exactly-once only: the partition's input offset, committed in a Kafka
+    /// transaction together with its state's changelog entries; the restore reads the
+    /// changelog's committed records until its checkpoint reaches it (waiting, within limits,
+    /// for transactions still open to end).
+    fn assign(
+        &self,
+        partition: &PartitionId,
+        epoch: u64,
+        committed: Option<u64>,
+    ) -> anyhow::Result<Option<u64>>;
     /// Makes durable, in one transaction, the effects of every batch that ends at or before the
     /// given position of each partition, and records those positions. Called before the source
     /// commits them; on error it must not commit them ([`CheckpointFailed`]: only those).
     fn checkpoint(&self, positions: &[(PartitionId, u64)]) -> anyhow::Result<()>;
     /// `partition` is no longer ours: drop its effects that were not checkpointed.
     fn revoke(&self, partition: &PartitionId);
-    /// Exactly-once: [`Checkpointed::assign`] for a partition whose input offset `committed`
-    /// was committed in a Kafka transaction together with its state's changelog entries: the
-    /// restore reads the changelog's committed records until its checkpoint reaches
-    /// `committed` (waiting, within limits, for transactions still open to end).
-    fn assign_committed(
-        &self,
-        partition: &PartitionId,
-        epoch: u64,
-        committed: Option<u64>,
-    ) -> anyhow::Result<Option<u64>> {
-        let _ = committed;
-        self.assign(partition, epoch)
-    }
     /// Exactly-once, before the transaction commits: appends the effects of every batch up to
     /// the given positions, and a marker of each position, to the changelog inside the open
     /// transaction. Nothing local changes until [`Checkpointed::complete`], after the commit;
