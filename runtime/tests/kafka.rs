@@ -1670,6 +1670,132 @@ fn records_and_span(bootstrap: &str, topic: &str) -> (usize, i64) {
     (read_all(bootstrap, topic).len(), span)
 }
 
+/// A compacted changelog topic whose segments roll every 500 ms and which the cleaner takes as
+/// soon as anything is dirty, so that compaction runs during a test.
+fn compacted_changelog(kafka: &Kafka, name: &str) {
+    kafka.create_topic(
+        name,
+        PARTITIONS,
+        1,
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "500"),
+            ("min.cleanable.dirty.ratio", "0.01"),
+            ("min.compaction.lag.ms", "0"),
+        ],
+    );
+}
+
+/// The crash phase of the counter tests: `kills` rounds of producing keyed input and
+/// SIGKILLing an instance at a random moment after it joined, every third round the `other`
+/// one. Returns how long it took.
+#[allow(clippy::too_many_arguments)]
+fn crash_counter(
+    (cfg, other): (&Path, &Path),
+    bs: &str,
+    t: &Topics,
+    kills: usize,
+    mut rng: u64,
+    keys: usize,
+    produced: &mut usize,
+    order: &mut HashMap<String, Vec<String>>,
+) -> Duration {
+    let per_kill = (4000 / kills.max(1)).max(20);
+    let start = Instant::now();
+    for k in 0..kills {
+        produce_keyed(bs, &t.input, *produced..*produced + per_kill, keys, order);
+        *produced += per_kill;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let instance = if k % 3 == 2 { other } else { cfg };
+        kill_after_join(instance, k, Duration::from_secs(60), rng % 1500);
+    }
+    start.elapsed()
+}
+
+/// Waits until the broker compacted `changelog` (the restores that follow read the compacted
+/// log), running `cfg` over a little more input each time: compaction only takes closed
+/// segments, and an append rolls the active one past `segment.ms`. Returns (records left,
+/// offsets spanned).
+#[allow(clippy::too_many_arguments)]
+fn wait_compacted(
+    changelog: &str,
+    cfg: &Path,
+    bs: &str,
+    t: &Topics,
+    keys: usize,
+    produced: &mut usize,
+    order: &mut HashMap<String, Vec<String>>,
+    counted: &mut Counted,
+) -> (usize, i64) {
+    let start = Instant::now();
+    loop {
+        let (records, span) = records_and_span(bs, changelog);
+        if (records as i64) < span {
+            eprintln!("changelog compacted: {records} records left of {span} offsets");
+            return (records, span);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the changelog was never compacted: {records} records over {span} offsets"
+        );
+        produce_keyed(bs, &t.input, *produced..*produced + 64, keys, order);
+        *produced += 64;
+        run_counter_to_end(cfg, *produced, order, counted);
+    }
+}
+
+/// Two instances share the partitions; `cfg`'s is SIGKILLed mid-stream and `other`'s takes its
+/// partitions over with their state, restored from the changelog. Returns once every id came
+/// out, with the survivor still running.
+#[allow(clippy::too_many_arguments)]
+fn counter_take_over(
+    (cfg, other): (&Path, &Path),
+    bs: &str,
+    t: &Topics,
+    keys: usize,
+    produced: &mut usize,
+    order: &mut HashMap<String, Vec<String>>,
+    counted: &mut Counted,
+) -> Reaper {
+    let mut a = Reaper(spawn(cfg));
+    let b = Reaper(spawn(other));
+    let start = Instant::now();
+    while !(log_of(cfg).contains("partitions assigned")
+        && log_of(other).contains("partitions assigned"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "both join");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    produce_keyed(bs, &t.input, *produced..*produced + 2000, keys, order);
+    *produced += 2000;
+    while check_counts(counted.update(), order).0 < *produced - 1500 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "progress with two instances"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(a.0.id(), libc::SIGKILL);
+    wait_exit(&mut a.0, Duration::from_secs(10));
+    produce_keyed(bs, &t.input, *produced..*produced + 1000, keys, order);
+    *produced += 1000;
+    let start = Instant::now();
+    loop {
+        let got = check_counts(counted.update(), order).0;
+        if got == *produced {
+            return b;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {got} of {produced} ids came out after the kill: {}",
+            log_tail(other, 40)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The crash test with a stateful transform: a per-key counter whose state lives in
 /// `[state] backend = "disk"` with a changelog topic, which the broker compacts during the test
 /// (segments roll every 500 ms and the cleaner takes any dirty segment). SIGKILLed
@@ -1694,51 +1820,28 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     let bs = kafka.bootstrap();
     let t = topics(kafka, "state");
     let changelog = "g-state-changelog";
-    kafka.create_topic(
-        changelog,
-        PARTITIONS,
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.ms", "500"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("min.compaction.lag.ms", "0"),
-        ],
-    );
+    compacted_changelog(kafka, changelog);
     let dir = tempfile::tempdir().unwrap();
     let cfg = state_config(dir.path(), &bs, &t, changelog, "a");
     let other = state_config(dir.path(), &bs, &t, changelog, "b");
     let keys = 64;
     let mut order = HashMap::new();
-    let mut rng = 0x2545F4914F6CDD1Du64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let per_kill = (4000 / kills.max(1)).max(20);
     let mut produced = 0;
     let mut counted = Counted::new(&bs, &t.output);
-    let start = Instant::now();
-    for k in 0..kills {
-        produce_keyed(
-            &bs,
-            &t.input,
-            produced..produced + per_kill,
-            keys,
-            &mut order,
-        );
-        produced += per_kill;
-        let instance = if k % 3 == 2 { &other } else { &cfg };
-        kill_after_join(instance, k, Duration::from_secs(60), next() % 1500);
-    }
-    let crashing = start.elapsed();
+    let crashing = crash_counter(
+        (&cfg, &other),
+        &bs,
+        &t,
+        kills,
+        0x2545F4914F6CDD1D,
+        keys,
+        &mut produced,
+        &mut order,
+    );
     let during = check_counts(counted.update(), &order).0;
 
     // Run to the end, stop cleanly.
-    let run_to_end = run_counter_to_end;
-    run_to_end(&cfg, produced, &order, &mut counted);
+    run_counter_to_end(&cfg, produced, &order, &mut counted);
     let (ids, dups) = check_counts(counted.update(), &order);
     assert_eq!(ids, produced, "every record came out");
     eprintln!(
@@ -1748,25 +1851,18 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     // Not vacuous: weir did real work between kills.
     assert!(during >= produced / 4, "records came out between kills");
 
-    // The broker compacts the changelog: wait until it has (the restores below read the
-    // compacted log). A checkpoint writes each changed key and a marker, so with 64 keys and
-    // hundreds of checkpoints most records are superseded.
-    let start = Instant::now();
-    let (records, span) = loop {
-        let (records, span) = records_and_span(&bs, changelog);
-        if (records as i64) < span {
-            break (records, span);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the changelog was never compacted: {records} records over {span} offsets"
-        );
-        // Compaction only takes closed segments: an append rolls the active one past segment.ms.
-        produce_keyed(&bs, &t.input, produced..produced + 64, keys, &mut order);
-        produced += 64;
-        run_to_end(&cfg, produced, &order, &mut counted);
-    };
-    eprintln!("changelog compacted: {records} records left of {span} offsets");
+    // The broker compacts the changelog: a checkpoint writes each changed key and a marker, so
+    // with 64 keys and hundreds of checkpoints most records are superseded.
+    wait_compacted(
+        changelog,
+        &cfg,
+        &bs,
+        &t,
+        keys,
+        &mut produced,
+        &mut order,
+        &mut counted,
+    );
 
     // A crash between the state checkpoint and the Kafka commit: rewind the group's offsets to
     // half of what is committed. weir must resume at the state checkpoints, not re-apply.
@@ -1809,7 +1905,7 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     let (_, dups) = check_counts(counted.update(), &order);
     produce_keyed(&bs, &t.input, produced..produced + 500, keys, &mut order);
     produced += 500;
-    run_to_end(&cfg, produced, &order, &mut counted);
+    run_counter_to_end(&cfg, produced, &order, &mut counted);
     let log = log_of(&cfg);
     assert!(log.contains("resuming at the state checkpoint"), "{log}");
     let (ids, dups2) = check_counts(counted.update(), &order);
@@ -1822,41 +1918,15 @@ fn sigkill_with_durable_state_keeps_state_and_offsets_in_agreement() {
     // Two instances share the partitions; one is killed and the survivor takes its partitions
     // over, with their state (its own file has only what it processed itself), restored from
     // the compacted changelog.
-    let mut a = Reaper(spawn(&cfg));
-    let mut b = Reaper(spawn(&other));
-    let start = Instant::now();
-    while !(log_of(&cfg).contains("partitions assigned")
-        && log_of(&other).contains("partitions assigned"))
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "both join");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    produce_keyed(&bs, &t.input, produced..produced + 2000, keys, &mut order);
-    produced += 2000;
-    while check_counts(counted.update(), &order).0 < produced - 1500 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "progress with two instances"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    signal(a.0.id(), libc::SIGKILL);
-    wait_exit(&mut a.0, Duration::from_secs(10));
-    produce_keyed(&bs, &t.input, produced..produced + 1000, keys, &mut order);
-    produced += 1000;
-    let start = Instant::now();
-    loop {
-        let got = check_counts(counted.update(), &order).0;
-        if got == produced {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "only {got} of {produced} ids came out after the kill: {}",
-            log_tail(&other, 40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut b = counter_take_over(
+        (&cfg, &other),
+        &bs,
+        &t,
+        keys,
+        &mut produced,
+        &mut order,
+        &mut counted,
+    );
     let survivor = log_of(&other);
     assert!(
         survivor.contains("state restored from the changelog"),
@@ -1891,46 +1961,24 @@ fn exactly_once_with_durable_state_counts_every_record_exactly_once_across_kills
     let bs = kafka.bootstrap();
     let t = topics(kafka, "eos-state");
     let changelog = "g-state-eos-changelog";
-    kafka.create_topic(
-        changelog,
-        PARTITIONS,
-        1,
-        &[
-            ("cleanup.policy", "compact"),
-            ("segment.ms", "500"),
-            ("min.cleanable.dirty.ratio", "0.01"),
-            ("min.compaction.lag.ms", "0"),
-        ],
-    );
+    compacted_changelog(kafka, changelog);
     let dir = tempfile::tempdir().unwrap();
     let cfg = state_config_as(dir.path(), &bs, &t, changelog, "a", true);
     let other = state_config_as(dir.path(), &bs, &t, changelog, "b", true);
     let keys = 64;
     let mut order = HashMap::new();
-    let mut rng = 0x853C49E6748FEA9Bu64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let per_kill = (4000 / kills.max(1)).max(20);
     let mut produced = 0;
     let mut counted = Counted::new(&bs, &t.output);
-    let start = Instant::now();
-    for k in 0..kills {
-        produce_keyed(
-            &bs,
-            &t.input,
-            produced..produced + per_kill,
-            keys,
-            &mut order,
-        );
-        produced += per_kill;
-        let instance = if k % 3 == 2 { &other } else { &cfg };
-        kill_after_join(instance, k, Duration::from_secs(60), next() % 1500);
-    }
-    let crashing = start.elapsed();
+    let crashing = crash_counter(
+        (&cfg, &other),
+        &bs,
+        &t,
+        kills,
+        0x853C49E6748FEA9B,
+        keys,
+        &mut produced,
+        &mut order,
+    );
     let (during, dups) = check_counts(counted.update(), &order);
     assert_eq!(dups, 0, "a record came out twice while crashing");
     run_counter_to_end(&cfg, produced, &order, &mut counted);
@@ -1956,59 +2004,28 @@ fn exactly_once_with_durable_state_counts_every_record_exactly_once_across_kills
     );
 
     // The broker compacts the changelog (aborted records go too); restores below read it.
-    let start = Instant::now();
-    let (records, span) = loop {
-        let (records, span) = records_and_span(&bs, changelog);
-        if (records as i64) < span {
-            break (records, span);
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the changelog was never compacted: {records} records over {span} offsets"
-        );
-        produce_keyed(&bs, &t.input, produced..produced + 64, keys, &mut order);
-        produced += 64;
-        run_counter_to_end(&cfg, produced, &order, &mut counted);
-    };
-    eprintln!("changelog compacted: {records} records left of {span} offsets");
+    wait_compacted(
+        changelog,
+        &cfg,
+        &bs,
+        &t,
+        keys,
+        &mut produced,
+        &mut order,
+        &mut counted,
+    );
 
     // Two instances share the partitions; one is killed mid-stream and the survivor takes its
     // partitions over with their committed state.
-    let mut a = Reaper(spawn(&cfg));
-    let mut b = Reaper(spawn(&other));
-    let start = Instant::now();
-    while !(log_of(&cfg).contains("partitions assigned")
-        && log_of(&other).contains("partitions assigned"))
-    {
-        assert!(start.elapsed() < Duration::from_secs(60), "both join");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    produce_keyed(&bs, &t.input, produced..produced + 2000, keys, &mut order);
-    produced += 2000;
-    while check_counts(counted.update(), &order).0 < produced - 1500 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "progress with two instances"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    signal(a.0.id(), libc::SIGKILL);
-    wait_exit(&mut a.0, Duration::from_secs(10));
-    produce_keyed(&bs, &t.input, produced..produced + 1000, keys, &mut order);
-    produced += 1000;
-    let start = Instant::now();
-    loop {
-        let got = check_counts(counted.update(), &order).0;
-        if got == produced {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "only {got} of {produced} ids came out after the kill: {}",
-            log_tail(&other, 40)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut b = counter_take_over(
+        (&cfg, &other),
+        &bs,
+        &t,
+        keys,
+        &mut produced,
+        &mut order,
+        &mut counted,
+    );
     signal(b.0.id(), libc::SIGTERM);
     assert!(
         wait_exit(&mut b.0, Duration::from_secs(60)).success(),
