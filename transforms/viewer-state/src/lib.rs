@@ -51,9 +51,11 @@ const CLIENT_SESSION: &str = "iglu:com.snowplowanalytics.snowplow/client_session
 const MOBILE_CONTEXT: &str = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/";
 const APPLICATION: &str = "iglu:com.snowplowanalytics.mobile/application/jsonschema/";
 /// The first byte of a stored profile in this format. Profiles stored by earlier versions are
-/// read once, then rewritten in this format: JSON (`{`), and [`FORMAT_1`] (this layout without
-/// `client`).
-const FORMAT: u8 = 2;
+/// read once, then rewritten in this format: JSON (`{`), [`FORMAT_1`] (format 2 without
+/// `client`) and [`FORMAT_2`] (`seen` as a sequence of varints: ~9.5 bytes per fingerprint,
+/// each decoded and encoded again on every event, where format 3 copies 8 bytes).
+const FORMAT: u8 = 3;
+const FORMAT_2: u8 = 2;
 const FORMAT_1: u8 = 1;
 const READS: [usize; 14] = [
     fields::APP_ID,
@@ -209,11 +211,78 @@ struct Stored {
     current: Current,
     /// Kept from the last event that had a media session entity.
     session: Option<Session>,
-    /// Fingerprints of the last `dedup_events` event ids, oldest first.
+    /// Fingerprints of the last `dedup_events` event ids, oldest first (stored as one byte
+    /// string of 8-byte little-endian words).
+    #[serde(with = "words")]
     seen: Vec<u64>,
-    /// Platform, device and app, from the newest event (new in [`FORMAT`] 2: last, so that a
-    /// [`FORMAT_1`] profile reads as this layout with a default `client` appended).
+    /// Platform, device and app, from the newest event (new in format 2: last, so that a
+    /// [`FORMAT_1`] profile reads as format 2 with a default `client` appended).
     client: Client,
+}
+
+/// [`Stored`] as format 2 laid it out: `seen` as a sequence of varints.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct Stored2 {
+    events: u64,
+    first_seen: String,
+    last_seen: String,
+    newest_ms: i64,
+    current: Current,
+    session: Option<Session>,
+    seen: Vec<u64>,
+    client: Client,
+}
+
+/// `Vec<u64>` as one byte string of little-endian words: postcard copies it whole, where a
+/// sequence costs a varint (up to 10 bytes) per item.
+mod words {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        // At most 1024 fingerprints (`dedup_events`): 8 KiB on the stack, no allocation.
+        let mut buf = [0u8; 8 * 1024];
+        let n = v.len().min(1024);
+        for (w, chunk) in v[..n].iter().zip(buf.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        s.serialize_bytes(&buf[..8 * n])
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        struct Words;
+        impl Visitor<'_> for Words {
+            type Value = Vec<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes, a multiple of 8")
+            }
+            fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<Vec<u64>, E> {
+                if !b.len().is_multiple_of(8) {
+                    return Err(E::invalid_length(b.len(), &self));
+                }
+                Ok(b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect())
+            }
+        }
+        d.deserialize_bytes(Words)
+    }
+}
+
+impl From<Stored2> for Stored {
+    fn from(s: Stored2) -> Stored {
+        Stored {
+            events: s.events,
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            newest_ms: s.newest_ms,
+            current: s.current,
+            session: s.session,
+            seen: s.seen,
+            client: s.client,
+        }
+    }
 }
 
 /// A profile as earlier versions stored it: `{"profile": {…}, "newest_ms": …}`.
@@ -253,10 +322,15 @@ impl Stored {
     fn decode(bytes: &[u8]) -> Result<Stored, String> {
         match bytes.first() {
             Some(&FORMAT) => postcard::from_bytes(&bytes[1..]).map_err(|e| e.to_string()),
+            Some(&FORMAT_2) => postcard::from_bytes::<Stored2>(&bytes[1..])
+                .map(Stored::from)
+                .map_err(|e| e.to_string()),
             Some(&FORMAT_1) => {
                 let mut v2 = bytes[1..].to_vec();
                 v2.extend(postcard::to_allocvec(&Client::default()).map_err(|e| e.to_string())?);
-                postcard::from_bytes(&v2).map_err(|e| e.to_string())
+                postcard::from_bytes::<Stored2>(&v2)
+                    .map(Stored::from)
+                    .map_err(|e| e.to_string())
             }
             Some(b'{') => {
                 let old: JsonStored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;

@@ -616,15 +616,33 @@ fn a_mobile_viewer_is_its_install_and_its_profile_has_platform_device_and_app() 
     );
 }
 
+/// `stored` as format 2 wrote it (with the format byte).
+fn format_2(stored: &Stored) -> Vec<u8> {
+    let s = stored.clone();
+    let v2 = Stored2 {
+        events: s.events,
+        first_seen: s.first_seen,
+        last_seen: s.last_seen,
+        newest_ms: s.newest_ms,
+        current: s.current,
+        session: s.session,
+        seen: s.seen,
+        client: s.client,
+    };
+    let mut out = vec![FORMAT_2];
+    out.extend(postcard::to_allocvec(&v2).unwrap());
+    out
+}
+
 #[test]
 fn a_profile_stored_in_format_1_is_read_with_an_empty_client() {
     let mut h = harness();
     run(&mut h, &lines());
-    let v2 = h.state.value(VIEWER.as_bytes()).unwrap().to_vec();
-    let stored = Stored::decode(&v2).unwrap();
+    let stored = Stored::decode(h.state.value(VIEWER.as_bytes()).unwrap()).unwrap();
     assert_eq!(stored.client.platform.as_deref(), Some("web"));
+    assert!(!stored.seen.is_empty());
     // Format 1 is format 2 without the trailing client.
-    let mut v1 = v2.clone();
+    let mut v1 = format_2(&stored);
     let tail = postcard::to_allocvec(&stored.client).unwrap();
     v1.truncate(v1.len() - tail.len());
     v1[0] = FORMAT_1;
@@ -632,6 +650,51 @@ fn a_profile_stored_in_format_1_is_read_with_an_empty_client() {
     assert_eq!(old.client, Client::default());
     assert_eq!(old.current, stored.current);
     assert_eq!(old.seen, stored.seen);
+}
+
+#[test]
+fn a_profile_stored_in_format_2_is_read_and_rewritten_with_its_fingerprints_as_words() {
+    testing::set_now_ms(1_731_764_000_000);
+    let mut h = testing::stateful::<ViewerState>(&[("ttl", "5m")]).unwrap();
+    let ping = lines()
+        .into_iter()
+        .find(|l| field(l, fields::EVENT_NAME) == "ping_event")
+        .unwrap();
+    let events: Vec<Vec<u8>> = (0..70)
+        .map(|i| set(&ping, fields::EVENT_ID, &format!("e-{i}")))
+        .collect();
+    run(&mut h, &events[..69]);
+    let v3 = h.state.value(VIEWER.as_bytes()).unwrap().to_vec();
+    assert_eq!(v3[0], FORMAT);
+    let stored = Stored::decode(&v3).unwrap();
+    assert_eq!(stored.seen.len(), 64);
+    // Format 2 spent a varint per fingerprint (FNV-1a values need 9 or 10 bytes); format 3
+    // spends 8.
+    let v2 = format_2(&stored);
+    assert!(v2.len() >= v3.len() + 64, "{} vs {}", v2.len(), v3.len());
+    assert_eq!(Stored::decode(&v2).unwrap(), stored);
+    // A viewer stored in format 2: its replays are still recognised, and the next event
+    // rewrites it in format 3.
+    let mut h2 = testing::stateful::<ViewerState>(&[("ttl", "5m")]).unwrap();
+    h2.state.insert(VIEWER.as_bytes(), &v2);
+    run(&mut h2, &events[60..69]);
+    assert_eq!(profile(&h2, VIEWER)["events"], 69, "replays recognised");
+    run(&mut h2, &events[69..]);
+    let after = h2.state.value(VIEWER.as_bytes()).unwrap();
+    assert_eq!(after[0], FORMAT);
+    let after = Stored::decode(after).unwrap();
+    assert_eq!(after.events, 70);
+    assert_eq!(after.seen[..63], stored.seen[1..]);
+    // A byte string that is not whole words is refused, not misread.
+    let mut bad = v3.clone();
+    let at = v3.len() - postcard::to_allocvec(&stored.client).unwrap().len() - 8 * 64 - 2;
+    assert_eq!(
+        &bad[at..at + 2],
+        &[0x80, 0x04],
+        "the length of 512 bytes, as a varint"
+    );
+    bad[at..at + 2].copy_from_slice(&[0xff, 0x03]); // 511 bytes
+    assert!(Stored::decode(&bad).is_err());
 }
 
 #[test]
@@ -662,4 +725,74 @@ fn timestamps_parse_to_milliseconds_with_any_fraction() {
     assert_eq!(out, "2024-11-16T13:33:22.625Z");
     iso_into("", &mut out);
     assert_eq!(out, "");
+}
+
+#[test]
+fn short_decimals_are_written_as_serde_json_writes_them() {
+    use serde_json::ser::{CompactFormatter, Formatter};
+    let check = |v: f64| {
+        let mut want = Vec::new();
+        CompactFormatter.write_f64(&mut want, v).unwrap();
+        let mut got = Vec::new();
+        if json_out::short_decimal(v, &mut got) {
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(want).unwrap(),
+                "{v:e}"
+            );
+            true
+        } else {
+            assert!(got.is_empty());
+            false
+        }
+    };
+    // Every value of three decimals below 20, both signs; and around the limit.
+    let mut fast = 0;
+    for m in 0..20_000u64 {
+        for v in [m as f64 / 1000.0, -(m as f64) / 1000.0] {
+            fast += check(v) as usize;
+        }
+    }
+    assert!(fast >= 39_999, "{fast}: the fast path takes these");
+    for m in [
+        (1u64 << 30) * 1000 - 1,
+        (1 << 30) * 1000,
+        123_456_789_012,
+        999_999_999_999,
+    ] {
+        check(m as f64 / 1000.0);
+        check(-(m as f64) / 1000.0);
+    }
+    // Other values: more decimals, tiny, huge, -0, the ends of the range; and random bits.
+    for v in [
+        0.1 + 0.2,
+        1e-7,
+        5e-324,
+        1e21,
+        1e15 + 0.5,
+        -0.0,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        1073741823.999,
+        1073741824.0,
+        12.3456,
+        0.0005,
+        0.0015,
+    ] {
+        check(v);
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = f64::from_bits(x);
+        if v.is_finite() {
+            check(v);
+        }
+        // Media-like values: a position in seconds with a few decimals, perhaps off by an ulp.
+        let p = (x % 10_000_000) as f64 / 1000.0;
+        check(p);
+        check(f64::from_bits(p.to_bits() + 1));
+    }
 }
