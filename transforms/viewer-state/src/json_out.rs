@@ -50,8 +50,10 @@ impl<'b> Out<'b> {
 
     fn f64(&mut self, v: f64) {
         if v.is_finite() {
-            // Writing into a Vec cannot fail.
-            let _ = CompactFormatter.write_f64(self.buf, v);
+            if !short_decimal(v, self.buf) {
+                // Writing into a Vec cannot fail.
+                let _ = CompactFormatter.write_f64(self.buf, v);
+            }
         } else {
             self.null(); // as serde_json writes NaN and infinities
         }
@@ -95,6 +97,61 @@ impl<'b> Out<'b> {
         }
         self.buf.extend_from_slice(&digits[i..]);
     }
+}
+
+/// Writes `v` if it is a number of at most three decimals under 2^30 (media positions,
+/// durations, rates, volumes, counts) the way serde_json's shortest round-trip formatter does,
+/// without its 128-bit arithmetic (which a wasm32 guest emulates): `12.5`, `3.0`, `-0.125`.
+/// Returns false, writing nothing, for any other value.
+///
+/// Why the digits are the same: `m / 1000.0 == |v|` with a correctly rounded division means the
+/// decimal `m / 1000` reads back as `v`; below 2^30 one ulp is under 2^-22, so no other decimal
+/// of at most three places reads back as `v`, hence none shorter does.
+pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
+    let a = v.abs();
+    if a >= (1u64 << 30) as f64 || (v == 0.0 && v.is_sign_negative()) {
+        return false;
+    }
+    let m = (a * 1000.0).round();
+    if m / 1000.0 != a {
+        return false;
+    }
+    let m = m as u64;
+    if v < 0.0 {
+        out.push(b'-');
+    }
+    let (int, frac) = (m / 1000, m % 1000);
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut n = int;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.push(b'.');
+    if frac == 0 {
+        out.push(b'0');
+    } else {
+        let f = [
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let len = if f[2] != b'0' {
+            3
+        } else if f[1] != b'0' {
+            2
+        } else {
+            1
+        };
+        out.extend_from_slice(&f[..len]);
+    }
+    true
 }
 
 /// Appends `s` as the inside of a JSON string, escaped as serde_json escapes it: `"` and `\`,
