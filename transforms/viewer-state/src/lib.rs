@@ -241,13 +241,13 @@ mod words {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
-        // At most 1024 fingerprints (`dedup_events`): 8 KiB on the stack, no allocation.
-        let mut buf = [0u8; 8 * 1024];
-        let n = v.len().min(1024);
-        for (w, chunk) in v[..n].iter().zip(buf.chunks_exact_mut(8)) {
-            chunk.copy_from_slice(&w.to_le_bytes());
+        if cfg!(target_endian = "little") {
+            // The words' own bytes, as they lie in memory: no copy.
+            s.serialize_bytes(bytemuck::cast_slice(v))
+        } else {
+            let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
+            s.serialize_bytes(&bytes)
         }
-        s.serialize_bytes(&buf[..8 * n])
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
