@@ -23,15 +23,18 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use boa_engine::context::time::JsInstant;
 use boa_engine::context::{Clock, ContextBuilder, HostHooks};
 use boa_engine::object::builtins::JsArray;
+use boa_engine::object::FunctionObjectBuilder;
 use boa_engine::property::PropertyKey;
+use boa_engine::string::JsStrVariant;
 use boa_engine::{
-    js_string, Context, JsError, JsObject, JsResult, JsString, JsValue, NativeFunction, Source,
+    js_string, Context, Finalize, JsData, JsError, JsObject, JsResult, JsString, JsValue,
+    NativeFunction, Source, Trace,
 };
 use serde_json::{Map, Value};
 use weir_transform_sdk::{Config, Emit, Error, FlatMap, Record};
@@ -112,6 +115,8 @@ enum Mode {
 pub struct Js {
     ctx: Context,
     main: JsObject,
+    /// The handler of the proxies that stand for `input.Data` in mode `json` ([`lazy`]).
+    lazy_handler: JsObject,
     mode: Mode,
     remove_nulls: bool,
     out: Vec<u8>,
@@ -144,9 +149,12 @@ impl FlatMap for Js {
             .ok()
             .and_then(|v| v.as_callable())
             .ok_or("could not assert as function: \"main\"")?;
+        let lazy_handler = lazy::handler(&mut ctx)
+            .map_err(|e| format!("cannot start the JavaScript engine: {e}"))?;
         Ok(Js {
             ctx,
             main,
+            lazy_handler,
             mode,
             remove_nulls,
             out: Vec::new(),
@@ -159,17 +167,9 @@ impl FlatMap for Js {
                 String::from_utf8_lossy(record.value()).as_ref(),
             )),
             Mode::Json => {
-                let v: Value = serde_json::from_slice(record.value())
-                    .map_err(|e| format!("failed to transform input into JSON: {e}"))?;
-                if !v.is_object() {
-                    return Err(format!(
-                        "failed to transform input into JSON: json: cannot unmarshal {} into Go \
-                         value of type map[string]interface {{}}",
-                        json_kind(&v)
-                    )
-                    .into());
-                }
-                JsValue::from_json(&v, &mut self.ctx)
+                let raw = record.value();
+                lazy::check_object(raw)?;
+                lazy::data(raw, &self.lazy_handler, &mut self.ctx)
                     .map_err(|e| format!("failed making input for the JavaScript runtime: {e}"))?
             }
         };
@@ -208,12 +208,11 @@ impl FlatMap for Js {
         }
         match protocol.data {
             Some(d) if d.is_string() => {
-                let s = d.as_string().expect("checked").to_std_string_escaped();
+                let s = std_string(&d.as_string().expect("checked"));
                 self.out.extend_from_slice(s.as_bytes());
             }
             Some(d) if d.is_object() && !is_array(&d) && !d.is_callable() => {
-                let v = d
-                    .to_json(ctx)
+                let v = to_json(&d, ctx, &mut Vec::new())
                     .map_err(|e| format!("error encoding message data: {}", describe(&e, ctx)))?
                     .unwrap_or(Value::Null);
                 let v = if self.remove_nulls {
@@ -282,7 +281,7 @@ impl Protocol {
         };
         let partition_key = match find("PartitionKey", ctx)? {
             None => None,
-            Some(v) => Some(v.as_string().ok_or_else(violation)?.to_std_string_escaped()),
+            Some(v) => Some(std_string(&v.as_string().ok_or_else(violation)?)),
         };
         let data = find("Data", ctx)?;
         let headers = match find("HTTPHeaders", ctx)? {
@@ -299,10 +298,7 @@ impl Protocol {
                     };
                     let hv = o.get(k.clone(), ctx).map_err(|e| e.to_string())?;
                     let s = hv.as_string().ok_or_else(violation)?;
-                    m.insert(
-                        name.to_std_string_escaped(),
-                        Value::String(s.to_std_string_escaped()),
-                    );
+                    m.insert(std_string(name), Value::String(std_string(&s)));
                 }
                 (!m.is_empty()).then_some(m)
             }
@@ -316,16 +312,42 @@ impl Protocol {
     }
 }
 
+/// A JavaScript string as Rust text, as `to_std_string_escaped` makes it (lone surrogates
+/// written as `\uXXXX`), without formatting it character by character when it is Latin-1 (the
+/// common case: Boa keeps such strings as bytes).
+fn std_string(s: &JsString) -> String {
+    match s.as_str().variant() {
+        JsStrVariant::Latin1(b) => match std::str::from_utf8(b) {
+            Ok(ascii) if b.is_ascii() => ascii.to_owned(),
+            _ => b.iter().map(|&c| char::from(c)).collect(),
+        },
+        JsStrVariant::Utf16(_) => s.to_std_string_escaped(),
+    }
+}
+
+/// Whether a JavaScript string is `name` (ASCII), without making a Rust string of it.
+fn js_str_is(s: &JsString, name: &[u8], ignore_case: bool) -> bool {
+    match s.as_str().variant() {
+        JsStrVariant::Latin1(b) if ignore_case => b.eq_ignore_ascii_case(name),
+        JsStrVariant::Latin1(b) => b == name,
+        JsStrVariant::Utf16(w) => {
+            w.len() == name.len()
+                && w.iter().zip(name).all(|(&c, &n)| {
+                    u8::try_from(c).is_ok_and(|c| {
+                        if ignore_case {
+                            c.eq_ignore_ascii_case(&n)
+                        } else {
+                            c == n
+                        }
+                    })
+                })
+        }
+    }
+}
+
 fn key_is(k: &PropertyKey, name: &str, ignore_case: bool) -> bool {
     match k {
-        PropertyKey::String(s) => {
-            let s = s.to_std_string_escaped();
-            if ignore_case {
-                s.eq_ignore_ascii_case(name)
-            } else {
-                s == name
-            }
-        }
+        PropertyKey::String(s) => js_str_is(s, name.as_bytes(), ignore_case),
         _ => false,
     }
 }
@@ -334,14 +356,320 @@ fn is_array(v: &JsValue) -> bool {
     v.as_object().is_some_and(|o| o.is_array())
 }
 
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "bool",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+/// A value as JSON, as Boa's `JsValue::to_json` makes it (`undefined` members left out, in
+/// arrays `null`; symbols, bigints and cycles are errors), except that objects are read through
+/// their internal methods — Boa's own reads an object's property storage, where a proxy (such as
+/// the lazy `input.Data`) has nothing.
+fn to_json(v: &JsValue, ctx: &mut Context, seen: &mut Vec<JsObject>) -> JsResult<Option<Value>> {
+    let Some(obj) = v.as_object() else {
+        if let Some(s) = v.as_string() {
+            return Ok(Some(Value::String(std_string(&s))));
+        }
+        return v.to_json(ctx);
+    };
+    let obj = obj.clone();
+    if seen.iter().any(|o| JsObject::equals(o, &obj)) {
+        return Err(JsError::from_opaque(
+            js_string!("cyclic object value").into(),
+        ));
+    }
+    seen.push(obj.clone());
+    let out = if obj.is_array() {
+        let len = obj.get(js_string!("length"), ctx)?.to_length(ctx)?;
+        let mut arr = Vec::with_capacity(len.min(1 << 16) as usize);
+        for k in 0..len {
+            let item = obj.get(k, ctx)?;
+            arr.push(to_json(&item, ctx, seen)?.unwrap_or(Value::Null));
+        }
+        Value::Array(arr)
+    } else {
+        let mut map = Map::new();
+        for key in obj.own_property_keys(ctx)? {
+            let name = match &key {
+                PropertyKey::String(s) => std_string(s),
+                PropertyKey::Index(i) => i.get().to_string(),
+                PropertyKey::Symbol(_) => {
+                    return Err(JsError::from_opaque(
+                        js_string!("cannot convert Symbol to JSON").into(),
+                    ))
+                }
+            };
+            let item = obj.get(key, ctx)?;
+            if let Some(item) = to_json(&item, ctx, seen)? {
+                map.insert(name, item);
+            }
+        }
+        Value::Object(map)
+    };
+    seen.pop();
+    Ok(Some(out))
+}
+
+/// `input.Data` in mode `json`, built lazily: a `Proxy` over an empty object that holds the
+/// record's JSON text and an index of its top-level members. A member becomes a JavaScript value
+/// when the script first reads it (or asks whether it is there); anything that needs the whole
+/// object — listing its keys, deleting, describing, freezing, `JSON.stringify`, returning it as
+/// `Data` — makes every member first, so the script sees the same object it would have had.
+/// Building the ~60 members of an analytics-SDK event, nested entities included, was most of the
+/// cost of a record (a typical script reads a handful).
+mod lazy {
+    use super::*;
+    use boa_engine::native_function::NativeFunctionPointer;
+
+    /// The record's JSON and its top-level members, carried by the proxy's target.
+    #[derive(Trace, Finalize, JsData)]
+    struct Members {
+        #[unsafe_ignore_trace]
+        raw: Vec<u8>,
+        /// Each member as (key start, key end, value start, value end) in `raw`.
+        #[unsafe_ignore_trace]
+        index: Vec<[u32; 4]>,
+        /// Whether each member was made (or overridden by the script).
+        #[unsafe_ignore_trace]
+        made: Vec<Cell<bool>>,
+        /// Every member made: the target is the whole object.
+        #[unsafe_ignore_trace]
+        complete: Cell<bool>,
+    }
+
+    /// Fails as parsing the record into a JSON object would (Snowbridge's messages).
+    pub(super) fn check_object(raw: &[u8]) -> Result<(), String> {
+        serde_json::from_slice::<serde::de::IgnoredAny>(raw)
+            .map_err(|e| format!("failed to transform input into JSON: {e}"))?;
+        let kind = match raw.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => return Ok(()),
+            Some(b'[') => "array",
+            Some(b'"') => "string",
+            Some(b't' | b'f') => "bool",
+            Some(b'n') => "null",
+            _ => "number",
+        };
+        Err(format!(
+            "failed to transform input into JSON: json: cannot unmarshal {kind} into Go value of \
+             type map[string]interface {{}}"
+        ))
+    }
+
+    /// `input.Data` for a record that holds a JSON object (checked by [`check_object`]).
+    pub(super) fn data(raw: &[u8], handler: &JsObject, ctx: &mut Context) -> JsResult<JsValue> {
+        let json = weir_transform_sdk::Json(raw);
+        let base = raw.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let mut index = Vec::new();
+        for (k, v) in json.members() {
+            if k.contains(&b'\\') {
+                // A key with escapes (never in events): made the plain way.
+                let v: Value = serde_json::from_slice(raw).map_err(js_error)?;
+                return JsValue::from_json(&v, ctx);
+            }
+            let (ks, vs) = (at(k), at(v.raw()));
+            index.push([ks, ks + k.len() as u32, vs, vs + v.raw().len() as u32]);
+        }
+        let members = Members {
+            raw: raw.to_vec(),
+            made: index.iter().map(|_| Cell::new(false)).collect(),
+            index,
+            complete: Cell::new(false),
+        };
+        let proto = ctx.intrinsics().constructors().object().prototype();
+        let target = JsObject::from_proto_and_data(proto, members);
+        let proxy = ctx.intrinsics().constructors().proxy().constructor();
+        proxy
+            .construct(&[target.into(), handler.clone().into()], None, ctx)
+            .map(JsValue::from)
+    }
+
+    fn js_error(e: impl std::fmt::Display) -> JsError {
+        JsError::from_opaque(JsString::from(e.to_string().as_str()).into())
+    }
+
+    /// The proxies' handler: made once per engine.
+    pub(super) fn handler(ctx: &mut Context) -> JsResult<JsObject> {
+        let h = JsObject::with_object_proto(ctx.intrinsics());
+        let traps: [(&str, usize, NativeFunctionPointer); 8] = [
+            ("get", 3, get),
+            ("has", 2, has),
+            ("set", 4, set),
+            ("getOwnPropertyDescriptor", 2, get_own_property_descriptor),
+            ("defineProperty", 3, define_property),
+            ("deleteProperty", 2, delete_property),
+            ("ownKeys", 1, own_keys),
+            ("preventExtensions", 1, prevent_extensions),
+        ];
+        for (name, len, f) in traps {
+            let f = FunctionObjectBuilder::new(ctx.realm(), NativeFunction::from_fn_ptr(f))
+                .length(len)
+                .build();
+            h.create_data_property_or_throw(JsString::from(name), f, ctx)?;
+        }
+        Ok(h)
+    }
+
+    fn target(args: &[JsValue]) -> JsResult<JsObject> {
+        args.first()
+            .and_then(|t| t.as_object())
+            .ok_or_else(|| js_error("a lazy object's trap without its target"))
+    }
+
+    fn key(args: &[JsValue], ctx: &mut Context) -> JsResult<PropertyKey> {
+        args.get(1)
+            .cloned()
+            .unwrap_or_default()
+            .to_property_key(ctx)
+    }
+
+    /// Whether `key` names a member whose key text is `text`.
+    fn names(key: &PropertyKey, text: &[u8]) -> bool {
+        match key {
+            PropertyKey::String(s) => js_str_is(s, text, false),
+            PropertyKey::Index(i) => {
+                let mut buf = [0u8; 10];
+                let mut n = i.get();
+                let mut at = buf.len();
+                loop {
+                    at -= 1;
+                    buf[at] = b'0' + (n % 10) as u8;
+                    n /= 10;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                &buf[at..] == text
+            }
+            PropertyKey::Symbol(_) => false,
+        }
+    }
+
+    /// Makes member `key` on the target if the record has it and it was not made yet (the last
+    /// of duplicate keys wins, as when the JSON is parsed whole).
+    fn make(target: &JsObject, key: &PropertyKey, ctx: &mut Context) -> JsResult<()> {
+        if matches!(key, PropertyKey::Symbol(_)) {
+            return Ok(());
+        }
+        let value = {
+            let Some(m) = target.downcast_ref::<Members>() else {
+                return Ok(());
+            };
+            if m.complete.get() {
+                return Ok(());
+            }
+            let found = m
+                .index
+                .iter()
+                .rposition(|e| names(key, &m.raw[e[0] as usize..e[1] as usize]));
+            match found {
+                Some(i) if !m.made[i].get() => {
+                    m.made[i].set(true);
+                    let e = m.index[i];
+                    serde_json::from_slice::<Value>(&m.raw[e[2] as usize..e[3] as usize])
+                        .map_err(js_error)?
+                }
+                _ => return Ok(()),
+            }
+        };
+        if !target.has_own_property(key.clone(), ctx)? {
+            let v = JsValue::from_json(&value, ctx)?;
+            target.create_data_property_or_throw(key.clone(), v, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every member not made yet.
+    fn make_all(target: &JsObject, ctx: &mut Context) -> JsResult<()> {
+        let pending: Vec<(String, Value)> = {
+            let Some(m) = target.downcast_ref::<Members>() else {
+                return Ok(());
+            };
+            if m.complete.replace(true) {
+                return Ok(());
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            // Last first: of duplicate keys, the last wins.
+            for (i, e) in m.index.iter().enumerate().rev() {
+                let k = &m.raw[e[0] as usize..e[1] as usize];
+                if !seen.insert(k) || m.made[i].replace(true) {
+                    continue;
+                }
+                let k = std::str::from_utf8(k).map_err(js_error)?.to_string();
+                let v = serde_json::from_slice::<Value>(&m.raw[e[2] as usize..e[3] as usize])
+                    .map_err(js_error)?;
+                out.push((k, v));
+            }
+            out
+        };
+        for (k, v) in pending.into_iter().rev() {
+            let key = PropertyKey::from(JsString::from(k.as_str()));
+            if !target.has_own_property(key.clone(), ctx)? {
+                let v = JsValue::from_json(&v, ctx)?;
+                target.create_data_property_or_throw(key, v, ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reflect(name: &str, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        let reflect = ctx.intrinsics().objects().reflect();
+        let f = reflect.get(JsString::from(name), ctx)?;
+        let f = f
+            .as_callable()
+            .ok_or_else(|| js_error("Reflect lost a method"))?;
+        f.call(&reflect.into(), args, ctx)
+    }
+
+    fn get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        let t = target(args)?;
+        let k = key(args, ctx)?;
+        make(&t, &k, ctx)?;
+        t.get(k, ctx)
+    }
+
+    fn has(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        let t = target(args)?;
+        let k = key(args, ctx)?;
+        make(&t, &k, ctx)?;
+        t.has_property(k, ctx).map(JsValue::from)
+    }
+
+    fn set(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        let t = target(args)?;
+        let k = key(args, ctx)?;
+        let v = args.get(2).cloned().unwrap_or_default();
+        make(&t, &k, ctx)?;
+        t.set(k, v, false, ctx).map(JsValue::from)
+    }
+
+    fn get_own_property_descriptor(
+        _: &JsValue,
+        args: &[JsValue],
+        ctx: &mut Context,
+    ) -> JsResult<JsValue> {
+        let t = target(args)?;
+        let k = key(args, ctx)?;
+        make(&t, &k, ctx)?;
+        reflect("getOwnPropertyDescriptor", args, ctx)
+    }
+
+    fn define_property(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        let t = target(args)?;
+        let k = key(args, ctx)?;
+        make(&t, &k, ctx)?;
+        reflect("defineProperty", args, ctx)
+    }
+
+    fn delete_property(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        make_all(&target(args)?, ctx)?;
+        reflect("deleteProperty", args, ctx)
+    }
+
+    fn own_keys(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        make_all(&target(args)?, ctx)?;
+        reflect("ownKeys", args, ctx)
+    }
+
+    fn prevent_extensions(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
+        make_all(&target(args)?, ctx)?;
+        reflect("preventExtensions", args, ctx)
     }
 }
 

@@ -411,3 +411,44 @@ fn object_data_is_written_as_snowbridge_writes_it() {
         "{\"big\":1e+21,\"ctl\":\"\\u0001\\u0008\\u000c\\n\",\"half\":2.5,\"neg\":-3,\"sep\":\"\u{2028}\",\"small\":0.000001,\"sum\":0.30000000000000004,\"tiny\":1e-07,\"url\":\"http://a.b/?x=1&y=<2>\",\"whole\":5}"
     );
 }
+
+/// `input.Data` in mode `json` is a lazy proxy: whatever a script does with it — read, test,
+/// list, spread, copy, delete, overwrite, freeze, return it, keep it for the next record — gives
+/// what the same script gives on the object parsed whole (`JSON.parse` of the string mode).
+#[test]
+fn lazy_data_behaves_as_the_whole_object() {
+    let bodies = [
+        "return { Data: d };",
+        "return { Data: { keys: Object.keys(d).sort(), n: d.n, s: d.s, nested: d.o.a } };",
+        "const { s, ...rest } = d; return { Data: { s, rest } };",
+        "return { Data: { copy: { ...d }, has: 'n' in d, own: d.hasOwnProperty('o'), no: 'zz' in d } };",
+        "delete d.s; d.extra = [1, 2]; return { Data: d };",
+        "d.s = 'changed'; return { Data: { s: d.s, all: JSON.stringify(d).length, keys: Object.keys(d).length } };",
+        "Object.freeze(d); return { Data: { frozen: Object.isFrozen(d), d } };",
+        "const e = Object.entries(d).map(([k, v]) => k + '=' + JSON.stringify(v)).sort(); return { Data: { e } };",
+        "for (const k in d) { d[k + '_'] = 1; } return { Data: d };",
+        "return { Data: { arr: d.a.map(x => x * 2), last: d.a[d.a.length - 1], dup: d.dup, num: d['7'] } };",
+        "globalThis.kept = globalThis.kept || d; return { Data: { mine: d.s, kept: globalThis.kept.s } };",
+        "return { Data: JSON.parse(JSON.stringify(d)), PartitionKey: d.s };",
+    ];
+    let inputs = [
+        r#"{"s":"first","n":3,"o":{"a":"x","b":[true,null]},"a":[1,2,3],"dup":1,"dup":2,"7":"seven","u":"caf\u00e9"}"#,
+        r#" {"s":"second","n":-4,"o":{"a":{"deep":[{"k":"v"}]}},"a":[],"dup":"only","7":7} "#,
+        r#"{"s":"third","o":{},"a":[10]}"#,
+    ];
+    for body in bodies {
+        let lazy = format!("function main(input) {{ const d = input.Data; {body} }}");
+        let whole = format!("function main(input) {{ const d = JSON.parse(input.Data); {body} }}");
+        let mut l =
+            testing::flat_map::<Js>(&[("script", lazy.as_str()), ("mode", "json")]).unwrap();
+        let mut w = testing::flat_map::<Js>(&[("script", whole.as_str())]).unwrap();
+        for input in inputs {
+            let one_input = [Input {
+                value: input.as_bytes(),
+                key: None,
+            }];
+            let (got, want) = (l.process_inputs(&one_input), w.process_inputs(&one_input));
+            assert_eq!(one(&got), one(&want), "{body} on {input}");
+        }
+    }
+}
