@@ -28,12 +28,12 @@ use std::rc::Rc;
 
 use boa_engine::context::time::JsInstant;
 use boa_engine::context::{Clock, ContextBuilder, HostHooks};
-use boa_engine::object::builtins::JsArray;
+use boa_engine::object::builtins::{JsArray, JsProxy};
 use boa_engine::object::FunctionObjectBuilder;
 use boa_engine::property::PropertyKey;
 use boa_engine::string::JsStrVariant;
 use boa_engine::{
-    js_string, Context, Finalize, JsData, JsError, JsObject, JsResult, JsString, JsValue,
+    js_string, Context, Finalize, JsData, JsError, JsObject, JsResult, JsString, JsSymbol, JsValue,
     NativeFunction, Source, Trace,
 };
 use serde_json::{Map, Value};
@@ -367,7 +367,9 @@ fn to_json(v: &JsValue, ctx: &mut Context, seen: &mut Vec<JsObject>) -> JsResult
         }
         return v.to_json(ctx);
     };
-    let obj = obj.clone();
+    // A lazy `input.Data`: read its target, made whole, directly (through the proxy every key
+    // and value would be a trap call).
+    let obj = lazy::whole_target(&obj, ctx)?.unwrap_or_else(|| obj.clone());
     if seen.iter().any(|o| JsObject::equals(o, &obj)) {
         return Err(JsError::from_opaque(
             js_string!("cyclic object value").into(),
@@ -477,6 +479,29 @@ mod lazy {
         proxy
             .construct(&[target.into(), handler.clone().into()], None, ctx)
             .map(JsValue::from)
+    }
+
+    thread_local! {
+        /// The key under which the `get` trap hands out its target (never visible to scripts:
+        /// a symbol only this module holds).
+        static TARGET: std::cell::OnceCell<JsSymbol> = const { std::cell::OnceCell::new() };
+    }
+
+    fn target_key() -> JsSymbol {
+        TARGET.with(|t| {
+            t.get_or_init(|| JsSymbol::new(Some(js_string!("weir lazy target"))).expect("a symbol"))
+                .clone()
+        })
+    }
+
+    /// If `obj` is a lazy `input.Data`: its target with every member made.
+    pub(super) fn whole_target(obj: &JsObject, ctx: &mut Context) -> JsResult<Option<JsObject>> {
+        if JsProxy::from_object(obj.clone()).is_err() {
+            return Ok(None);
+        }
+        let t = obj.get(PropertyKey::Symbol(target_key()), ctx)?;
+        Ok(t.as_object()
+            .filter(|t| t.downcast_ref::<Members>().is_some()))
     }
 
     fn js_error(e: impl std::fmt::Display) -> JsError {
@@ -620,6 +645,10 @@ mod lazy {
     fn get(_: &JsValue, args: &[JsValue], ctx: &mut Context) -> JsResult<JsValue> {
         let t = target(args)?;
         let k = key(args, ctx)?;
+        if matches!(&k, PropertyKey::Symbol(s) if *s == target_key()) {
+            make_all(&t, ctx)?;
+            return Ok(t.into());
+        }
         make(&t, &k, ctx)?;
         t.get(k, ctx)
     }
