@@ -164,11 +164,7 @@ impl MemoryInner {
             }
             (Some(s), None) => {
                 self.unlink(s);
-                let slots = &self.slots;
-                if let Ok(e) = self
-                    .index
-                    .find_entry(hash, |&t| slots[t as usize].key == slots[s as usize].key)
-                {
+                if let Ok(e) = self.index.find_entry(hash, |&t| t == s) {
                     e.remove();
                 }
                 let slot = &mut self.slots[s as usize];
