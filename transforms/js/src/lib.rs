@@ -547,20 +547,8 @@ mod lazy {
     fn names(key: &PropertyKey, text: &[u8]) -> bool {
         match key {
             PropertyKey::String(s) => js_str_is(s, text, false),
-            PropertyKey::Index(i) => {
-                let mut buf = [0u8; 10];
-                let mut n = i.get();
-                let mut at = buf.len();
-                loop {
-                    at -= 1;
-                    buf[at] = b'0' + (n % 10) as u8;
-                    n /= 10;
-                    if n == 0 {
-                        break;
-                    }
-                }
-                &buf[at..] == text
-            }
+            // Numeric keys are rare in events: a string per comparison is fine.
+            PropertyKey::Index(i) => i.get().to_string().as_bytes() == text,
             PropertyKey::Symbol(_) => false,
         }
     }

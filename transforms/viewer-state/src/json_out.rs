@@ -121,18 +121,8 @@ pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
         out.push(b'-');
     }
     let (int, frac) = (m / 1000, m % 1000);
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    let mut n = int;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    // Writing into a Vec cannot fail.
+    let _ = CompactFormatter.write_u64(out, int);
     out.push(b'.');
     if frac == 0 {
         out.push(b'0');
