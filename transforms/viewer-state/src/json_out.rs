@@ -6,7 +6,7 @@
 
 use serde_json::ser::{CompactFormatter, Formatter};
 
-use crate::{Ad, AdBreak, App, Device, Media, Page, Session, Status, Stored};
+use crate::{Ad, AdBreak, App, Device, Media, Page, Session, Status, Stored, Str};
 
 /// A JSON writer over a byte buffer, for objects with keys known in advance.
 pub(crate) struct Out<'b> {
@@ -41,7 +41,7 @@ impl<'b> Out<'b> {
         self.buf.push(b'"');
     }
 
-    fn opt_str(&mut self, s: &Option<String>) {
+    fn opt_str(&mut self, s: &Option<Str<'_>>) {
         match s {
             Some(s) => self.str(s),
             None => self.null(),

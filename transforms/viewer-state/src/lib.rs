@@ -35,7 +35,10 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod borrowed;
 mod json_out;
+
+use borrowed::{Seen, Str};
 
 use serde::{Deserialize, Serialize};
 use weir_transform_sdk::{
@@ -83,6 +86,8 @@ pub struct ViewerState {
     /// the record being processed.
     state_buf: Vec<u8>,
     json_buf: Vec<u8>,
+    /// The fingerprints after the record being processed.
+    seen_buf: Vec<u8>,
     collector: String,
 }
 
@@ -101,54 +106,54 @@ enum Status {
 // and the binary layout: append new fields at the end of the binary structs only with a new
 // FORMAT.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct Media {
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Media<'a> {
     duration: Option<f64>,
     fullscreen: Option<bool>,
     muted: Option<bool>,
     percent: Option<f64>,
-    player_type: Option<String>,
+    player_type: Option<Str<'a>>,
     position: Option<f64>,
-    quality: Option<String>,
+    quality: Option<Str<'a>>,
     rate: Option<f64>,
-    title: Option<String>,
+    title: Option<Str<'a>>,
     #[serde(rename = "type")]
-    kind: Option<String>,
+    kind: Option<Str<'a>>,
     volume: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct Ad {
-    creative_id: Option<String>,
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Ad<'a> {
+    creative_id: Option<Str<'a>>,
     duration: Option<f64>,
-    id: Option<String>,
-    name: Option<String>,
+    id: Option<Str<'a>>,
+    name: Option<Str<'a>>,
     pod_position: Option<f64>,
     skippable: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct AdBreak {
-    id: Option<String>,
-    name: Option<String>,
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct AdBreak<'a> {
+    id: Option<Str<'a>>,
+    name: Option<Str<'a>>,
     pod_size: Option<f64>,
     #[serde(rename = "type")]
-    kind: Option<String>,
+    kind: Option<Str<'a>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct Session {
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Session<'a> {
     ad_breaks: Option<f64>,
     ads: Option<f64>,
     ads_clicked: Option<f64>,
     ads_skipped: Option<f64>,
     avg_playback_rate: Option<f64>,
     content_watched: Option<f64>,
-    id: Option<String>,
-    started_at: Option<String>,
+    id: Option<Str<'a>>,
+    started_at: Option<Str<'a>>,
     time_buffering: Option<f64>,
     time_in_ads: Option<f64>,
     time_paused: Option<f64>,
@@ -157,122 +162,103 @@ struct Session {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct Page {
-    title: Option<String>,
-    url: Option<String>,
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Page<'a> {
+    title: Option<Str<'a>>,
+    url: Option<Str<'a>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct Device {
-    manufacturer: Option<String>,
-    model: Option<String>,
-    os: Option<String>,
-    os_version: Option<String>,
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Device<'a> {
+    manufacturer: Option<Str<'a>>,
+    model: Option<Str<'a>>,
+    os: Option<Str<'a>>,
+    os_version: Option<Str<'a>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct App {
-    build: Option<String>,
-    version: Option<String>,
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct App<'a> {
+    build: Option<Str<'a>>,
+    version: Option<Str<'a>>,
 }
 
 /// Where the viewer watches: from the newest event.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct Client {
-    app: Option<App>,
-    device: Option<Device>,
-    platform: Option<String>,
+#[serde(default, bound(deserialize = "'de: 'a"))]
+struct Client<'a> {
+    app: Option<App<'a>>,
+    device: Option<Device<'a>>,
+    platform: Option<Str<'a>>,
 }
 
 /// The fields that follow the newest event.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Current {
-    ad: Option<Ad>,
-    ad_break: Option<AdBreak>,
-    app_id: Option<String>,
-    last_event: String,
-    media: Media,
-    page: Page,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct Current<'a> {
+    ad: Option<Ad<'a>>,
+    ad_break: Option<AdBreak<'a>>,
+    app_id: Option<Str<'a>>,
+    last_event: Str<'a>,
+    media: Media<'a>,
+    page: Page<'a>,
     status: Status,
 }
 
 /// What the state holds per viewer (binary, after the [`FORMAT`] byte).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-struct Stored {
+#[serde(bound(deserialize = "'de: 'a"))]
+struct Stored<'a> {
     events: u64,
-    first_seen: String,
-    last_seen: String,
+    first_seen: Str<'a>,
+    last_seen: Str<'a>,
     /// Device timestamp (ms) of the newest event applied to the current fields.
     newest_ms: i64,
-    current: Current,
+    current: Current<'a>,
     /// Kept from the last event that had a media session entity.
-    session: Option<Session>,
-    /// Fingerprints of the last `dedup_events` event ids, oldest first (stored as one byte
-    /// string of 8-byte little-endian words).
-    #[serde(with = "words")]
-    seen: Vec<u64>,
+    session: Option<Session<'a>>,
+    /// Fingerprints of the last `dedup_events` event ids, oldest first (one byte string of
+    /// 8-byte little-endian words).
+    seen: Seen<'a>,
     /// Platform, device and app, from the newest event (new in format 2: last, so that a
     /// [`FORMAT_1`] profile reads as format 2 with a default `client` appended).
-    client: Client,
+    client: Client<'a>,
 }
 
 /// [`Stored`] as format 2 laid it out: `seen` as a sequence of varints.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
-struct Stored2 {
+#[serde(bound(deserialize = "'de: 'a"))]
+struct Stored2<'a> {
     events: u64,
-    first_seen: String,
-    last_seen: String,
+    first_seen: Str<'a>,
+    last_seen: Str<'a>,
     newest_ms: i64,
-    current: Current,
-    session: Option<Session>,
+    current: Current<'a>,
+    session: Option<Session<'a>>,
     seen: Vec<u64>,
-    client: Client,
+    client: Client<'a>,
 }
 
-/// `Vec<u64>` as one byte string of little-endian words: postcard copies it whole, where a
-/// sequence costs a varint (up to 10 bytes) per item.
-mod words {
-    use serde::de::{Error, Visitor};
-    use serde::{Deserializer, Serializer};
+/// [`Stored2`] without `client` (format 1).
+struct Stored1<'a>(Stored2<'a>);
 
-    pub fn serialize<S: Serializer>(v: &[u64], s: S) -> Result<S::Ok, S::Error> {
-        if cfg!(target_endian = "little") {
-            // The words' own bytes, as they lie in memory: no copy.
-            s.serialize_bytes(bytemuck::cast_slice(v))
-        } else {
-            let bytes: Vec<u8> = v.iter().flat_map(|w| w.to_le_bytes()).collect();
-            s.serialize_bytes(&bytes)
+impl<'de: 'a, 'a> Deserialize<'de> for Stored1<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(bound(deserialize = "'de: 'a"))]
+        struct V1<'a> {
+            events: u64,
+            first_seen: Str<'a>,
+            last_seen: Str<'a>,
+            newest_ms: i64,
+            current: Current<'a>,
+            session: Option<Session<'a>>,
+            seen: Vec<u64>,
         }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
-        struct Words;
-        impl Visitor<'_> for Words {
-            type Value = Vec<u64>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("bytes, a multiple of 8")
-            }
-            fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<Vec<u64>, E> {
-                if !b.len().is_multiple_of(8) {
-                    return Err(E::invalid_length(b.len(), &self));
-                }
-                Ok(b.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect())
-            }
-        }
-        d.deserialize_bytes(Words)
-    }
-}
-
-impl From<Stored2> for Stored {
-    fn from(s: Stored2) -> Stored {
-        Stored {
+        let s = V1::deserialize(d)?;
+        Ok(Stored1(Stored2 {
             events: s.events,
             first_seen: s.first_seen,
             last_seen: s.last_seen,
@@ -280,6 +266,21 @@ impl From<Stored2> for Stored {
             current: s.current,
             session: s.session,
             seen: s.seen,
+            client: Client::default(),
+        }))
+    }
+}
+
+impl<'a> From<Stored2<'a>> for Stored<'a> {
+    fn from(s: Stored2<'a>) -> Stored<'a> {
+        Stored {
+            events: s.events,
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            newest_ms: s.newest_ms,
+            current: s.current,
+            session: s.session,
+            seen: Seen::from_words(&s.seen),
             client: s.client,
         }
     }
@@ -287,51 +288,49 @@ impl From<Stored2> for Stored {
 
 /// A profile as earlier versions stored it: `{"profile": {…}, "newest_ms": …}`.
 #[derive(Deserialize)]
-struct JsonStored {
-    profile: JsonProfile,
+#[serde(bound(deserialize = "'de: 'a"))]
+struct JsonStored<'a> {
+    profile: JsonProfile<'a>,
     newest_ms: i64,
 }
 
 #[derive(Deserialize)]
-struct JsonProfile {
+#[serde(bound(deserialize = "'de: 'a"))]
+struct JsonProfile<'a> {
     #[serde(default)]
     events: u64,
     #[serde(default)]
-    first_seen: String,
+    first_seen: Str<'a>,
     #[serde(default)]
-    last_seen: String,
+    last_seen: Str<'a>,
     #[serde(default)]
-    ad: Option<Ad>,
+    ad: Option<Ad<'a>>,
     #[serde(default)]
-    ad_break: Option<AdBreak>,
+    ad_break: Option<AdBreak<'a>>,
     #[serde(default)]
-    app_id: Option<String>,
+    app_id: Option<Str<'a>>,
     #[serde(default)]
-    last_event: String,
+    last_event: Str<'a>,
     #[serde(default)]
-    media: Option<Media>,
+    media: Option<Media<'a>>,
     #[serde(default)]
-    page: Option<Page>,
+    page: Option<Page<'a>>,
     #[serde(default)]
     status: Option<Status>,
     #[serde(default)]
-    session: Option<Session>,
+    session: Option<Session<'a>>,
 }
 
-impl Stored {
-    fn decode(bytes: &[u8]) -> Result<Stored, String> {
+impl<'a> Stored<'a> {
+    fn decode(bytes: &'a [u8]) -> Result<Stored<'a>, String> {
         match bytes.first() {
             Some(&FORMAT) => postcard::from_bytes(&bytes[1..]).map_err(|e| e.to_string()),
             Some(&FORMAT_2) => postcard::from_bytes::<Stored2>(&bytes[1..])
                 .map(Stored::from)
                 .map_err(|e| e.to_string()),
-            Some(&FORMAT_1) => {
-                let mut v2 = bytes[1..].to_vec();
-                v2.extend(postcard::to_allocvec(&Client::default()).map_err(|e| e.to_string())?);
-                postcard::from_bytes::<Stored2>(&v2)
-                    .map(Stored::from)
-                    .map_err(|e| e.to_string())
-            }
+            Some(&FORMAT_1) => postcard::from_bytes::<Stored1>(&bytes[1..])
+                .map(|s| Stored::from(s.0))
+                .map_err(|e| e.to_string()),
             Some(b'{') => {
                 let old: JsonStored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
                 let p = old.profile;
@@ -350,7 +349,7 @@ impl Stored {
                         status: p.status.unwrap_or_default(),
                     },
                     session: p.session,
-                    seen: Vec::new(),
+                    seen: Seen::default(),
                     client: Client::default(),
                 })
             }
@@ -405,6 +404,7 @@ impl Stateful for ViewerState {
             fields: READS.to_vec(),
             state_buf: Vec::with_capacity(512),
             json_buf: Vec::with_capacity(1024),
+            seen_buf: Vec::with_capacity(8 * dedup_events),
             collector: String::with_capacity(32),
         })
     }
@@ -454,6 +454,8 @@ impl Stateful for ViewerState {
         );
         let collector = self.collector.as_str();
 
+        // The stored profile borrows its strings from the state's bytes, the event's fields from
+        // the event: nothing is copied until the profile is encoded again.
         let (mut stored, new) = match state.get(viewer) {
             Some(bytes) => (
                 Stored::decode(bytes)
@@ -469,28 +471,22 @@ impl Stateful for ViewerState {
             ),
         };
         let fp = fingerprint(event_id);
-        if stored.seen.contains(&fp) {
+        if stored.seen.contains(fp) {
             return Ok(()); // redelivered: already applied
         }
-        if self.dedup_events > 0 {
-            if stored.seen.len() >= self.dedup_events {
-                let excess = stored.seen.len() + 1 - self.dedup_events;
-                stored.seen.drain(..excess);
-            }
-            stored.seen.push(fp);
-        }
+        stored.seen = stored
+            .seen
+            .pushed(fp, self.dedup_events, &mut self.seen_buf);
 
         // Always: count the event, widen first/last seen.
         stored.events += 1;
         let mut changed = new;
         if stored.first_seen.is_empty() || collector < stored.first_seen.as_str() {
-            changed |= stored.first_seen != collector;
-            stored.first_seen.clear();
-            stored.first_seen.push_str(collector);
+            changed |= stored.first_seen.as_str() != collector;
+            stored.first_seen = Str::from(collector);
         }
         if stored.last_seen.is_empty() || collector > stored.last_seen.as_str() {
-            stored.last_seen.clear();
-            stored.last_seen.push_str(collector);
+            stored.last_seen = Str::from(collector);
         }
         // Only the newest event sets the current fields.
         if ts >= stored.newest_ms {
@@ -506,10 +502,13 @@ impl Stateful for ViewerState {
         }
 
         stored.encode_into(&mut self.state_buf)?;
-        // Silent for `ttl`: weir expires the profile and calls `expired`.
-        state.put_with_ttl(viewer, &self.state_buf, self.ttl_ms);
         if changed {
             stored.write_json(viewer_str, &mut self.json_buf);
+        }
+        drop(stored); // its borrow of the state ends here
+                      // Silent for `ttl`: weir expires the profile and calls `expired`.
+        state.put_with_ttl(viewer, &self.state_buf, self.ttl_ms);
+        if changed {
             out.emit_with_key(&self.json_buf, viewer);
         }
         Ok(())
@@ -561,12 +560,15 @@ fn num(v: Json<'_>) -> Option<f64> {
 fn boolean(v: Json<'_>) -> Option<bool> {
     v.as_bool()
 }
-fn text(v: Json<'_>) -> Option<String> {
-    v.as_str().map(|c| c.into_owned())
+fn text(v: Json<'_>) -> Option<Str<'_>> {
+    v.as_str().map(Str)
 }
 
 /// The current fields from the newest event, reading each entity's members in one pass.
-fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>, Client) {
+fn read_current<'e>(
+    event: &Record<'e>,
+    name: &'e str,
+) -> (Current<'e>, Option<Session<'e>>, Client<'e>) {
     let (mut player, mut session, mut ad, mut ad_break) = (None, None, None, None);
     let (mut mobile, mut application) = (None, None);
     for e in event.entities() {
@@ -684,17 +686,17 @@ fn read_current(event: &Record<'_>, name: &str) -> (Current, Option<Session>, Cl
     let current = Current {
         ad,
         ad_break,
-        app_id: event.field_str(fields::APP_ID).map(str::to_owned),
-        last_event: name.to_owned(),
+        app_id: event.field_str(fields::APP_ID).map(Str::from),
+        last_event: Str::from(name),
         media,
         page: Page {
-            title: event.field_str(fields::PAGE_TITLE).map(str::to_owned),
-            url: event.field_str(fields::PAGE_URL).map(str::to_owned),
+            title: event.field_str(fields::PAGE_TITLE).map(Str::from),
+            url: event.field_str(fields::PAGE_URL).map(Str::from),
         },
         status,
     };
     let client = Client {
-        platform: event.field_str(fields::PLATFORM).map(str::to_owned),
+        platform: event.field_str(fields::PLATFORM).map(Str::from),
         device: mobile.map(|m| {
             let mut r = Device::default();
             for (k, v) in m.members() {

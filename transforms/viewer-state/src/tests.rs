@@ -377,20 +377,20 @@ fn long_viewer_ids_and_replaced_settings_are_refused() {
 /// What serde_json writes for a profile: the reference the hand-written writer must match.
 #[derive(Serialize)]
 struct Profile<'a> {
-    ad: &'a Option<Ad>,
-    ad_break: &'a Option<AdBreak>,
-    app: &'a Option<App>,
-    app_id: &'a Option<String>,
-    device: &'a Option<Device>,
+    ad: &'a Option<Ad<'a>>,
+    ad_break: &'a Option<AdBreak<'a>>,
+    app: &'a Option<App<'a>>,
+    app_id: &'a Option<Str<'a>>,
+    device: &'a Option<Device<'a>>,
     events: u64,
     first_seen: &'a str,
     last_event: &'a str,
     last_seen: &'a str,
-    media: &'a Media,
-    page: &'a Page,
-    platform: &'a Option<String>,
+    media: &'a Media<'a>,
+    page: &'a Page<'a>,
+    platform: &'a Option<Str<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    session: &'a Option<Session>,
+    session: &'a Option<Session<'a>>,
     status: Status,
     version: &'a str,
     viewer_id: &'a str,
@@ -459,11 +459,11 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
         f64::NEG_INFINITY,
     ];
     for (i, n) in numbers.into_iter().enumerate() {
-        let t = Some(nasty.clone());
+        let t = Some(Str::from(nasty.as_str()));
         let s = Stored {
             events: [0, 1, u64::MAX, 999_999_999, 1_000_000_000][i % 5],
-            first_seen: nasty.clone(),
-            last_seen: String::new(),
+            first_seen: Str::from(nasty.as_str()),
+            last_seen: Str::default(),
             newest_ms: [i64::MIN, -1, 0, 1_731_764_089_279, i64::MAX][i % 5],
             current: Current {
                 ad: (i % 2 == 0).then(|| Ad {
@@ -481,7 +481,7 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
                     kind: t.clone(),
                 }),
                 app_id: t.clone(),
-                last_event: nasty.clone(),
+                last_event: Str::from(nasty.as_str()),
                 media: Media {
                     duration: Some(n),
                     fullscreen: Some(false),
@@ -514,7 +514,7 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
                 time_played_muted: Some(n),
                 ..Session::default()
             }),
-            seen: vec![1, 2],
+            seen: Seen::from_words(&[1, 2]),
             client: Client {
                 app: (i % 2 == 0).then(|| App {
                     build: t.clone(),
@@ -526,7 +526,7 @@ fn profiles_are_written_byte_for_byte_as_serde_json_writes_them() {
                     os: None,
                     os_version: t.clone(),
                 }),
-                platform: (i % 2 == 1).then(|| nasty.clone()),
+                platform: (i % 2 == 1).then(|| Str::from(nasty.as_str())),
             },
         };
         let mut mine = Vec::new();
@@ -626,7 +626,7 @@ fn format_2(stored: &Stored) -> Vec<u8> {
         newest_ms: s.newest_ms,
         current: s.current,
         session: s.session,
-        seen: s.seen,
+        seen: s.seen.words().collect(),
         client: s.client,
     };
     let mut out = vec![FORMAT_2];
@@ -640,7 +640,7 @@ fn a_profile_stored_in_format_1_is_read_with_an_empty_client() {
     run(&mut h, &lines());
     let stored = Stored::decode(h.state.value(VIEWER.as_bytes()).unwrap()).unwrap();
     assert_eq!(stored.client.platform.as_deref(), Some("web"));
-    assert!(!stored.seen.is_empty());
+    assert!(stored.seen.words().next().is_some());
     // Format 1 is format 2 without the trailing client.
     let mut v1 = format_2(&stored);
     let tail = postcard::to_allocvec(&stored.client).unwrap();
@@ -684,7 +684,8 @@ fn a_profile_stored_in_format_2_is_read_and_rewritten_with_its_fingerprints_as_w
     assert_eq!(after[0], FORMAT);
     let after = Stored::decode(after).unwrap();
     assert_eq!(after.events, 70);
-    assert_eq!(after.seen[..63], stored.seen[1..]);
+    let words = |s: &Stored<'_>| s.seen.words().collect::<Vec<_>>();
+    assert_eq!(words(&after)[..63], words(&stored)[1..]);
     // A byte string that is not whole words is refused, not misread.
     let mut bad = v3.clone();
     let at = v3.len() - postcard::to_allocvec(&stored.client).unwrap().len() - 8 * 64 - 2;
