@@ -219,7 +219,7 @@ impl<'a> Record<'a> {
 
     /// Field `idx` as text (`None` if empty or not UTF-8).
     pub fn field_str(&self, idx: usize) -> Option<&'a str> {
-        std::str::from_utf8(self.field(idx)?).ok()
+        crate::utf8(self.field(idx)?)
     }
 
     /// Field `name` (e.g. `"event_name"`); see [`Record::field`].

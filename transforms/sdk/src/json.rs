@@ -52,7 +52,7 @@ impl<'a> Json<'a> {
         }
         let inner = &b[1..b.len() - 1];
         if !inner.contains(&b'\\') {
-            return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+            return crate::utf8(inner).map(Cow::Borrowed);
         }
         unescape(inner).map(Cow::Owned)
     }

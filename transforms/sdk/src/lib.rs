@@ -66,6 +66,20 @@ pub mod testing;
 #[doc(hidden)]
 pub mod rt;
 
+/// `bytes` as text if they are UTF-8: `std::str::from_utf8(bytes).ok()`, with a fast path for
+/// ASCII (most event fields), which the standard library checks a few bytes at a time in a
+/// wasm32 guest where this test takes one SIMD operation per 16 bytes.
+#[inline]
+pub fn utf8(bytes: &[u8]) -> Option<&str> {
+    // No early exit: the compiler vectorizes the whole fold.
+    if bytes.iter().fold(0u8, |a, &c| a | c) < 0x80 {
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+    } else {
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod bindings {
@@ -250,4 +264,37 @@ macro_rules! __export {
             assert_guest::<$g>();
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utf8_agrees_with_the_standard_library() {
+        let long_ascii = "a".repeat(100);
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"plain".to_vec(),
+            long_ascii.clone().into_bytes(),
+            "caf\u{e9}".into(),
+            "\u{1f600} at the start".into(),
+            [long_ascii.as_bytes(), "\u{7f}\u{80}".as_bytes()].concat(),
+            vec![0x80],
+            vec![b'a', 0xff, b'b'],
+            vec![0xe2, 0x82],                                // truncated
+            [long_ascii.as_bytes(), &[0xc0, 0x80]].concat(), // overlong
+        ];
+        // A non-ASCII byte at every position of a 40-byte text.
+        for i in 0..40 {
+            let mut v = long_ascii.as_bytes()[..40].to_vec();
+            v[i] = 0xc3;
+            cases.push(v.clone());
+            if i < 39 {
+                v[i + 1] = 0xa9;
+                cases.push(v);
+            }
+        }
+        for c in &cases {
+            assert_eq!(super::utf8(c), std::str::from_utf8(c).ok(), "{c:?}");
+        }
+    }
 }

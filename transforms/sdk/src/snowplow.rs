@@ -73,7 +73,7 @@ impl<'a> SelfDescribing<'a> {
         // Schema URIs never contain escapes; take the text between the quotes.
         let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
         Some(SelfDescribing {
-            schema: std::str::from_utf8(inner).ok()?,
+            schema: crate::utf8(inner)?,
             data: data?,
         })
     }
