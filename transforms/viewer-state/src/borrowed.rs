@@ -57,6 +57,8 @@ impl Serialize for Str<'_> {
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    /// Read as bytes (postcard and serde_json give a string's bytes, unescaped, as they give
+    /// its text) and checked with the SDK's ASCII fast path instead of `str::from_utf8`.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
@@ -73,8 +75,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
             fn visit_string<E: Error>(self, s: String) -> Result<Str<'de>, E> {
                 Ok(Str(Cow::Owned(s)))
             }
+            fn visit_borrowed_bytes<E: Error>(self, b: &'de [u8]) -> Result<Str<'de>, E> {
+                text(b).map(|s| Str(Cow::Borrowed(s)))
+            }
+            fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<Str<'de>, E> {
+                text(b).map(|s| Str(Cow::Owned(s.to_owned())))
+            }
         }
-        d.deserialize_str(V)
+        fn text<E: Error>(b: &[u8]) -> Result<&str, E> {
+            weir_transform_sdk::utf8(b)
+                .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Bytes(b), &"UTF-8 text"))
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -174,6 +186,9 @@ mod tests {
         let (x, y): (Str<'_>, Str<'_>) = serde_json::from_str(r#"["plain", "a\"b"]"#).unwrap();
         assert!(matches!(x.0, Cow::Borrowed("plain")));
         assert_eq!((&*y, matches!(y.0, Cow::Owned(_))), ("a\"b", true));
+        // Not UTF-8: refused.
+        let bad = postcard::to_allocvec(&serde_bytes_of(&[b'a', 0xff])).unwrap();
+        assert!(postcard::from_bytes::<Str<'_>>(&bad).is_err());
     }
 
     #[test]

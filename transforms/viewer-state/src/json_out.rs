@@ -19,16 +19,10 @@ impl<'b> Out<'b> {
         Out { buf }
     }
 
-    /// `"key":`, preceded by `,` unless it opens its object; `key` is a literal needing no
-    /// escapes.
+    /// Literal JSON: punctuation and keys (`,"key":`), spelled out where they are written.
     #[inline]
-    fn key(&mut self, key: &str) {
-        if self.buf.last() != Some(&b'{') {
-            self.buf.push(b',');
-        }
-        self.buf.push(b'"');
-        self.buf.extend_from_slice(key.as_bytes());
-        self.buf.extend_from_slice(b"\":");
+    fn raw(&mut self, json: &[u8]) {
+        self.buf.extend_from_slice(json);
     }
 
     fn null(&mut self) {
@@ -147,6 +141,14 @@ pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
 /// Appends `s` as the inside of a JSON string, escaped as serde_json escapes it: `"` and `\`,
 /// the short forms `\b \f \n \r \t`, other control characters as `\u00xx`; nothing else.
 pub(crate) fn escape_into(s: &[u8], out: &mut Vec<u8>) {
+    // The usual string needs nothing: one pass without an early exit (vectorized) says so.
+    if !s
+        .iter()
+        .fold(false, |a, &b| a | (b < 0x20) | (b == b'"') | (b == b'\\'))
+    {
+        out.extend_from_slice(s);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in s.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
@@ -186,120 +188,113 @@ impl Status {
 }
 
 fn ad(o: &mut Out<'_>, a: &Ad) {
-    o.buf.push(b'{');
-    o.key("creative_id");
+    o.raw(b"{\"creative_id\":");
     o.opt_str(&a.creative_id);
-    o.key("duration");
+    o.raw(b",\"duration\":");
     o.opt_f64(a.duration);
-    o.key("id");
+    o.raw(b",\"id\":");
     o.opt_str(&a.id);
-    o.key("name");
+    o.raw(b",\"name\":");
     o.opt_str(&a.name);
-    o.key("pod_position");
+    o.raw(b",\"pod_position\":");
     o.opt_f64(a.pod_position);
-    o.key("skippable");
+    o.raw(b",\"skippable\":");
     o.opt_bool(a.skippable);
     o.buf.push(b'}');
 }
 
 fn ad_break(o: &mut Out<'_>, a: &AdBreak) {
-    o.buf.push(b'{');
-    o.key("id");
+    o.raw(b"{\"id\":");
     o.opt_str(&a.id);
-    o.key("name");
+    o.raw(b",\"name\":");
     o.opt_str(&a.name);
-    o.key("pod_size");
+    o.raw(b",\"pod_size\":");
     o.opt_f64(a.pod_size);
-    o.key("type");
+    o.raw(b",\"type\":");
     o.opt_str(&a.kind);
     o.buf.push(b'}');
 }
 
 fn app(o: &mut Out<'_>, a: &App) {
-    o.buf.push(b'{');
-    o.key("build");
+    o.raw(b"{\"build\":");
     o.opt_str(&a.build);
-    o.key("version");
+    o.raw(b",\"version\":");
     o.opt_str(&a.version);
     o.buf.push(b'}');
 }
 
 fn device(o: &mut Out<'_>, d: &Device) {
-    o.buf.push(b'{');
-    o.key("manufacturer");
+    o.raw(b"{\"manufacturer\":");
     o.opt_str(&d.manufacturer);
-    o.key("model");
+    o.raw(b",\"model\":");
     o.opt_str(&d.model);
-    o.key("os");
+    o.raw(b",\"os\":");
     o.opt_str(&d.os);
-    o.key("os_version");
+    o.raw(b",\"os_version\":");
     o.opt_str(&d.os_version);
     o.buf.push(b'}');
 }
 
 fn media(o: &mut Out<'_>, m: &Media) {
-    o.buf.push(b'{');
-    o.key("duration");
+    o.raw(b"{\"duration\":");
     o.opt_f64(m.duration);
-    o.key("fullscreen");
+    o.raw(b",\"fullscreen\":");
     o.opt_bool(m.fullscreen);
-    o.key("muted");
+    o.raw(b",\"muted\":");
     o.opt_bool(m.muted);
-    o.key("percent");
+    o.raw(b",\"percent\":");
     o.opt_f64(m.percent);
-    o.key("player_type");
+    o.raw(b",\"player_type\":");
     o.opt_str(&m.player_type);
-    o.key("position");
+    o.raw(b",\"position\":");
     o.opt_f64(m.position);
-    o.key("quality");
+    o.raw(b",\"quality\":");
     o.opt_str(&m.quality);
-    o.key("rate");
+    o.raw(b",\"rate\":");
     o.opt_f64(m.rate);
-    o.key("title");
+    o.raw(b",\"title\":");
     o.opt_str(&m.title);
-    o.key("type");
+    o.raw(b",\"type\":");
     o.opt_str(&m.kind);
-    o.key("volume");
+    o.raw(b",\"volume\":");
     o.opt_f64(m.volume);
     o.buf.push(b'}');
 }
 
 fn page(o: &mut Out<'_>, p: &Page) {
-    o.buf.push(b'{');
-    o.key("title");
+    o.raw(b"{\"title\":");
     o.opt_str(&p.title);
-    o.key("url");
+    o.raw(b",\"url\":");
     o.opt_str(&p.url);
     o.buf.push(b'}');
 }
 
 fn session(o: &mut Out<'_>, s: &Session) {
-    o.buf.push(b'{');
-    o.key("ad_breaks");
+    o.raw(b"{\"ad_breaks\":");
     o.opt_f64(s.ad_breaks);
-    o.key("ads");
+    o.raw(b",\"ads\":");
     o.opt_f64(s.ads);
-    o.key("ads_clicked");
+    o.raw(b",\"ads_clicked\":");
     o.opt_f64(s.ads_clicked);
-    o.key("ads_skipped");
+    o.raw(b",\"ads_skipped\":");
     o.opt_f64(s.ads_skipped);
-    o.key("avg_playback_rate");
+    o.raw(b",\"avg_playback_rate\":");
     o.opt_f64(s.avg_playback_rate);
-    o.key("content_watched");
+    o.raw(b",\"content_watched\":");
     o.opt_f64(s.content_watched);
-    o.key("id");
+    o.raw(b",\"id\":");
     o.opt_str(&s.id);
-    o.key("started_at");
+    o.raw(b",\"started_at\":");
     o.opt_str(&s.started_at);
-    o.key("time_buffering");
+    o.raw(b",\"time_buffering\":");
     o.opt_f64(s.time_buffering);
-    o.key("time_in_ads");
+    o.raw(b",\"time_in_ads\":");
     o.opt_f64(s.time_in_ads);
-    o.key("time_paused");
+    o.raw(b",\"time_paused\":");
     o.opt_f64(s.time_paused);
-    o.key("time_played");
+    o.raw(b",\"time_played\":");
     o.opt_f64(s.time_played);
-    o.key("time_played_muted");
+    o.raw(b",\"time_played_muted\":");
     o.opt_f64(s.time_played_muted);
     o.buf.push(b'}');
 }
@@ -308,58 +303,57 @@ fn session(o: &mut Out<'_>, s: &Session) {
 pub(crate) fn profile(stored: &Stored, viewer: &str, buf: &mut Vec<u8>) {
     let c = &stored.current;
     let mut o = Out::new(buf);
-    o.buf.push(b'{');
-    o.key("ad");
+    o.raw(b"{\"ad\":");
     match &c.ad {
         Some(a) => ad(&mut o, a),
         None => o.null(),
     }
-    o.key("ad_break");
+    o.raw(b",\"ad_break\":");
     match &c.ad_break {
         Some(a) => ad_break(&mut o, a),
         None => o.null(),
     }
-    o.key("app");
+    o.raw(b",\"app\":");
     match &stored.client.app {
         Some(a) => app(&mut o, a),
         None => o.null(),
     }
-    o.key("app_id");
+    o.raw(b",\"app_id\":");
     o.opt_str(&c.app_id);
-    o.key("device");
+    o.raw(b",\"device\":");
     match &stored.client.device {
         Some(d) => device(&mut o, d),
         None => o.null(),
     }
-    o.key("events");
+    o.raw(b",\"events\":");
     o.u64(stored.events);
-    o.key("first_seen");
+    o.raw(b",\"first_seen\":");
     o.str(&stored.first_seen);
-    o.key("last_event");
+    o.raw(b",\"last_event\":");
     o.str(&c.last_event);
-    o.key("last_seen");
+    o.raw(b",\"last_seen\":");
     o.str(&stored.last_seen);
-    o.key("media");
+    o.raw(b",\"media\":");
     media(&mut o, &c.media);
-    o.key("page");
+    o.raw(b",\"page\":");
     page(&mut o, &c.page);
-    o.key("platform");
+    o.raw(b",\"platform\":");
     o.opt_str(&stored.client.platform);
     if let Some(s) = &stored.session {
-        o.key("session");
+        o.raw(b",\"session\":");
         session(&mut o, s);
     }
-    o.key("status");
+    o.raw(b",\"status\":");
     o.str(c.status.as_str());
     // The version: newest device time (ms, 13 digits) and the event count (9 digits), so that
     // a later profile of a viewer sorts after an earlier one.
-    o.key("version");
+    o.raw(b",\"version\":");
     o.buf.push(b'"');
     o.padded(stored.newest_ms.max(0) as u64, 13);
     o.buf.push(b'-');
     o.padded(stored.events, 9);
     o.buf.push(b'"');
-    o.key("viewer_id");
+    o.raw(b",\"viewer_id\":");
     o.str(viewer);
     o.buf.push(b'}');
 }
