@@ -87,6 +87,54 @@ impl ColumnBuf {
     }
 }
 
+/// The enriched fields a transform declared, in order, and where each sits among a record's
+/// projected fields (looked up on every [`Record::field`] call, instead of searched).
+#[derive(Debug, Clone)]
+pub struct FieldIds {
+    ids: Vec<usize>,
+    /// Position + 1 of each field in `ids` (its first), 0 when not declared.
+    slot: [u8; fields::COUNT],
+}
+
+impl FieldIds {
+    /// # Panics
+    /// If a field index is `fields::COUNT` or more.
+    pub fn new(ids: &[usize]) -> FieldIds {
+        let mut slot = [0u8; fields::COUNT];
+        for (j, &f) in ids.iter().enumerate().rev() {
+            // At most COUNT distinct fields, but a list may repeat one: keep the first.
+            slot[f] = u8::try_from(j + 1).unwrap_or(u8::MAX);
+        }
+        FieldIds {
+            ids: ids.to_vec(),
+            slot,
+        }
+    }
+
+    pub fn ids(&self) -> &[usize] {
+        &self.ids
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+static NO_FIELDS: FieldIds = FieldIds {
+    ids: Vec::new(),
+    slot: [0; fields::COUNT],
+};
+
+impl Default for &FieldIds {
+    fn default() -> Self {
+        &NO_FIELDS
+    }
+}
+
 /// A whole input batch, borrowed.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BatchView<'a> {
@@ -94,7 +142,7 @@ pub struct BatchView<'a> {
     pub values: ColumnRef<'a>,
     pub fields: ColumnRef<'a>,
     /// The field indexes `fields` holds, per record.
-    pub field_ids: &'a [usize],
+    pub field_ids: &'a FieldIds,
     pub keys: ColumnRef<'a>,
     pub timestamps: &'a [i64],
 }
@@ -123,7 +171,7 @@ impl<'a> BatchView<'a> {
                     all => all.get(i).copied(),
                 },
                 projected: (k > 0).then(|| Projected {
-                    ids: self.field_ids,
+                    slot: &self.field_ids.slot,
                     data: self.fields.data,
                     offsets: &self.fields.offsets[i * k..=(i + 1) * k],
                 }),
@@ -135,7 +183,7 @@ impl<'a> BatchView<'a> {
 
 #[derive(Debug, Clone, Copy)]
 struct Projected<'a> {
-    ids: &'a [usize],
+    slot: &'a [u8; fields::COUNT],
     data: &'a [u8],
     offsets: &'a [u32],
 }
@@ -204,9 +252,9 @@ impl<'a> Record<'a> {
     #[inline]
     pub fn field(&self, idx: usize) -> Option<&'a [u8]> {
         let raw = match (self.value, &self.projected) {
-            (_, Some(p)) => match p.ids.iter().position(|&f| f == idx) {
-                Some(j) => &p.data[p.offsets[j] as usize..p.offsets[j + 1] as usize],
-                None => panic!(
+            (_, Some(p)) => match p.slot.get(idx).map_or(0, |&s| usize::from(s)) {
+                j @ 1.. => &p.data[p.offsets[j - 1] as usize..p.offsets[j] as usize],
+                0 => panic!(
                     "Record::field: field `{}` is not among the transform's fields()",
                     fields::NAMES.get(idx).copied().unwrap_or("?")
                 ),
@@ -394,6 +442,45 @@ impl Emitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two records projected to fields 5, 3 and 5 again (a repeated field reads its first copy).
+    fn projected(f: impl FnMut(&Record<'_>)) {
+        let ids = FieldIds::new(&[5, 3, 5]);
+        let data = b"a5a3xb5b3y";
+        let offsets = [0, 2, 4, 5, 7, 9, 10];
+        let view = BatchView {
+            len: 2,
+            fields: ColumnRef {
+                data,
+                offsets: &offsets,
+                absent: &[],
+            },
+            field_ids: &ids,
+            ..BatchView::default()
+        };
+        view.for_each(f);
+    }
+
+    #[test]
+    fn projected_fields_are_found_by_index() {
+        let mut got = Vec::new();
+        projected(|r| got.push((r.field(5).unwrap().to_vec(), r.field(3).unwrap().to_vec())));
+        assert_eq!(
+            got,
+            [
+                (b"a5".to_vec(), b"a3".to_vec()),
+                (b"b5".to_vec(), b"b3".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "field `app_id` is not among the transform's fields()")]
+    fn a_field_not_declared_is_a_panic_that_names_it() {
+        projected(|r| {
+            r.field(fields::APP_ID);
+        });
+    }
 
     #[test]
     fn pass_through_outputs_send_only_sources() {

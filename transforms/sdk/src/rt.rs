@@ -186,14 +186,14 @@ pub mod wasm {
     use std::cell::UnsafeCell;
 
     use super::{batch_len, settings_fields, Guest, StateCtx};
-    use crate::batch::{BatchView, ColumnBuf, ColumnRef, Emitted, OutputBuf};
+    use crate::batch::{BatchView, ColumnBuf, ColumnRef, Emitted, FieldIds, OutputBuf};
     use crate::bindings::weir::transform::types as wit;
     use crate::config::Config;
     use crate::state::{StateCache, WasmState};
 
     struct Instance {
         guest: Box<dyn Any>,
-        fields: Vec<usize>,
+        fields: FieldIds,
         cache: StateCache,
     }
 
@@ -239,7 +239,7 @@ pub mod wasm {
         let guest = G::init(&Config::new(config)).map_err(|e| e.message())?;
         let fields = settings_fields(guest.fields())?;
         let inst = Instance {
-            fields: guest.fields().to_vec(),
+            fields: FieldIds::new(guest.fields()),
             guest: Box::new(guest),
             cache: StateCache::default(),
         };

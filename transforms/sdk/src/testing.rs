@@ -24,7 +24,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::batch::{BatchView, ColumnBuf, ColumnRef, Emitted, OutputBuf};
+use crate::batch::{BatchView, ColumnBuf, ColumnRef, Emitted, FieldIds, OutputBuf};
 use crate::config::Config;
 use crate::error::Error;
 use crate::host::Level;
@@ -186,7 +186,7 @@ pub fn take_logs() -> Vec<(Level, String)> {
 /// A transform under test.
 pub struct Harness<G: Guest> {
     guest: G,
-    fields: Vec<usize>,
+    fields: FieldIds,
     cache: StateCache,
     /// The transform's state, as weir would hold it.
     pub state: MemoryState,
@@ -218,7 +218,7 @@ impl<G: Guest> Harness<G> {
         let guest = G::init(&Config::from_pairs(config))?;
         settings_fields(guest.fields())?;
         Ok(Harness {
-            fields: guest.fields().to_vec(),
+            fields: FieldIds::new(guest.fields()),
             guest,
             cache: StateCache::default(),
             state: MemoryState::default(),
@@ -248,7 +248,7 @@ impl<G: Guest> Harness<G> {
             ColumnBuf::default()
         };
         let fields = if k > 0 {
-            let fs = &self.fields;
+            let fs = self.fields.ids();
             ColumnBuf::from_items(
                 inputs
                     .iter()
