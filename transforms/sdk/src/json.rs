@@ -51,10 +51,20 @@ impl<'a> Json<'a> {
             return None;
         }
         let inner = &b[1..b.len() - 1];
-        if !inner.contains(&b'\\') {
-            return crate::utf8(inner).map(Cow::Borrowed);
+        // One vectorized pass: any escape, any byte outside ASCII.
+        let (any, escapes) = inner
+            .iter()
+            .fold((0u8, false), |(any, esc), &c| (any | c, esc | (c == b'\\')));
+        if escapes {
+            unescape(inner).map(Cow::Owned)
+        } else if any < 0x80 {
+            // SAFETY: ASCII is UTF-8.
+            Some(Cow::Borrowed(unsafe {
+                std::str::from_utf8_unchecked(inner)
+            }))
+        } else {
+            std::str::from_utf8(inner).ok().map(Cow::Borrowed)
         }
-        unescape(inner).map(Cow::Owned)
     }
 
     /// A number value.
@@ -542,6 +552,20 @@ mod tests {
         assert_eq!(j.get("a").unwrap().elements().count(), 2);
         assert_eq!(j.members().nth(1).unwrap().0, br#"b\"c"#);
         assert_eq!(j.members().nth(1).unwrap().1.as_str().unwrap(), "dé\n");
+        // Strings as they are (borrowed) when ASCII or valid UTF-8 without escapes; not UTF-8:
+        // none.
+        for (raw, text) in [
+            (&b"\"plain\""[..], Some("plain")),
+            ("\"d\u{e9}j\u{e0}\"".as_bytes(), Some("d\u{e9}j\u{e0}")),
+            (b"\"a\xffb\"", None),
+            (b"\"a\\\"\xffb\"", None),
+        ] {
+            let got = Json(raw).as_str();
+            assert_eq!(got.as_deref(), text, "{raw:?}");
+            if text.is_some_and(|t| !t.contains('"')) {
+                assert!(matches!(got, Some(Cow::Borrowed(_))));
+            }
+        }
         assert_eq!(j.get("n").unwrap().as_f64(), Some(-150.0));
         assert_eq!(j.get("t").unwrap().as_bool(), Some(true));
         assert!(j.get("z").unwrap().is_null());
