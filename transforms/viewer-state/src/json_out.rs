@@ -106,7 +106,9 @@ pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
     if a >= (1u64 << 30) as f64 || (v == 0.0 && v.is_sign_negative()) {
         return false;
     }
-    let m = (a * 1000.0).round();
+    // Ties to even: one WebAssembly instruction, where `round` is a libm call; the check below
+    // holds the result to what it must be either way.
+    let m = (a * 1000.0).round_ties_even();
     if m / 1000.0 != a {
         return false;
     }
