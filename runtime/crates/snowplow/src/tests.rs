@@ -1017,39 +1017,3 @@ fn collector_tstamp_is_read_in_milliseconds() {
         "no tab after it"
     );
 }
-
-#[test]
-fn first_and_last_tabs_are_those_memchr_finds() {
-    // Lines of every length up to 200, tabs dense and sparse (consecutive tabs included), and
-    // bytes next to a tab's value (8, 10, 0x89) that a word-at-a-time test must not count.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    for len in 0..200 {
-        for density in [2, 5, 40] {
-            let line: Vec<u8> = (0..len)
-                .map(|_| match next() % density {
-                    0 => b'\t',
-                    1 => [8u8, 10, 0x89, b'a'][(next() % 4) as usize],
-                    _ => b'x',
-                })
-                .collect();
-            for n in [0, 1, 3, 9, 53, 131, 500] {
-                let mut got = vec![7]; // appended after what is there
-                first_tabs(&line, n, &mut got);
-                let want: Vec<usize> = std::iter::once(7)
-                    .chain(memchr::memchr_iter(b'\t', &line).take(n))
-                    .collect();
-                assert_eq!(got, want, "first {n} of {line:?}");
-                let mut got = Vec::new();
-                last_tabs(&line, n, &mut got);
-                let want: Vec<usize> = memchr::memrchr_iter(b'\t', &line).take(n).collect();
-                assert_eq!(got, want, "last {n} of {line:?}");
-            }
-        }
-    }
-}
