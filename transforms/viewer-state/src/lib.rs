@@ -226,11 +226,11 @@ struct Stored<'a> {
     client: Client<'a>,
 }
 
-/// [`Stored`] as format 2 laid it out: `seen` as a sequence of varints.
+/// [`Stored`] as format 1 laid it out: `seen` as a sequence of varints, no `client`.
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Serialize))]
 #[serde(bound(deserialize = "'de: 'a"))]
-struct Stored2<'a> {
+struct Stored1<'a> {
     events: u64,
     first_seen: Str<'a>,
     last_seen: Str<'a>,
@@ -238,50 +238,29 @@ struct Stored2<'a> {
     current: Current<'a>,
     session: Option<Session<'a>>,
     seen: Vec<u64>,
+}
+
+/// Format 2: format 1 and `client` (postcard lays a nested struct out as its fields, so this is
+/// format 1's bytes followed by the client's).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+#[serde(bound(deserialize = "'de: 'a"))]
+struct Stored2<'a> {
+    v1: Stored1<'a>,
     client: Client<'a>,
 }
 
-/// [`Stored2`] without `client` (format 1).
-struct Stored1<'a>(Stored2<'a>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Stored1<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(bound(deserialize = "'de: 'a"))]
-        struct V1<'a> {
-            events: u64,
-            first_seen: Str<'a>,
-            last_seen: Str<'a>,
-            newest_ms: i64,
-            current: Current<'a>,
-            session: Option<Session<'a>>,
-            seen: Vec<u64>,
-        }
-        let s = V1::deserialize(d)?;
-        Ok(Stored1(Stored2 {
-            events: s.events,
-            first_seen: s.first_seen,
-            last_seen: s.last_seen,
-            newest_ms: s.newest_ms,
-            current: s.current,
-            session: s.session,
-            seen: s.seen,
-            client: Client::default(),
-        }))
-    }
-}
-
-impl<'a> From<Stored2<'a>> for Stored<'a> {
-    fn from(s: Stored2<'a>) -> Stored<'a> {
+impl<'a> Stored1<'a> {
+    fn with_client(self, client: Client<'a>) -> Stored<'a> {
         Stored {
-            events: s.events,
-            first_seen: s.first_seen,
-            last_seen: s.last_seen,
-            newest_ms: s.newest_ms,
-            current: s.current,
-            session: s.session,
-            seen: Seen::from_words(&s.seen),
-            client: s.client,
+            events: self.events,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            newest_ms: self.newest_ms,
+            current: self.current,
+            session: self.session,
+            seen: Seen::from_words(&self.seen),
+            client,
         }
     }
 }
@@ -326,10 +305,10 @@ impl<'a> Stored<'a> {
         match bytes.first() {
             Some(&FORMAT) => postcard::from_bytes(&bytes[1..]).map_err(|e| e.to_string()),
             Some(&FORMAT_2) => postcard::from_bytes::<Stored2>(&bytes[1..])
-                .map(Stored::from)
+                .map(|s| s.v1.with_client(s.client))
                 .map_err(|e| e.to_string()),
             Some(&FORMAT_1) => postcard::from_bytes::<Stored1>(&bytes[1..])
-                .map(|s| Stored::from(s.0))
+                .map(|s| s.with_client(Client::default()))
                 .map_err(|e| e.to_string()),
             Some(b'{') => {
                 let old: JsonStored = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;

@@ -620,15 +620,21 @@ fn a_mobile_viewer_is_its_install_and_its_profile_has_platform_device_and_app() 
 fn format_2(stored: &Stored) -> Vec<u8> {
     let s = stored.clone();
     let v2 = Stored2 {
-        events: s.events,
-        first_seen: s.first_seen,
-        last_seen: s.last_seen,
-        newest_ms: s.newest_ms,
-        current: s.current,
-        session: s.session,
-        seen: s.seen.words().collect(),
+        v1: Stored1 {
+            events: s.events,
+            first_seen: s.first_seen,
+            last_seen: s.last_seen,
+            newest_ms: s.newest_ms,
+            current: s.current,
+            session: s.session,
+            seen: s.seen.words().collect(),
+        },
         client: s.client,
     };
+    // Format 2 was one flat struct: nesting format 1 in it must not change a byte.
+    let v1 = postcard::to_allocvec(&v2.v1).unwrap();
+    let client = postcard::to_allocvec(&v2.client).unwrap();
+    assert_eq!(postcard::to_allocvec(&v2).unwrap(), [v1, client].concat());
     let mut out = vec![FORMAT_2];
     out.extend(postcard::to_allocvec(&v2).unwrap());
     out
