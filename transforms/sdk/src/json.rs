@@ -320,6 +320,26 @@ fn block_at(b: &[u8], j: usize) -> Option<&[u8; 16]> {
     b.get(j..j + 16).map(|s| s.try_into().expect("16 bytes"))
 }
 
+/// The first index at or after `j` of a byte that `mask` marks in a 16-byte block (`hit`
+/// byte by byte in the last few bytes), 16 bytes per step.
+#[inline(always)]
+fn find_from(
+    b: &[u8],
+    mut j: usize,
+    mask: impl Fn(&[u8; 16]) -> u32,
+    hit: impl Fn(u8) -> bool,
+) -> Option<usize> {
+    loop {
+        match block_at(b, j) {
+            Some(block) => match mask(block) {
+                0 => j += 16,
+                m => return Some(j + m.trailing_zeros() as usize),
+            },
+            None => return Some(j + b.get(j..)?.iter().position(|&c| hit(c))?),
+        }
+    }
+}
+
 /// `b[i]` is `"`: the index just past the closing quote. Sixteen bytes at a time: one test
 /// finds the quote of a short string (most keys and values).
 fn skip_string(b: &[u8], i: usize) -> Option<usize> {
@@ -329,16 +349,7 @@ fn skip_string(b: &[u8], i: usize) -> Option<usize> {
 /// The index just past the closing quote of the string whose text goes on at `b[j]`.
 fn string_end(b: &[u8], mut j: usize) -> Option<usize> {
     loop {
-        let k = match block_at(b, j) {
-            Some(block) => match quote_or_escape(block) {
-                0 => {
-                    j += 16;
-                    continue;
-                }
-                m => j + m.trailing_zeros() as usize,
-            },
-            None => j + b.get(j..)?.iter().position(|&c| c == b'"' || c == b'\\')?,
-        };
+        let k = find_from(b, j, quote_or_escape, |c| c == b'"' || c == b'\\')?;
         if b[k] == b'"' {
             return Some(k + 1);
         }
@@ -467,21 +478,9 @@ fn skip_container_from(b: &[u8], mut j: usize, mut depth: usize, in_string: bool
         j = string_end(b, j)?;
     }
     loop {
-        let k = match block_at(b, j) {
-            Some(block) => match quote_or_bracket(block) {
-                0 => {
-                    j += 16;
-                    continue;
-                }
-                m => j + m.trailing_zeros() as usize,
-            },
-            None => {
-                j + b
-                    .get(j..)?
-                    .iter()
-                    .position(|c| matches!(c, b'"' | b'{' | b'}' | b'[' | b']'))?
-            }
-        };
+        let k = find_from(b, j, quote_or_bracket, |c| {
+            matches!(c, b'"' | b'{' | b'}' | b'[' | b']')
+        })?;
         match b[k] {
             b'"' => {
                 j = skip_string(b, k)?;
