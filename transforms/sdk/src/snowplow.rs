@@ -1,7 +1,7 @@
 //! Reading Snowplow enriched events (131-field TSV lines) without parsing all of them.
 
 use crate::fields::COUNT;
-use crate::json::{self, Json, Members};
+use crate::json::{self, Json};
 
 /// The raw bytes of field `idx` of an enriched TSV line, found without scanning the whole line:
 /// fields before 66 by walking tabs from the start, the others by walking back from the end
@@ -56,15 +56,12 @@ pub struct SelfDescribing<'a> {
 impl<'a> SelfDescribing<'a> {
     /// Reads `{"schema": …, "data": …}` (in either order).
     pub fn parse(json: Json<'a>) -> Option<SelfDescribing<'a>> {
-        let mut schema = None;
-        let mut data = None;
-        for (k, v) in json.members() {
-            match k {
-                b"schema" => schema = Some(v),
-                b"data" => data = Some(v),
-                _ => {}
-            }
-        }
+        let (mut schema, mut data) = (None, None);
+        json.for_each_member(|k, v| match k {
+            b"schema" => schema = Some(v),
+            b"data" => data = Some(v),
+            _ => {}
+        });
         Self::from_members(schema, data)
     }
 
@@ -161,16 +158,12 @@ impl<'a> Iterator for Entities<'a> {
                     continue;
                 }
             }
-            let mut members = Members::at(b, i);
             let (mut schema, mut data) = (None, None);
-            for (k, v) in members.by_ref() {
-                match k {
-                    b"schema" => schema = Some(v),
-                    b"data" => data = Some(v),
-                    _ => {}
-                }
-            }
-            self.pos = members.end();
+            self.pos = json::each_member(b, i, |k, v| match k {
+                b"schema" => schema = Some(v),
+                b"data" => data = Some(v),
+                _ => {}
+            });
             if let Some(e) = SelfDescribing::from_members(schema, data) {
                 return Some(e);
             }

@@ -5,6 +5,7 @@
 //! escape table lookups for the common string without escapes.
 
 use serde_json::ser::{CompactFormatter, Formatter};
+use weir_transform_sdk::words;
 
 use crate::{Ad, AdBreak, App, Device, Media, Page, Session, Status, Stored, Str};
 
@@ -143,11 +144,10 @@ pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
 /// Appends `s` as the inside of a JSON string, escaped as serde_json escapes it: `"` and `\`,
 /// the short forms `\b \f \n \r \t`, other control characters as `\u00xx`; nothing else.
 pub(crate) fn escape_into(s: &[u8], out: &mut Vec<u8>) {
-    // The usual string needs nothing: one pass without an early exit (vectorized) says so.
-    if !s
-        .iter()
-        .fold(false, |a, &b| a | (b < 0x20) | (b == b'"') | (b == b'\\'))
-    {
+    // The usual string needs nothing: one pass, eight bytes at a time, says so.
+    if !words::any(s, |w| {
+        words::below(w, 0x20) | words::eq(w, b'"') | words::eq(w, b'\\')
+    }) {
         out.extend_from_slice(s);
         return;
     }
