@@ -416,7 +416,7 @@ fn skip_string(b: &[u8], i: usize) -> Option<usize> {
 
 /// The index just past the closing quote of the string whose text goes on at `b[j]`.
 #[inline(always)]
-fn string_end(b: &[u8], mut j: usize) -> Option<usize> {
+pub(crate) fn string_end(b: &[u8], mut j: usize) -> Option<usize> {
     loop {
         let k = find_from(b, j, quote_or_escape, |c| c == b'"' || c == b'\\')?;
         if b[k] == b'"' {

@@ -158,6 +158,10 @@ impl<'a> Iterator for Entities<'a> {
                     continue;
                 }
             }
+            if let Some((e, next)) = compact_entity(b, i) {
+                self.pos = Some(next);
+                return Some(e);
+            }
             let (mut schema, mut data) = (None, None);
             self.pos = json::each_member(b, i, |k, v| match k {
                 b"schema" => schema = Some(v),
@@ -169,6 +173,35 @@ impl<'a> Iterator for Entities<'a> {
             }
         }
     }
+}
+
+/// The entity at `b[i]` (a `{`) if it is laid out as trackers and enrich write entities,
+/// `{"schema":"…","data":…}` with nothing else, and the index past it; `None` for any other
+/// layout (spaces, other members, data first), which the general member loop then reads to the
+/// same result. The fast path checks two literals instead of reading two keys.
+#[inline]
+fn compact_entity(b: &[u8], i: usize) -> Option<(SelfDescribing<'_>, usize)> {
+    const HEAD: &[u8] = b"{\"schema\":\"";
+    const MID: &[u8] = b",\"data\":";
+    let text = i + HEAD.len();
+    if b.get(i..text)? != HEAD {
+        return None;
+    }
+    let quote = json::string_end(b, text)?; // just past the schema's closing quote
+    let data = quote + MID.len();
+    if b.get(quote..data)? != MID {
+        return None;
+    }
+    let end = json::skip_value(b, data)?;
+    if b.get(end) != Some(&b'}') {
+        return None;
+    }
+    let e = SelfDescribing {
+        // As `from_members`: schema URIs never contain escapes.
+        schema: crate::utf8(&b[text..quote - 1])?,
+        data: Json(&b[data..end]),
+    };
+    Some((e, end + 1))
 }
 
 #[cfg(test)]
@@ -229,6 +262,14 @@ mod tests {
             br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[{"schema":"iglu:a/b/jsonschema/1-0-0","data":{"#.to_vec(),
             b"[]".to_vec(),
             b"".to_vec(),
+            // Beside the compact layout's fast path: another member after data, schema twice,
+            // an escape in the schema, a schema that is not UTF-8, data that is not JSON, data
+            // first.
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[{"schema":"iglu:a/b/jsonschema/1-0-0","data":{},"x":1},{"schema":"iglu:a/b/jsonschema/1-0-0","data":1,"schema":"iglu:c/d/jsonschema/1-0-0"}]}"#.to_vec(),
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[{"schema":"iglu:a/\"b/jsonschema/1-0-0","data":{"k":"v"}},{"schema":"iglu:c/d/jsonschema/1-0-0","data":[1,2]}]}"#.to_vec(),
+            b"{\"schema\":\"iglu:x/contexts/jsonschema/1-0-0\",\"data\":[{\"schema\":\"iglu:\xff/b/jsonschema/1-0-0\",\"data\":{}},{\"schema\":\"iglu:c/d/jsonschema/1-0-0\",\"data\":true}]}".to_vec(),
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[{"schema":"iglu:a/b/jsonschema/1-0-0","data":}},{"schema":"iglu:c/d/jsonschema/1-0-0","data":{}}]}"#.to_vec(),
+            br#"{"schema":"iglu:x/contexts/jsonschema/1-0-0","data":[{"data":{"a":1},"schema":"iglu:a/b/jsonschema/1-0-0"},{"schema":"iglu:c/d/jsonschema/1-0-0","data":null}]}"#.to_vec(),
         ];
         for c in &cases {
             let got: Vec<_> = entities(c).collect();

@@ -46,13 +46,7 @@ use weir_transform_sdk::{
 };
 
 const MEDIA_VENDOR: &[u8] = b"com.snowplowanalytics.snowplow.media";
-const PLAYER: &str = "iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/";
-const SESSION: &str = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/";
-const AD: &str = "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/";
-const AD_BREAK: &str = "iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/";
 const CLIENT_SESSION: &str = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/";
-const MOBILE_CONTEXT: &str = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/";
-const APPLICATION: &str = "iglu:com.snowplowanalytics.mobile/application/jsonschema/";
 /// The first byte of a stored profile in this format. Profiles stored by earlier versions are
 /// read once, then rewritten in this format: JSON (`{`), [`FORMAT_1`] (format 2 without
 /// `client`) and [`FORMAT_2`] (`seen` as a sequence of varints: ~9.5 bytes per fingerprint,
@@ -544,6 +538,52 @@ fn text(v: Json<'_>) -> Option<Str<'_>> {
 }
 
 /// The current fields from the newest event, reading each entity's members in one pass.
+/// The entities a profile is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entity {
+    /// `iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/*`
+    Player,
+    /// `iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/*`
+    Session,
+    /// `iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/*`
+    Ad,
+    /// `iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/*`
+    AdBreak,
+    /// `iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/*`
+    Mobile,
+    /// `iglu:com.snowplowanalytics.mobile/application/jsonschema/*`
+    Application,
+}
+
+impl Entity {
+    /// Which one `schema` is: the vendor prefix the six share is compared once, then the rest
+    /// (not six whole prefixes in turn, most of them failing only past that shared part).
+    fn of(schema: &str) -> Option<Entity> {
+        let rest = schema.strip_prefix("iglu:com.snowplowanalytics.")?;
+        let (kind, rest) = if let Some(r) = rest.strip_prefix("snowplow.media/") {
+            if let Some(r) = r.strip_prefix("session/") {
+                (Entity::Session, r)
+            } else if let Some(r) = r.strip_prefix("ad/") {
+                (Entity::Ad, r)
+            } else {
+                (Entity::AdBreak, r.strip_prefix("ad_break/")?)
+            }
+        } else if let Some(r) = rest.strip_prefix("snowplow/") {
+            if let Some(r) = r.strip_prefix("media_player/") {
+                (Entity::Player, r)
+            } else {
+                (Entity::Mobile, r.strip_prefix("mobile_context/")?)
+            }
+        } else {
+            (
+                Entity::Application,
+                rest.strip_prefix("mobile/application/")?,
+            )
+        };
+        rest.starts_with("jsonschema/").then_some(kind)
+    }
+}
+
 fn read_current<'e>(
     event: &Record<'e>,
     name: &'e str,
@@ -551,20 +591,14 @@ fn read_current<'e>(
     let (mut player, mut session, mut ad, mut ad_break) = (None, None, None, None);
     let (mut mobile, mut application) = (None, None);
     for e in event.entities() {
-        let slot = if e.is(PLAYER) {
-            &mut player
-        } else if e.is(SESSION) {
-            &mut session
-        } else if e.is(AD_BREAK) {
-            &mut ad_break
-        } else if e.is(AD) {
-            &mut ad
-        } else if e.is(MOBILE_CONTEXT) {
-            &mut mobile
-        } else if e.is(APPLICATION) {
-            &mut application
-        } else {
-            continue;
+        let slot = match Entity::of(e.schema) {
+            Some(Entity::Player) => &mut player,
+            Some(Entity::Session) => &mut session,
+            Some(Entity::AdBreak) => &mut ad_break,
+            Some(Entity::Ad) => &mut ad,
+            Some(Entity::Mobile) => &mut mobile,
+            Some(Entity::Application) => &mut application,
+            None => continue,
         };
         if slot.is_none() {
             *slot = Some(e.data);

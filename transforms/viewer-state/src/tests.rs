@@ -803,3 +803,61 @@ fn short_decimals_are_written_as_serde_json_writes_them() {
         check(f64::from_bits(p.to_bits() + 1));
     }
 }
+
+/// The entity classifier accepts each schema's whole prefix, at any version, and nothing that
+/// differs from one in a single place.
+#[test]
+fn entities_are_told_apart_by_their_schema() {
+    let known = [
+        (
+            "iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/",
+            Entity::Player,
+        ),
+        (
+            "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/",
+            Entity::Session,
+        ),
+        (
+            "iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/",
+            Entity::Ad,
+        ),
+        (
+            "iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/",
+            Entity::AdBreak,
+        ),
+        (
+            "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/",
+            Entity::Mobile,
+        ),
+        (
+            "iglu:com.snowplowanalytics.mobile/application/jsonschema/",
+            Entity::Application,
+        ),
+    ];
+    for (prefix, kind) in known {
+        for version in ["1-0-0", "2-0-1", ""] {
+            assert_eq!(
+                Entity::of(&format!("{prefix}{version}")),
+                Some(kind),
+                "{prefix}"
+            );
+        }
+        // Cut short anywhere, or one bit changed in any byte: none of them.
+        for n in 0..prefix.len() {
+            assert_eq!(Entity::of(&prefix[..n]), None, "{}", &prefix[..n]);
+            let mut changed = prefix.as_bytes().to_vec();
+            changed[n] ^= 0x01;
+            let changed = String::from_utf8(changed).unwrap() + "1-0-0";
+            assert_eq!(Entity::of(&changed), None, "{changed}");
+        }
+    }
+    for other in [
+        "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
+        "iglu:com.snowplowanalytics.snowplow.media/play_event/jsonschema/1-0-0",
+        "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+        "iglu:com.acme/media_player/jsonschema/1-0-0",
+        "",
+    ] {
+        assert_eq!(Entity::of(other), None, "{other}");
+    }
+}
