@@ -45,7 +45,7 @@ impl ColumnBuf {
     fn push_at(&mut self, index: usize, value: Option<&[u8]>) {
         self.fill_absent(index);
         match value {
-            Some(v) => self.data.extend_from_slice(v),
+            Some(v) => crate::mem::extend(&mut self.data, v),
             None => self.absent.push(index as u32),
         }
         self.offsets.push(self.data.len() as u32);

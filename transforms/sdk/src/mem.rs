@@ -1,4 +1,4 @@
-//! A word-at-a-time `memcmp` for WebAssembly guests.
+//! A word-at-a-time `memcmp` for WebAssembly guests, and small copies without a call.
 //!
 //! Comparing byte slices or strings (`==`, `<`, `HashMap` lookups) calls `memcmp`. On
 //! wasm32-unknown-unknown that symbol comes from Rust's compiler-builtins, which compares one
@@ -10,6 +10,13 @@
 //! per turn.
 //!
 //! [`compare`] is the same code on every target, so its unit tests run natively.
+//!
+//! Copies go the other way: with bulk memory (on by default) every `memcpy` of a length not
+//! known at compile time becomes a `memory.copy` instruction, which wasmtime runs as a call into
+//! the host (about 60 instructions with the host's `memmove`, whatever the length). A profile
+//! writer appending a dozen short strings and numbers made ~110 such calls per event.
+//! [`extend`] appends up to 32 bytes with a few overlapping 8-byte (or 4-byte) loads and stores
+//! and leaves longer copies to `memory.copy`.
 
 /// `memcmp` on slices: negative, zero or positive as `a` sorts before, equal to or after `b`
 /// (compared up to the shorter length, as `memcmp` over `min(a.len(), b.len())` bytes).
@@ -80,6 +87,60 @@ unsafe fn tail(p: *const u8, n: usize) -> u64 {
     v
 }
 
+/// Appends `s` to `out`, as `out.extend_from_slice(s)` does, without a call for up to 32
+/// bytes (see the module's documentation).
+#[inline(always)]
+pub fn extend(out: &mut Vec<u8>, s: &[u8]) {
+    let n = s.len();
+    if n > 32 {
+        out.extend_from_slice(s);
+        return;
+    }
+    out.reserve(n);
+    // SAFETY: `s` is readable for `n` bytes, and after `reserve(n)` the `n` bytes past `out`'s
+    // length are writable; they are all written below (some twice), then made part of `out`.
+    // The two never overlap (`out` is borrowed mutably, `s` shared).
+    unsafe {
+        copy_small(s.as_ptr(), out.as_mut_ptr().add(out.len()), n);
+        out.set_len(out.len() + n);
+    }
+}
+
+/// Copies `n <= 32` bytes with fixed-size moves, no loop (a loop could become a `memcpy` call
+/// again): each range below lies within `0..n`, and together they cover it.
+///
+/// # Safety
+/// `src` readable and `dst` writable for `n <= 32` bytes; the two do not overlap.
+#[inline(always)]
+unsafe fn copy_small(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY (all four helpers): `at + size <= n` at every use below.
+    let c8 = |at: usize| unsafe {
+        let v = src.add(at).cast::<u64>().read_unaligned();
+        dst.add(at).cast::<u64>().write_unaligned(v);
+    };
+    let c4 = |at: usize| unsafe {
+        let v = src.add(at).cast::<u32>().read_unaligned();
+        dst.add(at).cast::<u32>().write_unaligned(v);
+    };
+    let c1 = |at: usize| unsafe { *dst.add(at) = *src.add(at) };
+    if n >= 16 {
+        c8(0);
+        c8(8);
+        c8(n - 16);
+        c8(n - 8);
+    } else if n >= 8 {
+        c8(0);
+        c8(n - 8);
+    } else if n >= 4 {
+        c4(0);
+        c4(n - 4);
+    } else if n > 0 {
+        c1(0);
+        c1(n / 2);
+        c1(n - 1);
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 mod symbols {
     /// # Safety
@@ -103,7 +164,26 @@ mod symbols {
 
 #[cfg(test)]
 mod tests {
-    use super::compare;
+    use super::{compare, extend};
+
+    #[test]
+    fn extend_appends_like_extend_from_slice() {
+        let src: Vec<u8> = (1..=70).collect();
+        for before in [0usize, 1, 7, 13] {
+            for len in 0..=src.len() {
+                for from in [0, 3] {
+                    let s = &src[from..(from + len).min(src.len())];
+                    let mut want: Vec<u8> = vec![0xee; before];
+                    want.extend_from_slice(s);
+                    // Little capacity, so that `reserve` has to grow it.
+                    let mut got: Vec<u8> = vec![0xee; before];
+                    got.shrink_to_fit();
+                    extend(&mut got, s);
+                    assert_eq!(got, want, "{before} then {} bytes", s.len());
+                }
+            }
+        }
+    }
 
     #[test]
     fn orders_like_slices() {

@@ -5,7 +5,7 @@
 //! escape table lookups for the common string without escapes.
 
 use serde_json::ser::{CompactFormatter, Formatter};
-use weir_transform_sdk::words;
+use weir_transform_sdk::{mem, words};
 
 use crate::{Ad, AdBreak, App, Device, Media, Page, Session, Status, Stored, Str};
 
@@ -23,11 +23,11 @@ impl<'b> Out<'b> {
     /// Literal JSON: punctuation and keys (`,"key":`), spelled out where they are written.
     #[inline]
     fn raw(&mut self, json: &[u8]) {
-        self.buf.extend_from_slice(json);
+        mem::extend(self.buf, json);
     }
 
     fn null(&mut self) {
-        self.buf.extend_from_slice(b"null");
+        mem::extend(self.buf, b"null");
     }
 
     fn str(&mut self, s: &str) {
@@ -62,36 +62,48 @@ impl<'b> Out<'b> {
     }
 
     fn opt_bool(&mut self, v: Option<bool>) {
-        self.buf.extend_from_slice(match v {
-            Some(true) => b"true",
-            Some(false) => b"false",
-            None => b"null",
-        });
+        mem::extend(
+            self.buf,
+            match v {
+                Some(true) => b"true",
+                Some(false) => b"false",
+                None => b"null",
+            },
+        );
     }
 
     fn u64(&mut self, v: u64) {
-        let _ = CompactFormatter.write_u64(self.buf, v);
+        put_u64(self.buf, v, 1);
     }
 
     /// `0`-padded to `width` digits, as `format!("{v:0width$}")` for non-negative values.
     fn padded(&mut self, v: u64, width: usize) {
-        let mut digits = [b'0'; 20];
-        let mut n = v;
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        let len = digits.len() - i;
-        for _ in len..width {
-            self.buf.push(b'0');
-        }
-        self.buf.extend_from_slice(&digits[i..]);
+        put_u64(self.buf, v, width);
     }
+}
+
+/// Appends the decimal digits of `v`, `0`-padded to `width` (at most 20). In 32 bits while the
+/// value fits: a wasm32 guest divides a u64 by 10 with a real division, a u32 by a multiply.
+pub(crate) fn put_u64(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut i = digits.len();
+    let mut n = v;
+    while n > u64::from(u32::MAX) {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    let mut n = n as u32;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = i.min(digits.len() - width.min(digits.len()));
+    mem::extend(out, &digits[start..]);
 }
 
 /// Writes `v` if it is a number of at most three decimals under 2^30 (media positions,
@@ -113,30 +125,30 @@ pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
     if m / 1000.0 != a {
         return false;
     }
-    let m = m as u64;
+    // `m / 1000` is exactly `a`, so the integer part is `a`'s; no 64-bit division.
+    let int = a.trunc();
+    let frac = (m - int * 1000.0) as u32;
     if v < 0.0 {
         out.push(b'-');
     }
-    let (int, frac) = (m / 1000, m % 1000);
-    // Writing into a Vec cannot fail.
-    let _ = CompactFormatter.write_u64(out, int);
-    out.push(b'.');
+    put_u64(out, int as u64, 1);
     if frac == 0 {
-        out.push(b'0');
+        mem::extend(out, b".0");
     } else {
         let f = [
+            b'.',
             b'0' + (frac / 100) as u8,
             b'0' + (frac / 10 % 10) as u8,
             b'0' + (frac % 10) as u8,
         ];
-        let len = if f[2] != b'0' {
+        let len = if f[3] != b'0' {
+            4
+        } else if f[2] != b'0' {
             3
-        } else if f[1] != b'0' {
-            2
         } else {
-            1
+            2
         };
-        out.extend_from_slice(&f[..len]);
+        mem::extend(out, &f[..len]);
     }
     true
 }
@@ -148,7 +160,7 @@ pub(crate) fn escape_into(s: &[u8], out: &mut Vec<u8>) {
     if !words::any(s, |w| {
         words::below(w, 0x20) | words::eq(w, b'"') | words::eq(w, b'\\')
     }) {
-        out.extend_from_slice(s);
+        mem::extend(out, s);
         return;
     }
     let mut start = 0;

@@ -42,7 +42,8 @@ use borrowed::{Seen, Str};
 
 use serde::{Deserialize, Serialize};
 use weir_transform_sdk::{
-    fields, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State, Stateful,
+    fields, mem, parse_duration_ms, Config, Context, Emit, Emitted, Error, Json, Record, State,
+    Stateful,
 };
 
 const MEDIA_VENDOR: &[u8] = b"com.snowplowanalytics.snowplow.media";
@@ -333,14 +334,37 @@ impl<'a> Stored<'a> {
     fn encode_into(&self, buf: &mut Vec<u8>) -> Result<(), Error> {
         buf.clear();
         buf.push(FORMAT);
-        let out = postcard::to_extend(self, std::mem::take(buf))
-            .map_err(|e| Error::msg(format!("encoding the profile: {e}")))?;
-        *buf = out;
-        Ok(())
+        postcard::serialize_with_flavor(self, Append(buf))
+            .map_err(|e| Error::msg(format!("encoding the profile: {e}")))
     }
 
     fn write_json(&self, viewer: &str, out: &mut Vec<u8>) {
         json_out::profile(self, viewer, out);
+    }
+}
+
+/// postcard's output appended to a reused buffer, short strings copied without a call
+/// ([`mem::extend`]); postcard's own `to_extend` goes byte iterator to `memcpy`, a host call
+/// per string in a guest.
+struct Append<'b>(&'b mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        mem::extend(self.0, bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

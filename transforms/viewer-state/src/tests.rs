@@ -861,3 +861,23 @@ fn entities_are_told_apart_by_their_schema() {
         assert_eq!(Entity::of(other), None, "{other}");
     }
 }
+
+#[test]
+fn integers_are_written_as_format_writes_them() {
+    let mut values = vec![0u64, 1, 9, 10, 99, 100, u64::from(u32::MAX), u64::MAX];
+    values.extend([u64::from(u32::MAX) + 1, 10_000_000_000, 1_731_764_009_114]);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..10_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        values.push(x >> (x % 64));
+    }
+    for v in values {
+        for width in [1, 9, 20] {
+            let mut got = b"x".to_vec();
+            json_out::put_u64(&mut got, v, width);
+            assert_eq!(String::from_utf8(got).unwrap(), format!("x{v:0width$}"));
+        }
+    }
+}
