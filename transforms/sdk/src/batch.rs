@@ -51,6 +51,11 @@ impl ColumnBuf {
         self.offsets.push(self.data.len() as u32);
     }
 
+    /// Appends an item.
+    pub(crate) fn push(&mut self, value: Option<&[u8]>) {
+        self.push_at(self.offsets.len().saturating_sub(1), value);
+    }
+
     /// Makes sure items `0..index` exist, adding absent ones.
     fn fill_absent(&mut self, index: usize) {
         if self.offsets.is_empty() {

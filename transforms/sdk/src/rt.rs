@@ -218,7 +218,7 @@ pub mod wasm {
         }
     }
 
-    fn into_wit(c: ColumnBuf) -> wit::Column {
+    pub(crate) fn into_wit(c: ColumnBuf) -> wit::Column {
         wit::Column {
             data: c.data,
             offsets: c.offsets,

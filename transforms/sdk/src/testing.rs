@@ -24,7 +24,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::batch::{BatchView, ColumnBuf, ColumnRef, Emitted, FieldIds, OutputBuf};
+use crate::batch::{BatchView, ColumnBuf, Emitted, FieldIds, OutputBuf};
 use crate::config::Config;
 use crate::error::Error;
 use crate::host::Level;
@@ -124,8 +124,9 @@ impl StateHost for MemoryState {
         self.value(key).map(<[u8]>::to_vec)
     }
 
-    fn get_many(&mut self, keys: ColumnRef<'_>) -> ColumnBuf {
+    fn get_many(&mut self, keys: ColumnBuf) -> ColumnBuf {
         self.calls.push("get-many");
+        let keys = keys.as_ref();
         let n = keys.offsets.len().saturating_sub(1);
         let vals: Vec<Option<Vec<u8>>> = (0..n)
             .map(|i| self.value(keys.item(i)).map(<[u8]>::to_vec))
@@ -133,8 +134,9 @@ impl StateHost for MemoryState {
         ColumnBuf::from_items(vals.iter().map(|v| v.as_deref()))
     }
 
-    fn put_many(&mut self, keys: ColumnRef<'_>, values: ColumnRef<'_>, ttl_ms: Option<u64>) {
+    fn put_many(&mut self, keys: ColumnBuf, values: ColumnBuf, ttl_ms: Option<u64>) {
         self.calls.push("put-many");
+        let (keys, values) = (keys.as_ref(), values.as_ref());
         let exp = ttl_ms.map(|t| native_now_ms().saturating_add(t as i64));
         for i in 0..keys.offsets.len().saturating_sub(1) {
             let k = keys.item(i).to_vec();
