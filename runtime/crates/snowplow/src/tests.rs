@@ -1017,3 +1017,42 @@ fn collector_tstamp_is_read_in_milliseconds() {
         "no tab after it"
     );
 }
+
+#[test]
+fn first_and_last_tabs_are_those_memchr_finds() {
+    // Lines of every length up to 300 (so every remainder after 64-byte blocks), tabs dense and
+    // sparse (consecutive tabs included), and bytes one bit from a tab (8, 0x0b, 0x89).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for len in 0..300 {
+        for density in [2, 5, 40] {
+            let line: Vec<u8> = (0..len)
+                .map(|_| match next() % density {
+                    0 => b'\t',
+                    1 => [8u8, 0x0b, 0x89, b'a'][(next() % 4) as usize],
+                    _ => b'x',
+                })
+                .collect();
+            let all: Vec<usize> = memchr::memchr_iter(b'\t', &line).collect();
+            for n in [0, 1, 3, 53, 131, 400] {
+                let mut got = vec![7];
+                first_tabs(&line, n, &mut got);
+                let want: Vec<usize> = std::iter::once(7)
+                    .chain(all.iter().copied().take(n))
+                    .collect();
+                assert_eq!(got, want, "first {n} of {line:?}");
+                let mut got = vec![7];
+                last_tabs(&line, n, &mut got);
+                let want: Vec<usize> = std::iter::once(7)
+                    .chain(all.iter().rev().copied().take(n))
+                    .collect();
+                assert_eq!(got, want, "last {n} of {line:?}");
+            }
+        }
+    }
+}

@@ -789,11 +789,9 @@ impl<'a> FieldPlan<'a> {
     fn extract(&mut self, line: &[u8], data: &mut Vec<u8>, offsets: &mut Vec<u32>) {
         let n = crate::snowplow::FIELD_COUNT;
         self.fwd.clear();
-        self.fwd
-            .extend(memchr::memchr_iter(b'\t', line).take(self.front));
+        crate::snowplow::first_tabs(line, self.front, &mut self.fwd);
         self.rev.clear();
-        self.rev
-            .extend(memchr::memrchr_iter(b'\t', line).take(self.back));
+        crate::snowplow::last_tabs(line, self.back, &mut self.rev);
         let (fwd, rev) = (&self.fwd, &self.rev);
         let tab = |a: &Vec<usize>, j: usize| a.get(j).copied();
         for &i in self.ids {
