@@ -64,12 +64,21 @@ impl<'a> Json<'a> {
             return None;
         }
         let inner = &b[1..b.len() - 1];
-        // One pass, a word at a time: any escape, any byte outside ASCII.
-        let (mut escapes, mut high) = (0, 0);
-        words::each(inner, |w| {
-            escapes |= words::eq(w, b'\\');
-            high |= words::non_ascii(w);
-        });
+        // One pass: any escape, any byte outside ASCII (a word at a time for short strings,
+        // vectorized for long ones).
+        let (escapes, high) = if inner.len() >= words::LONG {
+            let (any, esc) = inner
+                .iter()
+                .fold((0u8, false), |(any, esc), &c| (any | c, esc | (c == b'\\')));
+            (u64::from(esc), u64::from(any >= 0x80))
+        } else {
+            let (mut escapes, mut high) = (0, 0);
+            words::each(inner, |w| {
+                escapes |= words::eq(w, b'\\');
+                high |= words::non_ascii(w);
+            });
+            (escapes, high)
+        };
         if escapes != 0 {
             unescape(inner).map(Cow::Owned)
         } else if high == 0 {

@@ -72,7 +72,7 @@ pub mod rt;
 /// guest and this test eight bytes at a time ([`words`]).
 #[inline]
 pub fn utf8(bytes: &[u8]) -> Option<&str> {
-    if !words::any(bytes, words::non_ascii) {
+    if words::is_ascii(bytes) {
         // SAFETY: ASCII is UTF-8.
         Some(unsafe { std::str::from_utf8_unchecked(bytes) })
     } else {
