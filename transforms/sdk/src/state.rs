@@ -49,11 +49,16 @@ pub struct StateCache {
 impl StateCache {
     /// Fetches the values of `keys` in one host call.
     pub(crate) fn prefetch(&mut self, host: &mut dyn StateHost, keys: &[&[u8]]) {
-        let missing: Vec<&[u8]> = keys
-            .iter()
-            .copied()
-            .filter(|k| !self.slots.contains_key(*k))
-            .collect();
+        // The cache is empty at the start of a batch (write_back clears it): then every key
+        // is missing, and looking each up would only cost a hash.
+        let missing: Vec<&[u8]> = if self.slots.is_empty() {
+            keys.to_vec()
+        } else {
+            keys.iter()
+                .copied()
+                .filter(|k| !self.slots.contains_key(*k))
+                .collect()
+        };
         if missing.is_empty() {
             return;
         }
