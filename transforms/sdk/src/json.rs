@@ -64,24 +64,9 @@ impl<'a> Json<'a> {
             return None;
         }
         let inner = &b[1..b.len() - 1];
-        // One pass: any escape, any byte outside ASCII (a word at a time for short strings,
-        // vectorized for long ones).
-        let (escapes, high) = if inner.len() >= words::LONG {
-            let (any, esc) = inner
-                .iter()
-                .fold((0u8, false), |(any, esc), &c| (any | c, esc | (c == b'\\')));
-            (u64::from(esc), u64::from(any >= 0x80))
-        } else {
-            let (mut escapes, mut high) = (0, 0);
-            words::each(inner, |w| {
-                escapes |= words::eq(w, b'\\');
-                high |= words::non_ascii(w);
-            });
-            (escapes, high)
-        };
-        if escapes != 0 {
+        if words::any(inner, |w| words::eq(w, b'\\'), |c| c == b'\\') {
             unescape(inner).map(Cow::Owned)
-        } else if high == 0 {
+        } else if words::is_ascii(inner) {
             // SAFETY: ASCII is UTF-8.
             Some(Cow::Borrowed(unsafe {
                 std::str::from_utf8_unchecked(inner)

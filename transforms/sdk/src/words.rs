@@ -33,7 +33,7 @@ pub fn non_ascii(w: u64) -> u64 {
 /// Calls `f` on words that together hold every byte of `s` (some bytes twice, and for strings
 /// under four bytes, `a` in the rest of the word: a byte none of the tests above looks for).
 #[inline(always)]
-pub fn each(s: &[u8], mut f: impl FnMut(u64)) {
+fn each(s: &[u8], mut f: impl FnMut(u64)) {
     let n = s.len();
     if n >= 8 {
         let mut i = 0;
@@ -53,27 +53,27 @@ pub fn each(s: &[u8], mut f: impl FnMut(u64)) {
     }
 }
 
-/// Whether any word of `s` has a bit of `test` set.
+/// Whether any byte of `s` passes a test, given twice: `word` as the bit test above (for
+/// strings under [`LONG`] bytes, word by word) and `byte` one byte at a time (for longer ones,
+/// in a fold without an early exit, which the compiler vectorizes 16 bytes per instruction).
 #[inline(always)]
-pub fn any(s: &[u8], test: impl Fn(u64) -> u64) -> bool {
-    let mut acc = 0;
-    each(s, |w| acc |= test(w));
-    acc != 0
+pub fn any(s: &[u8], word: impl Fn(u64) -> u64, byte: impl Fn(u8) -> bool) -> bool {
+    if s.len() >= LONG {
+        s.iter().fold(false, |a, &c| a | byte(c))
+    } else {
+        let mut acc = 0;
+        each(s, |w| acc |= word(w));
+        acc != 0
+    }
 }
 
-/// Strings at least this long are tested by a fold the compiler vectorizes (16 bytes per
-/// instruction, unrolled) rather than word by word.
+/// From this length on, [`any`] folds byte by byte (vectorized) instead of testing words.
 pub const LONG: usize = 64;
 
 /// Whether every byte of `s` is ASCII.
 #[inline(always)]
 pub fn is_ascii(s: &[u8]) -> bool {
-    if s.len() >= LONG {
-        // No early exit: the compiler vectorizes the whole fold.
-        s.iter().fold(0u8, |a, &c| a | c) < 0x80
-    } else {
-        !any(s, non_ascii)
-    }
+    !any(s, non_ascii, |c| c >= 0x80)
 }
 
 #[inline(always)]
@@ -90,8 +90,8 @@ fn u32_at(s: &[u8], i: usize) -> u32 {
 mod tests {
     use super::*;
 
-    /// Every length up to 40, the interesting byte at every position and absent, against the
-    /// byte-by-byte answer.
+    /// Every length [`any`] tests word by word, the interesting byte at every position and
+    /// absent, against the byte-by-byte answer.
     #[test]
     fn word_tests_agree_with_byte_tests() {
         type Case = (fn(u64) -> u64, fn(u8) -> bool);
@@ -104,7 +104,7 @@ mod tests {
         let specials = [
             0u8, 0x1f, 0x20, b'"', b'\\', b'[', 0x7f, 0x80, 0xc3, 0xff, b'a',
         ];
-        for len in 0..40 {
+        for len in 0..LONG {
             for pos in 0..=len {
                 for &sp in &specials {
                     // Neighbours one bit away from the special byte, around it.
@@ -117,7 +117,7 @@ mod tests {
                     }
                     for (word, byte) in cases {
                         assert_eq!(
-                            any(&s, word),
+                            any(&s, word, |_| unreachable!("tested by words")),
                             s.iter().any(|&c| byte(c)),
                             "{s:?} (len {len}, {sp:#x} at {pos})"
                         );

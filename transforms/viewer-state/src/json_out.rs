@@ -156,10 +156,12 @@ pub(crate) fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
 /// Appends `s` as the inside of a JSON string, escaped as serde_json escapes it: `"` and `\`,
 /// the short forms `\b \f \n \r \t`, other control characters as `\u00xx`; nothing else.
 pub(crate) fn escape_into(s: &[u8], out: &mut Vec<u8>) {
-    // The usual string needs nothing: one pass, eight bytes at a time, says so.
-    if !words::any(s, |w| {
-        words::below(w, 0x20) | words::eq(w, b'"') | words::eq(w, b'\\')
-    }) {
+    // The usual string needs nothing: one pass says so.
+    if !words::any(
+        s,
+        |w| words::below(w, 0x20) | words::eq(w, b'"') | words::eq(w, b'\\'),
+        |c| c < 0x20 || c == b'"' || c == b'\\',
+    ) {
         mem::extend(out, s);
         return;
     }
