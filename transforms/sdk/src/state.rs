@@ -49,9 +49,11 @@ pub struct StateCache {
 impl StateCache {
     /// Fetches the values of `keys` in one host call.
     pub(crate) fn prefetch(&mut self, host: &mut dyn StateHost, keys: &[&[u8]]) {
-        // The cache is empty at the start of a batch (write_back clears it): then every key
-        // is missing, and looking each up would only cost a hash.
-        let missing: Vec<&[u8]> = if self.slots.is_empty() {
+        // At the start of a batch (where the SDK calls this) the cache is empty (write_back
+        // cleared it): every key is missing and the answer is kept as the host wrote it. On a
+        // cache already in use, only the keys not in it are asked for and their values copied.
+        let fresh = self.slots.is_empty();
+        let missing: Vec<&[u8]> = if fresh {
             keys.to_vec()
         } else {
             keys.iter()
@@ -64,8 +66,6 @@ impl StateCache {
         }
         let req = ColumnBuf::from_items(missing.iter().map(|k| Some(*k)));
         let got = host.get_many(req);
-        // One prefetch per batch; were there a second, its answer would be copied instead.
-        let fresh = self.fetched.offsets.is_empty();
         for (i, k) in missing.iter().enumerate() {
             let present = got.offsets.len() > i + 1 && got.as_ref().get(i).is_some();
             let value = match (present, fresh) {
@@ -214,13 +214,15 @@ mod tests {
     use crate::testing::MemoryState;
 
     /// Prefetched values are read where get-many put them, writes and deletes of the batch
-    /// shadow them, a key not prefetched costs one `get`, and the end of the batch sends the
-    /// writes (one `put-many` per TTL) and forgets everything.
+    /// shadow them, a key not prefetched costs one `get`, a second prefetch asks only for what
+    /// is missing, and the end of the batch sends the writes (one `put-many` per TTL) and
+    /// forgets everything.
     #[test]
     fn the_cache_reads_prefetched_values_and_writes_back_the_batch() {
         let mut host = MemoryState::default();
         host.insert(b"a", b"1");
         host.insert(b"b", b"22");
+        host.insert(b"e", b"5");
         let mut cache = StateCache::default();
         for round in 0..2 {
             host.calls.clear();
@@ -242,11 +244,22 @@ mod tests {
             assert_eq!(state.get(b"b"), None);
             state.put_with_ttl(b"c", b"3", 60_000);
             assert_eq!(state.get(b"c"), Some(&b"3"[..]));
+            // A prefetch on a cache in use asks only for what it lacks, and copies it.
+            cache.prefetch(&mut host, &[b"a", b"e"]);
+            let mut state = State {
+                cache: &mut cache,
+                host: &mut host,
+            };
+            assert_eq!(state.get(b"e"), Some(&b"5"[..]));
+            assert_eq!(state.get(b"a"), Some(&b"111"[..]));
             cache.write_back(&mut host);
             assert!(cache.slots.is_empty() && cache.fetched.offsets.is_empty());
             let mut calls = host.calls.clone();
             calls.sort();
-            assert_eq!(calls, ["get", "get-many", "put-many", "put-many"]);
+            assert_eq!(
+                calls,
+                ["get", "get-many", "get-many", "put-many", "put-many"]
+            );
             assert_eq!(host.value(b"a"), Some(&b"111"[..]));
             assert_eq!(host.value(b"b"), None);
             assert_eq!(host.value(b"c"), Some(&b"3"[..]));
