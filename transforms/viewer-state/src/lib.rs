@@ -562,49 +562,38 @@ fn text(v: Json<'_>) -> Option<Str<'_>> {
 }
 
 /// The current fields from the newest event, reading each entity's members in one pass.
-/// The entities a profile is read from.
+/// The entities a profile is read from, in the order of [`Entity::NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entity {
-    /// `iglu:com.snowplowanalytics.snowplow/media_player/jsonschema/*`
     Player,
-    /// `iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/*`
     Session,
-    /// `iglu:com.snowplowanalytics.snowplow.media/ad/jsonschema/*`
     Ad,
-    /// `iglu:com.snowplowanalytics.snowplow.media/ad_break/jsonschema/*`
     AdBreak,
-    /// `iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/*`
     Mobile,
-    /// `iglu:com.snowplowanalytics.mobile/application/jsonschema/*`
     Application,
 }
 
 impl Entity {
-    /// Which one `schema` is: the vendor prefix the six share is compared once, then the rest
-    /// (not six whole prefixes in turn, most of them failing only past that shared part).
+    /// What each one's schema URI says after `iglu:com.snowplowanalytics.` (then
+    /// `jsonschema/` and any version).
+    const NAMES: [(&'static str, Entity); 6] = [
+        ("snowplow/media_player/", Entity::Player),
+        ("snowplow.media/session/", Entity::Session),
+        ("snowplow.media/ad/", Entity::Ad),
+        ("snowplow.media/ad_break/", Entity::AdBreak),
+        ("snowplow/mobile_context/", Entity::Mobile),
+        ("mobile/application/", Entity::Application),
+    ];
+
+    /// Which one `schema` is: the vendor prefix the six share is compared once, then the short
+    /// rest (not six whole prefixes in turn, most of them failing only past the shared part).
     fn of(schema: &str) -> Option<Entity> {
         let rest = schema.strip_prefix("iglu:com.snowplowanalytics.")?;
-        let (kind, rest) = if let Some(r) = rest.strip_prefix("snowplow.media/") {
-            if let Some(r) = r.strip_prefix("session/") {
-                (Entity::Session, r)
-            } else if let Some(r) = r.strip_prefix("ad/") {
-                (Entity::Ad, r)
-            } else {
-                (Entity::AdBreak, r.strip_prefix("ad_break/")?)
-            }
-        } else if let Some(r) = rest.strip_prefix("snowplow/") {
-            if let Some(r) = r.strip_prefix("media_player/") {
-                (Entity::Player, r)
-            } else {
-                (Entity::Mobile, r.strip_prefix("mobile_context/")?)
-            }
-        } else {
-            (
-                Entity::Application,
-                rest.strip_prefix("mobile/application/")?,
-            )
-        };
-        rest.starts_with("jsonschema/").then_some(kind)
+        Entity::NAMES.iter().find_map(|&(name, kind)| {
+            rest.strip_prefix(name)?
+                .starts_with("jsonschema/")
+                .then_some(kind)
+        })
     }
 }
 
@@ -612,22 +601,14 @@ fn read_current<'e>(
     event: &Record<'e>,
     name: &'e str,
 ) -> (Current<'e>, Option<Session<'e>>, Client<'e>) {
-    let (mut player, mut session, mut ad, mut ad_break) = (None, None, None, None);
-    let (mut mobile, mut application) = (None, None);
+    // The first entity of each kind, by `Entity as usize`.
+    let mut found: [Option<Json<'e>>; Entity::NAMES.len()] = [None; Entity::NAMES.len()];
     for e in event.entities() {
-        let slot = match Entity::of(e.schema) {
-            Some(Entity::Player) => &mut player,
-            Some(Entity::Session) => &mut session,
-            Some(Entity::AdBreak) => &mut ad_break,
-            Some(Entity::Ad) => &mut ad,
-            Some(Entity::Mobile) => &mut mobile,
-            Some(Entity::Application) => &mut application,
-            None => continue,
-        };
-        if slot.is_none() {
-            *slot = Some(e.data);
+        if let Some(kind) = Entity::of(e.schema) {
+            found[kind as usize].get_or_insert(e.data);
         }
     }
+    let [player, session, ad, ad_break, mobile, application] = found;
 
     let (mut media, paused, ended) = player.map(read_player).unwrap_or_default();
     media.percent = match (media.position, media.duration) {

@@ -7,6 +7,14 @@ use weir_transform_sdk::testing;
 
 const SESSION: &str = include_str!("../tests/micro-media-session.tsv");
 
+/// A repeatable pseudo-random sequence (xorshift64) for the tests that sweep values.
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 fn lines() -> Vec<Vec<u8>> {
     SESSION.lines().map(|l| l.as_bytes().to_vec()).collect()
 }
@@ -790,9 +798,7 @@ fn short_decimals_are_written_as_serde_json_writes_them() {
     }
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..200_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        xorshift(&mut x);
         let v = f64::from_bits(x);
         if v.is_finite() {
             check(v);
@@ -851,6 +857,10 @@ fn entities_are_told_apart_by_their_schema() {
             assert_eq!(Entity::of(&changed), None, "{changed}");
         }
     }
+    // read_current finds each kind at `kind as usize`.
+    for (i, (_, kind)) in Entity::NAMES.iter().enumerate() {
+        assert_eq!(*kind as usize, i, "{kind:?}");
+    }
     for other in [
         "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
         "iglu:com.snowplowanalytics.snowplow.media/play_event/jsonschema/1-0-0",
@@ -868,10 +878,8 @@ fn integers_are_written_as_format_writes_them() {
     values.extend([u64::from(u32::MAX) + 1, 10_000_000_000, 1_731_764_009_114]);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..10_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        values.push(x >> (x % 64));
+        let r = xorshift(&mut x);
+        values.push(r >> (r % 64));
     }
     for v in values {
         for width in [1, 9, 20] {
